@@ -1,0 +1,390 @@
+"""The typed config tree: every hyperparameter, with the paper's values as defaults.
+
+No torch here. A config is built from defaults, then a preset, then YAML files, then dotted command-line
+overrides (``--model.tcn_blocks 4`` or ``--model.tcn_blocks=4``), each value parsed as a Python literal and
+checked against the field's type. An unknown key or a wrong type raises :class:`ConfigError` naming the key,
+before any work starts.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+ABAW_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
+
+
+class ConfigError(ValueError):
+    """A config key or value a user can fix; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    cache: str | None = None
+    """Feature cache directory written by ``expr prepare``. None: the built-in demo data (generated on first use)."""
+    window: int = 30
+    """Frames per window (ablation axis; the paper studies 10, 15, 30, 60)."""
+    stride: int | None = None
+    """Frames between consecutive training windows. None: equal to ``window`` (non-overlapping)."""
+    eval_stride: int | None = None
+    """Frames between consecutive validation windows. None: equal to ``window``."""
+    label_frame: Literal["center", "last", "majority"] = "center"
+    """Which frame labels a window: its centre frame, its last frame, or the majority of its labelled frames.
+    The paper does not say. With mean pooling over a symmetric window the centre is the natural choice; with one
+    label change inside a window the centre label is also the majority label."""
+    classes: tuple[str, ...] = ABAW_CLASSES
+    """Class names, in label-index order."""
+    num_workers: int = 0
+    """DataLoader worker processes (0: load in the main process; the collate only gathers from memory)."""
+    demo_videos: int = 40
+    """Demo data only: number of synthetic videos generated when ``cache`` is None."""
+
+
+@dataclass
+class ModelConfig:
+    visual_dim: int = 512
+    """Width of the per-frame visual features (CLIP ViT-B/32 image embedding)."""
+    audio_dim: int = 768
+    """Width of the audio features (Wav2Vec2-Base hidden state)."""
+    dim: int = 512
+    """Common width of both streams after the TCN / audio adapter."""
+    tcn_blocks: int = 6
+    """Residual blocks of dilated causal convolutions on the visual stream (ablation axis; 0 = no TCN)."""
+    tcn_kernel: int = 3
+    """Kernel size of every TCN convolution (not given by the paper; 3 as in Bai et al. 2018)."""
+    tcn_weight_norm: bool = True
+    """Weight normalisation on the TCN convolutions, as in Bai et al. 2018."""
+    fusion: Literal["bidirectional", "v2a", "a2v", "none"] = "bidirectional"
+    """Cross-attention direction (ablation axis): both, visual-queries-audio only, audio-queries-visual only, none."""
+    heads: int = 8
+    """Attention heads of each cross-attention."""
+    dropout: float = 0.1
+    """Dropout in the TCN blocks, the audio adapter and the attention weights."""
+    mlp_hidden: tuple[int, ...] = (512, 256)
+    """Hidden widths of the classifier MLP (two hidden layers make the paper's three linear layers)."""
+    mlp_dropout: float = 0.3
+    """Dropout after each hidden layer of the classifier MLP."""
+    text_dim: int = 512
+    """Width of the CLIP text embeddings the pooled visual feature is projected to."""
+    logit_scale_init: float = 2.6592
+    """Initial log of the contrastive logit scale (CLIP's log(1/0.07))."""
+    learnable_logit_scale: bool = True
+    """Learn the contrastive logit scale (clamped at 100 as in CLIP) or keep it fixed."""
+
+
+@dataclass
+class LossConfig:
+    contrastive_weight: float = 0.1
+    """Lambda in L = L_cls + lambda * L_con (ablation axis; 0 disables the contrastive loss)."""
+    class_weights: Literal["inverse", "sqrt_inverse", "effective", "none"] = "inverse"
+    """Cross-entropy class weights from the training label distribution: ``inverse`` w_c = N / (C * n_c);
+    ``sqrt_inverse`` its square root; ``effective`` (1 - b) / (1 - b^n_c) (Cui et al. 2019, b = 0.999); each
+    rescaled so the weighted mean over training windows is 1. Classes absent from training get weight 0."""
+    prompt_template: str = "A face expressing {emotion}"
+    """Text prompt per class; ``{emotion}`` is replaced by the lower-cased class name."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the cross-entropy (not in the paper)."""
+
+
+@dataclass
+class BackboneConfig:
+    clip: str = "ViT-B-32"
+    """open_clip architecture of the frozen image/text encoder."""
+    clip_pretrained: str = "openai"
+    """open_clip pretrained tag, a local checkpoint path, or ``random`` (seeded random weights, smoke runs only)."""
+    wav2vec2: str = "facebook/wav2vec2-base"
+    """Hugging Face hub name or local directory of the frozen Wav2Vec2 model, or ``random``."""
+
+
+@dataclass
+class TrainConfig:
+    lr: float = 1e-5
+    """Peak AdamW learning rate (paper: 1e-5)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not given by the paper; torch's AdamW default)."""
+    epochs: int = 30
+    """Training epochs (paper: 30)."""
+    batch_size: int = 64
+    """Windows per device per forward pass (paper: 64)."""
+    grad_accum_steps: int = 1
+    """Micro-batches accumulated per optimizer step (the paper uses accumulation without giving the count)."""
+    warmup_ratio: float = 0.0
+    """Fraction of optimizer steps of linear warm-up before the cosine decay."""
+    min_lr_ratio: float = 0.0
+    """Cosine schedule floor, as a fraction of ``lr``."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping by global norm; None disables it (the paper does not say)."""
+    seed: int = 42
+    """Seed of every random choice: init, data order, dropout (paper: 42)."""
+    output_dir: str | None = None
+    """Run directory. None: a new timestamped folder under ``runs/``."""
+    log_with: str = "tensorboard"
+    """Accelerate tracker(s), comma-separated (``tensorboard``, ``wandb``, ...), or ``none``."""
+    log_every_steps: int = 10
+    """Optimizer steps between training-loss log lines."""
+    checkpoint_every_steps: int = 0
+    """Also save resume state every N optimizer steps inside an epoch (0: only at the end of each epoch)."""
+    keep_last_states: int = 2
+    """Resume states kept on disk (older ones are deleted)."""
+    cpu_threads: int = 0
+    """Torch threads per process when training on CPU. 0: the machine's cores shared among the local processes
+    (``accelerate launch`` otherwise sets OMP_NUM_THREADS=1, which halves throughput on a 2-core laptop)."""
+    stop_after_steps: int = 0
+    """Stop (as if killed) after this many optimizer steps; 0 = never. For testing resume."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    backbones: BackboneConfig = field(default_factory=BackboneConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+# The demo preset: the built-in demo data is small and must train in minutes on a laptop CPU, so it uses a
+# larger learning rate and fewer epochs than the paper. Everything else stays at the paper's values.
+PRESETS: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "demo": {
+        "train.lr": 3e-4,
+        "train.epochs": 8,
+        "train.batch_size": 32,
+        "train.warmup_ratio": 0.05,
+        "backbones.clip_pretrained": "random",
+    },
+}
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _fields(obj: Any) -> dict[str, dataclasses.Field]:
+    hints = typing.get_type_hints(type(obj))
+    out = {}
+    for f in dataclasses.fields(obj):
+        f.type = hints[f.name]
+        out[f.name] = f
+    return out
+
+
+def all_keys(cfg: Config | None = None) -> list[str]:
+    """Every dotted key of the config tree, e.g. ``model.tcn_blocks``."""
+    cfg = cfg or Config()
+    return [f"{s}.{k}" for s, sub in _fields(cfg).items() for k in _fields(getattr(cfg, s))]
+
+
+def _check_type(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` coerced to ``tp`` (int -> float, list -> tuple) or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(key, value, arg)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"config key '{key}': {value!r} is not one of {choices}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+        item_tp = args[0]
+        return tuple(_check_type(key, v, item_tp) for v in value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def set_value(cfg: Config, key: str, value: Any) -> None:
+    """Set dotted ``key`` on ``cfg`` after checking its type; unknown keys raise ConfigError with suggestions."""
+    parts = key.split(".")
+    if len(parts) != 2 or parts[0] not in _fields(cfg) or parts[1] not in _fields(getattr(cfg, parts[0])):
+        close = difflib.get_close_matches(key, all_keys(cfg), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(close)}?" if close else f" Sections: {', '.join(_fields(cfg))}."
+        raise ConfigError(f"unknown config key '{key}'.{hint}")
+    section = getattr(cfg, parts[0])
+    fld = _fields(section)[parts[1]]
+    setattr(section, parts[1], _check_type(key, value, fld.type))
+
+
+def apply_dict(cfg: Config, values: dict[str, Any], source: str = "") -> None:
+    """Apply a nested (``{"model": {"tcn_blocks": 4}}``) or flat dotted mapping."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                _apply_one(cfg, f"{key}.{sub}", v, source)
+        else:
+            _apply_one(cfg, key, value, source)
+
+
+def _apply_one(cfg: Config, key: str, value: Any, source: str) -> None:
+    try:
+        set_value(cfg, key, value)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}" if source else str(e)) from None
+
+
+def parse_literal(text: str) -> Any:
+    """Parse a command-line value: Python/YAML literals (``4``, ``3e-5``, ``[1, 2]``, ``none``), else a string."""
+    lowered = text.strip().lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config sections at the top level")
+    return data
+
+
+def build_config(
+    overrides: dict[str, Any] | None = None,
+    yaml_files: list[str | Path] = (),
+    preset: str | None = None,
+) -> Config:
+    """Defaults, then ``preset`` (``paper`` or ``demo``; default: ``demo`` when no data cache is set), then YAML,
+    then ``overrides`` (dotted keys)."""
+    overrides = dict(overrides or {})
+    layers: list[tuple[dict[str, Any], str]] = [(load_yaml(p), str(p)) for p in yaml_files]
+    layers.append((overrides, "command line"))
+    if preset is None:
+        probe = Config()
+        for values, source in layers:
+            apply_dict(probe, values, source)
+        preset = "paper" if probe.data.cache else "demo"
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset '{preset}'; choose from {', '.join(PRESETS)}")
+    cfg = Config()
+    apply_dict(cfg, PRESETS[preset], f"preset {preset}")
+    for values, source in layers:
+        apply_dict(cfg, values, source)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that a type alone cannot express."""
+    checks = [
+        (cfg.data.window >= 1, "data.window", "must be at least 1"),
+        (cfg.data.stride is None or cfg.data.stride >= 1, "data.stride", "must be at least 1"),
+        (cfg.data.eval_stride is None or cfg.data.eval_stride >= 1, "data.eval_stride", "must be at least 1"),
+        (len(cfg.data.classes) >= 2, "data.classes", "needs at least 2 classes"),
+        (cfg.model.tcn_blocks >= 0, "model.tcn_blocks", "must be 0 or more"),
+        (cfg.model.dim % cfg.model.heads == 0, "model.heads", f"must divide model.dim ({cfg.model.dim})"),
+        (0.0 <= cfg.model.dropout < 1.0, "model.dropout", "must be in [0, 1)"),
+        (0.0 <= cfg.model.mlp_dropout < 1.0, "model.mlp_dropout", "must be in [0, 1)"),
+        (cfg.loss.contrastive_weight >= 0.0, "loss.contrastive_weight", "must be 0 or more"),
+        ("{emotion}" in cfg.loss.prompt_template, "loss.prompt_template", "must contain '{emotion}'"),
+        (cfg.train.lr > 0, "train.lr", "must be positive"),
+        (cfg.train.epochs >= 1, "train.epochs", "must be at least 1"),
+        (cfg.train.batch_size >= 1, "train.batch_size", "must be at least 1"),
+        (cfg.train.grad_accum_steps >= 1, "train.grad_accum_steps", "must be at least 1"),
+        (0.0 <= cfg.train.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)"),
+    ]
+    for ok, key, msg in checks:
+        if not ok:
+            raise ConfigError(f"config key '{key}': {msg}")
+
+
+def parse_cli(argv: list[str]) -> tuple[dict[str, Any], list[str], str | None, str | None]:
+    """Split ``argv`` into (dotted overrides, ``--config`` files, ``--preset``, ``--resume`` run dir).
+
+    Accepts ``--key value`` and ``--key=value``. Anything not of that form raises ConfigError.
+    """
+    overrides: dict[str, Any] = {}
+    files: list[str] = []
+    preset = resume = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("--") or arg == "--":
+            raise ConfigError(f"unexpected argument '{arg}': options look like --section.key VALUE")
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(argv) or (argv[i + 1].startswith("--") and not _is_number(argv[i + 1])):
+                raise ConfigError(f"option '--{name}' needs a value")
+            value = argv[i + 1]
+            i += 1
+        i += 1
+        if name == "config":
+            files.append(value)
+        elif name == "preset":
+            preset = value
+        elif name == "resume":
+            resume = value
+        elif "." in name:
+            overrides[name] = parse_literal(value)
+        else:
+            raise ConfigError(
+                f"unknown option '--{name}': use --config FILE, --preset NAME, --resume RUN_DIR "
+                f"or a dotted config key such as --model.tcn_blocks"
+            )
+    return overrides, files, preset, resume
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

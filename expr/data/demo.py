@@ -1,0 +1,137 @@
+"""Built-in demo data: a seeded generator of synthetic "videos" in the real store schema.
+
+It is a functional test bed, NOT a benchmark of emotion recognition: the features are not CLIP or Wav2Vec2
+outputs of real faces and voices. What it does imitate is the structure that the paper's components exploit:
+
+- Labels come in runs (segments of 40-200 frames), imbalanced like Aff-Wild2 (Neutral and Happiness frequent,
+  Fear and Disgust rare), with unlabelled (-1) segments, runs of frames without a face (masked), a mix of
+  25 and 30 fps videos, and videos without an audio track.
+- The 8 classes form 4 visual groups, each with a static prototype direction in the 512-d visual space:
+  {Neutral, Sadness} and {Anger, Disgust} look identical and differ only in the audio (class-specific audio
+  prototypes on voiced audio frames); {Happiness, Surprise} and {Fear, Other} sound identical and differ only in
+  visual dynamics: an oscillation along a group direction that is slow for one class and fast for the other.
+  A single frame of either has the same distribution (random phase), so only a model that compares neighbouring
+  frames (the TCN) tells them apart.
+
+So a visual-only or audio-only model cannot separate two of the four pairs, nor can a model without temporal
+modelling separate the other two: each such ablation loses about a quarter of the macro-F1, and the full model
+reaches above 0.9.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from expr.config import ABAW_CLASSES
+from expr.data.store import VideoRecord, write_store
+
+DEMO_VERSION = 1
+CLASS_FREQ = np.array([0.26, 0.08, 0.06, 0.06, 0.20, 0.10, 0.09, 0.15])  # ABAW order; Neutral, Happiness frequent
+GROUP = np.array([0, 1, 1, 3, 2, 0, 2, 3])  # visual group of each class
+PERIOD = np.array([0, 0, 0, 20.0, 20.0, 0, 2.5, 2.5])  # oscillation period in frames (0: static)
+AUDIO_PAIRS = {0, 1, 2, 5}  # classes whose audio prototype is their own; others share one per visual group
+
+
+def default_demo_dir(num_videos: int, seed: int) -> Path:
+    """Where the demo store is cached: ``$EXPR_CACHE_DIR`` or ``~/.cache/expr``."""
+    root = Path(os.environ.get("EXPR_CACHE_DIR", Path.home() / ".cache" / "expr"))
+    return root / f"demo-v{DEMO_VERSION}-n{num_videos}-s{seed}"
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    v = rng.standard_normal((n, dim))
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _runs(rng: np.random.Generator, n: int, lo: int, hi: int) -> list[tuple[int, int]]:
+    """Consecutive (start, end) segments covering [0, n) with lengths in [lo, hi]."""
+    out, t = [], 0
+    while t < n:
+        length = int(rng.integers(lo, hi + 1))
+        out.append((t, min(n, t + length)))
+        t += length
+    return out
+
+
+def generate_videos(
+    num_videos: int = 40,
+    seed: int = 0,
+    visual_dim: int = 512,
+    audio_dim: int = 768,
+    validation_fraction: float = 0.25,
+    no_audio_fraction: float = 0.1,
+) -> list[VideoRecord]:
+    """The demo videos, deterministic in (num_videos, seed)."""
+    proto_rng = np.random.default_rng(1234)  # prototypes do not depend on the video count or seed
+    static = 1.0 * _unit(proto_rng, 4, visual_dim)
+    dynamic = 1.0 * _unit(proto_rng, 4, visual_dim)
+    audio_proto = 0.6 * _unit(proto_rng, 8, audio_dim)
+    for c in range(8):
+        if c not in AUDIO_PAIRS:  # one shared audio prototype per dynamics pair
+            audio_proto[c] = audio_proto[min(k for k in range(8) if GROUP[k] == GROUP[c] and k not in AUDIO_PAIRS)]
+    rng = np.random.default_rng(seed)
+    num_val = max(1, round(num_videos * validation_fraction))
+    videos = []
+    for i in range(num_videos):
+        split = "validation" if i >= num_videos - num_val else "train"
+        fps = float(rng.choice([25.0, 30.0]))
+        n = int(rng.integers(500, 1100))
+        labels = np.empty(n, np.int64)
+        truth = np.empty(n, np.int64)
+        for a, b in _runs(rng, n, 40, 200):
+            c = int(rng.choice(8, p=CLASS_FREQ))
+            truth[a:b] = c
+            labels[a:b] = -1 if rng.random() < 0.05 else c
+        face = np.ones(n, bool)
+        for a, b in _runs(rng, n, 5, 30):
+            if rng.random() < 0.08:
+                face[a:b] = False
+        gain = rng.uniform(0.7, 1.3)
+        identity = 0.5 * _unit(rng, 1, visual_dim)[0]
+        phase = rng.uniform(0, 2 * np.pi)
+        t = np.arange(n)
+        period = PERIOD[truth]
+        wave = np.where(period > 0, np.sin(2 * np.pi * t / np.where(period > 0, period, 1.0) + phase), 0.0)
+        visual = (
+            identity
+            + gain * static[GROUP[truth]]
+            + wave[:, None] * dynamic[GROUP[truth]]
+            + 0.05 * rng.standard_normal((n, visual_dim))
+        )
+        visual[~face] = 0.0
+        audio = None
+        if rng.random() >= no_audio_fraction:
+            na = int(np.floor(n / fps * 50.0))
+            frame_of_audio = np.minimum((np.arange(na) / 50.0 * fps).astype(np.int64), n - 1)
+            voiced = np.zeros(na, bool)
+            for a, b in _runs(rng, na, 10, 60):
+                voiced[a:b] = rng.random() < 0.6
+            audio = 0.05 * rng.standard_normal((na, audio_dim))
+            audio[voiced] += audio_proto[truth[frame_of_audio[voiced]]]
+        videos.append(
+            VideoRecord(
+                name=f"demo_{i:03d}", split=split, fps=fps, visual=visual, face=face, labels=labels, audio=audio
+            )
+        )
+    return videos
+
+
+def ensure_demo_store(num_videos: int = 40, seed: int = 0, path: str | Path | None = None) -> Path:
+    """Generate the demo store once (cached on disk) and return its path."""
+    path = Path(path) if path else default_demo_dir(num_videos, seed)
+    if (path / "store.json").is_file():
+        return path
+    videos = generate_videos(num_videos, seed)
+    digest = hashlib.sha1(f"{DEMO_VERSION}-{num_videos}-{seed}".encode()).hexdigest()[:12]
+    meta = {
+        "source": "demo",
+        "classes": list(ABAW_CLASSES),
+        "backbones": {"clip": "none (synthetic features)", "wav2vec2": "none (synthetic features)"},
+        "note": "synthetic demo data; not a benchmark of emotion recognition",
+        "demo": {"version": DEMO_VERSION, "num_videos": num_videos, "seed": seed, "id": digest},
+    }
+    return write_store(path, videos, meta)

@@ -1,0 +1,202 @@
+"""The frame-level feature store: what ``expr prepare`` and the demo generator write, and training reads.
+
+A store is a directory of Hugging Face ``datasets`` saved with ``save_to_disk`` plus a JSON header:
+
+- ``frames/``: one row per video frame, in video order: ``video`` (int32 index into ``videos``), ``visual``
+  (fp16 [visual_dim] frozen-CLIP embedding; zeros where no face), ``face`` (bool: a face crop exists), ``label``
+  (int16 class index, ``-1`` = ignore, e.g. unannotated frames and test videos).
+- ``audio/``: one row per audio feature frame, in video order: ``video``, ``audio`` (fp16 [audio_dim] Wav2Vec2
+  hidden state).
+- ``videos/``: one row per video: ``name``, ``split`` (``train`` / ``validation`` / ``test``), ``fps`` (the
+  video's real frame rate), ``num_frames``, ``frame_offset`` (first row in ``frames``), ``num_audio``,
+  ``audio_offset`` (first row in ``audio``), ``audio_rate`` (audio feature frames per second, 50 for Wav2Vec2),
+  ``audio_start`` (time in seconds of audio frame 0 relative to video frame 0).
+- ``store.json``: format version, feature widths, class names, backbones used and where the data came from.
+
+Frame i of a video starts at time i / fps; audio frame j at ``audio_start + j / audio_rate``. So any window of
+frames maps to its span of audio frames (:meth:`FrameStore.audio_span`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+SPLITS = ("train", "validation", "test")
+
+
+class StoreError(ValueError):
+    """A feature store that cannot be read; the message names the path."""
+
+
+@dataclass
+class VideoRecord:
+    """One video's frames and audio, as the store writer receives them."""
+
+    name: str
+    split: str
+    fps: float
+    visual: np.ndarray  # [T, visual_dim] float (stored fp16)
+    face: np.ndarray  # [T] bool
+    labels: np.ndarray  # [T] int, -1 = ignore
+    audio: np.ndarray | None  # [Ta, audio_dim] or None when the video has no audio track
+    audio_rate: float = 50.0
+    audio_start: float = 0.0
+
+
+def write_store(path: str | Path, videos: list[VideoRecord], meta: dict[str, Any]) -> Path:
+    """Write ``videos`` as a store at ``path`` (atomically: a temporary folder renamed at the end)."""
+    import datasets
+    import pyarrow as pa
+
+    datasets.disable_progress_bars()
+    path = Path(path)
+    if not videos:
+        raise StoreError(f"{path}: no videos to write")
+    visual_dim = videos[0].visual.shape[1]
+    audio_dims = {v.audio.shape[1] for v in videos if v.audio is not None and len(v.audio)}
+    audio_dim = audio_dims.pop() if audio_dims else int(meta.get("audio_dim", 768))
+    rows: dict[str, list] = {
+        k: []
+        for k in (
+            "name",
+            "split",
+            "fps",
+            "num_frames",
+            "frame_offset",
+            "num_audio",
+            "audio_offset",
+            "audio_rate",
+            "audio_start",
+        )
+    }
+    frame_offset = audio_offset = 0
+    for v in videos:
+        if v.split not in SPLITS:
+            raise StoreError(f"video '{v.name}': split '{v.split}' is not one of {SPLITS}")
+        n = len(v.visual)
+        if not (len(v.face) == len(v.labels) == n):
+            raise StoreError(f"video '{v.name}': visual, face and labels lengths differ")
+        na = 0 if v.audio is None else len(v.audio)
+        for key, value in (
+            ("name", v.name),
+            ("split", v.split),
+            ("fps", float(v.fps)),
+            ("num_frames", n),
+            ("frame_offset", frame_offset),
+            ("num_audio", na),
+            ("audio_offset", audio_offset),
+            ("audio_rate", float(v.audio_rate)),
+            ("audio_start", float(v.audio_start)),
+        ):
+            rows[key].append(value)
+        frame_offset += n
+        audio_offset += na
+
+    def fixed(arrays: list[np.ndarray], dim: int) -> pa.FixedSizeListArray:
+        flat = np.concatenate([a.astype(np.float16).reshape(-1) for a in arrays]) if arrays else np.zeros(0, np.float16)
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
+
+    frames = pa.table(
+        {
+            "video": pa.array(np.concatenate([np.full(len(v.visual), i, np.int32) for i, v in enumerate(videos)])),
+            "visual": fixed([v.visual for v in videos], visual_dim),
+            "face": pa.array(np.concatenate([np.asarray(v.face, bool) for v in videos])),
+            "label": pa.array(np.concatenate([np.asarray(v.labels, np.int16) for v in videos])),
+        }
+    )
+    with_audio = [(i, v.audio) for i, v in enumerate(videos) if v.audio is not None and len(v.audio)]
+    audio = pa.table(
+        {
+            "video": pa.array(
+                np.concatenate([np.full(len(a), i, np.int32) for i, a in with_audio])
+                if with_audio
+                else np.zeros(0, np.int32)
+            ),
+            "audio": fixed([a for _, a in with_audio], audio_dim),
+        }
+    )
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        import shutil
+
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    datasets.Dataset(frames).save_to_disk(str(tmp / "frames"), num_shards=1)
+    datasets.Dataset(audio).save_to_disk(str(tmp / "audio"), num_shards=1)
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp / "videos"), num_shards=1)
+    header = {"format_version": FORMAT_VERSION, "visual_dim": int(visual_dim), "audio_dim": int(audio_dim), **meta}
+    (tmp / "store.json").write_text(json.dumps(header, indent=2))
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    tmp.rename(path)
+    return path
+
+
+def _fixed_to_numpy(column, dim: int, dtype=np.float16) -> np.ndarray:
+    """A FixedSizeList column (ChunkedArray) as one contiguous [N, dim] array."""
+    parts = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
+    flat = np.concatenate(parts) if parts else np.zeros(0, dtype)
+    return flat.astype(dtype, copy=False).reshape(-1, dim)
+
+
+class FrameStore:
+    """A store loaded into memory as flat numpy arrays, with per-video offsets."""
+
+    def __init__(self, path: str | Path):
+        import datasets
+
+        self.path = Path(path)
+        header_path = self.path / "store.json"
+        if not header_path.is_file():
+            raise StoreError(f"{self.path}: not a feature store (no store.json). Create one with `expr prepare`.")
+        self.meta: dict[str, Any] = json.loads(header_path.read_text())
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise StoreError(
+                f"{self.path}: store format {self.meta.get('format_version')} is not the supported "
+                f"format {FORMAT_VERSION}; prepare it again with this version of expr"
+            )
+        try:
+            frames = datasets.load_from_disk(str(self.path / "frames")).data.table
+            audio = datasets.load_from_disk(str(self.path / "audio")).data.table
+            videos = datasets.load_from_disk(str(self.path / "videos"))
+        except FileNotFoundError as e:
+            raise StoreError(f"{self.path}: incomplete feature store ({e})") from None
+        self.visual = _fixed_to_numpy(frames.column("visual"), self.meta["visual_dim"])  # [N, 512] fp16
+        self.face = frames.column("face").to_numpy().astype(bool)  # [N]
+        self.labels = frames.column("label").to_numpy().astype(np.int64)  # [N]
+        self.audio = _fixed_to_numpy(audio.column("audio"), self.meta["audio_dim"])  # [Na, 768] fp16
+        v = videos.to_dict()
+        self.names: list[str] = v["name"]
+        self.splits = np.array(v["split"])
+        self.fps = np.asarray(v["fps"], np.float64)
+        self.num_frames = np.asarray(v["num_frames"], np.int64)
+        self.frame_offset = np.asarray(v["frame_offset"], np.int64)
+        self.num_audio = np.asarray(v["num_audio"], np.int64)
+        self.audio_offset = np.asarray(v["audio_offset"], np.int64)
+        self.audio_rate = np.asarray(v["audio_rate"], np.float64)
+        self.audio_start = np.asarray(v["audio_start"], np.float64)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta["classes"])
+
+    def videos_in(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == split)
+
+    def audio_span(self, video: np.ndarray, start: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """First audio frame (relative to the video's audio) and audio frame count of frame windows.
+
+        A window of ``length`` frames from ``start`` covers [start / fps, (start + length) / fps) seconds.
+        """
+        t0 = start / self.fps[video] - self.audio_start[video]
+        a0 = np.floor(t0 * self.audio_rate[video]).astype(np.int64)
+        count = np.ceil(length / self.fps[video] * self.audio_rate[video]).astype(np.int64)
+        return a0, np.maximum(count, 1)

@@ -1,0 +1,1 @@
+"""Frozen backbones and feature extraction."""

@@ -1,0 +1,84 @@
+"""Loss functions: class-weighted cross-entropy and the multi-positive text contrastive loss. Pure functions."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def class_weights(labels: np.ndarray, num_classes: int, scheme: str = "inverse", beta: float = 0.999) -> torch.Tensor:
+    """Per-class cross-entropy weights from the training labels (``-1`` entries are ignored).
+
+    ``inverse``: w_c = N / (C n_c). ``sqrt_inverse``: its square root. ``effective``: (1 - beta) / (1 - beta^n_c)
+    (Cui et al., CVPR 2019). ``none``: all ones. Every scheme is rescaled so the mean weight over the training
+    samples is 1 (so the loss keeps the scale of the unweighted one); a class with no sample gets 0.
+    """
+    labels = np.asarray(labels)
+    counts = np.bincount(labels[labels >= 0], minlength=num_classes).astype(np.float64)[:num_classes]
+    present = counts > 0
+    w = np.zeros(num_classes)
+    if scheme == "none":
+        w[:] = 1.0
+    elif scheme in ("inverse", "sqrt_inverse"):
+        w[present] = counts.sum() / (num_classes * counts[present])
+        if scheme == "sqrt_inverse":
+            w = np.sqrt(w)
+    elif scheme == "effective":
+        w[present] = (1.0 - beta) / (1.0 - np.power(beta, counts[present]))
+    else:
+        raise ValueError(f"unknown class weight scheme '{scheme}'")
+    total = counts.sum()
+    if total > 0 and scheme != "none":
+        w = w * total / (w * counts).sum()
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def multi_positive_contrastive(
+    embeddings: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    labels: torch.Tensor,
+    logit_scale: torch.Tensor,
+) -> torch.Tensor:
+    """Symmetric CLIP-style loss between B visual embeddings and the text embeddings of their labels.
+
+    The B x B logits compare visual embedding i with the text embedding of item j's label. A plain ``arange``
+    target would treat j != i with the same label as a negative although its text is identical. Here every j
+    with ``labels[j] == labels[i]`` is a positive: the target of row i (and of column j) is uniform over its
+    positives (the soft-target form of SupCon, Khosla et al. 2020). The loss is the mean of the visual-to-text
+    (rows) and text-to-visual (columns) cross-entropies.
+
+    embeddings: [B, D] L2-normalised; text_embeddings: [C, D] (normalised here); labels: [B] in [0, C).
+    """
+    text = F.normalize(text_embeddings.to(embeddings.dtype), dim=-1)[labels]  # [B, D]
+    logits = logit_scale * embeddings @ text.t()  # [B, B]
+    positives = (labels[:, None] == labels[None, :]).to(logits.dtype)  # [B, B], symmetric, diagonal 1
+    targets = positives / positives.sum(dim=1, keepdim=True)
+    v2t = torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
+    t2v = torch.sum(-targets * F.log_softmax(logits.t(), dim=1), dim=1).mean()
+    return 0.5 * (v2t + t2v)
+
+
+def total_loss(
+    logits: torch.Tensor,
+    embeddings: torch.Tensor,
+    logit_scale: torch.Tensor,
+    labels: torch.Tensor,
+    text_embeddings: torch.Tensor,
+    weights: torch.Tensor | None,
+    contrastive_weight: float,
+    label_smoothing: float = 0.0,
+) -> dict[str, torch.Tensor]:
+    """L = L_cls + lambda L_con. Returns the parts as a dict with the sum under ``loss``."""
+    weight = weights.to(logits.device, logits.dtype) if weights is not None else None
+    cls = F.cross_entropy(
+        logits.float(), labels, weight=None if weight is None else weight.float(), label_smoothing=label_smoothing
+    )
+    out = {"loss_cls": cls}
+    if contrastive_weight > 0:
+        con = multi_positive_contrastive(embeddings.float(), text_embeddings.float(), labels, logit_scale.float())
+        out["loss_con"] = con
+        out["loss"] = cls + contrastive_weight * con
+    else:
+        out["loss"] = cls
+    return out

@@ -1,0 +1,167 @@
+"""The trainable head of the paper: visual TCN, audio adapter, bi-directional cross-attention, pooling, MLP.
+
+Pure ``nn.Module`` code built from :class:`expr.config.ModelConfig`; no accelerate, datasets or optuna here.
+
+Masks are ``True`` where a position holds real data (a frame with a face, an audio frame inside the video).
+Masked positions are zeroed before the TCN, never used as attention keys, and never pooled, so changing their
+values cannot change the output. A window with no valid position on one side (a video without audio, a window
+without any face) gets a zero attention update and a zero pooled vector for that side, never NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
+
+from expr.config import ModelConfig
+
+
+class CausalConv1d(nn.Module):
+    """A dilated 1-D convolution that only sees the past: left padding of (k - 1) * dilation."""
+
+    def __init__(self, width: int, kernel: int, dilation: int, use_weight_norm: bool):
+        super().__init__()
+        self.pad = (kernel - 1) * dilation
+        conv = nn.Conv1d(width, width, kernel, dilation=dilation)
+        self.conv = weight_norm(conv) if use_weight_norm else conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, T]
+        return self.conv(F.pad(x, (self.pad, 0)))  # [B, C, T]
+
+
+class TemporalBlock(nn.Module):
+    """Bai, Kolter & Koltun (2018): two dilated causal convs with ReLU and dropout, plus a residual."""
+
+    def __init__(self, width: int, kernel: int, dilation: int, dropout: float, use_weight_norm: bool):
+        super().__init__()
+        self.net = nn.Sequential(
+            CausalConv1d(width, kernel, dilation, use_weight_norm),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            CausalConv1d(width, kernel, dilation, use_weight_norm),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, C, T]
+        return F.relu(x + self.net(x))
+
+
+class TCN(nn.Module):
+    """``blocks`` temporal blocks with dilation 2^i; receptive field 1 + 2 (k - 1)(2^blocks - 1) frames."""
+
+    def __init__(self, width: int, blocks: int, kernel: int, dropout: float, use_weight_norm: bool):
+        super().__init__()
+        self.blocks = nn.ModuleList(TemporalBlock(width, kernel, 2**i, dropout, use_weight_norm) for i in range(blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, T, C]
+        y = x.transpose(1, 2)  # [B, C, T]
+        for block in self.blocks:
+            y = block(y)
+        return y.transpose(1, 2)  # [B, T, C]
+
+
+class CrossAttention(nn.Module):
+    """H = LN(Q + MHA(Q, KV, KV)) with key padding; queries with no valid key get a zero update."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, query: torch.Tensor, kv: torch.Tensor, kv_mask: torch.Tensor) -> torch.Tensor:
+        # query: [B, Tq, D]; kv: [B, Tk, D]; kv_mask: [B, Tk], True = valid
+        empty = ~kv_mask.any(dim=1)  # [B]
+        # A row with no valid key would softmax over nothing (NaN). Let it attend to position 0 (zeroed by the
+        # caller) and drop its update below, so the result is LN(query).
+        padding = ~kv_mask
+        padding[:, 0] &= ~empty
+        update, _ = self.attn(query, kv, kv, key_padding_mask=padding, need_weights=False)  # [B, Tq, D]
+        update = update.masked_fill(empty[:, None, None], 0.0)
+        return self.norm(query + update)  # [B, Tq, D]
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over time of the valid positions; zeros where none is valid. x: [B, T, D], mask: [B, T] -> [B, D]."""
+    weights = mask.to(x.dtype).unsqueeze(-1)  # [B, T, 1]
+    total = (x * weights).sum(dim=1)  # [B, D]
+    count = weights.sum(dim=1).clamp(min=1.0)  # [B, 1]
+    return total / count
+
+
+@dataclass
+class FusionOutput:
+    logits: torch.Tensor
+    """[B, num_classes] class scores."""
+    visual_embedding: torch.Tensor
+    """[B, text_dim] pooled visual representation after fusion, projected to the CLIP text space, L2-normalised."""
+    logit_scale: torch.Tensor
+    """Scalar contrastive logit scale (already exponentiated and clamped)."""
+
+
+class FusionHead(nn.Module):
+    """Visual TCN + audio adapter + cross-attention fusion + masked mean pooling + MLP classifier."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.dim
+        self.visual_in = nn.Identity() if cfg.visual_dim == d else nn.Linear(cfg.visual_dim, d)
+        self.tcn = TCN(d, cfg.tcn_blocks, cfg.tcn_kernel, cfg.dropout, cfg.tcn_weight_norm)
+        self.audio_adapter = nn.Sequential(
+            nn.Linear(cfg.audio_dim, d), nn.LayerNorm(d), nn.ReLU(), nn.Dropout(cfg.dropout)
+        )
+        self.v2a = CrossAttention(d, cfg.heads, cfg.dropout) if cfg.fusion in ("bidirectional", "v2a") else None
+        self.a2v = CrossAttention(d, cfg.heads, cfg.dropout) if cfg.fusion in ("bidirectional", "a2v") else None
+        layers: list[nn.Module] = []
+        width = 2 * d
+        for hidden in cfg.mlp_hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(cfg.mlp_dropout)]
+            width = hidden
+        layers.append(nn.Linear(width, num_classes))
+        self.classifier = nn.Sequential(*layers)
+        self.text_projection = nn.Linear(d, cfg.text_dim)
+        self.logit_scale = nn.Parameter(
+            torch.tensor(float(cfg.logit_scale_init)), requires_grad=cfg.learnable_logit_scale
+        )
+
+    def forward(
+        self,
+        visual: torch.Tensor,
+        visual_mask: torch.Tensor,
+        audio: torch.Tensor,
+        audio_mask: torch.Tensor,
+    ) -> FusionOutput:
+        # visual: [B, T, 512], visual_mask: [B, T]; audio: [B, Ta, 768], audio_mask: [B, Ta]
+        visual_mask = visual_mask.bool()
+        audio_mask = audio_mask.bool()
+        # Zero masked inputs so the causal convolutions never see what is behind a mask.
+        v = visual * visual_mask.unsqueeze(-1).to(visual.dtype)
+        fv = self.tcn(self.visual_in(v))  # [B, T, D]
+        fa = self.audio_adapter(audio)  # [B, Ta, D]
+        fv = fv * visual_mask.unsqueeze(-1).to(fv.dtype)
+        fa = fa * audio_mask.unsqueeze(-1).to(fa.dtype)
+        hv = self.v2a(fv, fa, audio_mask) if self.v2a is not None else fv  # [B, T, D]
+        ha = self.a2v(fa, fv, visual_mask) if self.a2v is not None else fa  # [B, Ta, D]
+        zv = masked_mean(hv, visual_mask)  # [B, D]
+        za = masked_mean(ha, audio_mask)  # [B, D]
+        logits = self.classifier(torch.cat([zv, za], dim=-1))  # [B, C]
+        embedding = F.normalize(self.text_projection(zv), dim=-1)  # [B, text_dim]
+        scale = self.logit_scale.exp().clamp(max=100.0)
+        return FusionOutput(logits=logits, visual_embedding=embedding, logit_scale=scale)
+
+
+def receptive_field(cfg: ModelConfig) -> int:
+    """Frames the last TCN output can see: 1 + 2 (k - 1)(2^blocks - 1)."""
+    return 1 + 2 * (cfg.tcn_kernel - 1) * (2**cfg.tcn_blocks - 1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+__all__ = ["FusionHead", "FusionOutput", "TCN", "CrossAttention", "masked_mean", "receptive_field"]

@@ -1,0 +1,525 @@
+"""Training entry point: ``accelerate launch expr/train.py [--config FILE] [--section.key VALUE ...]``.
+
+``run(cfg)`` trains the fusion head from a feature store (the built-in demo data when ``data.cache`` is unset)
+and returns a result dict; ``main(argv)`` parses the command line. Sweeps call ``run`` directly.
+
+A run directory holds: ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON object per epoch),
+``best/`` (the best head by validation macro-F1: ``model.safetensors`` + ``head.json``), ``states/`` (accelerate
+resume states, the newest named in ``states/latest.json``) and tracker logs (TensorBoard by default).
+``--resume RUN_DIR`` continues a killed run from its newest state and ends with the same metrics as an
+uninterrupted run with the same seed.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # Run as a script (`accelerate launch expr/train.py`): keep expr/ itself off sys.path so its modules cannot
+    # shadow top-level packages, and make the package importable from a source checkout.
+    _here = Path(__file__).resolve().parent
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+    sys.path.insert(0, str(_here.parent))
+
+import json  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from typing import Any  # noqa: E402
+
+import torch  # noqa: E402
+
+from expr.config import Config, ConfigError, apply_dict, build_config, load_yaml, parse_cli, validate  # noqa: E402
+
+logger = logging.getLogger("expr.train")
+
+EpochCallback = Callable[[int, dict[str, Any]], bool | None]
+
+
+def cosine_schedule(optimizer, total_steps: int, warmup_ratio: float, min_lr_ratio: float):
+    """Linear warm-up then cosine decay to ``min_lr_ratio`` x the peak learning rate."""
+    warmup = int(round(total_steps * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices and conv kernels only; not on biases, norms or the logit scale."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "logit_scale" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _new_run_dir() -> str:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = Path("runs") / stamp
+    n = 1
+    while path.exists():
+        path = Path("runs") / f"{stamp}-{n}"
+        n += 1
+    return str(path)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _flat_config(cfg: Config) -> dict[str, Any]:
+    out = {}
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            out[f"{section}/{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return out
+
+
+class Trainer:
+    """One training run. Construct, then :meth:`fit`."""
+
+    def __init__(self, cfg: Config, resume_dir: str | None = None, on_epoch_end: EpochCallback | None = None):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+
+        self.cfg = cfg
+        self.on_epoch_end = on_epoch_end
+        trackers = [t.strip() for t in cfg.train.log_with.split(",") if t.strip() and t.strip() != "none"]
+        run_dir = resume_dir or cfg.train.output_dir
+        self.accelerator = Accelerator(
+            gradient_accumulation_steps=cfg.train.grad_accum_steps,
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=run_dir or ".", logging_dir=None),
+        )
+        acc = self.accelerator
+        if acc.device.type == "cpu":
+            local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            torch.set_num_threads(cfg.train.cpu_threads or max(1, cores // max(1, local)))
+        if run_dir is None:  # every process must agree on the timestamped name
+            holder = [_new_run_dir() if acc.is_main_process else None]
+            broadcast_object_list(holder)
+            run_dir = holder[0]
+            acc.project_configuration.project_dir = run_dir
+        self.run_dir = Path(run_dir)
+        acc.project_configuration.logging_dir = str(self.run_dir / "logs")
+        cfg.train.output_dir = str(self.run_dir)
+        if acc.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.run_dir / "config.yaml")
+        acc.wait_for_everyone()
+        set_seed(cfg.train.seed)
+        self._build_data()
+        self._build_model()
+        if trackers:
+            acc.init_trackers("expr", config=_flat_config(cfg))
+        self.start_epoch, self.skip_steps, self.global_step = 0, 0, 0
+        self.best = {"macro_f1": -1.0, "epoch": -1}
+        self.history: list[dict[str, Any]] = []
+        self.epoch_sums = [0.0, 0.0]  # (sum of window losses, windows) in the current epoch, for resume
+        if resume_dir:
+            self._resume()
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def _build_data(self) -> None:
+        from expr.data.demo import ensure_demo_store
+        from expr.data.store import FrameStore
+        from expr.data.windows import EpochSampler, WindowDataset, build_windows, collate_batch
+        from expr.features.backbones import text_embeddings
+        from expr.losses import class_weights
+
+        cfg, acc = self.cfg, self.accelerator
+        with acc.main_process_first():
+            if cfg.data.cache:
+                path = Path(cfg.data.cache)
+            else:
+                path = ensure_demo_store(cfg.data.demo_videos, seed=0)
+                if acc.is_main_process:
+                    logger.info(
+                        "data.cache is not set: using the built-in demo data at %s (synthetic; see README)", path
+                    )
+            self.store = FrameStore(path)
+            text = text_embeddings(
+                cfg.data.classes, cfg.loss.prompt_template, cfg.backbones.clip, cfg.backbones.clip_pretrained
+            )
+        if list(self.store.classes) != list(cfg.data.classes):
+            raise ConfigError(
+                f"config key 'data.classes' {list(cfg.data.classes)} does not match the classes of "
+                f"the feature store {path}: {self.store.classes}"
+            )
+        if cfg.backbones.clip_pretrained == "random" and acc.is_main_process:
+            logger.warning(
+                "backbones.clip_pretrained=random: text embeddings come from randomly initialised CLIP "
+                "weights (fine for the demo and smoke runs, meaningless for real data)"
+            )
+        train_windows = build_windows(self.store, "train", cfg.data.window, cfg.data.stride, cfg.data.label_frame)
+        val_windows = build_windows(
+            self.store, "validation", cfg.data.window, cfg.data.eval_stride, cfg.data.label_frame
+        )
+        if len(train_windows) == 0:
+            raise ConfigError(f"no labelled training windows in {path} (split 'train', data.window={cfg.data.window})")
+        if len(val_windows) == 0:
+            raise ConfigError(f"no labelled validation windows in {path} (split 'validation')")
+        self.train_set = WindowDataset(self.store, train_windows)
+        self.val_set = WindowDataset(self.store, val_windows)
+        self.sampler = EpochSampler(len(self.train_set), cfg.train.seed)
+        # Loaders draw worker seeds from their own generator, not the global RNG: creating one (e.g. the skipping
+        # loader of a resumed epoch) must not shift the dropout randomness restored from a checkpoint.
+        loader = dict(
+            collate_fn=collate_batch,
+            num_workers=cfg.data.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=cfg.data.num_workers > 0,
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
+        self.train_loader = torch.utils.data.DataLoader(
+            self.train_set, batch_size=cfg.train.batch_size, sampler=self.sampler, **loader
+        )
+        self.val_loader = torch.utils.data.DataLoader(
+            self.val_set, batch_size=cfg.train.batch_size * 2, shuffle=False, **loader
+        )
+        self.text = text
+        self.class_weights = class_weights(self.train_set.label, cfg.num_classes, cfg.loss.class_weights)
+
+    def _build_model(self) -> None:
+        from expr.models.fusion import FusionHead, count_parameters
+
+        cfg, acc = self.cfg, self.accelerator
+        model = FusionHead(cfg.model, cfg.num_classes)
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+        steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum_steps)
+        self.total_steps = steps_per_epoch * cfg.train.epochs
+        scheduler = cosine_schedule(optimizer, self.total_steps, cfg.train.warmup_ratio, cfg.train.min_lr_ratio)
+        (self.model, self.optimizer, self.train_loader, self.val_loader, self.scheduler) = acc.prepare(
+            model, optimizer, self.train_loader, self.val_loader, scheduler
+        )
+        self.text = self.text.to(acc.device)
+        self.class_weights = self.class_weights.to(acc.device)
+        self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum_steps)
+        if acc.is_main_process:
+            effective = cfg.train.batch_size * acc.num_processes * cfg.train.grad_accum_steps
+            logger.info(
+                "head: %.2f M trainable parameters; %d train / %d validation windows of %d frames; effective batch "
+                "%d (%d per device x %d processes x %d accumulation); lr %.2g (not scaled with the batch); "
+                "%d optimizer steps",
+                count_parameters(model) / 1e6,
+                len(self.train_set),
+                len(self.val_set),
+                cfg.data.window,
+                effective,
+                cfg.train.batch_size,
+                acc.num_processes,
+                cfg.train.grad_accum_steps,
+                cfg.train.lr,
+                self.total_steps,
+            )
+
+    # ------------------------------------------------------------------------------------------ checkpoint
+    def _state_dir(self) -> Path:
+        return self.run_dir / "states"
+
+    def save_state(self, epoch: int, step_in_epoch: int) -> None:
+        """Resume state of all ranks, written to a temporary folder and renamed; then ``latest.json``."""
+        acc = self.accelerator
+        name = f"step{self.global_step:08d}"
+        final = self._state_dir() / name
+        tmp = self._state_dir() / f".{name}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            progress = {
+                "epoch": epoch,
+                "step_in_epoch": step_in_epoch,
+                "global_step": self.global_step,
+                "best": self.best,
+                "history": self.history,
+                "epoch_sums": self.epoch_sums,
+            }
+            (tmp / "progress.json").write_text(json.dumps(progress))
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            _atomic_write(self._state_dir() / "latest.json", json.dumps({"state": name}))
+            kept = sorted(p for p in self._state_dir().glob("step*") if p.is_dir())
+            for old in kept[: max(0, len(kept) - self.cfg.train.keep_last_states)]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _resume(self) -> None:
+        latest = self._state_dir() / "latest.json"
+        if not latest.is_file():
+            raise ConfigError(f"--resume {self.run_dir}: no saved state found ({latest} is missing)")
+        state = self._state_dir() / json.loads(latest.read_text())["state"]
+        self.accelerator.load_state(str(state))
+        progress = json.loads((state / "progress.json").read_text())
+        self.global_step = progress["global_step"]
+        self.best, self.history, self.epoch_sums = progress["best"], progress["history"], progress["epoch_sums"]
+        if progress["step_in_epoch"] >= self.steps_per_epoch:  # saved at the end of an epoch
+            self.start_epoch, self.skip_steps = progress["epoch"] + 1, 0
+            self.epoch_sums = [0.0, 0.0]
+        else:
+            self.start_epoch, self.skip_steps = progress["epoch"], progress["step_in_epoch"]
+        if self.accelerator.is_main_process:
+            # Rows written after the state was saved belong to work that will be redone.
+            _atomic_write(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+            logger.info(
+                "resumed %s from %s: epoch %d, step %d", self.run_dir, state.name, self.start_epoch + 1, self.skip_steps
+            )
+
+    def save_best(self, epoch: int, metrics: dict[str, Any]) -> None:
+        """Head-only export (no optimizer, no backbones) for inference, atomically replaced."""
+        from safetensors.torch import save_file
+
+        acc = self.accelerator
+        state = acc.get_state_dict(self.model)
+        if acc.is_main_process:
+            best = self.run_dir / "best"
+            best.mkdir(exist_ok=True)
+            tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
+            tmp = best / f".model.safetensors.tmp{os.getpid()}"
+            save_file(tensors, str(tmp), metadata={"format": "pt"})
+            os.replace(tmp, best / "model.safetensors")
+            info = {
+                "epoch": epoch,
+                "val/macro_f1": metrics["val/macro_f1"],
+                "classes": list(self.cfg.data.classes),
+                "config": self.cfg.to_dict(),
+                "store": {"path": str(self.store.path), **self.store.meta},
+            }
+            _atomic_write(best / "head.json", json.dumps(info, indent=2))
+
+    # ------------------------------------------------------------------------------------------- training
+    def _forward(self, batch: dict[str, torch.Tensor]):
+        dtype = next(self.model.parameters()).dtype
+        dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+        return self.model(
+            batch["visual"].to(dtype), batch["visual_mask"], batch["audio"].to(dtype), batch["audio_mask"]
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, Any]:
+        from expr.metrics import classification_report
+
+        acc = self.accelerator
+        self.model.eval()
+        preds, labels = [], []
+        for batch in self.val_loader:
+            out = self._forward(batch)
+            p, y = acc.gather_for_metrics((out.logits.argmax(dim=-1), batch["label"]))
+            preds.append(p.cpu())
+            labels.append(y.cpu())
+        report = classification_report(torch.cat(labels).numpy(), torch.cat(preds).numpy(), self.cfg.data.classes)
+        return {
+            "val/macro_f1": report["macro_f1"],
+            "val/accuracy": report["accuracy"],
+            "val/per_class_f1": report["per_class_f1"],
+            "val/confusion_matrix": report["confusion_matrix"],
+            "val/windows": report["count"],
+        }
+
+    def fit(self) -> dict[str, Any]:
+        from accelerate.logging import get_logger
+        from tqdm.auto import tqdm
+
+        from expr.losses import total_loss
+
+        cfg, acc = self.cfg, self.accelerator
+        log = get_logger("expr.train")
+        stopped = False
+        for epoch in range(self.start_epoch, cfg.train.epochs):
+            t0 = time.time()
+            self.model.train()
+            self.sampler.set_epoch(epoch)
+            skip = self.skip_steps if epoch == self.start_epoch else 0
+            loader = (
+                acc.skip_first_batches(self.train_loader, skip * cfg.train.grad_accum_steps)
+                if skip
+                else self.train_loader
+            )
+            if not skip:
+                self.epoch_sums = [0.0, 0.0]
+            step_in_epoch = skip
+            bar = tqdm(
+                total=self.steps_per_epoch,
+                initial=skip,
+                desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                disable=not acc.is_main_process,
+                leave=False,
+                dynamic_ncols=True,
+            )
+            for batch in loader:
+                with acc.accumulate(self.model):
+                    out = self._forward(batch)
+                    losses = total_loss(
+                        out.logits,
+                        out.visual_embedding,
+                        out.logit_scale,
+                        batch["label"],
+                        self.text,
+                        self.class_weights,
+                        cfg.loss.contrastive_weight,
+                        cfg.loss.label_smoothing,
+                    )
+                    acc.backward(losses["loss"])
+                    if acc.sync_gradients and cfg.train.max_grad_norm:
+                        acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
+                    self.optimizer.step()
+                    self.scheduler.step()
+                    self.optimizer.zero_grad()
+                n = batch["label"].shape[0]
+                self.epoch_sums[0] += float(losses["loss"].detach()) * n
+                self.epoch_sums[1] += n
+                if not acc.sync_gradients:
+                    continue
+                self.global_step += 1
+                step_in_epoch += 1
+                bar.update(1)
+                if self.global_step % cfg.train.log_every_steps == 0:
+                    values = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
+                    values["train/lr"] = self.scheduler.get_last_lr()[0]
+                    acc.log(values, step=self.global_step)
+                    bar.set_postfix(loss=f"{values['train/loss']:.3f}")
+                if (
+                    cfg.train.checkpoint_every_steps
+                    and self.global_step % cfg.train.checkpoint_every_steps == 0
+                    and step_in_epoch < self.steps_per_epoch
+                ):
+                    self.save_state(epoch, step_in_epoch)
+                if cfg.train.stop_after_steps and self.global_step >= cfg.train.stop_after_steps:
+                    stopped = True
+                    break
+            bar.close()
+            if stopped:
+                if step_in_epoch < self.steps_per_epoch:
+                    self.save_state(epoch, step_in_epoch)
+                    log.info(
+                        "stopped after %d steps (train.stop_after_steps); resume with --resume %s",
+                        self.global_step,
+                        self.run_dir,
+                        main_process_only=True,
+                    )
+                    break
+            totals = torch.tensor(self.epoch_sums, device=acc.device, dtype=torch.float64)
+            totals = acc.reduce(totals, reduction="sum")
+            metrics = {
+                "epoch": epoch + 1,
+                "step": self.global_step,
+                "train/loss": float(totals[0] / totals[1].clamp(min=1)),
+            }
+            metrics.update(self.evaluate())
+            metrics["time/epoch_s"] = round(time.time() - t0, 2)
+            self.history.append(metrics)
+            improved = metrics["val/macro_f1"] > self.best["macro_f1"]
+            if improved:
+                self.best = {"macro_f1": metrics["val/macro_f1"], "epoch": epoch + 1}
+                self.save_best(epoch + 1, metrics)
+            if acc.is_main_process:
+                with open(self.run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(metrics) + "\n")
+            acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.global_step)
+            per_class = " ".join(
+                f"{k[:4]} {v:.2f}" if v is not None else f"{k[:4]} -" for k, v in metrics["val/per_class_f1"].items()
+            )
+            log.info(
+                "epoch %d/%d  train/loss %.4f  val/macro_f1 %.4f  val/accuracy %.4f%s  (%.1f s)  [%s]",
+                epoch + 1,
+                cfg.train.epochs,
+                metrics["train/loss"],
+                metrics["val/macro_f1"],
+                metrics["val/accuracy"],
+                "  *best*" if improved else "",
+                metrics["time/epoch_s"],
+                per_class,
+                main_process_only=True,
+            )
+            self.save_state(epoch, self.steps_per_epoch)
+            if stopped:
+                break
+            if self.on_epoch_end is not None:
+                from accelerate.utils import broadcast_object_list
+
+                holder = [bool(self.on_epoch_end(epoch + 1, metrics)) if acc.is_main_process else None]
+                broadcast_object_list(holder)
+                if holder[0]:
+                    stopped = True
+                    break
+        acc.end_training()
+        return {
+            "run_dir": str(self.run_dir),
+            "best_macro_f1": self.best["macro_f1"],
+            "best_epoch": self.best["epoch"],
+            "history": self.history,
+            "stopped": stopped,
+            "completed": not stopped and len(self.history) == cfg.train.epochs,
+        }
+
+
+def run(cfg: Config, resume_dir: str | None = None, on_epoch_end: EpochCallback | None = None) -> dict[str, Any]:
+    """Train with ``cfg`` (or continue ``resume_dir``) and return the result dict."""
+    return Trainer(cfg, resume_dir=resume_dir, on_epoch_end=on_epoch_end).fit()
+
+
+def config_from_argv(argv: list[str]) -> tuple[Config, str | None]:
+    """The resolved config of a command line; with ``--resume RUN_DIR`` the run's saved config plus overrides."""
+    overrides, files, preset, resume = parse_cli(argv)
+    if resume:
+        saved = Path(resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume {resume}: not a run directory ({saved} is missing)")
+        cfg = Config()
+        apply_dict(cfg, load_yaml(saved), str(saved))
+        cfg.train.stop_after_steps = 0  # a simulated kill is not part of the run to continue
+        for f in files:
+            apply_dict(cfg, load_yaml(f), f)
+        apply_dict(cfg, overrides, "command line")
+        validate(cfg)
+        return cfg, resume
+    return build_config(overrides, files, preset), None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    # Our own messages at INFO; libraries (open_clip logs through the root logger) only from WARNING up.
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
+    logging.getLogger("expr").setLevel(logging.INFO)
+    try:
+        cfg, resume = config_from_argv(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from expr.data.store import StoreError
+    from expr.features.backbones import BackboneError
+
+    try:
+        result = run(cfg, resume_dir=resume)
+    except (ConfigError, StoreError, BackboneError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        print(
+            f"best val/macro_f1 {result['best_macro_f1']:.4f} at epoch {result['best_epoch']}; run: {result['run_dir']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

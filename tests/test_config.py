@@ -1,0 +1,93 @@
+import pytest
+
+from expr.config import ABAW_CLASSES, Config, ConfigError, all_keys, build_config, parse_cli, parse_literal
+
+
+def test_defaults_are_the_papers():
+    cfg = build_config(preset="paper")
+    assert cfg.train.lr == 1e-5 and cfg.train.epochs == 30 and cfg.train.batch_size == 64 and cfg.train.seed == 42
+    assert cfg.model.tcn_blocks == 6 and cfg.model.heads == 8 and cfg.model.fusion == "bidirectional"
+    assert cfg.loss.contrastive_weight == 0.1 and cfg.loss.prompt_template == "A face expressing {emotion}"
+    assert cfg.data.classes == ABAW_CLASSES and cfg.model.visual_dim == 512 and cfg.model.audio_dim == 768
+
+
+def test_ablation_axes_exist():
+    keys = set(all_keys())
+    assert {"data.window", "model.tcn_blocks", "model.fusion", "loss.contrastive_weight"} <= keys
+
+
+def test_demo_preset_only_without_a_cache():
+    assert build_config().train.lr == 3e-4  # demo preset
+    assert build_config({"data.cache": "/some/store"}).train.lr == 1e-5  # paper preset
+    assert build_config({"train.lr": 0.01}).train.lr == 0.01  # overrides win over the preset
+
+
+def test_cli_overrides_both_syntaxes():
+    overrides, files, preset, resume = parse_cli(
+        ["--model.tcn_blocks", "4", "--train.lr=3e-5", "--model.fusion", "v2a", "--config", "a.yaml"]
+    )
+    assert overrides == {"model.tcn_blocks": 4, "train.lr": 3e-5, "model.fusion": "v2a"}
+    assert files == ["a.yaml"] and preset is None and resume is None
+    cfg = build_config(overrides, preset="paper")
+    assert cfg.model.tcn_blocks == 4 and cfg.train.lr == 3e-5 and cfg.model.fusion == "v2a"
+
+
+def test_negative_number_is_a_value_not_an_option():
+    overrides, *_ = parse_cli(["--train.min_lr_ratio", "-0.5"])
+    assert overrides == {"train.min_lr_ratio": -0.5}
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"model.tcn_block": 4}, "model.tcn_block"),  # typo
+        ({"modle.tcn_blocks": 4}, "modle.tcn_blocks"),  # typo in the section
+        ({"model.tcn_blocks": "four"}, "model.tcn_blocks"),  # wrong type
+        ({"model.tcn_blocks": 2.5}, "model.tcn_blocks"),  # float for int
+        ({"model.fusion": "sideways"}, "model.fusion"),  # not a choice
+        ({"train.max_grad_norm": "x"}, "train.max_grad_norm"),
+        ({"model.heads": 7}, "model.heads"),  # does not divide 512
+    ],
+)
+def test_bad_keys_and_values_name_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        build_config(overrides)
+
+
+def test_typo_suggests_the_right_key():
+    with pytest.raises(ConfigError, match="Did you mean model.tcn_blocks"):
+        build_config({"model.tcn_block": 4})
+
+
+def test_yaml_roundtrip_and_types(tmp_path):
+    cfg = build_config({"model.mlp_hidden": [128, 64], "train.max_grad_norm": None, "data.window": 60})
+    cfg.save(tmp_path / "c.yaml")
+    again = build_config(yaml_files=[tmp_path / "c.yaml"])
+    assert again == cfg
+    assert again.model.mlp_hidden == (128, 64) and again.train.max_grad_norm is None
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  tcn_blocks: 3\n  dropuot: 0.2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*model\.dropuot"):
+        build_config(yaml_files=[bad])
+
+
+def test_int_accepted_for_float_and_literals_parsed():
+    assert build_config({"train.lr": 1}).train.lr == 1.0
+    assert parse_literal("none") is None and parse_literal("true") is True and parse_literal("[1, 2]") == [1, 2]
+    assert parse_literal("v2a") == "v2a"
+
+
+def test_config_has_no_torch_dependency():
+    import subprocess
+    import sys
+
+    code = "import sys, expr.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_num_classes_follows_class_list():
+    assert Config().num_classes == 8

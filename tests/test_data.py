@@ -1,0 +1,131 @@
+import numpy as np
+import pytest
+import torch
+
+from expr.data.demo import CLASS_FREQ, ensure_demo_store, generate_videos
+from expr.data.store import FrameStore, StoreError, VideoRecord, write_store
+from expr.data.windows import EpochSampler, WindowDataset, build_windows, window_starts
+
+
+def tiny_store(tmp_path):
+    rng = np.random.default_rng(0)
+    a = VideoRecord(
+        "a",
+        "train",
+        fps=25.0,
+        visual=rng.standard_normal((50, 4)),
+        face=np.arange(50) % 7 != 0,
+        labels=np.repeat([0, 1, -1, 2, 2], 10),
+        audio=rng.standard_normal((100, 3)),
+        audio_start=0.0,
+    )
+    b = VideoRecord(
+        "b",
+        "validation",
+        fps=30.0,
+        visual=rng.standard_normal((7, 4)),
+        face=np.ones(7, bool),
+        labels=np.full(7, 1),
+        audio=None,
+    )
+    path = write_store(tmp_path / "s", [a, b], {"classes": ["x", "y", "z"]})
+    return FrameStore(path), a, b
+
+
+def test_store_roundtrip(tmp_path):
+    store, a, b = tiny_store(tmp_path)
+    assert store.names == ["a", "b"] and list(store.splits) == ["train", "validation"]
+    assert store.visual.dtype == np.float16 and store.visual.shape == (57, 4)
+    np.testing.assert_allclose(store.visual[:50], a.visual.astype(np.float16))
+    assert store.num_audio.tolist() == [100, 0] and store.audio.shape == (100, 3)
+    assert store.labels[:50].tolist() == a.labels.tolist() and store.face[:50].tolist() == a.face.tolist()
+    assert not (tmp_path / "s.tmp").exists()
+
+
+def test_not_a_store_names_the_path(tmp_path):
+    with pytest.raises(StoreError, match=str(tmp_path)):
+        FrameStore(tmp_path)
+
+
+def test_window_starts_cover_the_video():
+    assert window_starts(100, 30, 30).tolist() == [0, 30, 60, 70]
+    assert window_starts(90, 30, 30).tolist() == [0, 30, 60]
+    assert window_starts(10, 30, 30).tolist() == [0]
+    assert window_starts(100, 30, 15).tolist() == [0, 15, 30, 45, 60, 70]
+
+
+def test_window_labels_and_dropping(tmp_path):
+    store, a, b = tiny_store(tmp_path)
+    center = build_windows(store, "train", 10, label_rule="center")
+    assert center["start"] == [0, 10, 30, 40] and center["label"] == [0, 1, 2, 2]  # window 20-29 is all -1
+    last = build_windows(store, "train", 10, stride=5, label_rule="last", drop_unlabelled=False)
+    assert last["label"][:4] == [0, 1, 1, -1]  # last frames 9, 14, 19, 24
+
+
+def test_majority_rule(tmp_path):
+    store, *_ = tiny_store(tmp_path)
+    w = build_windows(store, "train", 20, stride=5, label_rule="majority")
+    labels = dict(zip(w["start"], w["label"], strict=True))
+    assert labels[5] == 1  # frames 5-24: 0 x5, 1 x10, -1 x5
+    assert labels[20] == 2  # frames 20-39: -1 x10, 2 x10 (unlabelled frames do not vote)
+    assert labels[0] == 0  # tie 10/10 between classes 0 and 1 -> lowest index
+
+
+def test_getitems_gathers_masks_and_audio(tmp_path):
+    store, a, b = tiny_store(tmp_path)
+    train = WindowDataset(store, build_windows(store, "train", 10))
+    batch = train.__getitems__([0, 3])
+    assert batch["visual"].shape == (2, 10, 4) and batch["visual"].dtype == torch.float16
+    np.testing.assert_allclose(batch["visual"][1].float().numpy(), a.visual[40:50].astype(np.float16), rtol=1e-3)
+    assert batch["visual_mask"][0].tolist() == [i % 7 != 0 for i in range(10)]
+    # 10 frames at 25 fps = 0.4 s = 20 audio frames at 50 Hz, starting at 40 / 25 * 50 = 80 for start 40
+    assert batch["audio"].shape == (2, 20, 3) and batch["audio_mask"].all()
+    np.testing.assert_allclose(batch["audio"][1].float().numpy(), a.audio[80:100].astype(np.float16), rtol=1e-3)
+    assert batch["label"].tolist() == [0, 2]
+    # A 7-frame video without audio: padding and audio fully masked.
+    val = WindowDataset(store, build_windows(store, "validation", 10))
+    vb = val.__getitems__([0])
+    assert vb["visual_mask"][0].tolist() == [True] * 7 + [False] * 3
+    assert vb["frame_labels"][0].tolist() == [1] * 7 + [-1] * 3
+    assert not vb["audio_mask"].any() and vb["audio"].shape[1] >= 1
+
+
+def test_audio_span_uses_each_videos_fps(tmp_path):
+    store, *_ = tiny_store(tmp_path)
+    a0, count = store.audio_span(np.array([0, 1]), np.array([25, 30]), 15)
+    assert a0.tolist() == [50, 50] and count.tolist() == [30, 25]
+
+
+def test_epoch_sampler_is_seeded_per_epoch():
+    s = EpochSampler(50, seed=42)
+    first = list(s)
+    assert sorted(first) == list(range(50)) and list(s) == first
+    s.set_epoch(1)
+    assert list(s) != first
+    assert list(EpochSampler(50, seed=42)) == first
+    assert list(EpochSampler(5, 0, shuffle=False)) == [0, 1, 2, 3, 4]
+
+
+def test_demo_is_deterministic_and_realistic():
+    a, b = generate_videos(6, seed=3), generate_videos(6, seed=3)
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_array_equal(x.visual, y.visual)
+        np.testing.assert_array_equal(x.labels, y.labels)
+    videos = generate_videos(40, seed=0)
+    labels = np.concatenate([v.labels for v in videos])
+    counts = np.bincount(labels[labels >= 0], minlength=8) / (labels >= 0).sum()
+    assert counts.argmax() == 0 and counts[[2, 3]].max() < counts[[0, 4]].min()  # imbalanced like Aff-Wild2
+    assert (labels == -1).any()
+    assert any(v.audio is None for v in videos) and any(not v.face.all() for v in videos)
+    assert {v.fps for v in videos} == {25.0, 30.0}
+    assert {v.split for v in videos} == {"train", "validation"}
+    # labels come in runs: far fewer changes than frames
+    changes = sum(int((np.diff(v.labels) != 0).sum()) for v in videos)
+    assert changes < len(labels) / 30
+    assert CLASS_FREQ.sum() == pytest.approx(1.0)
+
+
+def test_demo_store_is_cached(small_store):
+    assert ensure_demo_store(12, seed=0) == small_store
+    store = FrameStore(small_store)
+    assert store.meta["source"] == "demo" and len(store.names) == 12
