@@ -126,8 +126,8 @@ class TrainConfig:
     """Seed of every random choice: init, data order, dropout (paper: 42)."""
     output_dir: str | None = None
     """Run directory. None: a new timestamped folder under ``runs/``."""
-    log_with: str = "tensorboard"
-    """Accelerate tracker(s), comma-separated (``tensorboard``, ``wandb``, ...), or ``none``."""
+    log_with: str | None = "tensorboard"
+    """Accelerate tracker(s), comma-separated (``tensorboard``, ``wandb``, ...); ``none`` for no tracker."""
     log_every_steps: int = 10
     """Optimizer steps between training-loss log lines."""
     checkpoint_every_steps: int = 0

@@ -96,7 +96,7 @@ class Trainer:
 
         self.cfg = cfg
         self.on_epoch_end = on_epoch_end
-        trackers = [t.strip() for t in cfg.train.log_with.split(",") if t.strip() and t.strip() != "none"]
+        trackers = [t.strip() for t in (cfg.train.log_with or "").split(",") if t.strip() not in ("", "none")]
         run_dir = resume_dir or cfg.train.output_dir
         self.accelerator = Accelerator(
             gradient_accumulation_steps=cfg.train.grad_accum_steps,
@@ -343,13 +343,15 @@ class Trainer:
         for epoch in range(self.start_epoch, cfg.train.epochs):
             t0 = time.time()
             self.model.train()
-            self.sampler.set_epoch(epoch)
             skip = self.skip_steps if epoch == self.start_epoch else 0
             loader = (
                 acc.skip_first_batches(self.train_loader, skip * cfg.train.grad_accum_steps)
                 if skip
                 else self.train_loader
             )
+            # Through the prepared loader: accelerate re-applies its own iteration counter to the sampler on every
+            # __iter__, and that counter starts at 0 in a resumed process.
+            loader.set_epoch(epoch)
             if not skip:
                 self.epoch_sums = [0.0, 0.0]
             step_in_epoch = skip

@@ -19,7 +19,7 @@ def test_every_dependency_imports():
 def test_accelerate_command_runs():
     out = subprocess.run(accelerate_cmd() + ["env"], capture_output=True, text=True, env=_env())
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "Accelerate version" in out.stdout
+    assert "`Accelerate` version" in out.stdout
 
 
 def test_compat_hook_only_acts_when_torchvision_ops_are_missing():

@@ -63,13 +63,14 @@ def generate_videos(
     visual_dim: int = 512,
     audio_dim: int = 768,
     validation_fraction: float = 0.25,
-    no_audio_fraction: float = 0.1,
+    no_audio_every: int = 15,
 ) -> list[VideoRecord]:
-    """The demo videos, deterministic in (num_videos, seed)."""
+    """The demo videos, deterministic in (num_videos, seed). Every ``no_audio_every``-th video (starting with
+    the sixth) has no audio track: 3 of the default 40, two for training and one for validation."""
     proto_rng = np.random.default_rng(1234)  # prototypes do not depend on the video count or seed
     static = 1.0 * _unit(proto_rng, 4, visual_dim)
-    dynamic = 1.0 * _unit(proto_rng, 4, visual_dim)
-    audio_proto = 0.6 * _unit(proto_rng, 8, audio_dim)
+    dynamic = 2.0 * _unit(proto_rng, 4, visual_dim)
+    audio_proto = 1.0 * _unit(proto_rng, 8, audio_dim)
     for c in range(8):
         if c not in AUDIO_PAIRS:  # one shared audio prototype per dynamics pair
             audio_proto[c] = audio_proto[min(k for k in range(8) if GROUP[k] == GROUP[c] and k not in AUDIO_PAIRS)]
@@ -104,12 +105,12 @@ def generate_videos(
         )
         visual[~face] = 0.0
         audio = None
-        if rng.random() >= no_audio_fraction:
+        if i % no_audio_every != 5:
             na = int(np.floor(n / fps * 50.0))
             frame_of_audio = np.minimum((np.arange(na) / 50.0 * fps).astype(np.int64), n - 1)
             voiced = np.zeros(na, bool)
             for a, b in _runs(rng, na, 10, 60):
-                voiced[a:b] = rng.random() < 0.6
+                voiced[a:b] = rng.random() < 0.75
             audio = 0.05 * rng.standard_normal((na, audio_dim))
             audio[voiced] += audio_proto[truth[frame_of_audio[voiced]]]
         videos.append(
