@@ -33,7 +33,7 @@ install() {
   if [ -n "${EXPR_TORCH_INDEX_URL:-}" ]; then extra=(--extra-index-url "$EXPR_TORCH_INDEX_URL"); fi
   pip_quiet install -q "${extra[@]}" "$spec"
   local version
-  version=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
+  version=$("$PY" -c 'import importlib.metadata as m; print(m.version("torch").split("+")[0])')
   echo "torch==$version" > "$VENV/constraints.txt"
   pip_quiet install -q -c "$VENV/constraints.txt" -e ".[dev]"
   "$PY" -c 'import expr, torch, accelerate, open_clip, evaluate, datasets, deepspeed, optuna; print("+ installed: torch", torch.__version__)' >&2

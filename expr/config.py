@@ -66,6 +66,9 @@ class ModelConfig:
     """Cross-attention direction (ablation axis): both, visual-queries-audio only, audio-queries-visual only, none."""
     heads: int = 8
     """Attention heads of each cross-attention."""
+    modalities: Literal["audio_visual", "visual", "audio"] = "audio_visual"
+    """Streams the head may use. ``visual`` or ``audio`` masks the other stream out entirely (single-modality
+    ablations); the architecture stays the same."""
     dropout: float = 0.1
     """Dropout in the TCN blocks, the audio adapter and the attention weights."""
     mlp_hidden: tuple[int, ...] = (512, 256)

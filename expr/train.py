@@ -32,10 +32,11 @@ from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+from accelerate.logging import get_logger  # noqa: E402
 
 from expr.config import Config, ConfigError, apply_dict, build_config, load_yaml, parse_cli, validate  # noqa: E402
 
-logger = logging.getLogger("expr.train")
+logger = get_logger("expr.train")  # main process only, unless a call says otherwise
 
 EpochCallback = Callable[[int, dict[str, Any]], bool | None]
 
@@ -136,7 +137,7 @@ class Trainer:
     def _build_data(self) -> None:
         from expr.data.demo import ensure_demo_store
         from expr.data.store import FrameStore
-        from expr.data.windows import EpochSampler, WindowDataset, build_windows, collate_batch
+        from expr.data.windows import EpochSampler, WindowDataset, collate_batch, load_or_build_windows
         from expr.features.backbones import text_embeddings
         from expr.losses import class_weights
 
@@ -146,10 +147,7 @@ class Trainer:
                 path = Path(cfg.data.cache)
             else:
                 path = ensure_demo_store(cfg.data.demo_videos, seed=0)
-                if acc.is_main_process:
-                    logger.info(
-                        "data.cache is not set: using the built-in demo data at %s (synthetic; see README)", path
-                    )
+                logger.info("data.cache is not set: using the built-in demo data at %s (synthetic; see README)", path)
             self.store = FrameStore(path)
             text = text_embeddings(
                 cfg.data.classes, cfg.loss.prompt_template, cfg.backbones.clip, cfg.backbones.clip_pretrained
@@ -159,15 +157,18 @@ class Trainer:
                 f"config key 'data.classes' {list(cfg.data.classes)} does not match the classes of "
                 f"the feature store {path}: {self.store.classes}"
             )
-        if cfg.backbones.clip_pretrained == "random" and acc.is_main_process:
+        if cfg.backbones.clip_pretrained == "random":
             logger.warning(
                 "backbones.clip_pretrained=random: text embeddings come from randomly initialised CLIP "
                 "weights (fine for the demo and smoke runs, meaningless for real data)"
             )
-        train_windows = build_windows(self.store, "train", cfg.data.window, cfg.data.stride, cfg.data.label_frame)
-        val_windows = build_windows(
-            self.store, "validation", cfg.data.window, cfg.data.eval_stride, cfg.data.label_frame
-        )
+        with acc.main_process_first():
+            train_windows = load_or_build_windows(
+                self.store, "train", cfg.data.window, cfg.data.stride, cfg.data.label_frame
+            )
+            val_windows = load_or_build_windows(
+                self.store, "validation", cfg.data.window, cfg.data.eval_stride, cfg.data.label_frame
+            )
         if len(train_windows) == 0:
             raise ConfigError(f"no labelled training windows in {path} (split 'train', data.window={cfg.data.window})")
         if len(val_windows) == 0:
@@ -208,23 +209,22 @@ class Trainer:
         self.text = self.text.to(acc.device)
         self.class_weights = self.class_weights.to(acc.device)
         self.steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum_steps)
-        if acc.is_main_process:
-            effective = cfg.train.batch_size * acc.num_processes * cfg.train.grad_accum_steps
-            logger.info(
-                "head: %.2f M trainable parameters; %d train / %d validation windows of %d frames; effective batch "
-                "%d (%d per device x %d processes x %d accumulation); lr %.2g (not scaled with the batch); "
-                "%d optimizer steps",
-                count_parameters(model) / 1e6,
-                len(self.train_set),
-                len(self.val_set),
-                cfg.data.window,
-                effective,
-                cfg.train.batch_size,
-                acc.num_processes,
-                cfg.train.grad_accum_steps,
-                cfg.train.lr,
-                self.total_steps,
-            )
+        effective = cfg.train.batch_size * acc.num_processes * cfg.train.grad_accum_steps
+        logger.info(
+            "head: %.2f M trainable parameters; %d train / %d validation windows of %d frames; effective batch "
+            "%d (%d per device x %d processes x %d accumulation); lr %.2g (not scaled with the batch); "
+            "%d optimizer steps",
+            count_parameters(model) / 1e6,
+            len(self.train_set),
+            len(self.val_set),
+            cfg.data.window,
+            effective,
+            cfg.train.batch_size,
+            acc.num_processes,
+            cfg.train.grad_accum_steps,
+            cfg.train.lr,
+            self.total_steps,
+        )
 
     # ------------------------------------------------------------------------------------------ checkpoint
     def _state_dir(self) -> Path:
@@ -332,13 +332,11 @@ class Trainer:
         }
 
     def fit(self) -> dict[str, Any]:
-        from accelerate.logging import get_logger
         from tqdm.auto import tqdm
 
         from expr.losses import total_loss
 
         cfg, acc = self.cfg, self.accelerator
-        log = get_logger("expr.train")
         stopped = False
         for epoch in range(self.start_epoch, cfg.train.epochs):
             t0 = time.time()
@@ -408,7 +406,7 @@ class Trainer:
             if stopped:
                 if step_in_epoch < self.steps_per_epoch:
                     self.save_state(epoch, step_in_epoch)
-                    log.info(
+                    logger.info(
                         "stopped after %d steps (train.stop_after_steps); resume with --resume %s",
                         self.global_step,
                         self.run_dir,
@@ -436,7 +434,7 @@ class Trainer:
             per_class = " ".join(
                 f"{k[:4]} {v:.2f}" if v is not None else f"{k[:4]} -" for k, v in metrics["val/per_class_f1"].items()
             )
-            log.info(
+            logger.info(
                 "epoch %d/%d  train/loss %.4f  val/macro_f1 %.4f  val/accuracy %.4f%s  (%.1f s)  [%s]",
                 epoch + 1,
                 cfg.train.epochs,

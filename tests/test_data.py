@@ -129,3 +129,16 @@ def test_demo_store_is_cached(small_store):
     assert ensure_demo_store(12, seed=0) == small_store
     store = FrameStore(small_store)
     assert store.meta["source"] == "demo" and len(store.names) == 12
+
+
+def test_window_index_is_saved_next_to_the_store_and_reused(tmp_path):
+    from expr.data.windows import load_or_build_windows
+
+    store, *_ = tiny_store(tmp_path)
+    first = load_or_build_windows(store, "train", 10)
+    saved = tmp_path / "s" / "windows" / "train-w10-s10-center"
+    assert (saved / "dataset_info.json").is_file()
+    assert first["start"] == [0, 10, 30, 40]
+    again = load_or_build_windows(store, "train", 10)
+    assert again["start"] == first["start"] and again.cache_files[0]["filename"].startswith(str(saved))
+    assert load_or_build_windows(store, "train", 20, stride=5)["start"] != first["start"]

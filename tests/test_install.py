@@ -41,3 +41,20 @@ def _env():
     env.pop("EXPR_NO_TORCHVISION_COMPAT", None)
     env["DS_ACCELERATOR"] = env.get("DS_ACCELERATOR", "cpu")
     return env
+
+
+def test_cpu_torch_brought_no_cuda_packages():
+    import importlib.metadata
+
+    import torch
+
+    if torch.version.cuda is not None:
+        return  # a CUDA install is expected to carry them
+    names = {d.metadata["Name"].lower() for d in importlib.metadata.distributions()}
+    assert not {n for n in names if n.startswith(("nvidia-", "triton"))}
+
+
+def test_expr_command_runs():
+    exe = __import__("pathlib").Path(sys.executable).with_name("expr")
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "train" in out.stdout

@@ -119,3 +119,12 @@ def test_mlp_has_three_linear_layers_and_dims():
     assert isinstance(adapter[0], torch.nn.Linear) and adapter[0].in_features == 768 and adapter[0].out_features == 512
     assert [type(m).__name__ for m in adapter] == ["Linear", "LayerNorm", "ReLU", "Dropout"]
     assert model.v2a.attn.num_heads == 8
+
+
+def test_single_modality_ignores_the_other_stream():
+    visual, vmask, audio, amask = make_batch()
+    v_only, a_only = head(modalities="visual"), head(modalities="audio")
+    ref_v, ref_a = v_only(visual, vmask, audio, amask).logits, a_only(visual, vmask, audio, amask).logits
+    assert torch.allclose(ref_v, v_only(visual, vmask, audio * 7 + 1, amask).logits, atol=1e-5)
+    assert torch.allclose(ref_a, a_only(visual * 7 + 1, vmask, audio, amask).logits, atol=1e-5)
+    assert not torch.allclose(ref_v, v_only(visual * 7 + 1, vmask, audio, amask).logits)

@@ -6,6 +6,9 @@ Windows never copy features, so changing the window length or stride costs one p
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import numpy as np
 import torch
 
@@ -71,6 +74,27 @@ def build_windows(
     return datasets.Dataset.from_dict(
         {"video": video, "start": start, "length": np.full(len(video), window, np.int64), "label": label}
     )
+
+
+def load_or_build_windows(
+    store: FrameStore, split: str, window: int, stride: int | None = None, label_rule: str = "center"
+):
+    """:func:`build_windows`, saved on disk next to the store (``windows/<key>/``) and reused: the window index is
+    a ``datasets.Dataset`` of integers, so any length or stride costs seconds, never a new extraction."""
+    import datasets
+
+    stride = stride or window
+    path = store.path / "windows" / f"{split}-w{window}-s{stride}-{label_rule}"
+    if (path / "dataset_info.json").is_file():
+        return datasets.load_from_disk(str(path))
+    windows = build_windows(store, split, window, stride, label_rule)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    windows.save_to_disk(str(tmp))
+    try:
+        os.replace(tmp, path)
+    except OSError:  # another process saved the same index first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(path))
 
 
 class WindowDataset(torch.utils.data.Dataset):

@@ -139,6 +139,10 @@ class FusionHead(nn.Module):
         # visual: [B, T, 512], visual_mask: [B, T]; audio: [B, Ta, 768], audio_mask: [B, Ta]
         visual_mask = visual_mask.bool()
         audio_mask = audio_mask.bool()
+        if self.cfg.modalities == "visual":
+            audio_mask = torch.zeros_like(audio_mask)
+        elif self.cfg.modalities == "audio":
+            visual_mask = torch.zeros_like(visual_mask)
         # Zero masked inputs so the causal convolutions never see what is behind a mask.
         v = visual * visual_mask.unsqueeze(-1).to(visual.dtype)
         fv = self.tcn(self.visual_in(v))  # [B, T, D]
