@@ -267,9 +267,22 @@ def apply_dict(cfg: Config, values: dict[str, Any], source: str = "") -> None:
             _apply_one(cfg, key, value, source)
 
 
+class CliText(str):
+    """A value as typed on the command line: parsed as a literal when applied, else taken as the text itself."""
+
+
 def _apply_one(cfg: Config, key: str, value: Any, source: str) -> None:
     try:
-        set_value(cfg, key, value)
+        if isinstance(value, CliText):
+            try:
+                set_value(cfg, key, parse_literal(value))
+            except ConfigError as parsed_error:
+                try:  # e.g. `--model.fusion none` means the choice 'none', not None
+                    set_value(cfg, key, str(value))
+                except ConfigError:
+                    raise parsed_error from None
+        else:
+            set_value(cfg, key, value)
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}" if source else str(e)) from None
 
@@ -350,7 +363,7 @@ def validate(cfg: Config) -> None:
 
 
 def parse_cli(argv: list[str]) -> tuple[dict[str, Any], list[str], str | None, str | None]:
-    """Split ``argv`` into (dotted overrides, ``--config`` files, ``--preset``, ``--resume`` run dir).
+    """Split ``argv`` into (dotted overrides as :class:`CliText`, ``--config`` files, ``--preset``, ``--resume``).
 
     Accepts ``--key value`` and ``--key=value``. Anything not of that form raises ConfigError.
     """
@@ -376,7 +389,7 @@ def parse_cli(argv: list[str]) -> tuple[dict[str, Any], list[str], str | None, s
         elif name == "resume":
             resume = value
         elif "." in name:
-            overrides[name] = parse_literal(value)
+            overrides[name] = CliText(value)
         else:
             raise ConfigError(
                 f"unknown option '--{name}': use --config FILE, --preset NAME, --resume RUN_DIR "

@@ -99,6 +99,11 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         trackers = [t.strip() for t in (cfg.train.log_with or "").split(",") if t.strip() not in ("", "none")]
         run_dir = resume_dir or cfg.train.output_dir
+        if not resume_dir and run_dir and any((Path(run_dir) / f).exists() for f in ("metrics.jsonl", "states")):
+            raise ConfigError(
+                f"train.output_dir {run_dir} already holds a run: continue it with --resume {run_dir} or choose "
+                f"another --train.output_dir"
+            )
         self.accelerator = Accelerator(
             gradient_accumulation_steps=cfg.train.grad_accum_steps,
             log_with=trackers or None,

@@ -26,7 +26,7 @@ def test_cli_overrides_both_syntaxes():
     overrides, files, preset, resume = parse_cli(
         ["--model.tcn_blocks", "4", "--train.lr=3e-5", "--model.fusion", "v2a", "--config", "a.yaml"]
     )
-    assert overrides == {"model.tcn_blocks": 4, "train.lr": 3e-5, "model.fusion": "v2a"}
+    assert overrides == {"model.tcn_blocks": "4", "train.lr": "3e-5", "model.fusion": "v2a"}  # text until applied
     assert files == ["a.yaml"] and preset is None and resume is None
     cfg = build_config(overrides, preset="paper")
     assert cfg.model.tcn_blocks == 4 and cfg.train.lr == 3e-5 and cfg.model.fusion == "v2a"
@@ -34,7 +34,16 @@ def test_cli_overrides_both_syntaxes():
 
 def test_negative_number_is_a_value_not_an_option():
     overrides, *_ = parse_cli(["--train.min_lr_ratio", "-0.5"])
-    assert overrides == {"train.min_lr_ratio": -0.5}
+    assert build_config(overrides).train.min_lr_ratio == -0.5
+
+
+def test_cli_none_means_the_choice_or_null_by_field_type():
+    overrides, *_ = parse_cli(["--model.fusion", "none", "--train.max_grad_norm", "none", "--train.log_with=none"])
+    cfg = build_config(overrides)
+    assert cfg.model.fusion == "none" and cfg.train.max_grad_norm is None and cfg.train.log_with is None
+    overrides, *_ = parse_cli(["--model.tcn_blocks", "four"])
+    with pytest.raises(ConfigError, match=r"model\.tcn_blocks.*expected int"):
+        build_config(overrides)
 
 
 @pytest.mark.parametrize(

@@ -107,6 +107,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, small_store):
 
 
 def test_stop_and_resume_in_process_at_epoch_boundary(tmp_path, small_store):
+    from expr.config import ConfigError
     from expr.train import config_from_argv, run
 
     args = SMALL + ["--train.log_with", "none", "--model.fusion", "v2a", "--train.grad_accum_steps", "2"]
@@ -122,6 +123,10 @@ def test_stop_and_resume_in_process_at_epoch_boundary(tmp_path, small_store):
     second = run(cfg, resume_dir=resume)
     assert second["completed"]
     assert history(tmp_path / "b") == history(tmp_path / "ref")
+    # Starting a new run over a finished one is refused (it would mix two runs' metrics).
+    cfg, _ = config_from_argv(args + ["--train.output_dir", str(tmp_path / "b")])
+    with pytest.raises(ConfigError, match="--resume"):
+        run(cfg)
 
 
 def test_quickstart_demo_run_reaches_the_bar(tmp_path):
