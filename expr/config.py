@@ -219,7 +219,7 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
         if value not in args:
             choices = ", ".join(repr(a) for a in args)
             raise ConfigError(f"config key '{key}': {value!r} is not one of {choices}")
-        return value
+        return type(args[args.index(value)])(value)  # the plain type of the choice, never a str subclass
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
@@ -236,7 +236,7 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             return float(value)
     elif tp is str:
         if isinstance(value, str):
-            return value
+            return str(value)
     raise ConfigError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
@@ -296,7 +296,7 @@ def parse_literal(text: str) -> Any:
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        return text
+        return str(text)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
 import pytest
+import yaml
 
 from expr.config import ABAW_CLASSES, Config, ConfigError, all_keys, build_config, parse_cli, parse_literal
 
@@ -41,6 +42,7 @@ def test_cli_none_means_the_choice_or_null_by_field_type():
     overrides, *_ = parse_cli(["--model.fusion", "none", "--train.max_grad_norm", "none", "--train.log_with=none"])
     cfg = build_config(overrides)
     assert cfg.model.fusion == "none" and cfg.train.max_grad_norm is None and cfg.train.log_with is None
+    assert type(cfg.model.fusion) is str and "fusion: none" in yaml.safe_dump(cfg.to_dict())
     overrides, *_ = parse_cli(["--model.tcn_blocks", "four"])
     with pytest.raises(ConfigError, match=r"model\.tcn_blocks.*expected int"):
         build_config(overrides)
