@@ -110,7 +110,10 @@ class BackboneConfig:
 @dataclass
 class TrainConfig:
     lr: float = 1e-5
-    """Peak AdamW learning rate (paper: 1e-5)."""
+    """Peak AdamW learning rate (paper: 1e-5) for a batch of ``batch_size`` windows; see ``scale_lr``."""
+    scale_lr: Literal["none", "linear", "sqrt"] = "none"
+    """Learning-rate rule when the effective batch grows (processes x accumulation steps): keep ``lr`` (none),
+    multiply it by that factor (linear) or by its square root (sqrt)."""
     weight_decay: float = 0.01
     """AdamW weight decay (not given by the paper; torch's AdamW default)."""
     epochs: int = 30

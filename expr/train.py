@@ -104,7 +104,11 @@ class Trainer:
                 f"train.output_dir {run_dir} already holds a run: continue it with --resume {run_dir} or choose "
                 f"another --train.output_dir"
             )
+        # Without CUDA, processes started by the multi-GPU launcher must be told to use the CPU (gloo); otherwise
+        # accelerate falls back to one process per launch.
+        use_cpu = not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true"
         self.accelerator = Accelerator(
+            cpu=use_cpu,
             gradient_accumulation_steps=cfg.train.grad_accum_steps,
             log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=run_dir or ".", logging_dir=None),
@@ -204,7 +208,10 @@ class Trainer:
 
         cfg, acc = self.cfg, self.accelerator
         model = FusionHead(cfg.model, cfg.num_classes)
-        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=cfg.train.lr)
+        factor = acc.num_processes * cfg.train.grad_accum_steps
+        scale = {"none": 1.0, "linear": float(factor), "sqrt": math.sqrt(factor)}[cfg.train.scale_lr]
+        self.lr = cfg.train.lr * scale
+        optimizer = torch.optim.AdamW(param_groups(model, cfg.train.weight_decay), lr=self.lr)
         steps_per_epoch = math.ceil(len(self.train_loader) / cfg.train.grad_accum_steps)
         self.total_steps = steps_per_epoch * cfg.train.epochs
         scheduler = cosine_schedule(optimizer, self.total_steps, cfg.train.warmup_ratio, cfg.train.min_lr_ratio)
@@ -217,8 +224,7 @@ class Trainer:
         effective = cfg.train.batch_size * acc.num_processes * cfg.train.grad_accum_steps
         logger.info(
             "head: %.2f M trainable parameters; %d train / %d validation windows of %d frames; effective batch "
-            "%d (%d per device x %d processes x %d accumulation); lr %.2g (not scaled with the batch); "
-            "%d optimizer steps",
+            "%d (%d per device x %d processes x %d accumulation); lr %.3g (train.scale_lr=%s); %d optimizer steps",
             count_parameters(model) / 1e6,
             len(self.train_set),
             len(self.val_set),
@@ -227,8 +233,9 @@ class Trainer:
             cfg.train.batch_size,
             acc.num_processes,
             cfg.train.grad_accum_steps,
-            cfg.train.lr,
-            self.total_steps,
+            self.lr,
+            cfg.train.scale_lr,
+            self.steps_per_epoch * cfg.train.epochs,
         )
 
     # ------------------------------------------------------------------------------------------ checkpoint
@@ -245,6 +252,9 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        from accelerate.utils import gather_object
+
+        sums_per_rank = gather_object([self.epoch_sums])  # each rank's running loss sums of this epoch
         acc.wait_for_everyone()
         if acc.is_main_process:
             progress = {
@@ -253,7 +263,7 @@ class Trainer:
                 "global_step": self.global_step,
                 "best": self.best,
                 "history": self.history,
-                "epoch_sums": self.epoch_sums,
+                "epoch_sums_per_rank": sums_per_rank,
             }
             (tmp / "progress.json").write_text(json.dumps(progress))
             shutil.rmtree(final, ignore_errors=True)
@@ -272,7 +282,14 @@ class Trainer:
         self.accelerator.load_state(str(state))
         progress = json.loads((state / "progress.json").read_text())
         self.global_step = progress["global_step"]
-        self.best, self.history, self.epoch_sums = progress["best"], progress["history"], progress["epoch_sums"]
+        self.best, self.history = progress["best"], progress["history"]
+        sums = progress["epoch_sums_per_rank"]
+        if len(sums) != self.accelerator.num_processes:
+            raise ConfigError(
+                f"--resume {self.run_dir}: the state was saved by {len(sums)} processes, this launch has "
+                f"{self.accelerator.num_processes}; resume with the same number of processes"
+            )
+        self.epoch_sums = list(sums[self.accelerator.process_index])
         if progress["step_in_epoch"] >= self.steps_per_epoch:  # saved at the end of an epoch
             self.start_epoch, self.skip_steps = progress["epoch"] + 1, 0
             self.epoch_sums = [0.0, 0.0]
@@ -306,6 +323,26 @@ class Trainer:
                 "store": {"path": str(self.store.path), **self.store.meta},
             }
             _atomic_write(best / "head.json", json.dumps(info, indent=2))
+
+    def _write_summary(self) -> None:
+        """``final.json``: best result, process layout, and a parameter checksum from every rank (they must agree)."""
+        from accelerate.utils import gather_object
+
+        acc = self.accelerator
+        checksum = float(sum(p.detach().double().sum() for p in acc.unwrap_model(self.model).parameters()))
+        checksums = gather_object([checksum])
+        if acc.is_main_process:
+            if len(set(checksums)) > 1:
+                logger.warning("parameters differ between ranks: %s", checksums)
+            summary = {
+                "best": self.best,
+                "global_step": self.global_step,
+                "num_processes": acc.num_processes,
+                "effective_batch": self.cfg.train.batch_size * acc.num_processes * self.cfg.train.grad_accum_steps,
+                "lr": self.lr,
+                "param_checksum_per_rank": checksums,
+            }
+            _atomic_write(self.run_dir / "final.json", json.dumps(summary, indent=2))
 
     # ------------------------------------------------------------------------------------------- training
     def _forward(self, batch: dict[str, torch.Tensor]):
@@ -352,9 +389,11 @@ class Trainer:
                 if skip
                 else self.train_loader
             )
-            # Through the prepared loader: accelerate re-applies its own iteration counter to the sampler on every
-            # __iter__, and that counter starts at 0 in a resumed process.
+            # Both: accelerate re-applies the prepared loader's own iteration counter (0 in a resumed process) to the
+            # sampler on every __iter__ where it can reach it; under DDP the skipping loader wraps the sampler one
+            # level deeper than accelerate's set_epoch looks, so ours is set directly as well.
             loader.set_epoch(epoch)
+            self.sampler.set_epoch(epoch)
             if not skip:
                 self.epoch_sums = [0.0, 0.0]
             step_in_epoch = skip
@@ -462,6 +501,7 @@ class Trainer:
                 if holder[0]:
                     stopped = True
                     break
+        self._write_summary()
         acc.end_training()
         return {
             "run_dir": str(self.run_dir),
