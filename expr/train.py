@@ -32,6 +32,10 @@ from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
+
+if not torch.cuda.is_available():  # DeepSpeed picks its accelerator when first imported (accelerate imports it)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
 from accelerate.logging import get_logger  # noqa: E402
 
 from expr.config import Config, ConfigError, apply_dict, build_config, load_yaml, parse_cli, validate  # noqa: E402
@@ -93,7 +97,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume_dir: str | None = None, on_epoch_end: EpochCallback | None = None):
         from accelerate import Accelerator
-        from accelerate.utils import ProjectConfiguration, broadcast_object_list, set_seed
+        from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, broadcast_object_list, set_seed
 
         self.cfg = cfg
         self.on_epoch_end = on_epoch_end
@@ -106,9 +110,12 @@ class Trainer:
             )
         # Without CUDA, processes started by the multi-GPU launcher must be told to use the CPU (gloo); otherwise
         # accelerate falls back to one process per launch.
-        use_cpu = not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") != "true"
+        deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
+        use_cpu = not torch.cuda.is_available() and not deepspeed  # cpu=True would silently drop DeepSpeed
+        handlers = [InitProcessGroupKwargs(backend="gloo")] if deepspeed and not torch.cuda.is_available() else []
         self.accelerator = Accelerator(
             cpu=use_cpu,
+            kwargs_handlers=handlers,
             gradient_accumulation_steps=cfg.train.grad_accum_steps,
             log_with=trackers or None,
             project_config=ProjectConfiguration(project_dir=run_dir or ".", logging_dir=None),
@@ -208,6 +215,8 @@ class Trainer:
 
         cfg, acc = self.cfg, self.accelerator
         model = FusionHead(cfg.model, cfg.num_classes)
+        num_params = count_parameters(model)  # before prepare: ZeRO-3 partitions the module in place
+        self._sync_deepspeed_config()
         factor = acc.num_processes * cfg.train.grad_accum_steps
         scale = {"none": 1.0, "linear": float(factor), "sqrt": math.sqrt(factor)}[cfg.train.scale_lr]
         self.lr = cfg.train.lr * scale
@@ -225,7 +234,7 @@ class Trainer:
         logger.info(
             "head: %.2f M trainable parameters; %d train / %d validation windows of %d frames; effective batch "
             "%d (%d per device x %d processes x %d accumulation); lr %.3g (train.scale_lr=%s); %d optimizer steps",
-            count_parameters(model) / 1e6,
+            num_params / 1e6,
             len(self.train_set),
             len(self.val_set),
             cfg.data.window,
@@ -237,6 +246,31 @@ class Trainer:
             cfg.train.scale_lr,
             self.steps_per_epoch * cfg.train.epochs,
         )
+
+    def _sync_deepspeed_config(self) -> None:
+        """The trainer's config is the one source of truth for clipping and accumulation: fill DeepSpeed's ``auto``
+        (or missing) values from it, and refuse a DeepSpeed config that says otherwise."""
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is None:
+            return
+        ds = plugin.deepspeed_config
+        for ds_key, cfg_key, ours in (
+            ("gradient_clipping", "train.max_grad_norm", float(self.cfg.train.max_grad_norm or 0.0)),
+            ("gradient_accumulation_steps", "train.grad_accum_steps", self.cfg.train.grad_accum_steps),
+        ):
+            theirs = ds.get(ds_key, "auto")
+            if theirs != "auto" and float(theirs) != float(ours):
+                raise ConfigError(
+                    f"the DeepSpeed config sets {ds_key}={theirs} but {cfg_key} is {ours}: set it to 'auto' in the "
+                    f"accelerate/DeepSpeed config (expr fills it in) or pass --{cfg_key} {theirs}"
+                )
+            ds[ds_key] = ours
+        for block in ("optimizer", "scheduler"):
+            if block in ds:
+                raise ConfigError(
+                    f"the DeepSpeed config has a '{block}' block: remove it; expr builds AdamW and the cosine "
+                    f"schedule from train.* so there is one source of truth"
+                )
 
     # ------------------------------------------------------------------------------------------ checkpoint
     def _state_dir(self) -> Path:
@@ -329,7 +363,15 @@ class Trainer:
         from accelerate.utils import gather_object
 
         acc = self.accelerator
-        checksum = float(sum(p.detach().double().sum() for p in acc.unwrap_model(self.model).parameters()))
+        params = list(acc.unwrap_model(self.model).parameters())
+        plugin = acc.state.deepspeed_plugin
+        if plugin is not None and plugin.zero_stage == 3:  # each rank holds a partition: gather to compare
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(params):
+                checksum = float(sum(p.detach().double().sum() for p in params))
+        else:
+            checksum = float(sum(p.detach().double().sum() for p in params))
         checksums = gather_object([checksum])
         if acc.is_main_process:
             if len(set(checksums)) > 1:

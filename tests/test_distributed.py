@@ -5,6 +5,7 @@ import socket
 import subprocess
 
 import numpy as np
+import pytest
 import torch
 from conftest import ROOT, accelerate_cmd
 from test_train import SMALL, TRAIN, history
@@ -16,10 +17,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch2(args: list[str]) -> str:
-    cmd = accelerate_cmd() + [
-        "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", str(free_port()), TRAIN,
+def launch2(args: list[str], zero_stage: int | None = None) -> str:
+    """`accelerate launch` of the trainer on 2 CPU processes: DDP over gloo, or DeepSpeed ZeRO ``zero_stage``."""
+    mode = ["--multi_gpu"]
+    if zero_stage:
+        mode = ["--use_deepspeed", "--zero_stage", str(zero_stage), "--zero3_save_16bit_model", "true"]
+    cmd = accelerate_cmd() + ["launch"] + mode + [
+        "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(free_port()), TRAIN,
     ] + args  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
@@ -49,10 +54,11 @@ def evaluate_on_one_process(run_dir) -> float:
     return classification_report(batch["label"].numpy(), logits.argmax(1).numpy(), cfg.data.classes)["macro_f1"]
 
 
-def test_ddp_two_processes_train_resume_and_evaluate_like_one(tmp_path, small_store):
+@pytest.mark.parametrize("zero_stage", [None, 2, 3], ids=["ddp", "zero2", "zero3"])
+def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, small_store, zero_stage):
     args = SMALL + ["--train.log_with", "none"]
     ref = tmp_path / "ref"
-    output = launch2(args + ["--train.output_dir", str(ref)])
+    output = launch2(args + ["--train.output_dir", str(ref)], zero_stage)
     assert "2 processes" in output
     final = json.loads((ref / "final.json").read_text())
     assert final["num_processes"] == 2 and final["effective_batch"] == 32
@@ -60,11 +66,13 @@ def test_ddp_two_processes_train_resume_and_evaluate_like_one(tmp_path, small_st
 
     # Stopped mid-epoch on 2 processes, resumed on 2 processes: the same run.
     b = tmp_path / "b"
-    launch2(args + ["--train.output_dir", str(b), "--train.stop_after_steps", "10"])
+    launch2(args + ["--train.output_dir", str(b), "--train.stop_after_steps", "10"], zero_stage)
     assert len(history(b)) == 1
-    assert "resumed" in launch2(["--resume", str(b)])
+    assert "resumed" in launch2(["--resume", str(b)], zero_stage)
     assert history(b) == history(ref)
     assert json.loads((b / "final.json").read_text())["param_checksum_per_rank"] == final["param_checksum_per_rank"]
+    if zero_stage:  # DeepSpeed saved its own (sharded) checkpoint layout
+        assert list((b / "states").glob("step*/pytorch_model"))
 
     # The validation set (68 windows) does not split evenly into 2 x 32: gather_for_metrics must drop the padding
     # duplicates, so the 2-process metric equals the metric computed on one process.

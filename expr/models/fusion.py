@@ -125,8 +125,9 @@ class FusionHead(nn.Module):
         layers.append(nn.Linear(width, num_classes))
         self.classifier = nn.Sequential(*layers)
         self.text_projection = nn.Linear(d, cfg.text_dim)
+        # Shape [1], not a 0-dim scalar: DeepSpeed broadcasts parameters through a byte view, which 0-dim refuses.
         self.logit_scale = nn.Parameter(
-            torch.tensor(float(cfg.logit_scale_init)), requires_grad=cfg.learnable_logit_scale
+            torch.full((1,), float(cfg.logit_scale_init)), requires_grad=cfg.learnable_logit_scale
         )
 
     def forward(
@@ -155,7 +156,7 @@ class FusionHead(nn.Module):
         za = masked_mean(ha, audio_mask)  # [B, D]
         logits = self.classifier(torch.cat([zv, za], dim=-1))  # [B, C]
         embedding = F.normalize(self.text_projection(zv), dim=-1)  # [B, text_dim]
-        scale = self.logit_scale.exp().clamp(max=100.0)
+        scale = self.logit_scale.exp().clamp(max=100.0).squeeze(0)  # scalar
         return FusionOutput(logits=logits, visual_embedding=embedding, logit_scale=scale)
 
 
