@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # expr launcher: installs on first use, then runs the common jobs and prints the command it runs.
 #
-#   ./launch.sh train [TRAIN OPTIONS]   accelerate launch expr/train.py (demo data unless --data.cache is given)
+#   ./launch.sh train [--gpus N] [--zero 2|3] [TRAIN OPTIONS]
+#                                       accelerate launch expr/train.py (demo data unless --data.cache is given);
+#                                       --gpus N: N processes (multi_gpu.yaml when N > 1), --zero S: DeepSpeed ZeRO-S
 #   ./launch.sh test [PYTEST OPTIONS]   the test suite (what CI runs)
 #   ./launch.sh install [--fresh]       (re)create the virtual environment in $EXPR_VENV (default .venv)
 #
@@ -51,12 +53,32 @@ case "$cmd" in
   install)
     install "$@" ;;
   train)
-    ensure_installed
+    gpus=""; zero=""
+    while [ $# -gt 0 ]; do
+      case "$1" in
+        --gpus) gpus=${2:?--gpus needs a number}; shift 2 ;;
+        --zero) zero=${2:?--zero needs 2 or 3}; shift 2 ;;
+        *) break ;;
+      esac
+    done
+    case "$zero" in ""|2|3) ;; *) echo "--zero takes 2 or 3, not '$zero'" >&2; exit 2 ;; esac
+    case "$gpus" in ""|*[!0-9]*|0) [ -z "$gpus" ] || { echo "--gpus takes a positive number, not '$gpus'" >&2; exit 2; } ;; esac
     config=${ACCELERATE_CONFIG:-}
     if [ -z "$config" ]; then
-      if has_gpu; then config=accelerate_configs/single_gpu.yaml; else config=accelerate_configs/cpu.yaml; fi
+      if [ -n "$zero" ]; then config=accelerate_configs/deepspeed_zero$zero.yaml
+      elif [ -n "$gpus" ] && [ "$gpus" -gt 1 ]; then config=accelerate_configs/multi_gpu.yaml
+      elif has_gpu; then config=accelerate_configs/single_gpu.yaml
+      else config=accelerate_configs/cpu.yaml
+      fi
     fi
-    run "$VENV/bin/accelerate" launch --config_file "$config" expr/train.py "$@" ;;
+    extra=()
+    if [ -n "$gpus" ]; then extra=(--num_processes "$gpus"); fi
+    if [ "${EXPR_DRY_RUN:-}" = "1" ]; then
+      echo "+ $VENV/bin/accelerate launch --config_file $config ${extra[*]} expr/train.py $*" | sed 's/  */ /g'
+      exit 0
+    fi
+    ensure_installed
+    run "$VENV/bin/accelerate" launch --config_file "$config" "${extra[@]}" expr/train.py "$@" ;;
   test)
     ensure_installed
     set +e
@@ -65,7 +87,7 @@ case "$cmd" in
     [ $rc -eq 5 ] && echo "pytest collected no tests" >&2
     exit $rc ;;
   help|-h|--help)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//' ;;
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
   *)
     echo "unknown command '$cmd'; see ./launch.sh help" >&2
     exit 2 ;;

@@ -20,8 +20,8 @@ def free_port() -> int:
 def launch2(args: list[str], zero_stage: int | None = None) -> str:
     """`accelerate launch` of the trainer on 2 CPU processes: DDP over gloo, or DeepSpeed ZeRO ``zero_stage``."""
     mode = ["--multi_gpu"]
-    if zero_stage:
-        mode = ["--use_deepspeed", "--zero_stage", str(zero_stage), "--zero3_save_16bit_model", "true"]
+    if zero_stage:  # the shipped config files, with the GPU-only fp16 switched off
+        mode = ["--config_file", f"accelerate_configs/deepspeed_zero{zero_stage}.yaml"]
     cmd = accelerate_cmd() + ["launch"] + mode + [
         "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
         "--main_process_port", str(free_port()), TRAIN,
