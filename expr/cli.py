@@ -9,6 +9,8 @@ USAGE = """usage: expr COMMAND [OPTIONS]
 commands:
   train    train the fusion head (options: --config FILE, --preset NAME, --resume RUN_DIR, --section.key VALUE);
            for several processes use `accelerate launch expr/train.py ...` or ./launch.sh train
+  export-head STATE_DIR --out FILE
+           one safetensors file of the head from a resume state (RUN_DIR/states/stepN), DeepSpeed ZeRO included
 
 `expr train --help` describes the run directory and options."""
 
@@ -28,8 +30,28 @@ def main(argv: list[str] | None = None) -> int:
         from expr.train import main as train_main
 
         return train_main(rest)
+    if command == "export-head":
+        return _export_head(rest)
     print(f"expr: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
     return 2
+
+
+def _export_head(argv: list[str]) -> int:
+    import argparse
+
+    from expr.checkpoint import CheckpointError, export_head
+
+    parser = argparse.ArgumentParser(prog="expr export-head", description="Export the head of a resume state.")
+    parser.add_argument("state_dir", help="a folder from RUN_DIR/states/")
+    parser.add_argument("--out", required=True, help="the safetensors file to write")
+    args = parser.parse_args(argv)
+    try:
+        path = export_head(args.state_dir, args.out)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":

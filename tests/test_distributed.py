@@ -73,6 +73,17 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, small_store,
     assert json.loads((b / "final.json").read_text())["param_checksum_per_rank"] == final["param_checksum_per_rank"]
     if zero_stage:  # DeepSpeed saved its own (sharded) checkpoint layout
         assert list((b / "states").glob("step*/pytorch_model"))
+    # Any resume state exports to one head file that reproduces the trained parameters.
+    from safetensors.torch import load_file
+
+    from expr.checkpoint import export_head
+
+    last = json.loads((b / "states" / "latest.json").read_text())["state"]
+    head = load_file(export_head(b / "states" / last, tmp_path / "head.safetensors"))
+    assert sum(float(v.double().sum()) for v in head.values()) == pytest.approx(
+        final["param_checksum_per_rank"][0], rel=1e-9
+    )
+    assert head.keys() == load_file(ref / "best" / "model.safetensors").keys()
 
     # The validation set (68 windows) does not split evenly into 2 x 32: gather_for_metrics must drop the padding
     # duplicates, so the 2-process metric equals the metric computed on one process.

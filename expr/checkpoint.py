@@ -1,0 +1,51 @@
+"""Head export: one safetensors file of the trainable head from any resume state (never the frozen backbones).
+
+A resume state under ``RUN_DIR/states/`` is what ``accelerate.save_state`` wrote: ``model.safetensors`` for
+single-process and DDP runs, or a DeepSpeed checkpoint (``pytorch_model/``, ZeRO shards of every rank) under
+DeepSpeed. ``expr export-head STATE_DIR --out head.safetensors`` turns either into one fp32 file that
+:class:`expr.models.fusion.FusionHead` loads with ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A state folder that holds no head weights; the message names the folder."""
+
+
+def head_state_dict(state_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The head's fp32 weights from a resume state folder (plain or DeepSpeed ZeRO stage 1-3)."""
+    state_dir = Path(state_dir)
+    plain = state_dir / "model.safetensors"
+    if plain.is_file():
+        from safetensors.torch import load_file
+
+        return load_file(str(plain))
+    latest = state_dir / "latest"
+    if latest.is_file():  # a DeepSpeed checkpoint: gather the ZeRO partitions of all ranks on the CPU
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        tag = latest.read_text().strip()
+        return dict(get_fp32_state_dict_from_zero_checkpoint(str(state_dir), tag=tag))
+    raise CheckpointError(
+        f"{state_dir}: no head weights here (expected model.safetensors or a DeepSpeed checkpoint with a "
+        f"'latest' file); pass a folder from RUN_DIR/states/"
+    )
+
+
+def export_head(state_dir: str | Path, out: str | Path) -> Path:
+    """Write the head of ``state_dir`` to ``out`` (safetensors), atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().float().contiguous() for k, v in head_state_dict(state_dir).items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    save_file(tensors, str(tmp), metadata={"format": "pt", "source": str(Path(state_dir).resolve())})
+    os.replace(tmp, out)
+    return out
