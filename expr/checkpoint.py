@@ -38,14 +38,21 @@ def head_state_dict(state_dir: str | Path) -> dict[str, torch.Tensor]:
     )
 
 
-def export_head(state_dir: str | Path, out: str | Path) -> Path:
-    """Write the head of ``state_dir`` to ``out`` (safetensors), atomically."""
+def save_head(state: dict[str, torch.Tensor], out: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write head weights to ``out`` (safetensors, on the CPU) through a temporary file and a rename, so a crash
+    never leaves a half-written file under the final name."""
     from safetensors.torch import save_file
 
-    tensors = {k: v.detach().float().contiguous() for k, v in head_state_dict(state_dir).items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"format": "pt", "source": str(Path(state_dir).resolve())})
+    save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
     os.replace(tmp, out)
     return out
+
+
+def export_head(state_dir: str | Path, out: str | Path) -> Path:
+    """Write the head of ``state_dir`` to ``out`` as fp32 safetensors."""
+    state = {k: v.float() for k, v in head_state_dict(state_dir).items()}
+    return save_head(state, out, {"source": str(Path(state_dir).resolve())})

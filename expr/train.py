@@ -22,6 +22,7 @@ if __name__ == "__main__" and not __package__:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
@@ -338,17 +339,13 @@ class Trainer:
 
     def save_best(self, epoch: int, metrics: dict[str, Any]) -> None:
         """Head-only export (no optimizer, no backbones) for inference, atomically replaced."""
-        from safetensors.torch import save_file
+        from expr.checkpoint import save_head
 
         acc = self.accelerator
-        state = acc.get_state_dict(self.model)
+        state = acc.get_state_dict(self.model)  # gathers ZeRO-3 partitions
         if acc.is_main_process:
             best = self.run_dir / "best"
-            best.mkdir(exist_ok=True)
-            tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-            tmp = best / f".model.safetensors.tmp{os.getpid()}"
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-            os.replace(tmp, best / "model.safetensors")
+            save_head(state, best / "model.safetensors")
             info = {
                 "epoch": epoch,
                 "val/macro_f1": metrics["val/macro_f1"],
@@ -365,12 +362,12 @@ class Trainer:
         acc = self.accelerator
         params = list(acc.unwrap_model(self.model).parameters())
         plugin = acc.state.deepspeed_plugin
+        gathered = contextlib.nullcontext()
         if plugin is not None and plugin.zero_stage == 3:  # each rank holds a partition: gather to compare
             import deepspeed
 
-            with deepspeed.zero.GatheredParameters(params):
-                checksum = float(sum(p.detach().double().sum() for p in params))
-        else:
+            gathered = deepspeed.zero.GatheredParameters(params)
+        with gathered:
             checksum = float(sum(p.detach().double().sum() for p in params))
         checksums = gather_object([checksum])
         if acc.is_main_process:
