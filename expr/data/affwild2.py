@@ -1,0 +1,166 @@
+"""The Aff-Wild2 layout of the ABAW EXPR track: annotation files, face-crop folders and raw videos.
+
+Only reading and discovery live here (no decoding, no backbones). A tree looks like::
+
+    ROOT/EXPR_Classification_Challenge/Train_Set/<name>.txt        (or EXPR_Recognition_Challenge)
+    ROOT/EXPR_Classification_Challenge/Validation_Set/<name>.txt
+    ROOT/cropped_aligned/<name>/00001.jpg ...                      (and/or cropped_aligned_new_50_vids)
+    ROOT/<anywhere>/<video>.mp4 | .avi                             (<name> = <video>, <video>_left or <video>_right)
+
+An annotation file has a header line with the class names, then one integer per frame (frame i on line i + 1;
+``-1`` = ignore). Crops are numbered from 1; frames without a face have no crop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from expr.config import ABAW_CLASSES
+
+ANNOTATION_DIRS = ("EXPR_Classification_Challenge", "EXPR_Recognition_Challenge")
+SPLIT_DIRS = {"Train_Set": "train", "Validation_Set": "validation"}
+CROP_DIRS = ("cropped_aligned", "cropped_aligned_new_50_vids")
+VIDEO_SUFFIXES = (".mp4", ".avi")
+SIDES = ("_left", "_right")
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation file; the message names the file and line."""
+
+
+class LayoutError(ValueError):
+    """A tree that is not an Aff-Wild2 EXPR layout; the message says what is missing."""
+
+
+def read_annotation(path: str | Path, classes: Sequence[str] = ABAW_CLASSES) -> np.ndarray:
+    """Per-frame labels of one annotation file (int64, ``-1`` = ignore); frame i is line i + 2 of the file."""
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise AnnotationError(f"{path}: not a text file") from None
+    if not lines:
+        raise AnnotationError(f"{path}:1: empty file; expected a header line with the class names")
+    header = [c.strip() for c in lines[0].split(",")]
+    if [c.lower() for c in header] != [c.lower() for c in classes]:
+        raise AnnotationError(
+            f"{path}:1: header {lines[0].strip()!r} does not list the expected classes {','.join(classes)}"
+        )
+    while lines and not lines[-1].strip():  # trailing blank lines are harmless
+        lines.pop()
+    labels = np.empty(len(lines) - 1, np.int64)
+    for i, line in enumerate(lines[1:]):
+        text = line.strip()
+        try:
+            value = int(text)
+        except ValueError:
+            raise AnnotationError(f"{path}:{i + 2}: {text!r} is not an integer label") from None
+        if not -1 <= value < len(classes):
+            raise AnnotationError(f"{path}:{i + 2}: label {value} is outside -1..{len(classes) - 1}")
+        labels[i] = value
+    return labels
+
+
+def video_name(annotation_name: str) -> str:
+    """The raw video an annotation belongs to: ``<video>_left`` and ``<video>_right`` share ``<video>``."""
+    for side in SIDES:
+        if annotation_name.endswith(side):
+            return annotation_name[: -len(side)]
+    return annotation_name
+
+
+def crop_frames(crop_dir: Path) -> np.ndarray:
+    """0-based frame indices that have a crop (``00001.jpg`` is frame 0), sorted."""
+    frames = [int(p.stem) - 1 for p in crop_dir.iterdir() if p.suffix.lower() == ".jpg" and p.stem.isdigit()]
+    return np.array(sorted(frames), np.int64)
+
+
+@dataclass
+class Entry:
+    """One annotated person-track: an annotation file (or a test name), its crops and its raw video."""
+
+    name: str
+    split: str
+    annotation: Path | None
+    video: Path | None
+    crop_dir: Path | None
+
+
+@dataclass
+class Layout:
+    root: Path
+    annotation_dir: Path
+    crop_roots: list[Path]
+    entries: list[Entry] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """What was found, for the user: editions, crop folders, counts per split, what is missing."""
+        by_split: dict[str, int] = {}
+        for e in self.entries:
+            by_split[e.split] = by_split.get(e.split, 0) + 1
+        no_video = [e.name for e in self.entries if e.video is None]
+        no_crops = [e.name for e in self.entries if e.crop_dir is None]
+        lines = [
+            f"annotations: {self.annotation_dir.relative_to(self.root)}",
+            f"crops: {', '.join(str(c.relative_to(self.root)) for c in self.crop_roots) or 'none found'}",
+            "entries: " + ", ".join(f"{k} {v}" for k, v in sorted(by_split.items())),
+        ]
+        if no_video:
+            lines.append(f"no raw video for {len(no_video)}: {', '.join(no_video[:10])}")
+        if no_crops:
+            lines.append(f"no crop folder for {len(no_crops)}: {', '.join(no_crops[:10])}")
+        return "\n".join(lines)
+
+
+def discover(
+    root: str | Path,
+    test_names: Sequence[str] = (),
+    annotation_dir: str | None = None,
+    crop_dirs: Sequence[str] | None = None,
+) -> Layout:
+    """Find annotations, crop folders and raw videos under ``root``. ``annotation_dir`` / ``crop_dirs`` override
+    the detection of the edition-specific names; ``test_names`` are the organisers' test videos (no labels)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"{root}: not a folder")
+    candidates = [annotation_dir] if annotation_dir else list(ANNOTATION_DIRS)
+    found = [root / d for d in candidates if (root / d).is_dir()]
+    if not found:
+        raise LayoutError(f"{root}: no annotation folder ({' or '.join(candidates)}); name yours with --annotation-dir")
+    ann_dir = found[0]
+    crop_roots = [root / d for d in (crop_dirs or CROP_DIRS) if (root / d).is_dir()]
+    videos: dict[str, Path] = {}
+    skip = {ann_dir, *crop_roots}
+    for path in sorted(root.rglob("*")):
+        if path.suffix.lower() in VIDEO_SUFFIXES and not any(s in path.parents for s in skip):
+            videos.setdefault(path.stem, path)
+
+    def crops_for(name: str) -> Path | None:
+        for crop_root in crop_roots:
+            if (crop_root / name).is_dir():
+                return crop_root / name
+        return None
+
+    layout = Layout(root=root, annotation_dir=ann_dir, crop_roots=crop_roots)
+    for split_dir, split in SPLIT_DIRS.items():
+        folder = ann_dir / split_dir
+        if not folder.is_dir():
+            continue
+        for ann in sorted(folder.glob("*.txt")):
+            layout.entries.append(Entry(ann.stem, split, ann, videos.get(video_name(ann.stem)), crops_for(ann.stem)))
+    for raw in test_names:
+        name = Path(raw.strip()).stem
+        if name:
+            layout.entries.append(Entry(name, "test", None, videos.get(video_name(name)), crops_for(name)))
+    if not layout.entries:
+        raise LayoutError(f"{ann_dir}: no annotation files under {' or '.join(SPLIT_DIRS)} and no test names")
+    return layout
+
+
+def read_test_names(path: str | Path) -> list[str]:
+    """The organisers' test list: one video name per line (blank lines and a ``.mp4``/``.avi`` suffix allowed)."""
+    return [Path(line.strip()).stem for line in Path(path).read_text().splitlines() if line.strip()]
