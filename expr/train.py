@@ -588,17 +588,24 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from accelerate import PartialState
+
     from expr.data.store import StoreError
     from expr.features.backbones import BackboneError
 
     try:
         result = run(cfg, resume_dir=resume)
+        is_main = PartialState().is_main_process
     except (ConfigError, StoreError, BackboneError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from accelerate import PartialState
-
-    if PartialState().is_main_process:
+    finally:
+        # Leaving with a live gloo/NCCL group lets its threads race interpreter exit ("terminate called without
+        # an active exception", SIGABRT on a finished run). Entry point only: run() may be called again.
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()  # no rank tears down while another still writes
+            torch.distributed.destroy_process_group()
+    if is_main:
         print(
             f"best val/macro_f1 {result['best_macro_f1']:.4f} at epoch {result['best_epoch']}; run: {result['run_dir']}"
         )
@@ -606,4 +613,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # Everything is written (atomically) and the process group is gone. Interpreter teardown of a finished
+        # multi-process run can still abort in C++ ("terminate called without an active exception") and make
+        # torchrun report a failure, so leave without it.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
