@@ -112,8 +112,9 @@ class Trainer:
         # Without CUDA, processes started by the multi-GPU launcher must be told to use the CPU (gloo); otherwise
         # accelerate falls back to one process per launch.
         deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
-        use_cpu = not torch.cuda.is_available() and not deepspeed  # cpu=True would silently drop DeepSpeed
-        handlers = [InitProcessGroupKwargs(backend="gloo")] if deepspeed and not torch.cuda.is_available() else []
+        no_cuda = not torch.cuda.is_available()
+        use_cpu = no_cuda and not deepspeed  # cpu=True would silently drop DeepSpeed
+        handlers = [InitProcessGroupKwargs(backend="gloo")] if deepspeed and no_cuda else []
         self.accelerator = Accelerator(
             cpu=use_cpu,
             kwargs_handlers=handlers,
@@ -314,16 +315,16 @@ class Trainer:
         if not latest.is_file():
             raise ConfigError(f"--resume {self.run_dir}: no saved state found ({latest} is missing)")
         state = self._state_dir() / json.loads(latest.read_text())["state"]
-        self.accelerator.load_state(str(state))
         progress = json.loads((state / "progress.json").read_text())
-        self.global_step = progress["global_step"]
-        self.best, self.history = progress["best"], progress["history"]
         sums = progress["epoch_sums_per_rank"]
-        if len(sums) != self.accelerator.num_processes:
+        if len(sums) != self.accelerator.num_processes:  # before load_state, which fails obscurely on a mismatch
             raise ConfigError(
                 f"--resume {self.run_dir}: the state was saved by {len(sums)} processes, this launch has "
                 f"{self.accelerator.num_processes}; resume with the same number of processes"
             )
+        self.accelerator.load_state(str(state))
+        self.global_step = progress["global_step"]
+        self.best, self.history = progress["best"], progress["history"]
         self.epoch_sums = list(sums[self.accelerator.process_index])
         if progress["step_in_epoch"] >= self.steps_per_epoch:  # saved at the end of an epoch
             self.start_epoch, self.skip_steps = progress["epoch"] + 1, 0
