@@ -9,6 +9,9 @@ USAGE = """usage: expr COMMAND [OPTIONS]
 commands:
   train    train the fusion head (options: --config FILE, --preset NAME, --resume RUN_DIR, --section.key VALUE);
            for several processes use `accelerate launch expr/train.py ...` or ./launch.sh train
+  prepare  extract frozen CLIP/Wav2Vec2 features into a feature store:
+           `expr prepare affwild2 ROOT --out CACHE` or `expr prepare folder ROOT --labels LABELS.csv --out CACHE`
+           (`expr prepare affwild2 --help` lists the options)
   export-head STATE_DIR --out FILE
            one safetensors file of the head from a resume state (RUN_DIR/states/stepN), DeepSpeed ZeRO included
 
@@ -30,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
         from expr.train import main as train_main
 
         return train_main(rest)
+    if command == "prepare":
+        from expr.prepare import main as prepare_main
+
+        return prepare_main(rest)
     if command == "export-head":
         return _export_head(rest)
     print(f"expr: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)

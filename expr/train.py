@@ -167,15 +167,20 @@ class Trainer:
                 path = ensure_demo_store(cfg.data.demo_videos, seed=0)
                 logger.info("data.cache is not set: using the built-in demo data at %s (synthetic; see README)", path)
             self.store = FrameStore(path)
-            text = text_embeddings(
-                cfg.data.classes, cfg.loss.prompt_template, cfg.backbones.clip, cfg.backbones.clip_pretrained
-            )
+            # The prompts must be encoded by the CLIP that made the store's image features: the store's own text
+            # embeddings, else its recorded CLIP, else (demo data) backbones.clip / backbones.clip_pretrained.
+            text = self.store.text_embeddings(cfg.loss.prompt_template)
+            recorded = self.store.meta.get("backbones", {})
+            clip = recorded.get("clip") if "clip_pretrained" in recorded else cfg.backbones.clip
+            clip_pretrained = recorded.get("clip_pretrained", cfg.backbones.clip_pretrained)
+            if text is None:
+                text = text_embeddings(cfg.data.classes, cfg.loss.prompt_template, clip, clip_pretrained)
         if list(self.store.classes) != list(cfg.data.classes):
             raise ConfigError(
                 f"config key 'data.classes' {list(cfg.data.classes)} does not match the classes of "
                 f"the feature store {path}: {self.store.classes}"
             )
-        if cfg.backbones.clip_pretrained == "random":
+        if clip_pretrained == "random":
             logger.warning(
                 "backbones.clip_pretrained=random: text embeddings come from randomly initialised CLIP "
                 "weights (fine for the demo and smoke runs, meaningless for real data)"

@@ -188,6 +188,19 @@ class FrameStore:
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
 
+    def text_embeddings(self, template: str):
+        """The class prompts' CLIP text embeddings stored by ``expr prepare`` (``text.safetensors``), or None when
+        the store has none or they were made with another prompt template."""
+        path = self.path / "text.safetensors"
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            if (f.metadata() or {}).get("template") != template:
+                return None
+            return f.get_tensor("text")
+
     def videos_in(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
 

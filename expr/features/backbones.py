@@ -11,6 +11,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 
 RANDOM = "random"
@@ -82,3 +83,102 @@ def text_embeddings(classes, template: str, clip: str, pretrained: str) -> torch
     save_file({"text": emb.contiguous()}, str(tmp), metadata={k: json.dumps(v) for k, v in identity.items()})
     os.replace(tmp, path)
     return emb
+
+
+def load_wav2vec2(name: str = "facebook/wav2vec2-base", device: str | torch.device = "cpu", config=None):
+    """Return (model, normalize) of a frozen ``transformers`` Wav2Vec2Model in eval mode. ``name`` is a hub name,
+    a local directory, or ``random`` (a seeded random model of ``config``, default Wav2Vec2-Base's architecture).
+    ``normalize`` says whether inputs are standardised (zero mean, unit variance), as the checkpoint's feature
+    extractor does."""
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    if name == RANDOM:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(RANDOM_SEED)
+            model = Wav2Vec2Model(config or Wav2Vec2Config())
+        normalize = True
+    else:
+        local = Path(name).expanduser()
+        if local.is_dir():
+            name = str(local)
+        elif name.startswith(("/", ".", "~")) or name.count("/") > 1:
+            raise BackboneError(f"Wav2Vec2 directory not found: {name}")
+        try:
+            model = Wav2Vec2Model.from_pretrained(name)
+        except Exception as e:  # noqa: BLE001 - OSError, HTTP and hub errors all mean "not available here"
+            raise BackboneError(
+                f"Wav2Vec2 weights '{name}' are not available ({type(e).__name__}). Download them once on a machine "
+                f"with internet (`huggingface-cli download {name}`, cached under ~/.cache/huggingface), or pass a "
+                f"local directory with --wav2vec2 DIR, or use 'random' for a smoke run."
+            ) from None
+        try:
+            normalize = bool(Wav2Vec2FeatureExtractor.from_pretrained(name).do_normalize)
+        except Exception:  # noqa: BLE001 - a checkpoint without a preprocessor config: Wav2Vec2-Base's default
+            normalize = True
+    return model.to(device).eval().requires_grad_(False), normalize
+
+
+class VisualEncoder:
+    """Frozen CLIP image encoder over face crops: open_clip's own preprocessing, batched, fp16 on GPU.
+
+    ``encode`` returns the raw ``encode_image`` output ([N, 512] for ViT-B/32, not L2-normalised) as fp16."""
+
+    def __init__(self, model, preprocess, batch_size: int = 64):
+        self.model, self.preprocess, self.batch_size = model, preprocess, batch_size
+        self.device = next(model.parameters()).device
+        if self.device.type == "cuda":
+            self.model.half()
+        self.dtype = next(model.parameters()).dtype
+        self.dim = int(model.visual.output_dim)
+
+    @torch.no_grad()
+    def encode(self, images) -> np.ndarray:
+        out = np.zeros((len(images), self.dim), np.float16)
+        for i in range(0, len(images), self.batch_size):
+            batch = torch.stack([self.preprocess(im) for im in images[i : i + self.batch_size]])
+            emb = self.model.encode_image(batch.to(self.device, self.dtype, non_blocking=True))
+            out[i : i + len(batch)] = emb.float().cpu().numpy()
+        return out
+
+
+class AudioEncoder:
+    """Frozen Wav2Vec2 over a whole audio track, in overlapping chunks so a long video never runs out of memory.
+
+    The track (16 kHz mono) is cut into chunks of ``chunk_seconds``; each chunk is encoded with ``context_seconds``
+    of extra audio on both sides and keeps only the output frames of its own span, so every output frame sees at
+    least ``context_seconds`` of context on each side (or the track's edge). Output frame j covers samples
+    [320 j, 320 j + 400): 50 frames per second, the same count as encoding the whole track at once."""
+
+    def __init__(self, model, normalize: bool = True, chunk_seconds: float = 30.0, context_seconds: float = 2.0):
+        self.model, self.normalize = model, normalize
+        self.device = next(model.parameters()).device
+        if self.device.type == "cuda":
+            self.model.half()
+        self.dtype = next(model.parameters()).dtype
+        self.dim = int(model.config.hidden_size)
+        self.stride, self.receptive = 1, 1  # samples between output frames; samples one output frame sees
+        for kernel, stride in zip(model.config.conv_kernel, model.config.conv_stride, strict=True):
+            self.receptive += (int(kernel) - 1) * self.stride
+            self.stride *= int(stride)
+        self.chunk = max(1, round(chunk_seconds * 16_000 / self.stride))  # output frames per chunk
+        self.context = max(0, round(context_seconds * 16_000 / self.stride))
+        self.rate = 16_000 / self.stride  # output frames per second
+
+    def num_frames(self, num_samples: int) -> int:
+        return int(self.model._get_feat_extract_output_lengths(torch.tensor(num_samples)).item()) if num_samples else 0
+
+    @torch.no_grad()
+    def encode(self, wave) -> np.ndarray:
+        wave = np.asarray(wave, np.float32)
+        if self.normalize:
+            wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
+        total = self.num_frames(len(wave))
+        out = np.zeros((max(total, 0), self.dim), np.float16)
+        for c0 in range(0, total, self.chunk):
+            c1 = min(total, c0 + self.chunk)
+            f0, f1 = max(0, c0 - self.context), min(total, c1 + self.context)
+            s0, s1 = f0 * self.stride, min(len(wave), (f1 - 1) * self.stride + self.receptive)
+            x = torch.from_numpy(wave[s0:s1])[None].to(self.device, self.dtype)
+            hidden = self.model(x).last_hidden_state[0].float().cpu().numpy()
+            out[c0:c1] = hidden[c0 - f0 : c1 - f0]
+        return out

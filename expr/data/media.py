@@ -1,0 +1,116 @@
+"""Reading raw media with PyAV (FFmpeg): a video's real frame rate, time base and frame count, its audio track
+decoded, mixed to mono and resampled, and its frames as RGB arrays. Nothing here assumes 30 fps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+AUDIO_RATE = 16_000  # Wav2Vec2's sampling rate
+
+
+class MediaError(RuntimeError):
+    """A video or audio track that cannot be read; the message names the file."""
+
+
+@dataclass
+class VideoInfo:
+    path: Path
+    fps: float  # the stream's average frame rate
+    num_frames: int  # counted from the demuxed packets, not taken from the (often missing) header field
+    time_base: float
+    start: float  # presentation time of the first frame, seconds
+    has_audio: bool
+
+
+def _open(path: Path):
+    import av
+
+    try:
+        return av.open(str(path))
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise MediaError(f"{path}: cannot open video ({e})") from None
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Frame rate, frame count, time base and start of the first video stream of ``path``."""
+    import av
+
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate:
+            raise MediaError(f"{path}: the video stream has no frame rate")
+        time_base = float(stream.time_base) if stream.time_base else 1.0 / float(rate)
+        try:
+            num_frames, first_pts = 0, None
+            for packet in container.demux(stream):
+                if packet.size:
+                    num_frames += 1
+                    if packet.pts is not None and (first_pts is None or packet.pts < first_pts):
+                        first_pts = packet.pts
+        except av.error.FFmpegError as e:
+            raise MediaError(f"{path}: cannot read video packets ({e})") from None
+        if stream.start_time is not None:
+            start = float(stream.start_time) * time_base
+        else:
+            start = (first_pts or 0) * time_base
+        return VideoInfo(path, float(rate), num_frames, time_base, start, bool(container.streams.audio))
+
+
+def decode_audio(
+    path: str | Path, rate: int = AUDIO_RATE, video_start: float | None = None
+) -> tuple[np.ndarray, float]:
+    """The first audio track of ``path`` as mono float32 at ``rate`` Hz, and its start in seconds relative to the
+    first video frame (``video_start``; probed when not given). Raises :class:`MediaError` when there is no audio
+    track or it cannot be decoded."""
+    import av
+
+    path = Path(path)
+    if video_start is None:
+        video_start = probe(path).start
+    with _open(path) as container:
+        if not container.streams.audio:
+            raise MediaError(f"{path}: no audio track")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        chunks: list[np.ndarray] = []
+        first_time = None
+        try:
+            for frame in container.decode(stream):
+                if first_time is None and frame.time is not None:
+                    first_time = float(frame.time)
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+        except av.error.FFmpegError as e:
+            raise MediaError(f"{path}: cannot decode the audio track ({e})") from None
+    if not chunks:
+        raise MediaError(f"{path}: the audio track is empty")
+    wave = np.concatenate(chunks).astype(np.float32, copy=False)
+    return wave, (first_time or 0.0) - video_start
+
+
+def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """The video's frames in order as [H, W, 3] uint8 RGB arrays."""
+    import av
+
+    path = Path(path)
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+        except av.error.FFmpegError as e:
+            raise MediaError(f"{path}: cannot decode frames ({e})") from None

@@ -1,0 +1,602 @@
+"""``expr prepare``: extract frozen CLIP and Wav2Vec2 features once into a feature store that training reads.
+
+    expr prepare affwild2 ROOT --out CACHE [--test-names FILE] [--clip ViT-B-32/openai] [--wav2vec2 NAME|DIR]
+    expr prepare folder ROOT --labels LABELS.csv --out CACHE [--classes a,b,c]
+
+Work is kept per video: each finished video is written to ``CACHE/.parts/<name>.npz`` (a temporary file renamed
+into place, so a kill never leaves a half-written part that a later run trusts); a re-run skips finished videos;
+at the end the parts are assembled into the store (``store.json``, ``frames/``, ``audio/``, ``videos/``, and the
+class prompts' CLIP text embeddings in ``text.safetensors``) and removed. A later run with more videos (e.g. the
+test list) adds them to the existing store. Problems with one video (a corrupt JPEG, an unreadable video, no audio
+track, an annotation that is longer or shorter than the video) are reported by file, masked, and counted in the
+summary; they never stop the run. A malformed annotation line stops it before any extraction, naming file and line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from expr.config import ABAW_CLASSES, LossConfig
+from expr.data.media import MediaError, decode_audio, iter_frames, probe
+
+logger = logging.getLogger("expr.prepare")
+
+PARTS = ".parts"
+DEFAULT_CLIP = "ViT-B-32/openai"
+DEFAULT_WAV2VEC2 = "facebook/wav2vec2-base"
+
+
+class PrepareError(RuntimeError):
+    """A preparation that cannot go on; the message names the file or option."""
+
+
+@dataclass
+class Item:
+    """One video (or person track) to extract: where its frames, audio and labels come from."""
+
+    name: str
+    split: str
+    labels: np.ndarray | None = None  # per-frame labels (frame i = labels[i]; -1 = ignore); None for test videos
+    crops: dict[int, Path] | None = None  # frame index -> face crop image; None: take the frames of ``video``
+    video: Path | None = None  # raw video: frame rate, frame count and audio (and frames when there are no crops)
+    fps: float | None = None  # frame rate to use when there is no readable video
+    source: str = ""  # the annotation file or CSV the labels came from, for messages
+
+
+@dataclass
+class Report:
+    """What happened to one video, kept in the store's header."""
+
+    frames: int = 0
+    faces: int = 0
+    annotated: int | None = None
+    fps: float = 0.0
+    audio_seconds: float = 0.0
+    problems: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- one video
+def _load_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return None
+
+
+def extract_item(item: Item, visual, audio, workers: int = 4, progress=None) -> tuple[dict[str, np.ndarray], Report]:
+    """Features of one item: ``visual`` [T, D] fp16, ``face`` [T], ``labels`` [T], ``audio`` [Ta, Da] fp16 (may be
+    empty), plus ``fps`` and ``audio_start``; and its :class:`Report`."""
+    report = Report()
+    info = None
+    if item.video is not None:
+        try:
+            info = probe(item.video)
+        except MediaError as e:
+            report.problems.append(f"unreadable video: {e}")
+    fps = info.fps if info else (item.fps or 30.0)
+    if info is None and item.fps is None:
+        report.problems.append("no readable video: frame rate assumed 30 fps")
+    crop_last = max(item.crops) + 1 if item.crops else 0
+    if info is not None:
+        T = info.num_frames
+    else:
+        T = max(len(item.labels) if item.labels is not None else 0, crop_last)
+    labels = np.full(T, -1, np.int64)
+    if item.labels is not None:
+        report.annotated = len(item.labels)
+        n = min(T, len(item.labels))
+        labels[:n] = item.labels[:n]
+        if info is not None and len(item.labels) != T:
+            report.problems.append(
+                f"frame count mismatch: annotation {item.source or item.name} has {len(item.labels)} frames, video "
+                f"{item.video.name} has {T}; aligned by frame index"
+                + (", extra annotation lines ignored" if len(item.labels) > T else ", missing frames unlabelled")
+            )
+    vis = np.zeros((T, visual.dim), np.float16)
+    face = np.zeros(T, bool)
+    if item.crops is not None:
+        frames = sorted(i for i in item.crops if i < T)
+        if len(frames) < len(item.crops):
+            report.problems.append(f"{len(item.crops) - len(frames)} crops beyond the video's {T} frames ignored")
+        corrupt = []
+        step = max(visual.batch_size, 64)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            for b in range(0, len(frames), step):
+                chunk = frames[b : b + step]
+                images = list(pool.map(_load_image, [item.crops[i] for i in chunk]))
+                ok = [(i, im) for i, im in zip(chunk, images, strict=True) if im is not None]
+                corrupt += [str(item.crops[i]) for i, im in zip(chunk, images, strict=True) if im is None]
+                if ok:
+                    idx = np.array([i for i, _ in ok])
+                    vis[idx] = visual.encode([im for _, im in ok])
+                    face[idx] = True
+                if progress is not None:
+                    progress(len(chunk))
+        if corrupt:
+            report.problems.append(f"{len(corrupt)} unreadable face crops masked: {', '.join(corrupt[:5])}")
+    elif info is not None:
+        batch: list[tuple[int, Any]] = []
+        try:
+            from PIL import Image
+
+            for i, frame in enumerate(iter_frames(item.video)):
+                if i >= T:
+                    break
+                batch.append((i, Image.fromarray(frame)))
+                if len(batch) == visual.batch_size:
+                    _encode_into(visual, batch, vis, face, progress)
+                    batch = []
+        except MediaError as e:
+            report.problems.append(f"frames masked after a decoding error: {e}")
+        if batch:
+            _encode_into(visual, batch, vis, face, progress)
+    if not face.any():
+        report.problems.append("no face frames: the visual stream is masked")
+    audio_feats = np.zeros((0, audio.dim), np.float16)
+    audio_start = 0.0
+    if info is None:
+        if item.video is None:
+            report.problems.append("no video: the audio stream is masked")
+    elif not info.has_audio:
+        report.problems.append(f"no audio track in {item.video.name}: the audio stream is masked")
+    else:
+        try:
+            wave, audio_start = decode_audio(item.video, video_start=info.start)
+            audio_feats = audio.encode(wave)
+            report.audio_seconds = len(wave) / 16_000
+        except MediaError as e:
+            report.problems.append(f"audio masked: {e}")
+    report.frames, report.faces, report.fps = T, int(face.sum()), float(fps)
+    arrays = {
+        "visual": vis,
+        "face": face,
+        "labels": labels,
+        "audio": audio_feats,
+        "fps": np.float64(fps),
+        "audio_start": np.float64(audio_start),
+        "audio_rate": np.float64(audio.rate),
+    }
+    return arrays, report
+
+
+def _encode_into(visual, batch, vis, face, progress) -> None:
+    idx = np.array([i for i, _ in batch])
+    vis[idx] = visual.encode([im for _, im in batch])
+    face[idx] = True
+    if progress is not None:
+        progress(len(batch))
+
+
+# --------------------------------------------------------------------------------------------- parts
+def _part_path(out: Path, name: str) -> Path:
+    return out / PARTS / f"{name}.npz"
+
+
+def save_part(out: Path, item: Item, arrays: dict[str, np.ndarray], report: Report) -> Path:
+    """Write one finished video atomically (temporary file, then rename)."""
+    path = _part_path(out, item.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"name": item.name, "split": item.split, "report": report.__dict__}
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_part(path: Path):
+    from expr.data.store import VideoRecord
+
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+        audio = z["audio"]
+        record = VideoRecord(
+            name=meta["name"],
+            split=meta["split"],
+            fps=float(z["fps"]),
+            visual=z["visual"],
+            face=z["face"],
+            labels=z["labels"],
+            audio=audio if len(audio) else None,
+            audio_rate=float(z["audio_rate"]),
+            audio_start=float(z["audio_start"]),
+        )
+    return record, meta["report"]
+
+
+def _records_from_store(store) -> list:
+    from expr.data.store import VideoRecord
+
+    records = []
+    for v, name in enumerate(store.names):
+        f0, n = store.frame_offset[v], store.num_frames[v]
+        a0, na = store.audio_offset[v], store.num_audio[v]
+        records.append(
+            VideoRecord(
+                name=name,
+                split=str(store.splits[v]),
+                fps=float(store.fps[v]),
+                visual=store.visual[f0 : f0 + n],
+                face=store.face[f0 : f0 + n],
+                labels=store.labels[f0 : f0 + n],
+                audio=store.audio[a0 : a0 + na] if na else None,
+                audio_rate=float(store.audio_rate[v]),
+                audio_start=float(store.audio_start[v]),
+            )
+        )
+    return records
+
+
+# --------------------------------------------------------------------------------------------- the run
+@dataclass
+class Backbones:
+    """The frozen encoders of one preparation, loaded on first use."""
+
+    clip: str = DEFAULT_CLIP
+    wav2vec2: str = DEFAULT_WAV2VEC2
+    device: str = "auto"
+    batch_size: int = 64
+    chunk_seconds: float = 30.0
+    context_seconds: float = 2.0
+    _clip: Any = None
+    _visual: Any = None
+    _audio: Any = None
+
+    def clip_spec(self) -> tuple[str, str]:
+        """(open_clip model name, pretrained tag / checkpoint path / ``random``)."""
+        spec = self.clip
+        if spec == "random" or Path(spec).expanduser().is_file() or spec.startswith("hf-hub:"):
+            return "ViT-B-32", spec
+        if "/" in spec:
+            model, tag = spec.split("/", 1)
+            return model, tag
+        return "ViT-B-32", spec
+
+    def identity(self) -> dict[str, Any]:
+        model, tag = self.clip_spec()
+        return {
+            "clip": model,
+            "clip_pretrained": tag,
+            "wav2vec2": self.wav2vec2,
+            "random_weights": "random" in (tag, self.wav2vec2),
+        }
+
+    def _device(self):
+        import torch
+
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+    def load_clip(self):
+        if self._clip is None:
+            from expr.features.backbones import load_clip
+
+            model, tag = self.clip_spec()
+            self._clip = load_clip(model, tag, self._device())
+        return self._clip
+
+    def visual(self):
+        if self._visual is None:
+            from expr.features.backbones import VisualEncoder
+
+            model, preprocess, _ = self.load_clip()
+            self._visual = VisualEncoder(model, preprocess, self.batch_size)
+        return self._visual
+
+    def audio(self):
+        if self._audio is None:
+            from expr.features.backbones import AudioEncoder, load_wav2vec2
+
+            model, normalize = load_wav2vec2(self.wav2vec2, self._device())
+            self._audio = AudioEncoder(model, normalize, self.chunk_seconds, self.context_seconds)
+        return self._audio
+
+    def text(self, classes: Sequence[str], template: str):
+        from expr.features.backbones import encode_text, prompts
+
+        model, _, tokenizer = self.load_clip()
+        return encode_text(model, tokenizer, prompts(list(classes), template))
+
+
+SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
+
+
+def prepare(
+    items: Sequence[Item],
+    out: str | Path,
+    backbones: Backbones,
+    classes: Sequence[str] = ABAW_CLASSES,
+    prompt_template: str = LossConfig.prompt_template,
+    source: dict[str, Any] | None = None,
+    workers: int = 4,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Extract every item not yet done into ``out`` and assemble the store; returns the summary (also printed and
+    stored in ``store.json``). ``stop_after`` stops after that many newly extracted videos without assembling (for
+    tests of interrupted runs)."""
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from expr.data.store import FrameStore, write_store
+
+    out = Path(out)
+    identity = backbones.identity()
+    names = [it.name for it in items]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise PrepareError(f"video names appear twice: {', '.join(dup[:10])}")
+    existing = None
+    if (out / "store.json").is_file():
+        existing = FrameStore(out)
+        _check_identity(out / "store.json", existing.meta.get("backbones", {}), identity, existing.classes, classes)
+    id_path = out / PARTS / "backbones.json"
+    if id_path.is_file():
+        recorded = json.loads(id_path.read_text())
+        _check_identity(id_path, recorded["backbones"], identity, recorded["classes"], classes)
+    else:
+        id_path.parent.mkdir(parents=True, exist_ok=True)
+        id_path.write_text(json.dumps({"backbones": identity, "classes": list(classes)}, indent=2))
+    if identity["random_weights"]:
+        _loud(
+            "RANDOM BACKBONE WEIGHTS: features of randomly initialised CLIP/Wav2Vec2 (smoke runs only); the cache "
+            "records it in store.json"
+        )
+
+    in_store = set(existing.names) if existing is not None else set()
+    todo = [it for it in items if it.name not in in_store and not _part_path(out, it.name).is_file()]
+    skipped = len(items) - len(todo)
+    if skipped:
+        logger.info("%d of %d videos already extracted in %s: skipped", skipped, len(items), out)
+    total_frames = sum(_frame_hint(it) for it in todo)
+    bar = tqdm(total=len(todo), unit="video", disable=not progress or not todo, desc="extracting", dynamic_ncols=True)
+    t0, done_frames = time.perf_counter(), [0]
+
+    def tick(n: int) -> None:
+        done_frames[0] += n
+        bar.set_postfix_str(f"{done_frames[0] / max(time.perf_counter() - t0, 1e-9):.0f} frames/s", refresh=False)
+
+    for count, item in enumerate(todo):
+        if stop_after is not None and count >= stop_after:
+            bar.close()
+            return {"stopped_after": count}
+        bar.set_description_str(f"extracting {item.name}"[:40])
+        arrays, report = extract_item(item, backbones.visual(), backbones.audio(), workers, tick)
+        save_part(out, item, arrays, report)
+        for problem in report.problems:
+            tqdm.write(f"{item.name}: {problem}", file=sys.stderr)
+        bar.update(1)
+    bar.close()
+    if todo:
+        logger.info("extracted %d videos (%d frames) in %.0f s", len(todo), total_frames, time.perf_counter() - t0)
+
+    # Assemble: videos already in the store, plus every finished part.
+    records, reports = [], dict(existing.meta.get("report", {}).get("videos", {})) if existing is not None else {}
+    if existing is not None:
+        records += _records_from_store(existing)
+    part_names = set()
+    for path in sorted((out / PARTS).glob("*.npz")):
+        if path.name.startswith("."):
+            continue
+        record, report = load_part(path)
+        if record.name in in_store:
+            continue
+        records.append(record)
+        reports[record.name] = report
+        part_names.add(record.name)
+    records.sort(key=lambda r: (SPLIT_ORDER.get(r.split, 3), r.name))
+    summary = _summary(records, reports)
+    meta = {
+        "source": source or {},
+        "classes": list(classes),
+        "prompt_template": prompt_template,
+        "backbones": identity,
+        "report": {"summary": summary, "videos": reports},
+    }
+    if existing is not None and not part_names and (out / "text.safetensors").is_file():
+        logger.info("%s is up to date", out)
+    else:
+        text = backbones.text(classes, prompt_template)
+        staging = out.with_name(out.name + ".assembling")
+        write_store(staging, records, meta)
+        save_file(
+            {"text": text.contiguous()},
+            str(staging / "text.safetensors"),
+            metadata={"template": prompt_template, "classes": json.dumps(list(classes))},
+        )
+        _swap_in(staging, out)
+    _print_summary(out, summary)
+    return summary
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Move the assembled store's files into ``out`` (keeping ``.parts`` until the store is complete), then drop the
+    parts: a kill before the last step leaves the parts, and the next run assembles again."""
+    import shutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "store.json").unlink(missing_ok=True)  # the header goes last: no header, no store
+    for child in staging.iterdir():
+        if child.name == "store.json":
+            continue
+        target = out / child.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        os.replace(child, target)
+    shutil.rmtree(out / "windows", ignore_errors=True)  # window indexes of the old store no longer match
+    os.replace(staging / "store.json", out / "store.json")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(out / PARTS, ignore_errors=True)
+
+
+def _frame_hint(item: Item) -> int:
+    if item.labels is not None:
+        return len(item.labels)
+    return len(item.crops) if item.crops else 0
+
+
+def _check_identity(where: Path, recorded: dict, identity: dict, recorded_classes, classes) -> None:
+    keys = ("clip", "clip_pretrained", "wav2vec2")
+    if any(recorded.get(k) != identity[k] for k in keys):
+        was = ", ".join(f"{k}={recorded.get(k)}" for k in keys)
+        now = ", ".join(f"{k}={identity[k]}" for k in keys)
+        raise PrepareError(
+            f"{where} was prepared with other backbones ({was}); this run asks for {now}. Use another --out, or the "
+            f"same --clip/--wav2vec2 to continue it"
+        )
+    if list(recorded_classes) != list(classes):
+        raise PrepareError(f"{where} was prepared with classes {list(recorded_classes)}, not {list(classes)}")
+
+
+def _summary(records, reports: dict[str, dict]) -> dict[str, Any]:
+    def count(word: str) -> list[str]:
+        return sorted(n for n, r in reports.items() if any(word in p for p in r.get("problems", [])))
+
+    return {
+        "videos": {s: sum(r.split == s for r in records) for s in SPLIT_ORDER},
+        "frames": int(sum(len(r.labels) for r in records)),
+        "labelled_frames": int(sum((r.labels >= 0).sum() for r in records)),
+        "face_frames": int(sum(r.face.sum() for r in records)),
+        "no_audio": sorted(r.name for r in records if r.audio is None),
+        "unreadable_video": count("unreadable video"),
+        "corrupt_crops": count("unreadable face crops"),
+        "frame_count_mismatch": count("frame count mismatch"),
+    }
+
+
+def _print_summary(out: Path, s: dict[str, Any]) -> None:
+    videos = ", ".join(f"{k} {v}" for k, v in s["videos"].items() if v)
+    lines = [
+        f"feature store: {out}",
+        f"  videos: {videos}; frames {s['frames']} (labelled {s['labelled_frames']}, with a face {s['face_frames']})",
+    ]
+    for key, what in (
+        ("no_audio", "without audio (masked)"),
+        ("unreadable_video", "with an unreadable video"),
+        ("corrupt_crops", "with corrupt face crops (masked)"),
+        ("frame_count_mismatch", "whose annotation and video frame counts differ (aligned by index)"),
+    ):
+        if s[key]:
+            names = ", ".join(s[key][:8]) + (" ..." if len(s[key]) > 8 else "")
+            lines.append(f"  {len(s[key])} videos {what}: {names}")
+    lines.append(f"  details per video: {out / 'store.json'} (report.videos); train with --data.cache {out}")
+    print("\n".join(lines))
+
+
+def _loud(message: str) -> None:
+    bar = "!" * min(100, len(message) + 4)
+    print(f"{bar}\n! {message}\n{bar}", file=sys.stderr)
+
+
+# --------------------------------------------------------------------------------------------- command line
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="expr prepare", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="layout", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--out", required=True, help="the feature store folder to write (CACHE)")
+    common.add_argument(
+        "--clip",
+        default=DEFAULT_CLIP,
+        help="CLIP weights: MODEL/TAG of open_clip (default ViT-B-32/openai), a local checkpoint file, an hf-hub: "
+        "name, or 'random' (seeded random weights, smoke runs only)",
+    )
+    common.add_argument(
+        "--wav2vec2",
+        default=DEFAULT_WAV2VEC2,
+        help="Wav2Vec2 weights: a hub name (default facebook/wav2vec2-base), a local directory, or 'random'",
+    )
+    common.add_argument("--test-names", help="file with the organisers' test video names, one per line (no labels)")
+    common.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
+    common.add_argument("--batch-size", type=int, default=64, help="frames per CLIP forward (default 64)")
+    common.add_argument("--workers", type=int, default=4, help="threads decoding JPEG crops (default 4)")
+    common.add_argument("--chunk-seconds", type=float, default=30.0, help="Wav2Vec2 chunk length (default 30)")
+    common.add_argument("--context-seconds", type=float, default=2.0, help="Wav2Vec2 context each side (default 2)")
+    common.add_argument("--prompt-template", default=LossConfig.prompt_template, help="text prompt of each class")
+    common.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    aff = sub.add_parser("affwild2", parents=[common], help="an Aff-Wild2 tree as distributed for the ABAW EXPR track")
+    aff.add_argument("root", help="the Aff-Wild2 folder")
+    aff.add_argument("--annotation-dir", help="annotation folder name under ROOT (default: detected)")
+    aff.add_argument("--crop-dirs", help="comma-separated crop folder names under ROOT (default: detected)")
+
+    folder = sub.add_parser("folder", parents=[common], help="a folder of videos or frame folders plus a label CSV")
+    folder.add_argument("root", help="folder holding <name>.mp4|avi|mov|mkv|webm and/or <name>/ frame folders")
+    folder.add_argument("--labels", required=True, help="CSV with columns video,label (per clip) or video,frame,label")
+    folder.add_argument("--classes", help="comma-separated class names (default: the 8 ABAW classes)")
+    folder.add_argument("--fps", type=float, default=None, help="frame rate of frame folders without a video")
+    folder.add_argument("--frame-base", type=int, default=1, help="number of the first frame image (default 1)")
+    folder.add_argument("--val-fraction", type=float, default=0.2, help="videos for validation without a split column")
+    return parser
+
+
+def items_from_affwild2(args) -> tuple[list[Item], dict[str, Any], list[str]]:
+    from expr.data.affwild2 import crop_frames, discover, read_annotation, read_test_names
+
+    test_names = read_test_names(args.test_names) if args.test_names else []
+    crop_dirs = [c.strip() for c in args.crop_dirs.split(",")] if args.crop_dirs else None
+    layout = discover(args.root, test_names, args.annotation_dir, crop_dirs)
+    print(layout.summary())
+    items = []
+    for e in layout.entries:  # read every annotation first: a malformed line stops before any extraction
+        labels = read_annotation(e.annotation) if e.annotation is not None else None
+        crops = None
+        if e.crop_dir is not None:
+            crops = {int(i): e.crop_dir / f"{i + 1:05d}.jpg" for i in crop_frames(e.crop_dir)}
+        items.append(
+            Item(e.name, e.split, labels, crops if crops is not None else {}, e.video, None, str(e.annotation))
+        )
+    source = {
+        "layout": "affwild2",
+        "root": str(Path(args.root).resolve()),
+        "annotation_dir": layout.annotation_dir.name,
+        "crop_dirs": [c.name for c in layout.crop_roots],
+        "test_names": str(args.test_names) if args.test_names else None,
+    }
+    return items, source, list(ABAW_CLASSES)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from expr.data.affwild2 import AnnotationError, LayoutError
+    from expr.data.store import StoreError
+    from expr.features.backbones import BackboneError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        if args.layout == "affwild2":
+            items, source, classes = items_from_affwild2(args)
+        else:
+            from expr.data.folder import items_from_folder
+
+            items, source, classes = items_from_folder(args)
+        backbones = Backbones(
+            args.clip, args.wav2vec2, args.device, args.batch_size, args.chunk_seconds, args.context_seconds
+        )
+        prepare(items, args.out, backbones, classes, args.prompt_template, source, args.workers, not args.no_progress)
+    except (AnnotationError, LayoutError, BackboneError, PrepareError, StoreError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,394 @@
+"""Feature extraction (`expr prepare`) on generated media: real decoding (PyAV), small random backbones of the real
+classes, the Aff-Wild2 and folder layouts, resume, and prepare -> windows -> train."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mediatree import affwild2_tree, write_annotation, write_crops, write_video
+
+from expr.data.media import decode_audio, probe
+from expr.data.store import FrameStore
+from expr.features.backbones import AudioEncoder, BackboneError, VisualEncoder, load_wav2vec2
+from expr.prepare import Backbones, PrepareError, extract_item, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_clip():
+    import open_clip
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = open_clip.CLIP(
+            embed_dim=16,
+            vision_cfg=open_clip.CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
+            text_cfg=open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+        )
+    return model.eval(), open_clip.image_transform(32, is_train=False), open_clip.get_tokenizer("ViT-B-32")
+
+
+def small_wav2vec2(**overrides):
+    from transformers import Wav2Vec2Config
+
+    cfg = dict(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(16,) * 7,
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=4,
+    )
+    cfg.update(overrides)
+    return load_wav2vec2("random", config=Wav2Vec2Config(**cfg))
+
+
+class EnergyEncoder:
+    """Stands in for Wav2Vec2 where timing is checked: frame j = mean energy of samples [320 j, 320 j + 400)."""
+
+    dim, rate = 1, 50.0
+
+    def encode(self, wave):
+        n = (len(wave) - 400) // 320 + 1
+        return np.array([[np.mean(wave[320 * j : 320 * j + 400] ** 2)] for j in range(n)], np.float16)
+
+
+def small_backbones(audio=None) -> Backbones:
+    b = Backbones(clip="random", wav2vec2="random")
+    b._clip = small_clip()
+    b._visual = VisualEncoder(b._clip[0], b._clip[1], batch_size=16)
+    b._audio = audio or AudioEncoder(*small_wav2vec2(), chunk_seconds=0.5, context_seconds=0.2)
+    return b
+
+
+def affwild2_items(root, test=True):
+    from types import SimpleNamespace
+
+    from expr.prepare import items_from_affwild2
+
+    args = SimpleNamespace(
+        root=str(root), test_names=str(root / "test_names.txt") if test else None, annotation_dir=None, crop_dirs=None
+    )
+    return items_from_affwild2(args)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("affwild2")
+    return root, affwild2_tree(root)
+
+
+@pytest.fixture(scope="module")
+def prepared(tree, tmp_path_factory):
+    root, spec = tree
+    out = tmp_path_factory.mktemp("cache") / "store"
+    items, source, classes = affwild2_items(root)
+    summary = prepare(items, out, small_backbones(), classes, source=source, progress=False)
+    return out, summary
+
+
+# ----------------------------------------------------------------------------------------------- media
+def test_probe_reads_each_videos_real_rate_and_frame_count(tmp_path):
+    info = probe(write_video(tmp_path / "x.avi", 25, 40))
+    assert (info.fps, info.num_frames, info.has_audio) == (25.0, 40, True)
+    info = probe(write_video(tmp_path / "y.mp4", 30, 21, audio=False))
+    assert (info.fps, info.num_frames, info.has_audio) == (30.0, 21, False)
+
+
+@pytest.mark.parametrize(
+    "name, fps, frames, burst, delay",
+    [("a.mp4", 30, 45, 20, 0.0), ("b.avi", 25, 40, 12, 0.0), ("c.mp4", 30, 33, 9, 0.2)],
+)
+def test_decoded_audio_is_mono_16k_and_aligned_to_frame_times(tmp_path, name, fps, frames, burst, delay):
+    path = write_video(tmp_path / name, fps, frames, burst_frame=burst, audio_delay=delay)
+    wave, start = decode_audio(path)
+    assert wave.ndim == 1 and wave.dtype == np.float32
+    assert abs(len(wave) / 16_000 + start - frames / fps) < 0.05  # 16 kHz: duration preserved
+    onset = start + np.flatnonzero(np.abs(wave) > 0.1)[0] / 16_000
+    assert abs(onset - burst / fps) < 0.005
+
+
+def test_unreadable_video_is_a_media_error_naming_the_file(tmp_path):
+    from expr.data.media import MediaError
+
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(b"not a video")
+    with pytest.raises(MediaError, match="bad.mp4"):
+        probe(bad)
+
+
+# ----------------------------------------------------------------------------------------------- encoders
+def test_chunked_wav2vec2_stitches_to_the_whole_track_encoding():
+    # Per-frame layer norm and no transformer layer: with enough context, chunks give exactly the whole-track
+    # features (up to fp16); without context they do not (the positional convolution sees the chunk edge).
+    model, norm = small_wav2vec2(num_hidden_layers=0, feat_extract_norm="layer")
+    wave = np.random.default_rng(0).standard_normal(16_000 * 3).astype(np.float32)
+    whole = AudioEncoder(model, norm, chunk_seconds=100).encode(wave).astype(np.float32)
+    assert whole.shape == (149, 32)  # (48000 - 400) // 320 + 1
+    chunked = AudioEncoder(model, norm, chunk_seconds=0.5, context_seconds=0.4).encode(wave).astype(np.float32)
+    np.testing.assert_allclose(chunked, whole, atol=2e-3)
+    no_context = AudioEncoder(model, norm, chunk_seconds=0.5, context_seconds=0.0).encode(wave).astype(np.float32)
+    assert np.abs(no_context - whole).max() > 0.05
+
+
+def test_full_size_random_wav2vec2_is_base_shaped_and_seeded():
+    a, _ = load_wav2vec2("random")
+    b, _ = load_wav2vec2("random")
+    assert a.config.hidden_size == 768 and a.config.num_hidden_layers == 12
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_missing_wav2vec2_weights_offline_give_one_actionable_line(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BackboneError) as err:
+        load_wav2vec2("facebook/wav2vec2-base")
+    assert "\n" not in str(err.value) and "--wav2vec2" in str(err.value)
+    with pytest.raises(BackboneError, match="not found"):
+        load_wav2vec2(str(tmp_path / "no-such-dir"))
+
+
+# ----------------------------------------------------------------------------------------------- Aff-Wild2
+def test_cache_holds_every_video_with_its_real_frame_count_and_rate(prepared, tree):
+    out, summary = prepared
+    _, spec = tree
+    store = FrameStore(out)
+    assert sorted(store.names) == sorted(spec)
+    for name, s in spec.items():
+        v = store.names.index(name)
+        assert store.splits[v] == s["split"]
+        assert store.num_frames[v] == s["n"], name
+        assert store.fps[v] == s["fps"], name
+    assert summary["videos"] == {"train": 4, "validation": 2, "test": 1}
+    assert store.visual.dtype == np.float16 and store.visual.shape == (sum(s["n"] for s in spec.values()), 16)
+
+
+def test_face_mask_follows_missing_and_corrupt_crops(prepared):
+    store = FrameStore(prepared[0])
+
+    def face(name):
+        v = store.names.index(name)
+        return store.face[store.frame_offset[v] : store.frame_offset[v] + store.num_frames[v]]
+
+    assert np.flatnonzero(~face("a")).tolist() == [3, 4, 10, 40]  # missing 3, 4, 40; corrupt 10
+    assert face("pair_left").all() and face("pair_right").tolist() == [i % 2 == 0 for i in range(36)]
+    v = store.names.index("a")
+    masked = store.visual[store.frame_offset[v] + np.array([3, 4, 10, 40])]
+    assert not masked.any()  # zeros where no face
+
+
+def test_labels_align_by_frame_index_and_mismatches_are_reported(prepared, tree):
+    out, summary = prepared
+    _, spec = tree
+    store = FrameStore(out)
+    for name, s in spec.items():
+        v = store.names.index(name)
+        got = store.labels[store.frame_offset[v] : store.frame_offset[v] + store.num_frames[v]]
+        if s["labels"] is None:
+            assert (got == -1).all()
+        else:
+            want = np.array(s["labels"].read_text().split()[1:], dtype=np.int64)[: s["n"]]
+            assert got.tolist() == want.tolist(), name
+    assert summary["frame_count_mismatch"] == ["long"]
+    assert summary["no_audio"] == ["mute"] and summary["corrupt_crops"] == ["a"]
+    report = json.loads((out / "store.json").read_text())["report"]["videos"]
+    assert any("36 frames" in p and "33" in p for p in report["long"]["problems"])
+    assert any("00011.jpg" in p for p in report["a"]["problems"])
+
+
+def test_audio_features_cover_the_track_and_pairs_share_their_video(prepared):
+    store = FrameStore(prepared[0])
+    audio = {
+        n: store.audio[store.audio_offset[v] : store.audio_offset[v] + store.num_audio[v]]
+        for v, n in enumerate(store.names)
+    }
+    assert len(audio["mute"]) == 0
+    assert abs(len(audio["a"]) - 45 / 30 * 50) <= 2 and abs(len(audio["b25"]) - 40 / 25 * 50) <= 2
+    np.testing.assert_array_equal(audio["pair_left"], audio["pair_right"])
+    meta = json.loads((prepared[0] / "store.json").read_text())
+    assert meta["backbones"]["random_weights"] is True and meta["classes"][0] == "Neutral"
+    text = store.text_embeddings(meta["prompt_template"])
+    assert text.shape == (8, 16) and torch.allclose(text.norm(dim=-1), torch.ones(8), atol=1e-4)
+
+
+def test_audio_frames_map_to_frame_times_within_one_wav2vec2_step(tree):
+    root, _ = tree
+    items, _, _ = affwild2_items(root, test=False)
+    bursts = {"a": 20 / 30, "b25": 12 / 25, "long": 9 / 30}
+    for item in items:
+        if item.name not in bursts:
+            continue
+        arrays, _ = extract_item(item, small_backbones().visual(), EnergyEncoder())
+        energy = arrays["audio"][:, 0].astype(np.float32)
+        j = np.flatnonzero(energy > 0.5 * energy.max())[0]
+        centre = float(arrays["audio_start"]) + (320 * j + 200) / 16_000
+        assert abs(centre - bursts[item.name]) <= 1 / 50, item.name
+
+
+def test_interrupted_extraction_resumes_without_redoing_finished_videos(tree, prepared, tmp_path, monkeypatch):
+    root, _ = tree
+    items, source, classes = affwild2_items(root)
+    out = tmp_path / "store"
+    assert prepare(items, out, small_backbones(), classes, source=source, progress=False, stop_after=3) == {
+        "stopped_after": 3
+    }
+    assert not (out / "store.json").exists() and len(list((out / ".parts").glob("*.npz"))) == 3
+    (out / ".parts" / ".t1.tmp999.npz").write_bytes(b"half a file")  # a kill during a write leaves only a temp file
+    import expr.prepare as prep
+
+    calls = []
+    real = prep.extract_item
+    monkeypatch.setattr(prep, "extract_item", lambda item, *a, **k: calls.append(item.name) or real(item, *a, **k))
+    prepare(items, out, small_backbones(), classes, source=source, progress=False)
+    assert len(calls) == len(items) - 3
+    resumed, whole = FrameStore(out), FrameStore(prepared[0])
+    assert resumed.names == whole.names
+    np.testing.assert_array_equal(resumed.visual, whole.visual)
+    np.testing.assert_array_equal(resumed.audio, whole.audio)
+    np.testing.assert_array_equal(resumed.labels, whole.labels)
+    assert not (out / ".parts").exists()
+    # Adding videos later (the test list) extracts only those; another backbone choice is refused.
+    calls.clear()
+    prepare(items[:-1], out, small_backbones(), classes, progress=False)
+    assert calls == []
+    other = small_backbones()
+    other.wav2vec2 = "facebook/wav2vec2-base"
+    with pytest.raises(PrepareError, match="other backbones"):
+        prepare(items, out, other, classes, progress=False)
+
+
+def test_malformed_annotation_stops_before_any_extraction_naming_file_and_line(tmp_path, capsys):
+    from expr.prepare import main
+
+    root = tmp_path / "aw"
+    write_annotation(root / "EXPR_Classification_Challenge" / "Train_Set" / "ok.txt", [0, 1, 2])
+    bad = root / "EXPR_Classification_Challenge" / "Validation_Set" / "bad.txt"
+    write_annotation(bad, [0, 1, 2])
+    bad.write_text(bad.read_text().replace("\n1\n", "\nsurprise\n"))
+    assert main(["affwild2", str(root), "--out", str(tmp_path / "out"), "--clip", "random"]) == 2
+    assert f"{bad}:3:" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------------------------- folder layout
+def test_folder_layout_with_frame_folders_videos_and_a_label_csv(tmp_path):
+    from types import SimpleNamespace
+
+    from expr.data.folder import items_from_folder
+
+    root = tmp_path / "corpus"
+    write_video(root / "clip1.mp4", 30, 30)  # video only: its frames are encoded
+    write_crops(root / "clip2", range(20), size=48)  # frames only (no audio)
+    write_video(root / "clip3.avi", 25, 25)
+    write_crops(root / "clip3", range(0, 25, 5), size=48)  # crops + video: crops are frames, video gives audio
+    write_video(root / "unlabelled.mp4", 30, 10)
+    labels = tmp_path / "labels.csv"
+    labels.write_text(
+        "video,frame,label,split\nclip1.mp4,0,calm,train\nclip1.mp4,5,angry,train\nclip2,3,2,validation\n"
+        "clip3,24,happy,train\n"
+    )
+    args = SimpleNamespace(
+        root=str(root), labels=str(labels), classes="calm,angry,happy", fps=None, frame_base=1, val_fraction=0.2
+    )
+    items, source, classes = items_from_folder(args)
+    by = {it.name: it for it in items}
+    assert classes == ["calm", "angry", "happy"] and by["unlabelled"].split == "test"
+    assert by["clip1"].labels.tolist()[:6] == [0, -1, -1, -1, -1, 1] and len(by["clip1"].labels) == 30
+    assert by["clip2"].split == "validation" and by["clip3"].labels[24] == 2
+    out = tmp_path / "store"
+    prepare(items, out, small_backbones(), classes, source=source, progress=False)
+    store = FrameStore(out)
+    v1, v2, v3 = (store.names.index(n) for n in ("clip1", "clip2", "clip3"))
+    assert store.num_frames[v1] == 30 and store.face[store.frame_offset[v1] : store.frame_offset[v1] + 30].all()
+    assert store.num_audio[v2] == 0 and store.fps[v2] == 30.0  # a frame folder alone: --fps default, no audio
+    assert store.fps[v3] == 25.0 and store.num_audio[v3] > 0
+    assert store.face[store.frame_offset[v3] : store.frame_offset[v3] + 25].sum() == 5
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("video,label\nclip1,calm\nclip1,furious\n", "labels.csv:3: label 'furious'"),
+        ("video,frame,label\nclip1,x,calm\n", "labels.csv:2: frame 'x'"),
+        ("video,label\nclip1\n", "labels.csv:2: 1 fields"),
+        ("name,label\n", "no 'video' column"),
+        ("video,label\nnowhere,calm\n", "no video or frame folder"),
+    ],
+)
+def test_folder_layout_errors_name_the_file_and_line(tmp_path, text, match):
+    from types import SimpleNamespace
+
+    from expr.data.affwild2 import AnnotationError, LayoutError
+    from expr.data.folder import items_from_folder
+
+    write_crops(tmp_path / "corpus" / "clip1", range(3), size=16)
+    (tmp_path / "labels.csv").write_text(text)
+    args = SimpleNamespace(
+        root=str(tmp_path / "corpus"),
+        labels=str(tmp_path / "labels.csv"),
+        classes="calm,angry",
+        fps=None,
+        frame_base=1,
+        val_fraction=0.2,
+    )
+    with pytest.raises((AnnotationError, LayoutError), match=match):
+        items_from_folder(args)
+
+
+# ----------------------------------------------------------------------------------------------- end to end
+def test_prepare_then_train_from_the_command_line(tree, tmp_path):
+    """The users' path with full-size random backbones: `expr prepare affwild2` then training on the cache."""
+    root, _ = tree
+    out = tmp_path / "cache"
+    cmd = [
+        sys.executable,
+        "-m",
+        "expr.cli",
+        "prepare",
+        "affwild2",
+        str(root),
+        "--out",
+        str(out),
+        "--clip",
+        "random",
+        "--wav2vec2",
+        "random",
+        "--test-names",
+        str(root / "test_names.txt"),
+        "--no-progress",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "RANDOM BACKBONE WEIGHTS" in done.stderr
+    assert "1 videos without audio (masked): mute" in done.stdout
+    store = FrameStore(out)
+    assert store.meta["visual_dim"] == 512 and store.meta["audio_dim"] == 768
+    run_dir = tmp_path / "run"
+    train = [
+        sys.executable,
+        str(ROOT / "expr" / "train.py"),
+        "--data.cache",
+        str(out),
+        "--train.epochs",
+        "2",
+        "--train.batch_size",
+        "4",
+        "--data.window",
+        "10",
+        "--data.stride",
+        "5",
+        "--train.output_dir",
+        str(run_dir),
+    ]
+    done = subprocess.run(train, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [m for m in metrics if "val/macro_f1" in m]
+    assert len(evals) == 2 and all(np.isfinite(m["val/macro_f1"]) for m in evals)
+    assert (out / "windows").is_dir()  # the window index is cached next to the frames
+    shutil.rmtree(run_dir)
