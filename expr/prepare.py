@@ -350,20 +350,21 @@ def prepare(
         existing = FrameStore(out)
         _check_identity(out / "store.json", existing.meta.get("backbones", {}), identity, existing.classes, classes)
     id_path = out / PARTS / "backbones.json"
-    if id_path.is_file():
+    has_parts = any(p for p in (out / PARTS).glob("*.npz") if not p.name.startswith("."))
+    if id_path.is_file() and has_parts:
         recorded = json.loads(id_path.read_text())
         _check_identity(id_path, recorded["backbones"], identity, recorded["classes"], classes)
-    else:
-        id_path.parent.mkdir(parents=True, exist_ok=True)
-        id_path.write_text(json.dumps({"backbones": identity, "classes": list(classes)}, indent=2))
     if identity["random_weights"]:
         _loud(
             "RANDOM BACKBONE WEIGHTS: features of randomly initialised CLIP/Wav2Vec2 (smoke runs only); the cache "
             "records it in store.json"
         )
-
     in_store = set(existing.names) if existing is not None else set()
     todo = [it for it in items if it.name not in in_store and not _part_path(out, it.name).is_file()]
+    if todo:  # load the weights before writing anything: a missing checkpoint must not leave a cache behind
+        backbones.visual(), backbones.audio()
+        id_path.parent.mkdir(parents=True, exist_ok=True)
+        id_path.write_text(json.dumps({"backbones": identity, "classes": list(classes)}, indent=2))
     skipped = len(items) - len(todo)
     if skipped:
         logger.info("%d of %d videos already extracted in %s: skipped", skipped, len(items), out)
@@ -580,7 +581,11 @@ def main(argv: list[str] | None = None) -> int:
     from expr.features.backbones import BackboneError
 
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
     try:
         if args.layout == "affwild2":
             items, source, classes = items_from_affwild2(args)

@@ -182,8 +182,8 @@ class Trainer:
             )
         if clip_pretrained == "random":
             logger.warning(
-                "backbones.clip_pretrained=random: text embeddings come from randomly initialised CLIP "
-                "weights (fine for the demo and smoke runs, meaningless for real data)"
+                "the CLIP weights of this data are random: its text embeddings (and image features) come from "
+                "randomly initialised CLIP (fine for the demo and smoke runs, meaningless for real data)"
             )
         with acc.main_process_first():
             train_windows = load_or_build_windows(
@@ -215,7 +215,10 @@ class Trainer:
             self.val_set, batch_size=cfg.train.batch_size * 2, shuffle=False, **loader
         )
         self.text = text
-        self.class_weights = class_weights(self.train_set.label, cfg.num_classes, cfg.loss.class_weights)
+        # Class frequencies come from the training frames (every labelled frame once), not from the windows, whose
+        # count depends on the window length and stride of the run.
+        train_frames = self.store.frame_rows(self.store.videos_in("train"))
+        self.class_weights = class_weights(self.store.labels[train_frames], cfg.num_classes, cfg.loss.class_weights)
 
     def _build_model(self) -> None:
         from expr.models.fusion import FusionHead, count_parameters

@@ -46,7 +46,7 @@ def test_missing_weights_offline_give_one_actionable_line(monkeypatch):
     with pytest.raises(BackboneError) as err:
         load_clip("ViT-B-32", "openai")
     message = str(err.value)
-    assert "\n" not in message and "--backbones.clip_pretrained" in message and "random" in message
+    assert "\n" not in message and "--clip PATH" in message and "random" in message
 
 
 def test_missing_local_checkpoint_names_the_path(tmp_path):

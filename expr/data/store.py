@@ -201,6 +201,11 @@ class FrameStore:
                 return None
             return f.get_tensor("text")
 
+    def frame_rows(self, videos: np.ndarray) -> np.ndarray:
+        """Rows of ``frames`` that belong to ``videos`` (in their order)."""
+        parts = [np.arange(self.frame_offset[v], self.frame_offset[v] + self.num_frames[v]) for v in videos]
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
     def videos_in(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
 

@@ -83,6 +83,7 @@ def load_or_build_windows(
     a ``datasets.Dataset`` of integers, so any length or stride costs seconds, never a new extraction."""
     import datasets
 
+    datasets.disable_progress_bars()
     stride = stride or window
     path = store.path / "windows" / f"{split}-w{window}-s{stride}-{label_rule}"
     if (path / "dataset_info.json").is_file():

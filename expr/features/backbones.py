@@ -6,8 +6,10 @@ fixed seed, identical in every process and every later command, for smoke runs a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -26,12 +28,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("EXPR_CACHE_DIR", Path.home() / ".cache" / "expr"))
 
 
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """open_clip logs through the root logger ("No pretrained weights loaded", download failures): our own warning
+    or error says it once, with what to do."""
+    logging.disable(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.disable(logging.NOTSET)
+
+
 def load_clip(name: str = "ViT-B-32", pretrained: str = "openai", device: str | torch.device = "cpu"):
     """Return (model, preprocess, tokenizer) of a frozen open_clip model in eval mode."""
     import open_clip
 
     if pretrained == RANDOM:
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _quiet_root_logger():
             torch.manual_seed(RANDOM_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
     else:
@@ -39,13 +52,15 @@ def load_clip(name: str = "ViT-B-32", pretrained: str = "openai", device: str | 
             if not Path(pretrained).is_file():
                 raise BackboneError(f"CLIP checkpoint not found: {pretrained}")
         try:
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
+            with _quiet_root_logger():
+                model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
         except Exception as e:  # noqa: BLE001 - hub/network errors come in many types; all mean "not available"
             raise BackboneError(
                 f"CLIP weights {name}/{pretrained} are not available ({type(e).__name__}). Download them once on a "
                 f"machine with internet (`python -c \"import open_clip; open_clip.create_model('{name}', "
-                f"pretrained='{pretrained}')\"`, cached under ~/.cache/huggingface), or pass a local checkpoint with "
-                f"--backbones.clip_pretrained PATH, or use 'random' for a smoke run."
+                f"pretrained='{pretrained}')\"`, cached under ~/.cache/huggingface), or pass a local checkpoint file "
+                f"(expr prepare --clip PATH; in training --backbones.clip_pretrained PATH), or use 'random' for a "
+                f"smoke run."
             ) from None
     model = model.to(device).eval().requires_grad_(False)
     return model, preprocess, open_clip.get_tokenizer(name)
