@@ -12,6 +12,8 @@ commands:
   prepare  extract frozen CLIP/Wav2Vec2 features into a feature store:
            `expr prepare affwild2 ROOT --out CACHE` or `expr prepare folder ROOT --labels LABELS.csv --out CACHE`
            (`expr prepare affwild2 --help` lists the options)
+  evaluate RUN_DIR [--cache CACHE] [--split validation]
+           frame-level macro-F1, per-class F1, confusion matrix (JSON, Markdown, PNG into RUN_DIR/eval/SPLIT)
   export-head STATE_DIR --out FILE
            one safetensors file of the head from a resume state (RUN_DIR/states/stepN), DeepSpeed ZeRO included
 
@@ -37,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         from expr.prepare import main as prepare_main
 
         return prepare_main(rest)
+    if command == "evaluate":
+        from expr.report import main as evaluate_main
+
+        return evaluate_main(rest)
     if command == "export-head":
         return _export_head(rest)
     print(f"expr: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)

@@ -35,7 +35,8 @@ class DataConfig:
     stride: int | None = None
     """Frames between consecutive training windows. None: equal to ``window`` (non-overlapping)."""
     eval_stride: int | None = None
-    """Frames between consecutive validation windows. None: equal to ``window``."""
+    """Frames between consecutive validation windows. None: a third of ``window`` (each frame lies in about three
+    windows; its class probabilities are the mean over them). ``window``: each frame scored from one window."""
     label_frame: Literal["center", "last", "majority"] = "center"
     """Which frame labels a window: its centre frame, its last frame, or the majority of its labelled frames.
     The paper does not say. With mean pooling over a symmetric window the centre is the natural choice; with one
@@ -46,6 +47,10 @@ class DataConfig:
     """DataLoader worker processes (0: load in the main process; the collate only gathers from memory)."""
     demo_videos: int = 40
     """Demo data only: number of synthetic videos generated when ``cache`` is None."""
+
+    def resolved_eval_stride(self) -> int:
+        """``eval_stride``, or its default: a third of the window."""
+        return self.eval_stride or max(1, self.window // 3)
 
 
 @dataclass
@@ -148,12 +153,22 @@ class TrainConfig:
 
 
 @dataclass
+class EvalConfig:
+    smoothing: Literal["none", "mean", "mode"] = "none"
+    """Temporal post-processing of frame predictions (shared by training's validation, ``evaluate``, ``submit`` and
+    ``predict``): ``mean`` = moving average of class probabilities, ``mode`` = sliding-window vote of frame labels."""
+    smoothing_width: int = 0
+    """Frames in the smoothing window (0 or 1: none). Metrics are reported with and without it."""
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     backbones: BackboneConfig = field(default_factory=BackboneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     @property
     def num_classes(self) -> int:
@@ -346,6 +361,12 @@ def validate(cfg: Config) -> None:
         (cfg.data.window >= 1, "data.window", "must be at least 1"),
         (cfg.data.stride is None or cfg.data.stride >= 1, "data.stride", "must be at least 1"),
         (cfg.data.eval_stride is None or cfg.data.eval_stride >= 1, "data.eval_stride", "must be at least 1"),
+        (
+            cfg.data.eval_stride is None or cfg.data.eval_stride <= cfg.data.window,
+            "data.eval_stride",
+            "must not exceed data.window (every validation frame must lie in a window)",
+        ),
+        (cfg.eval.smoothing_width >= 0, "eval.smoothing_width", "must be 0 or more"),
         (len(cfg.data.classes) >= 2, "data.classes", "needs at least 2 classes"),
         (cfg.model.tcn_blocks >= 0, "model.tcn_blocks", "must be 0 or more"),
         (cfg.model.dim % cfg.model.heads == 0, "model.heads", f"must divide model.dim ({cfg.model.dim})"),

@@ -32,6 +32,7 @@ import time  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from typing import Any  # noqa: E402
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 if not torch.cuda.is_available():  # DeepSpeed picks its accelerator when first imported (accelerate imports it)
@@ -190,11 +191,11 @@ class Trainer:
                 self.store, "train", cfg.data.window, cfg.data.stride, cfg.data.label_frame
             )
             val_windows = load_or_build_windows(
-                self.store, "validation", cfg.data.window, cfg.data.eval_stride, cfg.data.label_frame
+                self.store, "validation", cfg.data.window, cfg.data.resolved_eval_stride(), cfg.data.label_frame, True
             )
         if len(train_windows) == 0:
             raise ConfigError(f"no labelled training windows in {path} (split 'train', data.window={cfg.data.window})")
-        if len(val_windows) == 0:
+        if not (np.asarray(val_windows["label"]) >= 0).any():
             raise ConfigError(f"no labelled validation windows in {path} (split 'validation')")
         self.train_set = WindowDataset(self.store, train_windows)
         self.val_set = WindowDataset(self.store, val_windows)
@@ -363,6 +364,11 @@ class Trainer:
                 "store": {"path": str(self.store.path), **self.store.meta},
             }
             _atomic_write(best / "head.json", json.dumps(info, indent=2))
+            # The best epoch's validation frame probabilities: post-processing can be tuned without retraining.
+            rows, probs = self.last_frame_probs
+            tmp = best / f".val_frame_probs.tmp{os.getpid()}.npz"
+            np.savez(tmp, rows=rows, probs=probs.astype(np.float16), labels=self.store.labels[rows])
+            os.replace(tmp, best / "val_frame_probs.npz")
 
     def _write_summary(self) -> None:
         """``final.json``: best result, process layout, and a parameter checksum from every rank (they must agree)."""
@@ -401,25 +407,60 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def evaluate(self) -> dict[str, Any]:
-        from expr.metrics import classification_report
-
+    def predict_validation(self) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities of every validation window, gathered from all processes without the padding
+        duplicates: (window indices, [W, C] float32 probabilities), in window order."""
         acc = self.accelerator
         self.model.eval()
-        preds, labels = [], []
+        indices, probs = [], []
         for batch in self.val_loader:
             out = self._forward(batch)
-            p, y = acc.gather_for_metrics((out.logits.argmax(dim=-1), batch["label"]))
-            preds.append(p.cpu())
-            labels.append(y.cpu())
-        report = classification_report(torch.cat(labels).numpy(), torch.cat(preds).numpy(), self.cfg.data.classes)
-        return {
-            "val/macro_f1": report["macro_f1"],
-            "val/accuracy": report["accuracy"],
-            "val/per_class_f1": report["per_class_f1"],
-            "val/confusion_matrix": report["confusion_matrix"],
-            "val/windows": report["count"],
+            i, p = acc.gather_for_metrics((batch["index"], out.logits.float().softmax(dim=-1)))
+            indices.append(i.cpu())
+            probs.append(p.cpu())
+        index = torch.cat(indices).numpy()
+        order = np.argsort(index, kind="stable")
+        return index[order], torch.cat(probs).numpy()[order]
+
+    def evaluate(self) -> dict[str, Any]:
+        """Frame-level validation metrics as the challenge scores them (model selection uses ``val/macro_f1``),
+        the window-level metric beside them, and the smoothed metric when ``eval.smoothing`` is set."""
+        from expr.evaluation import aggregate_frames, frame_report, smooth_videos
+        from expr.metrics import classification_report
+
+        cfg, store, val = self.cfg, self.store, self.val_set
+        index, probs = self.predict_validation()
+        labels = val.label[index]
+        windows = classification_report(labels[labels >= 0], probs[labels >= 0].argmax(1), cfg.data.classes)
+        frame_probs, _ = aggregate_frames(
+            store.num_frames,
+            store.frame_offset,
+            len(store.labels),
+            val.video[index],
+            val.start[index],
+            val.window,
+            probs,
+        )
+        videos = store.videos_in("validation")
+        rows = store.frame_rows(videos)
+        frames = frame_report(store.labels, frame_probs, rows, cfg.data.classes)
+        self.last_frame_probs = (rows, frame_probs[rows])
+        metrics = {
+            "val/macro_f1": frames["macro_f1"],
+            "val/accuracy": frames["accuracy"],
+            "val/per_class_f1": frames["per_class_f1"],
+            "val/confusion_matrix": frames["confusion_matrix"],
+            "val/frames": frames["count"],
+            "val/window_macro_f1": windows["macro_f1"],
+            "val/window_accuracy": windows["accuracy"],
+            "val/windows": windows["count"],
         }
+        if cfg.eval.smoothing != "none" and cfg.eval.smoothing_width > 1:
+            smoothed = smooth_videos(
+                frame_probs, store.num_frames, store.frame_offset, videos, cfg.eval.smoothing, cfg.eval.smoothing_width
+            )
+            metrics["val/smoothed_macro_f1"] = frame_report(store.labels, smoothed, rows, cfg.data.classes)["macro_f1"]
+        return metrics
 
     def fit(self) -> dict[str, Any]:
         from tqdm.auto import tqdm
@@ -527,11 +568,13 @@ class Trainer:
                 f"{k[:4]} {v:.2f}" if v is not None else f"{k[:4]} -" for k, v in metrics["val/per_class_f1"].items()
             )
             logger.info(
-                "epoch %d/%d  train/loss %.4f  val/macro_f1 %.4f  val/accuracy %.4f%s  (%.1f s)  [%s]",
+                "epoch %d/%d  train/loss %.4f  val/macro_f1 %.4f (frames; windows %.4f)  val/accuracy %.4f%s  "
+                "(%.1f s)  [%s]",
                 epoch + 1,
                 cfg.train.epochs,
                 metrics["train/loss"],
                 metrics["val/macro_f1"],
+                metrics["val/window_macro_f1"],
                 metrics["val/accuracy"],
                 "  *best*" if improved else "",
                 metrics["time/epoch_s"],

@@ -77,18 +77,25 @@ def build_windows(
 
 
 def load_or_build_windows(
-    store: FrameStore, split: str, window: int, stride: int | None = None, label_rule: str = "center"
+    store: FrameStore,
+    split: str,
+    window: int,
+    stride: int | None = None,
+    label_rule: str = "center",
+    keep_unlabelled: bool = False,
 ):
     """:func:`build_windows`, saved on disk next to the store (``windows/<key>/``) and reused: the window index is
-    a ``datasets.Dataset`` of integers, so any length or stride costs seconds, never a new extraction."""
+    a ``datasets.Dataset`` of integers, so any length or stride costs seconds, never a new extraction.
+    ``keep_unlabelled`` keeps windows without a label (label -1): frame-level evaluation needs every frame."""
     import datasets
 
     datasets.disable_progress_bars()
     stride = stride or window
-    path = store.path / "windows" / f"{split}-w{window}-s{stride}-{label_rule}"
+    name = f"{split}-w{window}-s{stride}-{label_rule}" + ("-all" if keep_unlabelled else "")
+    path = store.path / "windows" / name
     if (path / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(path))
-    windows = build_windows(store, split, window, stride, label_rule)
+    windows = build_windows(store, split, window, stride, label_rule, drop_unlabelled=not keep_unlabelled)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     windows.save_to_disk(str(tmp))
     try:

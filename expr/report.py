@@ -1,0 +1,260 @@
+"""``expr evaluate RUN_DIR``: frame-level evaluation of a trained head on a prepared split, with a report a person
+reads (JSON, Markdown table, confusion-matrix PNG) written into the run directory.
+
+    expr evaluate runs/2026-11-24_1200 [--cache CACHE] [--split validation] [--stride 5] [--smoothing mean --width 15]
+
+The run's best head (``best/model.safetensors``) and its config are loaded; the cache defaults to the one the run
+trained on. Windows of the run's length slide over every video of the split with ``--stride`` frames (default: the
+run's ``data.eval_stride``); each frame's class probabilities are the mean over the windows covering it; every frame
+whose label is not -1 is scored, without and with the temporal post-processing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from expr.config import Config, ConfigError, apply_dict, load_yaml, validate
+
+
+class EvaluateError(RuntimeError):
+    """A run or cache that cannot be evaluated; the message names it."""
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, torch.nn.Module]:
+    """The run's config and its best head (eval mode, CPU)."""
+    from safetensors.torch import load_file
+
+    from expr.models.fusion import FusionHead
+
+    run_dir = Path(run_dir)
+    cfg_path, weights = run_dir / "config.yaml", run_dir / "best" / "model.safetensors"
+    if not cfg_path.is_file():
+        raise EvaluateError(f"{run_dir}: not a run directory ({cfg_path.name} is missing)")
+    if not weights.is_file():
+        raise EvaluateError(f"{run_dir}: no trained head yet ({weights} is missing; it is written after an epoch)")
+    cfg = Config()
+    apply_dict(cfg, load_yaml(cfg_path), str(cfg_path))
+    validate(cfg)
+    model = FusionHead(cfg.model, cfg.num_classes)
+    model.load_state_dict(load_file(str(weights)))
+    return cfg, model.eval()
+
+
+def open_store(cfg: Config, cache: str | None):
+    from expr.data.demo import ensure_demo_store
+    from expr.data.store import FrameStore
+
+    if cache:
+        return FrameStore(cache)
+    if cfg.data.cache:
+        return FrameStore(cfg.data.cache)
+    return FrameStore(ensure_demo_store(cfg.data.demo_videos, seed=0))
+
+
+@torch.no_grad()
+def predict_frames(
+    model: torch.nn.Module,
+    store,
+    split: str,
+    window: int,
+    stride: int,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    label_rule: str = "center",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frame probabilities of every video of ``split``: (frame rows of the split, [rows, C] probabilities)."""
+    from expr.data.windows import WindowDataset, load_or_build_windows
+    from expr.evaluation import aggregate_frames
+
+    windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True)
+    data = WindowDataset(store, windows)
+    model = model.to(device)
+    chunks = []
+    for i in range(0, len(data), batch_size):
+        batch = data.__getitems__(list(range(i, min(i + batch_size, len(data)))))
+        out = model(
+            batch["visual"].to(device).float(),
+            batch["visual_mask"].to(device),
+            batch["audio"].to(device).float(),
+            batch["audio_mask"].to(device),
+        )
+        chunks.append(out.logits.float().softmax(-1).cpu().numpy())
+    probs = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    frame_probs, _ = aggregate_frames(
+        store.num_frames, store.frame_offset, len(store.labels), data.video, data.start, data.window, probs
+    )
+    rows = store.frame_rows(store.videos_in(split))
+    return rows, frame_probs[rows]
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    cache: str | None = None,
+    split: str = "validation",
+    stride: int | None = None,
+    smoothing: str | None = None,
+    width: int | None = None,
+    device: str = "auto",
+    out_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate the run's best head on ``split``; write report.json, report.md and confusion_matrix.png."""
+    from expr.evaluation import smooth_videos
+    from expr.metrics import classification_report
+
+    cfg, model = load_run(run_dir)
+    store = open_store(cfg, cache)
+    if split not in set(store.splits.tolist()):
+        raise EvaluateError(f"{store.path}: no videos in split '{split}' (it has {sorted(set(store.splits.tolist()))})")
+    if list(store.classes) != list(cfg.data.classes):
+        raise EvaluateError(f"{store.path}: classes {store.classes} differ from the run's {list(cfg.data.classes)}")
+    stride = stride or cfg.data.resolved_eval_stride()
+    smoothing = smoothing or cfg.eval.smoothing
+    width = cfg.eval.smoothing_width if width is None else width
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows, probs = predict_frames(
+        model, store, split, cfg.data.window, stride, device=device, label_rule=cfg.data.label_frame
+    )
+    labels = store.labels[rows]
+    if not (labels >= 0).any():
+        raise EvaluateError(f"split '{split}' of {store.path} has no labelled frames (for test videos use expr submit)")
+    keep = labels >= 0
+    raw = classification_report(labels[keep], probs[keep].argmax(1), list(cfg.data.classes))
+    # Smoothing per video: put the split's rows back into a full-length array.
+    full = np.zeros((len(store.labels), probs.shape[1]), np.float64)
+    full[rows] = probs
+    smoothed_probs = smooth_videos(
+        full, store.num_frames, store.frame_offset, store.videos_in(split), smoothing, width
+    )[rows]
+    smoothed = classification_report(labels[keep], smoothed_probs[keep].argmax(1), list(cfg.data.classes))
+    report = {
+        "run": str(Path(run_dir).resolve()),
+        "store": str(store.path.resolve()),
+        "split": split,
+        "window": cfg.data.window,
+        "stride": stride,
+        "videos": int(len(store.videos_in(split))),
+        "frames": int(len(rows)),
+        "labelled_frames": int(keep.sum()),
+        "smoothing": {"method": smoothing, "width": width},
+        "metrics": raw,
+        "smoothed_metrics": smoothed if smoothing != "none" and width > 1 else None,
+    }
+    out = Path(out_dir) if out_dir else Path(run_dir) / "eval" / split
+    write_report(out, report, list(cfg.data.classes))
+    np.savez(out / "frame_probs.npz", rows=rows, probs=probs.astype(np.float16), labels=labels)
+    return report
+
+
+def write_report(out: Path, report: dict[str, Any], classes: list[str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".report.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(report, indent=2))
+    os.replace(tmp, out / "report.json")
+    (out / "report.md").write_text(markdown(report, classes))
+    plot_confusion(
+        np.array(report["metrics"]["confusion_matrix"]),
+        classes,
+        out / "confusion_matrix.png",
+        f"{report['split']}: frame-level macro-F1 {report['metrics']['macro_f1']:.4f}",
+    )
+
+
+def markdown(report: dict[str, Any], classes: list[str]) -> str:
+    def f(v):
+        return "-" if v is None else f"{v:.4f}"
+
+    rows = [("frame-level", report["metrics"])]
+    if report["smoothed_metrics"]:
+        s = report["smoothing"]
+        rows.append((f"+ {s['method']} smoothing, width {s['width']}", report["smoothed_metrics"]))
+    head = "| | macro-F1 | accuracy | " + " | ".join(classes) + " |"
+    sep = "|---" * (len(classes) + 3) + "|"
+    lines = [
+        f"# Evaluation: {report['split']}",
+        "",
+        f"Run `{report['run']}`, store `{report['store']}`: {report['videos']} videos, {report['frames']} frames "
+        f"({report['labelled_frames']} labelled), windows of {report['window']} frames every {report['stride']}.",
+        "",
+        head,
+        sep,
+    ]
+    for name, m in rows:
+        per = " | ".join(f(m["per_class_f1"][c]) for c in classes)
+        lines.append(f"| {name} | {f(m['macro_f1'])} | {f(m['accuracy'])} | {per} |")
+    lines += ["", "Per-class cells are F1 scores; `-`: the class is absent from targets and predictions.", ""]
+    lines += [
+        "Confusion matrix (rows: true class, columns: predicted):",
+        "",
+        "![confusion matrix](confusion_matrix.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> None:
+    """Row-normalised confusion matrix with counts, readable at a glance."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.where(cm.sum(1, keepdims=True) > 0, cm / cm.sum(1, keepdims=True), 0.0)
+    fig, ax = plt.subplots(figsize=(1.0 * len(classes) + 2, 0.9 * len(classes) + 1.5), dpi=110)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=40, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(
+                j,
+                i,
+                f"{norm[i, j]:.2f}\n{cm[i, j]}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from expr.data.store import StoreError
+
+    parser = argparse.ArgumentParser(prog="expr evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a run directory (with best/model.safetensors)")
+    parser.add_argument("--cache", help="feature store (default: the one the run trained on)")
+    parser.add_argument("--split", default="validation", help="split to score (default validation)")
+    parser.add_argument("--stride", type=int, help="frames between windows (default: the run's data.eval_stride)")
+    parser.add_argument("--smoothing", choices=["none", "mean", "mode"], help="post-processing (default: the run's)")
+    parser.add_argument("--width", type=int, help="smoothing window in frames (default: the run's)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", help="report folder (default RUN_DIR/eval/SPLIT)")
+    args = parser.parse_args(argv)
+    try:
+        evaluate_run(
+            args.run_dir, args.cache, args.split, args.stride, args.smoothing, args.width, args.device, args.out
+        )
+    except (EvaluateError, StoreError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / args.split
+    print((out / "report.md").read_text())
+    print(f"report: {out}/report.json, report.md, confusion_matrix.png")
+    return 0
