@@ -47,6 +47,12 @@ class DataConfig:
     """DataLoader worker processes (0: load in the main process; the collate only gathers from memory)."""
     demo_videos: int = 40
     """Demo data only: number of synthetic videos generated when ``cache`` is None."""
+    folds: int = 0
+    """k-fold cross-validation over videos: 0 = the store's own train/validation split; k >= 2 pools train and
+    validation videos and validates on fold ``fold`` of k, split by subject (``<name>_left``/``_right`` stay
+    together), never by frame."""
+    fold: int = 0
+    """The validation fold (0 .. folds - 1) when ``folds`` >= 2."""
 
     def resolved_eval_stride(self) -> int:
         """``eval_stride``, or its default: a third of the window."""
@@ -367,6 +373,8 @@ def validate(cfg: Config) -> None:
             "must not exceed data.window (every validation frame must lie in a window)",
         ),
         (cfg.eval.smoothing_width >= 0, "eval.smoothing_width", "must be 0 or more"),
+        (cfg.data.folds == 0 or cfg.data.folds >= 2, "data.folds", "must be 0 (no cross-validation) or at least 2"),
+        (cfg.data.folds == 0 or 0 <= cfg.data.fold < cfg.data.folds, "data.fold", "must be in 0 .. data.folds - 1"),
         (len(cfg.data.classes) >= 2, "data.classes", "needs at least 2 classes"),
         (cfg.model.tcn_blocks >= 0, "model.tcn_blocks", "must be 0 or more"),
         (cfg.model.dim % cfg.model.heads == 0, "model.heads", f"must divide model.dim ({cfg.model.dim})"),

@@ -111,6 +111,8 @@ def evaluate_run(
 
     cfg, model = load_run(run_dir)
     store = open_store(cfg, cache)
+    if cfg.data.folds:
+        store.use_folds(cfg.data.folds, cfg.data.fold)
     if split not in set(store.splits.tolist()):
         raise EvaluateError(f"{store.path}: no videos in split '{split}' (it has {sorted(set(store.splits.tolist()))})")
     if list(store.classes) != list(cfg.data.classes):

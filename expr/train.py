@@ -168,6 +168,8 @@ class Trainer:
                 path = ensure_demo_store(cfg.data.demo_videos, seed=0)
                 logger.info("data.cache is not set: using the built-in demo data at %s (synthetic; see README)", path)
             self.store = FrameStore(path)
+            if cfg.data.folds:
+                self.store.use_folds(cfg.data.folds, cfg.data.fold)
             # The prompts must be encoded by the CLIP that made the store's image features: the store's own text
             # embeddings, else its recorded CLIP, else (demo data) backbones.clip / backbones.clip_pretrained.
             text = self.store.text_embeddings(cfg.loss.prompt_template)

@@ -183,6 +183,7 @@ class FrameStore:
         self.audio_offset = np.asarray(v["audio_offset"], np.int64)
         self.audio_rate = np.asarray(v["audio_rate"], np.float64)
         self.audio_start = np.asarray(v["audio_start"], np.float64)
+        self.split_tag = ""  # names a re-split (k-fold) in window index keys
 
     @property
     def classes(self) -> list[str]:
@@ -200,6 +201,24 @@ class FrameStore:
             if (f.metadata() or {}).get("template") != template:
                 return None
             return f.get_tensor("text")
+
+    def use_folds(self, folds: int, fold: int, seed: int = 0) -> None:
+        """Re-split for k-fold cross-validation: train and validation videos pooled, grouped by subject (a video and
+        its ``_left``/``_right`` tracks are one group), groups dealt to ``folds`` folds in a seeded random order;
+        fold ``fold`` becomes ``validation``, the rest ``train``. Test videos stay ``test``."""
+        from expr.data.affwild2 import video_name
+
+        pooled = np.flatnonzero(np.isin(self.splits, ["train", "validation"]))
+        groups = sorted({video_name(self.names[v]) for v in pooled})
+        if len(groups) < folds:
+            raise StoreError(f"{self.path}: {len(groups)} subjects cannot fill {folds} folds")
+        order = np.random.default_rng(seed).permutation(len(groups))
+        fold_of = {groups[g]: i % folds for i, g in enumerate(order)}
+        splits = self.splits.astype(object)
+        for v in pooled:
+            splits[v] = "validation" if fold_of[video_name(self.names[v])] == fold else "train"
+        self.splits = splits.astype(str)
+        self.split_tag = f"k{folds}f{fold}s{seed}"
 
     def frame_rows(self, videos: np.ndarray) -> np.ndarray:
         """Rows of ``frames`` that belong to ``videos`` (in their order)."""

@@ -92,6 +92,8 @@ def load_or_build_windows(
     datasets.disable_progress_bars()
     stride = stride or window
     name = f"{split}-w{window}-s{stride}-{label_rule}" + ("-all" if keep_unlabelled else "")
+    if store.split_tag:
+        name += f"-{store.split_tag}"
     path = store.path / "windows" / name
     if (path / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(path))
