@@ -159,6 +159,17 @@ def file_lock(path: Path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _retry_callback():
+    """Queue a failed trial again with the same params (at most 3 times per setting)."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)
+
+
 def make_storage(url: str, heartbeat: int):
     import optuna
 
@@ -169,7 +180,7 @@ def make_storage(url: str, heartbeat: int):
         url,
         heartbeat_interval=heartbeat,
         grace_period=heartbeat * 3,
-        heartbeat_stale_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=3),
+        heartbeat_stale_trial_callback=_retry_callback(),
         **kwargs,
     )
 
@@ -179,7 +190,7 @@ def open_study(study: Study, out: Path, url: str | None, seeds: list[int], folds
     import optuna
 
     url = storage_url(out, url)
-    storage = make_storage(url, heartbeat)
+    storage = _with_retries(lambda: make_storage(url, heartbeat))  # workers racing to create the tables
     name = f"expr-{study.name}"
     lock = file_lock(out / ".create.lock") if url.startswith("sqlite") else contextlib.nullcontext()
     with lock:
@@ -192,6 +203,10 @@ def open_study(study: Study, out: Path, url: str | None, seeds: list[int], folds
                 pruner=make_pruner(study),
             )
         except optuna.exceptions.DuplicatedStudyError:
+            created = None
+        except Exception as e:  # noqa: BLE001 - a database server's unique-key race: another worker created it
+            if "IntegrityError" not in type(e).__name__ and "UniqueViolation" not in str(e):
+                raise
             created = None
         if created is not None:
             created.set_user_attr(
@@ -217,6 +232,20 @@ def open_study(study: Study, out: Path, url: str | None, seeds: list[int], folds
             study_name=name, storage=storage, sampler=make_sampler(study), pruner=make_pruner(study)
         )
     return handle, storage
+
+
+def _with_retries(fn, attempts: int = 10):
+    """Call ``fn`` again after a random pause when concurrent workers collide on a database server's schema."""
+    import random
+
+    for i in range(attempts):
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - sqlalchemy IntegrityError / ProgrammingError from a racing CREATE
+            if i == attempts - 1 or not any(w in type(e).__name__ for w in ("IntegrityError", "ProgrammingError")):
+                raise
+            time.sleep(0.2 + random.random())
+    raise AssertionError("unreachable")
 
 
 def make_sampler(study: Study):
@@ -251,7 +280,7 @@ def reclaim_dead_trials(study) -> int:
     from optuna.trial import TrialState
 
     host = socket.gethostname()
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=3)
+    retry = _retry_callback()
     reclaimed = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = t.user_attrs.get("worker", "")
@@ -264,6 +293,28 @@ def reclaim_dead_trials(study) -> int:
             logger.info("trial %d of a dead worker (%s) marked failed and queued again", t.number, owner)
     optuna.storages.fail_stale_trials(study)
     return reclaimed
+
+
+def requeue_failed(study) -> int:
+    """Grid settings whose every trial failed (an error, since fixed) are queued again once per worker start."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    live = {_key(t.params) for t in trials if t.state != TrialState.FAIL}
+    live |= {_key(t.system_attrs.get("fixed_params", {})) for t in trials if t.state == TrialState.WAITING}
+    queued = 0
+    for t in trials:
+        if t.state == TrialState.FAIL and t.params and _key(t.params) not in live:
+            study.enqueue_trial(dict(t.params), skip_if_exists=False)
+            live.add(_key(t.params))
+            queued += 1
+    if queued:
+        logger.info("%d failed settings queued again", queued)
+    return queued
+
+
+def _key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
 
 
 def _alive(pid: int) -> bool:
@@ -339,14 +390,13 @@ def run_trial(
     trial, study: Study, values: dict[str, Any], overrides: dict[str, Any], out: Path, source_run: str | None
 ):
     """Train (or post-process) one trial; returns (objective, user attributes, pruned)."""
-    import optuna
 
     if study.type == "posthoc":
         return posthoc_trial(values, source_run)
     from expr.config import build_config
     from expr.train import run
 
-    retry_of = optuna.storages.RetryFailedTrialCallback.retried_trial_number(trial)
+    retry_of = trial.study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
     resume = None
     if retry_of is not None:  # continue the killed trial's run from its last saved state, if it saved one
         failed = trial.study.get_trials(deepcopy=False)[retry_of]
@@ -429,7 +479,11 @@ def work(
     seeds = seeds or [42]
     out.mkdir(parents=True, exist_ok=True)
     handle, storage = open_study(study, out, url, seeds, folds, heartbeat_s)
-    reclaim_dead_trials(handle)
+    lock = file_lock(out / ".create.lock") if storage_url(out, url).startswith("sqlite") else contextlib.nullcontext()
+    with lock:
+        reclaim_dead_trials(handle)
+        if study.type != "search":
+            requeue_failed(handle)
     budget = n_trials if n_trials is not None else study.n_trials
     while True:
         if study.type == "search":

@@ -1,0 +1,189 @@
+"""The ablation harness through its command line, on the demo data: a two-setting grid study, a killed worker
+continued, the post-processing study, and two workers sharing one study on a real PostgreSQL server."""
+
+import csv
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import ROOT
+
+from expr.sweep import SweepError, load_study, study_files
+
+RUN = [sys.executable, str(ROOT / "sweeps" / "run.py")]
+# Small and fast: 12 demo videos, sparse training windows, one validation window per 5 frames.
+TINY = [
+    "--",
+    "--data.demo_videos",
+    "12",
+    "--model.tcn_blocks",
+    "1",
+    "--train.batch_size",
+    "32",
+    "--data.stride",
+    "60",
+    "--data.eval_stride",
+    "5",
+]
+
+
+def study_yaml(tmp_path, windows=(10, 30), name="win2"):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"description: two window lengths\ntype: grid\nparams:\n  data.window: {list(windows)}\n")
+    return path
+
+
+def trials(out: Path, name: str, url: str | None = None):
+    storage = url or f"sqlite:///{out / 'study.db'}"
+    return optuna.load_study(study_name=f"expr-{name}", storage=storage).get_trials(deepcopy=False)
+
+
+def test_every_shipped_study_loads_and_grids_enumerate_once():
+    names = study_files()
+    assert {"window", "tcn_depth", "xattn", "lambda", "full", "smoothing"} <= set(names)
+    for name in names:
+        load_study(name)
+    window = load_study("window")
+    assert [p["data.window"] for p in window.grid([42], 0)] == [10, 15, 30, 60]
+    assert len(window.grid([42, 43, 44], 0)) == 12 and len(window.grid([42], 5)) == 20
+
+
+def test_a_typo_in_a_study_file_names_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("type: grid\nparams:\n  data.windw: [10]\n")
+    with pytest.raises(SweepError, match="'data.windw' is not a config key. Did you mean 'data.window'"):
+        load_study(str(bad))
+
+
+def test_two_setting_grid_study_reports_like_table1_and_a_rerun_redoes_nothing(tmp_path):
+    out = tmp_path / "out"
+    cmd = RUN + ["--study", str(study_yaml(tmp_path)), "--out", str(out)] + TINY + ["--train.epochs", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = (out / "report.md").read_text()
+    assert "| data.window | macro-F1 | n |" in report
+    assert "\n| 10 | 0." in report and "\n| 30 | 0." in report
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted(int(r["data.window"]) for r in rows) == [10, 30]
+    assert all(
+        0.0 <= float(r["macro_f1"]) <= 1.0 and Path(r["run_dir"], "best", "model.safetensors").is_file() for r in rows
+    )
+    assert (out / "win2.png").read_bytes()[:4] == b"\x89PNG"
+    finished = [t for t in trials(out, "win2") if t.state.name == "COMPLETE"]
+    assert all(t.user_attrs["run_dir"] for t in finished)
+
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(trials(out, "win2")) == 2  # nothing re-run
+
+    # Post-processing widths on the saved validation probabilities of one trial, without retraining.
+    smooth = RUN + ["--study", "smoothing", "--out", str(tmp_path / "smooth"), "--run", rows[0]["run_dir"]]
+    done = subprocess.run(smooth, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "smooth" / "report.md").read_text()
+    assert "| eval.smoothing | eval.smoothing_width | macro-F1 |" in table
+    zero = [line for line in table.splitlines() if line.startswith("| mean | 0 |")][0]
+    assert f"{float(rows[0]['macro_f1']):.4f}" in zero  # width 0 reproduces the trial's own metric
+
+
+def test_a_killed_worker_is_continued_by_rerunning_the_same_command(tmp_path):
+    out = tmp_path / "out"
+    cmd = RUN + ["--study", str(study_yaml(tmp_path)), "--out", str(out), "--heartbeat", "1"] + TINY
+    cmd += ["--train.epochs", "3"]
+    worker = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path, start_new_session=True
+    )
+    deadline = time.time() + 300
+    while not (out / "trials" / "0000" / "states" / "latest.json").is_file():  # trial 0 finished an epoch
+        assert time.time() < deadline and worker.poll() is None
+        time.sleep(0.5)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    states = sorted(t.state.name for t in trials(out, "win2"))
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]
+    complete = [t for t in trials(out, "win2") if t.state.name == "COMPLETE"]
+    assert sorted(t.params["data.window"] for t in complete) == [10, 30]
+    retried = [t for t in complete if t.system_attrs.get("failed_trial") == 0]
+    assert retried and retried[0].user_attrs["run_dir"].endswith("trials/0000")  # continued the killed run
+    lines = (out / "trials" / "0000" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3  # epochs 1-3 once each: the finished epoch was not redone
+
+
+def _postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    exe = shutil.which("initdb")
+    return Path(exe).parent if exe else None
+
+
+@pytest.fixture
+def postgres():
+    """A throwaway PostgreSQL server on 127.0.0.1 (installed by .ci/run when the machine lacks one)."""
+    import tempfile
+
+    bindir = _postgres_bin()
+    if bindir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is not installed (.ci/run installs it with apt-get)")
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+    tmp_path = Path(tempfile.mkdtemp(prefix="expr-pg-"))  # outside pytest's root-only folders
+    data = tmp_path / "pgdata"
+    data.mkdir()
+    as_user = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        shutil.chown(data, "postgres")
+        shutil.chown(tmp_path, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run(
+        as_user + [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"],
+        check=True,
+        capture_output=True,
+    )
+    opts = f"-h 127.0.0.1 -p {port} -k {tmp_path}"
+    subprocess.run(
+        as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "-l", str(tmp_path / "pg.log"), "start"],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        subprocess.run(
+            as_user + [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "sweeps"],
+            check=True,
+            capture_output=True,
+        )
+        yield f"postgresql://postgres@127.0.0.1:{port}/sweeps"
+    finally:
+        subprocess.run(
+            as_user + [str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
+        )
+        shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_two_workers_share_one_postgresql_study_and_run_each_setting_once(tmp_path, postgres):
+    study = study_yaml(tmp_path, windows=(5, 10, 15, 20), name="pg4")
+    out = tmp_path / "out"
+    cmd = RUN + ["--study", str(study), "--out", str(out), "--storage", postgres] + TINY + ["--train.epochs", "1"]
+    workers = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+        for _ in range(2)
+    ]
+    outputs = [w.communicate(timeout=600)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers), "\n".join(o[-2000:] for o in outputs)
+    all_trials = trials(out, "pg4", postgres)
+    assert len(all_trials) == 4 and all(t.state.name == "COMPLETE" for t in all_trials)
+    assert sorted(t.params["data.window"] for t in all_trials) == [5, 10, 15, 20]  # each setting exactly once
+    assert len({t.user_attrs["worker"] for t in all_trials}) == 2  # both workers took trials
