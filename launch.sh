@@ -4,6 +4,8 @@
 #   ./launch.sh train [--gpus N] [--zero 2|3] [TRAIN OPTIONS]
 #                                       accelerate launch expr/train.py (demo data unless --data.cache is given);
 #                                       --gpus N: N processes (multi_gpu.yaml when N > 1), --zero S: DeepSpeed ZeRO-S
+#   ./launch.sh sweep --study NAME [SWEEP OPTIONS] [-- TRAIN OPTIONS]
+#                                       an ablation study: python sweeps/run.py (see sweeps/studies/)
 #   ./launch.sh test [PYTEST OPTIONS]   the test suite (what CI runs)
 #   ./launch.sh install [--fresh]       (re)create the virtual environment in $EXPR_VENV (default .venv)
 #
@@ -79,6 +81,10 @@ case "$cmd" in
     fi
     ensure_installed
     run "$VENV/bin/accelerate" launch --config_file "$config" "${extra[@]}" expr/train.py "$@" ;;
+  sweep)
+    if [ "${EXPR_DRY_RUN:-}" = "1" ]; then echo "+ $PY sweeps/run.py $*"; exit 0; fi
+    ensure_installed
+    run "$PY" sweeps/run.py "$@" ;;
   test)
     ensure_installed
     set +e
@@ -87,7 +93,7 @@ case "$cmd" in
     [ $rc -eq 5 ] && echo "pytest collected no tests" >&2
     exit $rc ;;
   help|-h|--help)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//' ;;
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' ;;
   *)
     echo "unknown command '$cmd'; see ./launch.sh help" >&2
     exit 2 ;;

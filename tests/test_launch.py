@@ -38,3 +38,15 @@ def test_every_config_the_launcher_names_exists():
         assert (ROOT / "accelerate_configs" / f"{name}.yaml").is_file()
     for z in (2, 3):
         assert (ROOT / "accelerate_configs" / f"ds_zero{z}.json").is_file()
+
+
+def test_sweep_command():
+    env = dict(os.environ, EXPR_DRY_RUN="1", PATH="/usr/bin:/bin")
+    out = subprocess.run(
+        ["bash", str(ROOT / "launch.sh"), "sweep", "--study", "window", "--", "--train.epochs", "2"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "sweeps/run.py --study window -- --train.epochs 2" in out.stdout
