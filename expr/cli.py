@@ -14,6 +14,8 @@ commands:
            (`expr prepare affwild2 --help` lists the options)
   evaluate RUN_DIR [--cache CACHE] [--split validation]
            frame-level macro-F1, per-class F1, confusion matrix (JSON, Markdown, PNG into RUN_DIR/eval/SPLIT)
+  submit   RUN_DIR --example EXAMPLE.csv --out FILE.csv [--cache CACHE] [--format csv|per-video]
+           the challenge prediction file for the test videos, validated against the organisers' example
   export-head STATE_DIR --out FILE
            one safetensors file of the head from a resume state (RUN_DIR/states/stepN), DeepSpeed ZeRO included
 
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         from expr.report import main as evaluate_main
 
         return evaluate_main(rest)
+    if command == "submit":
+        from expr.submit import main as submit_main
+
+        return submit_main(rest)
     if command == "export-head":
         return _export_head(rest)
     print(f"expr: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)

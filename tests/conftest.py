@@ -29,6 +29,27 @@ def small_store(expr_cache):
     return ensure_demo_store(12, seed=0)
 
 
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory, small_store):
+    """A tiny finished run (2 epochs on the 12-video demo store) for evaluation and submission tests."""
+    from expr.config import build_config
+    from expr.train import run
+
+    out = tmp_path_factory.mktemp("run") / "r"
+    cfg = build_config(
+        {
+            "data.demo_videos": 12,
+            "model.tcn_blocks": 2,
+            "train.epochs": 2,
+            "train.batch_size": 16,
+            "train.output_dir": str(out),
+            "train.log_with": "none",
+        },
+        preset="demo",
+    )
+    return run(cfg)
+
+
 def accelerate_cmd() -> list[str]:
     """The `accelerate` executable of this interpreter's environment."""
     exe = Path(sys.executable).with_name("accelerate")

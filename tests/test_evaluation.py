@@ -59,26 +59,6 @@ def test_smoothing_stays_inside_each_video():
         smooth(probs, "gaussian", 3)
 
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory, small_store):
-    from expr.config import build_config
-    from expr.train import run
-
-    out = tmp_path_factory.mktemp("run") / "r"
-    cfg = build_config(
-        {
-            "data.demo_videos": 12,
-            "model.tcn_blocks": 2,
-            "train.epochs": 2,
-            "train.batch_size": 16,
-            "train.output_dir": str(out),
-            "train.log_with": "none",
-        },
-        preset="demo",
-    )
-    return run(cfg)
-
-
 def test_expr_evaluate_scores_frames_like_training_and_writes_a_report(small_run, capsys):
     import json
     from pathlib import Path

@@ -1,0 +1,232 @@
+"""``expr submit``: the ABAW EXPR prediction file for the test videos, validated against the organisers' example.
+
+    expr submit RUN_DIR --cache CACHE --example EXAMPLE.csv --out predictions.csv [--format csv|per-video]
+
+The example file lists, in order, every frame to predict: a header
+``image_location,Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other`` then ``<video>/<nnnnn>.jpg,...``
+lines (frame numbers from 1). The output has the same header and exactly those lines, each ending in a label 0-7.
+
+How every listed frame gets a label: windows of the run's length slide over each video (stride: the run's
+``data.eval_stride``); a frame's class probabilities are the mean over the windows covering it; the run's temporal
+smoothing (``eval.*``, or ``--smoothing/--width``) is applied per video. A frame without a face crop takes the
+probabilities of the nearest frame in time that has one (the earlier on a tie): the window predictions at such frames
+are driven by their neighbours anyway, and this keeps runs of missing crops from drifting. A video without any face
+keeps its window predictions (from audio alone). A listed frame past the video's decoded end takes the last frame's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from expr.config import ABAW_CLASSES
+
+
+class SubmissionError(ValueError):
+    """An example file, cache or submission that does not fit; the message names the file and line."""
+
+
+@dataclass
+class Example:
+    header: list[str]
+    lines: list[tuple[str, int]]  # (video, 1-based frame number), in file order
+
+    def videos(self) -> list[str]:
+        return list(dict.fromkeys(v for v, _ in self.lines))
+
+
+def read_example(path: str | Path, classes=ABAW_CLASSES) -> Example:
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: example file not found")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise SubmissionError(f"{path}:1: empty file")
+    header = [h.strip() for h in rows[0]]
+    expected = ["image_location", *classes]
+    if header != expected:
+        raise SubmissionError(f"{path}:1: header {','.join(header)} is not {','.join(expected)}")
+    lines = []
+    for n, row in enumerate(rows[1:], start=2):
+        if not row or not row[0].strip():
+            continue
+        loc = row[0].strip()
+        video, _, image = loc.rpartition("/")
+        stem = image.rsplit(".", 1)[0]
+        if not video or not stem.isdigit():
+            raise SubmissionError(f"{path}:{n}: image_location {loc!r} is not <video>/<nnnnn>.jpg")
+        lines.append((video, int(stem)))
+    return Example(header, lines)
+
+
+def fill_missing_faces(probs: np.ndarray, face: np.ndarray) -> np.ndarray:
+    """Rows without a face take the row of the nearest face frame (the earlier on a tie); no face at all: unchanged."""
+    if face.all() or not face.any():
+        return probs
+    idx = np.flatnonzero(face)
+    pos = np.searchsorted(idx, np.arange(len(face)))
+    before = idx[np.clip(pos - 1, 0, len(idx) - 1)]
+    after = idx[np.clip(pos, 0, len(idx) - 1)]
+    t = np.arange(len(face))
+    nearest = np.where(np.abs(t - before) <= np.abs(after - t), before, after)
+    return probs[np.where(face, t, nearest)]
+
+
+def frame_labels(run_dir, cache, videos: list[str], smoothing=None, width=None, device="auto") -> dict[str, np.ndarray]:
+    """Per video: the label of every decoded frame (see the module docstring for how)."""
+    import torch
+
+    from expr.evaluation import smooth
+    from expr.report import load_run, open_store, predict_frames
+
+    cfg, model = load_run(run_dir)
+    store = open_store(cfg, cache)
+    if list(store.classes) != list(cfg.data.classes):
+        raise SubmissionError(f"{store.path}: classes {store.classes} differ from the run's {list(cfg.data.classes)}")
+    missing = [v for v in videos if v not in store.names]
+    if missing:
+        raise SubmissionError(
+            f"{len(missing)} videos of the example are not in {store.path}: {', '.join(missing[:8])}. Prepare them "
+            f"with `expr prepare ... --test-names FILE --out {store.path}`"
+        )
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    method = smoothing or cfg.eval.smoothing
+    width = cfg.eval.smoothing_width if width is None else width
+    out = {}
+    splits = sorted({str(store.splits[store.names.index(v)]) for v in videos})
+    probs_by_row: dict[int, np.ndarray] = {}
+    for split in splits:
+        rows, probs = predict_frames(
+            model,
+            store,
+            split,
+            cfg.data.window,
+            cfg.data.resolved_eval_stride(),
+            device=device,
+            label_rule=cfg.data.label_frame,
+        )
+        probs_by_row.update(zip(rows.tolist(), probs, strict=True))
+    for name in videos:
+        v = store.names.index(name)
+        a, n = int(store.frame_offset[v]), int(store.num_frames[v])
+        probs = np.stack([probs_by_row[r] for r in range(a, a + n)]) if n else np.zeros((0, len(store.classes)))
+        probs = fill_missing_faces(probs, store.face[a : a + n])
+        out[name] = smooth(probs, method, width).argmax(1) if n else np.zeros(0, np.int64)
+    return out
+
+
+def write_submission(example: Example, labels: dict[str, np.ndarray], out: str | Path, fmt: str = "csv") -> Path:
+    out = Path(out)
+    if fmt == "csv":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+        with open(tmp, "w", newline="") as f:
+            f.write(",".join(example.header) + "\n")
+            for video, frame in example.lines:
+                lab = labels[video]
+                value = int(lab[min(frame - 1, len(lab) - 1)]) if len(lab) else 0
+                f.write(f"{video}/{frame:05d}.jpg,{value}\n")
+        os.replace(tmp, out)
+        return out
+    out.mkdir(parents=True, exist_ok=True)  # per-video: <video>.txt with a header line and one label per frame
+    for video in example.videos():
+        lab = labels[video]
+        frames = [f for v, f in example.lines if v == video]
+        values = [int(lab[min(f - 1, len(lab) - 1)]) if len(lab) else 0 for f in frames]
+        (out / f"{video}.txt").write_text(",".join(example.header[1:]) + "\n" + "\n".join(map(str, values)) + "\n")
+    return out
+
+
+def validate_submission(path: str | Path, example: Example, fmt: str = "csv") -> list[str]:
+    """Problems of a submission against the example (videos, frame lines, order, labels in range); [] = valid."""
+    path = Path(path)
+    num_classes = len(example.header) - 1
+    problems: list[str] = []
+
+    def check_label(text: str, where: str) -> None:
+        if not text.strip().lstrip("-").isdigit() or not 0 <= int(text) < num_classes:
+            problems.append(f"{where}: label {text!r} is not an integer in 0..{num_classes - 1}")
+
+    if fmt == "csv":
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or [h.strip() for h in rows[0]] != example.header:
+            problems.append(f"{path}:1: the header differs from the example's")
+        body = rows[1:]
+        if len(body) != len(example.lines):
+            problems.append(f"{path}: {len(body)} frame lines, the example has {len(example.lines)}")
+        for n, (row, (video, frame)) in enumerate(zip(body, example.lines, strict=False), start=2):
+            want = f"{video}/{frame:05d}.jpg"
+            if not row or row[0] != want:
+                problems.append(f"{path}:{n}: {row[0] if row else ''!r} where the example has {want!r}")
+            if len(row) != 2:
+                problems.append(f"{path}:{n}: expected 2 fields (image_location,label), got {len(row)}")
+            else:
+                check_label(row[1], f"{path}:{n}")
+            if len(problems) > 20:
+                break
+        return problems
+    for video in example.videos():
+        file = path / f"{video}.txt"
+        if not file.is_file():
+            problems.append(f"{file}: missing")
+            continue
+        lines = file.read_text().splitlines()
+        frames = sum(1 for v, _ in example.lines if v == video)
+        if len(lines) - 1 != frames:
+            problems.append(f"{file}: {len(lines) - 1} labels, the example lists {frames} frames")
+        for n, line in enumerate(lines[1:], start=2):
+            check_label(line, f"{file}:{n}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    from expr.data.store import StoreError
+    from expr.report import EvaluateError
+
+    parser = argparse.ArgumentParser(prog="expr submit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a run directory (its best head is used)")
+    parser.add_argument("--cache", help="feature store holding the test videos (default: the run's)")
+    parser.add_argument("--example", required=True, help="the organisers' example prediction file")
+    parser.add_argument("--out", required=True, help="the CSV to write (a folder with --format per-video)")
+    parser.add_argument(
+        "--format",
+        choices=["csv", "per-video"],
+        default="csv",
+        help="csv: one file (current challenge format); per-video: <video>.txt files (older format)",
+    )
+    parser.add_argument("--smoothing", choices=["none", "mean", "mode"], help="default: the run's eval.smoothing")
+    parser.add_argument("--width", type=int, help="smoothing width in frames (default: the run's)")
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args(argv)
+    try:
+        from expr.report import load_run
+
+        cfg, _ = load_run(args.run_dir)
+        example = read_example(args.example, cfg.data.classes)
+        labels = frame_labels(args.run_dir, args.cache, example.videos(), args.smoothing, args.width, args.device)
+        out = write_submission(example, labels, args.out, args.format)
+        problems = validate_submission(out, example, args.format)
+    except (SubmissionError, EvaluateError, StoreError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if problems:
+        print("error: the submission does not validate:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    counts = np.bincount(np.concatenate([labels[v] for v in example.videos()]), minlength=len(cfg.data.classes))
+    print(
+        f"wrote {out}: {len(example.lines)} frames of {len(example.videos())} videos; validated against {args.example}"
+    )
+    print(
+        "predicted label counts over decoded frames: "
+        + ", ".join(f"{c} {n}" for c, n in zip(cfg.data.classes, counts, strict=True))
+    )
+    return 0

@@ -1,0 +1,95 @@
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from expr.config import ABAW_CLASSES
+from expr.submit import (
+    SubmissionError,
+    fill_missing_faces,
+    main,
+    read_example,
+    validate_submission,
+    write_submission,
+)
+
+HEADER = "image_location," + ",".join(ABAW_CLASSES)
+
+
+def test_frames_without_a_face_take_the_nearest_face_frame():
+    probs = np.arange(6, dtype=float)[:, None]
+    face = np.array([False, True, False, False, True, False])
+    # frame 0 -> 1; frame 2 -> 1 (tie between 1 and... no: |2-1| = 1 < |4-2| = 2); frame 3 -> 4; frame 5 -> 4
+    assert fill_missing_faces(probs, face)[:, 0].tolist() == [1, 1, 1, 4, 4, 4]
+    tie = np.array([True, False, True])
+    assert fill_missing_faces(probs[:3], tie)[:, 0].tolist() == [0, 0, 2]  # the earlier on a tie
+    none = np.zeros(3, bool)
+    assert fill_missing_faces(probs[:3], none)[:, 0].tolist() == [0, 1, 2]  # no face at all: unchanged
+
+
+def test_a_malformed_example_line_is_named(tmp_path):
+    ex = tmp_path / "example.csv"
+    ex.write_text(HEADER + "\nvid/00001.jpg,0\nvid-00002.jpg,0\n")
+    with pytest.raises(SubmissionError, match="example.csv:3"):
+        read_example(ex)
+
+
+@pytest.fixture(scope="module")
+def test_store(tmp_path_factory):
+    """Two demo videos prepared as the test split (no labels), one with a run of missing faces."""
+    from expr.data.demo import generate_videos
+    from expr.data.store import write_store
+
+    videos = generate_videos(3, seed=7)[:2]
+    for i, v in enumerate(videos):
+        v.name, v.split = f"test_{i}", "test"
+        v.labels = np.full(len(v.labels), -1)
+    videos[1].face[10:40] = False
+    meta = {"source": "test", "classes": list(ABAW_CLASSES), "backbones": {"clip": "none", "wav2vec2": "none"}}
+    return write_store(tmp_path_factory.mktemp("teststore") / "store", videos, meta), videos
+
+
+def test_submit_writes_exactly_the_example_frames_and_validates(small_run, test_store, tmp_path, capsys):
+    store, videos = test_store
+    ex = tmp_path / "example.csv"
+    lines = [f"test_1/{i:05d}.jpg,0" for i in range(1, len(videos[1].labels) + 3)]  # 2 frames past the end
+    lines += [f"test_0/{i:05d}.jpg,0" for i in range(1, 50)]  # a prefix only, in the example's order
+    ex.write_text(HEADER + "\n" + "\n".join(lines) + "\n")
+    out = tmp_path / "pred.csv"
+    assert main([small_run["run_dir"], "--cache", str(store), "--example", str(ex), "--out", str(out)]) == 0
+    assert "validated" in capsys.readouterr().out
+    rows = list(csv.reader(open(out)))
+    assert rows[0] == HEADER.split(",")
+    assert [r[0] for r in rows[1:]] == [line.split(",")[0] for line in lines]
+    assert all(0 <= int(r[1]) < 8 and len(r) == 2 for r in rows[1:])
+    # The older format: one file per video, a header line, one label per listed frame.
+    folder = tmp_path / "per-video"
+    args = [small_run["run_dir"], "--cache", str(store), "--example", str(ex), "--out", str(folder)]
+    assert main(args + ["--format", "per-video"]) == 0
+    assert len((folder / "test_0.txt").read_text().splitlines()) == 1 + 49
+
+
+def test_the_validator_catches_order_missing_lines_and_bad_labels(tmp_path):
+    ex = tmp_path / "example.csv"
+    ex.write_text(HEADER + "\nv/00001.jpg,0\nv/00002.jpg,0\nw/00001.jpg,0\n")
+    example = read_example(ex)
+    good = write_submission(example, {"v": np.array([3, 4]), "w": np.array([7])}, tmp_path / "good.csv")
+    assert validate_submission(good, example) == []
+    bad = tmp_path / "bad.csv"
+    bad.write_text(HEADER + "\nv/00002.jpg,1\nv/00001.jpg,9\n")
+    problems = validate_submission(bad, example)
+    assert any("2 frame lines, the example has 3" in p for p in problems)
+    assert any("bad.csv:2" in p and "v/00001.jpg" in p for p in problems)  # order
+    assert any("label '9'" in p for p in problems)
+
+
+def test_videos_missing_from_the_cache_are_named(small_run, test_store, tmp_path, capsys):
+    store, _ = test_store
+    ex = tmp_path / "example.csv"
+    ex.write_text(HEADER + "\nunknown_video/00001.jpg,0\n")
+    args = [small_run["run_dir"], "--cache", str(store), "--example", str(ex), "--out", str(tmp_path / "p.csv")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "unknown_video" in err and "--test-names" in err
+    assert not Path(tmp_path / "p.csv").exists()
