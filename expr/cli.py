@@ -16,6 +16,8 @@ commands:
            frame-level macro-F1, per-class F1, confusion matrix (JSON, Markdown, PNG into RUN_DIR/eval/SPLIT)
   submit   RUN_DIR --example EXAMPLE.csv --out FILE.csv [--cache CACHE] [--format csv|per-video]
            the challenge prediction file for the test videos, validated against the organisers' example
+  export   RUN_DIR --out DIR
+           the best head as a model folder (config.json, model.safetensors, README.md model card; Hub layout)
   export-head STATE_DIR --out FILE
            one safetensors file of the head from a resume state (RUN_DIR/states/stepN), DeepSpeed ZeRO included
 
@@ -49,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
         from expr.submit import main as submit_main
 
         return submit_main(rest)
+    if command == "export":
+        from expr.export import main as export_main
+
+        return export_main(rest)
     if command == "export-head":
         return _export_head(rest)
     print(f"expr: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)

@@ -93,3 +93,29 @@ def test_videos_missing_from_the_cache_are_named(small_run, test_store, tmp_path
     err = capsys.readouterr().err
     assert "unknown_video" in err and "--test-names" in err
     assert not Path(tmp_path / "p.csv").exists()
+
+
+def test_export_is_a_self_contained_model_folder_that_loads_like_the_run(small_run, tmp_path):
+    import json
+
+    import torch
+
+    from expr.data.demo import ensure_demo_store
+    from expr.data.store import FrameStore
+    from expr.data.windows import WindowDataset, load_or_build_windows
+    from expr.export import load_head
+    from expr.export import main as export_main
+
+    out = tmp_path / "model"
+    assert export_main([small_run["run_dir"], "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    info = json.loads((out / "config.json").read_text())
+    assert info["classes"] == list(ABAW_CLASSES) and info["validation"]["macro_f1"] == small_run["best_macro_f1"]
+    assert (out / "README.md").read_text().startswith("---\nlibrary_name: expr")
+    exported, _ = load_head(out)
+    original, _ = load_head(small_run["run_dir"])
+    store = FrameStore(ensure_demo_store(12, seed=0))
+    batch = WindowDataset(store, load_or_build_windows(store, "validation", 30)).__getitems__(list(range(8)))
+    args = (batch["visual"].float(), batch["visual_mask"], batch["audio"].float(), batch["audio_mask"])
+    with torch.no_grad():
+        assert torch.equal(exported(*args).logits, original(*args).logits)

@@ -1,0 +1,157 @@
+"""``expr export RUN_DIR --out DIR``: the trained head as a self-contained folder in the layout of a Hugging Face
+Hub model repository (``config.json``, ``model.safetensors``, ``README.md`` model card), loadable without the run
+directory and without unpickling anything::
+
+    from expr.export import load_head
+    head, info = load_head("exported/")          # an exported folder or a run directory
+    logits = head(visual, visual_mask, audio, audio_mask).logits
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+EXPORT_FORMAT = 1
+
+
+class ExportError(ValueError):
+    """A run or folder that cannot be exported or loaded; the message names it."""
+
+
+def _config_from_dict(values: dict[str, Any], source: str):
+    from expr.config import Config, apply_dict, validate
+
+    cfg = Config()
+    apply_dict(cfg, values, source)
+    validate(cfg)
+    return cfg
+
+
+def load_head(path: str | Path, device: str = "cpu"):
+    """(FusionHead in eval mode, info dict) from an exported folder (``config.json``) or a run directory."""
+    from safetensors.torch import load_file
+
+    from expr.models.fusion import FusionHead
+
+    path = Path(path)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        info = json.loads((path / "config.json").read_text())
+        if info.get("expr_export_format") != EXPORT_FORMAT:
+            raise ExportError(f"{path}: not an expr export (config.json has no expr_export_format {EXPORT_FORMAT})")
+        cfg = _config_from_dict(info["config"], str(path / "config.json"))
+        weights = path / "model.safetensors"
+    elif (path / "config.yaml").is_file():
+        from expr.report import load_run
+
+        cfg, model = load_run(path)
+        return model.to(device), run_info(path, cfg)
+    else:
+        raise ExportError(f"{path}: neither an exported model (config.json + model.safetensors) nor a run directory")
+    model = FusionHead(cfg.model, cfg.num_classes)
+    model.load_state_dict(load_file(str(weights)))
+    info["cfg"] = cfg
+    return model.to(device).eval(), info
+
+
+def run_info(run_dir: Path, cfg) -> dict[str, Any]:
+    """What a user of the head needs to know, from a run directory."""
+    head = run_dir / "best" / "head.json"
+    best = json.loads(head.read_text()) if head.is_file() else {}
+    store = best.get("store", {})
+    return {
+        "expr_export_format": EXPORT_FORMAT,
+        "classes": list(cfg.data.classes),
+        "prompt_template": cfg.loss.prompt_template,
+        "window": cfg.data.window,
+        "eval_stride": cfg.data.resolved_eval_stride(),
+        "smoothing": {"method": cfg.eval.smoothing, "width": cfg.eval.smoothing_width},
+        "backbones": store.get("backbones")
+        or {
+            "clip": cfg.backbones.clip,
+            "clip_pretrained": cfg.backbones.clip_pretrained,
+            "wav2vec2": cfg.backbones.wav2vec2,
+        },
+        "features": {"visual_dim": cfg.model.visual_dim, "audio_dim": cfg.model.audio_dim, "audio_rate": 50.0},
+        "validation": {"macro_f1": best.get("val/macro_f1"), "epoch": best.get("epoch")},
+        "trained_on": {"store": store.get("path"), "source": store.get("source")},
+        "config": cfg.to_dict(),
+        "cfg": cfg,
+    }
+
+
+def export_run(run_dir: str | Path, out: str | Path) -> Path:
+    from expr.report import load_run
+
+    run_dir, out = Path(run_dir), Path(out)
+    cfg, _ = load_run(run_dir)  # checks the run has a trained head
+    info = run_info(run_dir, cfg)
+    info.pop("cfg")
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copyfile(run_dir / "best" / "model.safetensors", tmp / "model.safetensors")
+    (tmp / "config.json").write_text(json.dumps(info, indent=2))
+    (tmp / "README.md").write_text(model_card(info))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out
+
+
+def model_card(info: dict[str, Any]) -> str:
+    b = info["backbones"]
+    f1 = info["validation"]["macro_f1"]
+    random = b.get("random_weights") or "random" in (b.get("clip_pretrained"), b.get("wav2vec2"))
+    return f"""---
+library_name: expr
+tags:
+- facial-expression-recognition
+- audio-visual
+- abaw
+metrics:
+- f1
+---
+
+# expr fusion head
+
+The trainable head of an audio-visual facial expression recogniser (frozen CLIP image features per frame, frozen
+Wav2Vec2 audio features, dilated causal TCN, bi-directional cross-attention, MLP), trained with expr.
+
+- Classes: {", ".join(info["classes"])}
+- Expects features from CLIP `{b.get("clip")}` / `{b.get("clip_pretrained")}` (512-d per frame) and Wav2Vec2
+  `{b.get("wav2vec2")}` (768-d, 50 per second){" - **random backbone weights: a smoke-test model**" if random else ""}
+- Windows of {info["window"]} frames, frame predictions averaged over windows every {info["eval_stride"]} frames;
+  smoothing: {info["smoothing"]["method"]} (width {info["smoothing"]["width"]})
+- Validation frame-level macro-F1: {f"{f1:.4f}" if f1 is not None else "n/a"} (epoch {info["validation"]["epoch"]}),
+  trained on `{info["trained_on"]["source"] or info["trained_on"]["store"]}`
+
+```python
+from expr.export import load_head
+head, info = load_head("path/to/this/folder")
+```
+
+or `expr predict clip.mp4 --run path/to/this/folder --out predictions/`. `model.safetensors` holds the weights,
+`config.json` the full training config and the facts above; nothing is pickled.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    from expr.report import EvaluateError
+
+    parser = argparse.ArgumentParser(prog="expr export", description="Export a run's best head as a model folder.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
+    args = parser.parse_args(argv)
+    try:
+        out = export_run(args.run_dir, args.out)
+    except (EvaluateError, ExportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}: config.json, model.safetensors, README.md (upload as a Hugging Face model repository)")
+    return 0
