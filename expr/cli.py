@@ -16,6 +16,8 @@ commands:
            frame-level macro-F1, per-class F1, confusion matrix (JSON, Markdown, PNG into RUN_DIR/eval/SPLIT)
   submit   RUN_DIR --example EXAMPLE.csv --out FILE.csv [--cache CACHE] [--format csv|per-video]
            the challenge prediction file for the test videos, validated against the organisers' example
+  predict  VIDEO --run RUN_DIR --out DIR
+           per-frame labels and probabilities (CSV) and a timeline plot (PNG) for a raw video
   export   RUN_DIR --out DIR
            the best head as a model folder (config.json, model.safetensors, README.md model card; Hub layout)
   export-head STATE_DIR --out FILE
@@ -51,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
         from expr.submit import main as submit_main
 
         return submit_main(rest)
+    if command == "predict":
+        from expr.predict import main as predict_main
+
+        return predict_main(rest)
     if command == "export":
         from expr.export import main as export_main
 

@@ -1,0 +1,234 @@
+"""``expr predict VIDEO --run RUN_DIR --out DIR``: per-frame expression labels for a raw video.
+
+Faces are detected, aligned and cropped in every frame (``expr.features.faces``), the audio track is decoded and
+resampled, the backbones the run's features came from encode both (``--clip`` / ``--wav2vec2`` override), and the
+head predicts as in evaluation: windows every ``data.eval_stride`` frames, probabilities averaged per frame, frames
+without a face filled from the nearest face frame, the run's smoothing. A video with no detectable face or no audio
+still gets an answer, with the missing stream masked and a warning.
+
+Writes ``DIR/<video>.csv`` (frame, time, label, class probabilities), ``DIR/<video>_timeline.png`` and the extracted
+features as a one-video store (``DIR/<video>_features/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger("expr.predict")
+
+
+class PredictError(RuntimeError):
+    """A video or model that cannot be used; the message says which and why."""
+
+
+def backbone_specs(info: dict[str, Any], clip: str | None, wav2vec2: str | None) -> tuple[str, str]:
+    """The ``expr prepare`` style --clip / --wav2vec2 values for the run's recorded backbones."""
+    b = info.get("backbones", {})
+    if clip is None:
+        if "clip_pretrained" not in b:
+            raise PredictError(
+                "this model was trained on features without recorded backbones (the synthetic demo data); pass "
+                "--clip and --wav2vec2 (e.g. 'random' for a smoke test)"
+            )
+        tag = b["clip_pretrained"]
+        clip = tag if tag == "random" or Path(tag).is_file() else f"{b.get('clip', 'ViT-B-32')}/{tag}"
+    if wav2vec2 is None:
+        if "wav2vec2" not in b or "none" in str(b["wav2vec2"]):
+            raise PredictError("the model's Wav2Vec2 backbone is not recorded; pass --wav2vec2")
+        wav2vec2 = b["wav2vec2"]
+    return clip, wav2vec2
+
+
+def extract_video(path: Path, backbones, detector, progress: bool = True):
+    """VideoRecord of a raw video (split ``test``), plus a list of warnings."""
+    from PIL import Image
+    from tqdm.auto import tqdm
+
+    from expr.data.media import MediaError, decode_audio, iter_frames, probe
+    from expr.data.store import VideoRecord
+    from expr.features.faces import crop_face
+
+    info = probe(path)
+    visual_enc, audio_enc = backbones.visual(), backbones.audio()
+    crops, found = [], []
+    for frame in tqdm(iter_frames(path), total=info.num_frames, unit="frame", desc="faces", disable=not progress):
+        hit = detector.detect(frame)
+        found.append(hit is not None)
+        if hit is not None:
+            crops.append(Image.fromarray(crop_face(frame, *hit)))
+    T = len(found)
+    face = np.array(found, bool)
+    visual = np.zeros((T, visual_enc.dim), np.float16)
+    if crops:
+        visual[face] = visual_enc.encode(crops)
+    warnings = []
+    if not face.any():
+        warnings.append(f"{path.name}: no face detected in any frame; the prediction uses the audio alone")
+    audio, start = None, 0.0
+    if not info.has_audio:
+        warnings.append(f"{path.name}: no audio track; the prediction uses the faces alone")
+    else:
+        try:
+            wave, start = decode_audio(path, video_start=info.start)
+            audio = audio_enc.encode(wave)
+        except MediaError as e:
+            warnings.append(f"{e}; the prediction uses the faces alone")
+    record = VideoRecord(path.stem, "test", info.fps, visual, face, np.full(T, -1), audio, audio_enc.rate, start)
+    return record, warnings
+
+
+def predict_video(
+    video: str | Path,
+    run: str | Path,
+    out: str | Path,
+    clip: str | None = None,
+    wav2vec2: str | None = None,
+    device: str = "auto",
+    progress: bool = True,
+    backbones=None,
+) -> dict[str, Any]:
+    """Predict every frame of ``video`` with the head of ``run`` (a run directory or an exported folder)."""
+    import torch
+
+    from expr.data.media import MediaError
+    from expr.data.store import FrameStore, write_store
+    from expr.evaluation import smooth
+    from expr.export import load_head
+    from expr.features.faces import FaceDetector
+    from expr.prepare import Backbones
+    from expr.report import predict_frames
+    from expr.submit import fill_missing_faces
+
+    video, out = Path(video), Path(out)
+    if not video.is_file():
+        raise PredictError(f"{video}: no such file")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, info = load_head(run)
+    cfg = info["cfg"]
+    if backbones is None:
+        clip_spec, w2v_spec = backbone_specs(info, clip, wav2vec2)
+        backbones = Backbones(clip_spec, w2v_spec, device)
+    try:
+        record, warnings = extract_video(video, backbones, FaceDetector(), progress)
+    except MediaError as e:
+        raise PredictError(str(e)) from None
+    for w in warnings:
+        logger.warning("warning: %s", w)
+    if record.visual.shape[1] != cfg.model.visual_dim:
+        raise PredictError(
+            f"the CLIP features are {record.visual.shape[1]}-d but the head expects {cfg.model.visual_dim}-d: use "
+            f"the backbones the model was trained with"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "source": {"video": str(video.resolve())},
+        "classes": list(cfg.data.classes),
+        "backbones": backbones.identity(),
+        "audio_dim": cfg.model.audio_dim,
+    }
+    store = FrameStore(write_store(out / f"{video.stem}_features", [record], meta))
+    rows, probs = predict_frames(
+        model,
+        store,
+        "test",
+        cfg.data.window,
+        cfg.data.resolved_eval_stride(),
+        device=device,
+        label_rule=cfg.data.label_frame,
+    )
+    probs = fill_missing_faces(probs, record.face)
+    probs = smooth(probs, cfg.eval.smoothing, cfg.eval.smoothing_width)
+    labels = probs.argmax(1)
+    classes = list(cfg.data.classes)
+    csv_path = out / f"{video.stem}.csv"
+    tmp = csv_path.with_name(f".{csv_path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write("frame,time_s,face,label,label_name," + ",".join(f"p_{c}" for c in classes) + "\n")
+        for i, (lab, p) in enumerate(zip(labels, probs, strict=True)):
+            f.write(
+                f"{i},{i / record.fps:.3f},{int(record.face[i])},{lab},{classes[lab]},"
+                + ",".join(f"{x:.4f}" for x in p)
+                + "\n"
+            )
+    os.replace(tmp, csv_path)
+    png = out / f"{video.stem}_timeline.png"
+    plot_timeline(probs, record.face, record.fps, classes, png, video.name, has_audio=record.audio is not None)
+    return {"csv": csv_path, "png": png, "frames": len(labels), "warnings": warnings, "labels": labels}
+
+
+def plot_timeline(probs, face, fps, classes, path: Path, title: str, has_audio: bool) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = np.arange(len(probs)) / fps
+    colors = plt.get_cmap("tab10").colors
+    fig, (ax, strip) = plt.subplots(
+        2, 1, figsize=(11, 4.5), dpi=110, sharex=True, gridspec_kw={"height_ratios": [5, 1]}
+    )
+    ax.stackplot(t, probs.T, labels=classes, colors=colors[: len(classes)], alpha=0.85)
+    ax.set_ylim(0, 1)
+    ax.set_xlim(0, len(t) / fps)
+    ax.set_ylabel("class probability")
+    ax.set_title(title + ("" if has_audio else "  (no audio: faces only)"))
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    labels = probs.argmax(1)
+    strip.imshow(
+        labels[None, :],
+        aspect="auto",
+        cmap=matplotlib.colors.ListedColormap(colors[: len(classes)]),
+        vmin=-0.5,
+        vmax=len(classes) - 0.5,
+        extent=(t[0] if len(t) else 0, (len(t)) / fps, 0, 1),
+    )
+    no_face = ~np.asarray(face, bool)
+    if no_face.any():
+        strip.fill_between(t, 0, 1, where=no_face, color="white", alpha=0.6, step="mid", label="no face")
+        strip.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+    strip.set_yticks([])
+    strip.set_ylabel("label", rotation=0, ha="right", va="center")
+    strip.set_xlabel("time (s)")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from expr.export import ExportError
+    from expr.features.backbones import BackboneError
+    from expr.features.faces import FaceDetectorError
+    from expr.report import EvaluateError
+
+    parser = argparse.ArgumentParser(prog="expr predict", description=__doc__.split("\n\n")[0])
+    parser.add_argument("video")
+    parser.add_argument("--run", required=True, help="a run directory or a folder written by `expr export`")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--clip", help="CLIP weights (default: those of the model's training features)")
+    parser.add_argument("--wav2vec2", help="Wav2Vec2 weights (default: those of the model's training features)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        result = predict_video(
+            args.video, args.run, args.out, args.clip, args.wav2vec2, args.device, not args.no_progress
+        )
+    except (PredictError, ExportError, EvaluateError, BackboneError, FaceDetectorError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {result['csv']} ({result['frames']} frames) and {result['png']}")
+    return 0

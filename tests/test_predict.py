@@ -1,0 +1,98 @@
+"""`expr predict` on clips made from real photographs (scikit-image's sample images), and the face detector."""
+
+import csv
+
+import numpy as np
+import pytest
+from mediatree import write_video
+
+from expr.features.faces import FaceDetector, crop_face
+
+
+def photo(name):
+    import skimage.data
+
+    image = getattr(skimage.data, name)()
+    return np.stack([image] * 3, -1) if image.ndim == 2 else image
+
+
+def test_the_shipped_detector_finds_the_face_in_a_photograph_and_none_in_a_face_free_one():
+    detector = FaceDetector()
+    hit = detector.detect(photo("astronaut"))
+    assert hit is not None
+    (x, y, w, h), angle = hit
+    # Eileen Collins' face in scikit-image's astronaut.png lies around x 180-270, y 65-160.
+    assert 150 < x + w / 2 < 300 and 60 < y + h / 2 < 170 and 60 < w < 160 and abs(angle) < 20
+    assert detector.detect(photo("coffee")) is None and detector.detect(photo("chelsea")) is None  # a cup, a cat
+    crop = crop_face(photo("astronaut"), *hit)
+    assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+
+
+def test_an_upright_crop_undoes_an_in_plane_rotation():
+    import cv2
+
+    image = photo("astronaut")
+    rotated = cv2.warpAffine(image, cv2.getRotationMatrix2D((225, 110), -12, 1.0), (512, 512))
+    hit = FaceDetector().detect(rotated)
+    assert hit is not None and 4 < abs(hit[1]) < 20  # the eyes give the tilt
+
+
+def clip_from_photo(path, name, frames=12, fps=10, audio=True):
+    """A short video panning over a photograph (and optionally a tone), written with PyAV."""
+    import av
+
+    image = photo(name)
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = 320, 320, "yuv420p"
+        for i in range(frames):
+            frame = np.ascontiguousarray(image[i * 4 : i * 4 + 320, i * 4 : i * 4 + 320])
+            for p in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                c.mux(p)
+        for p in stream.encode():
+            c.mux(p)
+    if audio:  # mux a tone track by re-writing with the helper's audio path
+        tmp = path.with_name("tone_" + path.name)
+        write_video(tmp, fps, frames)
+        with av.open(str(tmp)) as src_a, av.open(str(path)) as src_v, av.open(str(path) + ".mp4", "w") as out:
+            vs = out.add_stream_from_template(src_v.streams.video[0])
+            as_ = out.add_stream_from_template(src_a.streams.audio[0])
+            for packet in src_v.demux(src_v.streams.video[0]):
+                if packet.dts is not None:
+                    packet.stream = vs
+                    out.mux(packet)
+            for packet in src_a.demux(src_a.streams.audio[0]):
+                if packet.dts is not None:
+                    packet.stream = as_
+                    out.mux(packet)
+        (path.parent / (path.name + ".mp4")).replace(path)
+    return path
+
+
+@pytest.mark.parametrize("name, audio", [("astronaut", True), ("astronaut", False), ("coffee", True)])
+def test_predict_gives_every_frame_a_label_with_missing_streams_masked(small_run, tmp_path, name, audio, caplog):
+    from expr.predict import predict_video
+
+    video = clip_from_photo(tmp_path / f"{name}.mp4", name, audio=audio)
+    result = predict_video(
+        video, small_run["run_dir"], tmp_path / "out", clip="random", wav2vec2="random", progress=False
+    )
+    rows = list(csv.DictReader(open(result["csv"])))
+    assert len(rows) == 12 and [int(r["frame"]) for r in rows] == list(range(12))
+    assert all(0 <= int(r["label"]) < 8 for r in rows)
+    assert all(abs(sum(float(r[k]) for k in r if k.startswith("p_")) - 1) < 1e-3 for r in rows)
+    faces = sum(int(r["face"]) for r in rows)
+    if name == "astronaut":
+        assert faces >= 10  # the face is found in (nearly) every frame
+    else:
+        assert faces == 0 and any("no face detected" in w for w in result["warnings"])
+    assert audio or any("no audio track" in w for w in result["warnings"])
+    assert result["png"].read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_demo_trained_model_asks_for_backbones(small_run, tmp_path):
+    from expr.predict import PredictError, predict_video
+
+    video = clip_from_photo(tmp_path / "a.mp4", "astronaut", audio=False)
+    with pytest.raises(PredictError, match="--clip and --wav2vec2"):
+        predict_video(video, small_run["run_dir"], tmp_path / "out", progress=False)
