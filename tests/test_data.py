@@ -142,3 +142,29 @@ def test_window_index_is_saved_next_to_the_store_and_reused(tmp_path):
     again = load_or_build_windows(store, "train", 10)
     assert again["start"] == first["start"] and again.cache_files[0]["filename"].startswith(str(saved))
     assert load_or_build_windows(store, "train", 20, stride=5)["start"] != first["start"]
+
+
+def test_k_fold_resplit_keeps_subjects_together_and_covers_every_video_once(tmp_path):
+    from expr.config import ABAW_CLASSES
+    from expr.data.affwild2 import video_name
+    from expr.data.demo import generate_videos
+    from expr.data.store import FrameStore, write_store
+
+    videos = generate_videos(10, seed=3)
+    for i, v in enumerate(videos):  # pairs of person tracks sharing one video, as in Aff-Wild2
+        v.name = f"clip{i // 2}_{'left' if i % 2 == 0 else 'right'}"
+    videos[-1].split = "test"
+    path = write_store(tmp_path / "s", videos, {"classes": list(ABAW_CLASSES)})
+    seen = []
+    for fold in range(3):
+        store = FrameStore(path)
+        store.use_folds(3, fold)
+        val = [store.names[v] for v in store.videos_in("validation")]
+        assert val and store.names[store.videos_in("test")[0]] == videos[-1].name  # test videos stay out
+        assert all(
+            store.names[v] in val
+            for v in range(len(store.names))
+            if video_name(store.names[v]) in {video_name(n) for n in val} and store.splits[v] != "test"
+        )  # a subject never straddles
+        seen += val
+    assert sorted(seen) == sorted(v.name for v in videos[:-1])  # each pooled video validated exactly once
