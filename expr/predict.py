@@ -167,8 +167,9 @@ def predict_video(
 def plot_timeline(probs, face, fps, classes, path: Path, title: str, has_audio: bool) -> None:
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from expr.plots import pyplot, save_figure
+
+    plt = pyplot()
 
     t = np.arange(len(probs)) / fps
     colors = plt.get_cmap("tab10").colors
@@ -197,11 +198,7 @@ def plot_timeline(probs, face, fps, classes, path: Path, title: str, has_audio: 
     strip.set_yticks([])
     strip.set_ylabel("label", rotation=0, ha="right", va="center")
     strip.set_xlabel("time (s)")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -203,10 +203,10 @@ def markdown(report: dict[str, Any], classes: list[str]) -> str:
 
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> None:
     """Row-normalised confusion matrix with counts, readable at a glance."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from expr.plots import pyplot, save_figure
+
+    plt = pyplot()
 
     with np.errstate(invalid="ignore", divide="ignore"):
         norm = np.where(cm.sum(1, keepdims=True) > 0, cm / cm.sum(1, keepdims=True), 0.0)
@@ -229,11 +229,7 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
                 color="white" if norm[i, j] > 0.5 else "black",
             )
     fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

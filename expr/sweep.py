@@ -642,11 +642,9 @@ def report_markdown(study: Study, summary, rows, handle, paper: dict | None) -> 
 
 
 def bar_chart(study: Study, summary, path: Path) -> None:
-    import matplotlib
+    from expr.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     shown = summary[:20]
     labels = [", ".join(f"{k.split('.')[-1]}={v}" for k, v in s["setting"].items()) for s in shown]
     means = [s["mean"] for s in shown]
@@ -662,25 +660,19 @@ def bar_chart(study: Study, summary, path: Path) -> None:
     ax.set_title(f"study {study.name}" + (" (mean ± std over repeats)" if any(s["n"] > 1 for s in shown) else ""))
     low = min(m - s for m, s in zip(means, stds, strict=True))
     ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(means) + 0.05))
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def optuna_plots(handle, out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as vis
+
+    from expr.plots import save_figure
 
     for name, fn in (("importance", vis.plot_param_importances), ("parallel_coordinate", vis.plot_parallel_coordinate)):
         try:
             ax = fn(handle)
             fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
             fig.set_size_inches(9, 5)
-            fig.tight_layout()
-            fig.savefig(out / f"{name}.png", dpi=110)
-            plt.close(fig)
+            save_figure(fig, out / f"{name}.png", dpi=110)
         except Exception as e:  # noqa: BLE001 - a plot that cannot be drawn (e.g. one distinct value) is skipped
             logger.warning("no %s plot: %s", name, e)
