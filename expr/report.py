@@ -69,17 +69,20 @@ def predict_frames(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     label_rule: str = "center",
+    videos: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Frame probabilities of every video of ``split``: (frame rows of the split, [rows, C] probabilities)."""
+    """Frame probabilities of every video of ``split`` (or of ``videos`` among them): (frame rows, [rows, C])."""
     from expr.data.windows import WindowDataset, load_or_build_windows
     from expr.evaluation import aggregate_frames
 
     windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True)
     data = WindowDataset(store, windows)
+    videos = store.videos_in(split) if videos is None else np.asarray(videos)
+    mine = np.flatnonzero(np.isin(data.video, videos))
     model = model.to(device)
     chunks = []
-    for i in range(0, len(data), batch_size):
-        batch = data.__getitems__(list(range(i, min(i + batch_size, len(data)))))
+    for i in range(0, len(mine), batch_size):
+        batch = data.__getitems__(mine[i : i + batch_size])
         out = model(
             batch["visual"].to(device).float(),
             batch["visual_mask"].to(device),
@@ -89,9 +92,9 @@ def predict_frames(
         chunks.append(out.logits.float().softmax(-1).cpu().numpy())
     probs = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
     frame_probs, _ = aggregate_frames(
-        store.num_frames, store.frame_offset, len(store.labels), data.video, data.start, data.window, probs
+        store.num_frames, store.frame_offset, len(store.labels), data.video[mine], data.start[mine], data.window, probs
     )
-    rows = store.frame_rows(store.videos_in(split))
+    rows = store.frame_rows(videos)
     return rows, frame_probs[rows]
 
 
@@ -122,9 +125,34 @@ def evaluate_run(
     width = cfg.eval.smoothing_width if width is None else width
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    # Under `accelerate launch` each process takes whole videos (every world_size-th); the main process gathers
+    # their frame probabilities and scores them: the same numbers as one process.
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1:
+        from accelerate import PartialState
+        from accelerate.utils import gather_object
+
+        state = PartialState(cpu=device == "cpu")
+        rank, world = state.process_index, state.num_processes
+    videos = store.videos_in(split)
     rows, probs = predict_frames(
-        model, store, split, cfg.data.window, stride, device=device, label_rule=cfg.data.label_frame
+        model,
+        store,
+        split,
+        cfg.data.window,
+        stride,
+        device=device,
+        label_rule=cfg.data.label_frame,
+        videos=videos[rank::world],
     )
+    if world > 1:
+        parts = gather_object([(rows, probs)])
+        if rank != 0:
+            return {}
+        rows = np.concatenate([r for r, _ in parts])
+        probs = np.concatenate([p for _, p in parts])
+        order = np.argsort(rows, kind="stable")
+        rows, probs = rows[order], probs[order]
     labels = store.labels[rows]
     if not (labels >= 0).any():
         raise EvaluateError(f"split '{split}' of {store.path} has no labelled frames (for test videos use expr submit)")
@@ -252,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     except (EvaluateError, StoreError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if int(os.environ.get("RANK", 0)) != 0:
+        return 0  # the main process reports
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / args.split
     print((out / "report.md").read_text())
     print(f"report: {out}/report.json, report.md, confusion_matrix.png")

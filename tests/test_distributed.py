@@ -76,3 +76,21 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, small_store,
     macro_f1, frames = evaluate_on_one_process(ref)
     assert macro_f1 == pytest.approx(best, abs=1e-9)
     assert history(ref)[0]["val/frames"] <= frames
+
+
+def test_expr_evaluate_on_two_processes_matches_one(small_run, tmp_path):
+    """`accelerate launch -m expr.cli evaluate`: each process takes whole videos, the main process scores."""
+    import json
+
+    from expr.report import evaluate_run
+
+    one = evaluate_run(small_run["run_dir"], stride=5, out_dir=tmp_path / "one")
+    cmd = accelerate_cmd() + [
+        "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "expr.cli", "evaluate",
+        small_run["run_dir"], "--stride", "5", "--out", str(tmp_path / "two"),
+    ]  # fmt: skip
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    two = json.loads((tmp_path / "two" / "report.json").read_text())
+    assert two["frames"] == one["frames"] and two["metrics"] == one["metrics"]
