@@ -619,7 +619,7 @@ def report_markdown(study: Study, summary, rows, handle, paper: dict | None) -> 
     sep = "|---" * (len(keys) + 2 + int(paper_col) + len(classes)) + "|"
     lines = [f"# Study `{study.name}`", "", study.description.strip(), "", head, sep]
     for s in summary:
-        vals = " | ".join(str(v) for v in s["setting"].values())
+        vals = " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in s["setting"].values())
         f1 = f"{s['mean']:.4f} ± {s['std']:.4f}" if s["n"] > 1 else f"{s['mean']:.4f}"
         line = f"| {vals} | {f1} | {s['n']} |"
         if paper_col:

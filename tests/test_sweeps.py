@@ -187,3 +187,20 @@ def test_two_workers_share_one_postgresql_study_and_run_each_setting_once(tmp_pa
     assert len(all_trials) == 4 and all(t.state.name == "COMPLETE" for t in all_trials)
     assert sorted(t.params["data.window"] for t in all_trials) == [5, 10, 15, 20]  # each setting exactly once
     assert len({t.user_attrs["worker"] for t in all_trials}) == 2  # both workers took trials
+
+
+def test_a_search_study_samples_prunes_and_plots(tmp_path):
+    study = tmp_path / "search2.yaml"
+    study.write_text(
+        "type: search\nsampler: tpe\npruner: median\nn_trials: 2\nparams:\n"
+        "  data.window: {choices: [10, 30]}\n  train.lr: {low: 1.0e-4, high: 1.0e-3, log: true}\n"
+    )
+    out = tmp_path / "out"
+    cmd = RUN + ["--study", str(study), "--out", str(out)] + TINY + ["--train.epochs", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    finished = [t for t in trials(out, "search2") if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(finished) == 2
+    assert all(set(t.intermediate_values) == {1, 2} or t.state.name == "PRUNED" for t in finished)  # per epoch
+    assert (out / "importance.png").is_file() and (out / "parallel_coordinate.png").is_file()
+    assert "| data.window | train.lr | macro-F1 |" in (out / "report.md").read_text()
