@@ -386,16 +386,8 @@ def suggest(trial, study: Study, seeds: list[int], folds: int) -> dict[str, Any]
     return values
 
 
-def run_trial(
-    trial, study: Study, values: dict[str, Any], overrides: dict[str, Any], out: Path, source_run: str | None
-):
-    """Train (or post-process) one trial; returns (objective, user attributes, pruned)."""
-
-    if study.type == "posthoc":
-        return posthoc_trial(values, source_run)
-    from expr.config import build_config
-    from expr.train import run
-
+def plan_trial(trial, study: Study, values: dict[str, Any], overrides: dict[str, Any], out: Path):
+    """The trial's config overrides and, for a retry of a killed trial that saved state, the run to continue."""
     retry_of = trial.study._storage.get_trial(trial._trial_id).system_attrs.get("failed_trial")
     resume = None
     if retry_of is not None:  # continue the killed trial's run from its last saved state, if it saved one
@@ -406,6 +398,32 @@ def run_trial(
     run_dir = resume or str(out / "trials" / f"{trial.number:04d}")
     trial.set_user_attr("run_dir", run_dir)
     settings = {**study.overrides, **overrides, **values, "train.output_dir": run_dir, "train.log_with": "none"}
+    return settings, resume
+
+
+def train_trial(settings: dict[str, Any], resume: str | None, on_epoch_end) -> tuple[float, dict[str, Any]]:
+    """Train one trial (every process of a multi-process worker runs this); returns (objective, user attributes)."""
+    from expr.config import build_config
+    from expr.train import config_from_argv, run
+
+    if resume:
+        cfg, _ = config_from_argv(["--resume", resume])
+        result = run(cfg, resume_dir=resume, on_epoch_end=on_epoch_end)
+    else:
+        result = run(build_config(settings), on_epoch_end=on_epoch_end)
+    best = max(result["history"], key=lambda m: m["val/macro_f1"])
+    attrs = {
+        "run_dir": result["run_dir"],
+        "best_epoch": result["best_epoch"],
+        "per_class_f1": best["val/per_class_f1"],
+        "window_macro_f1": best.get("val/window_macro_f1"),
+        "epochs_run": len(result["history"]),
+    }
+    return result["best_macro_f1"], attrs
+
+
+def epoch_reporter(trial, study: Study):
+    """The trainer's per-epoch callback (main process): report to Optuna; True stops a pruned search trial."""
     pruned = {"flag": False}
 
     def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> bool:
@@ -415,23 +433,19 @@ def run_trial(
             return True
         return False
 
-    if resume:
-        from expr.train import config_from_argv
+    return on_epoch_end, pruned
 
-        cfg, _ = config_from_argv(["--resume", resume])
-        result = run(cfg, resume_dir=resume, on_epoch_end=on_epoch_end)
-    else:
-        cfg = build_config(settings)
-        result = run(cfg, on_epoch_end=on_epoch_end)
-    best = max(result["history"], key=lambda m: m["val/macro_f1"])
-    attrs = {
-        "run_dir": result["run_dir"],
-        "best_epoch": result["best_epoch"],
-        "per_class_f1": best["val/per_class_f1"],
-        "window_macro_f1": best.get("val/window_macro_f1"),
-        "epochs_run": len(result["history"]),
-    }
-    return result["best_macro_f1"], attrs, pruned["flag"]
+
+def run_trial(
+    trial, study: Study, values: dict[str, Any], overrides: dict[str, Any], out: Path, source_run: str | None
+):
+    """Train (or post-process) one trial in this process; returns (objective, user attributes, pruned)."""
+    if study.type == "posthoc":
+        return posthoc_trial(values, source_run)
+    settings, resume = plan_trial(trial, study, values, overrides, out)
+    on_epoch_end, pruned = epoch_reporter(trial, study)
+    value, attrs = train_trial(settings, resume, on_epoch_end)
+    return value, attrs, pruned["flag"]
 
 
 def posthoc_trial(values: dict[str, Any], source_run: str | None):
@@ -462,6 +476,41 @@ def posthoc_trial(values: dict[str, Any], source_run: str | None):
     return report["macro_f1"], {"run_dir": str(source_run), "per_class_f1": report["per_class_f1"]}, False
 
 
+def next_trial(handle, study: Study, budget: int):
+    """Claim a queued trial, or (search studies, within the budget) ask the sampler for a new one; None: done."""
+    from optuna.trial import TrialState
+
+    trial = claim_queued_trial(handle)
+    if trial is None and study.type == "search":
+        done = handle.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        if len(done) < budget:
+            trial = handle.ask()
+    return trial
+
+
+def start_worker(study: Study, out: Path, url: str | None, seeds: list[int], folds: int, heartbeat_s: int):
+    handle, storage = open_study(study, out, url, seeds, folds, heartbeat_s)
+    lock = file_lock(out / ".create.lock") if storage_url(out, url).startswith("sqlite") else contextlib.nullcontext()
+    with lock:
+        reclaim_dead_trials(handle)
+        if study.type != "search":
+            requeue_failed(handle)
+    return handle, storage
+
+
+def finish(handle, trial, value, attrs, pruned) -> None:
+    from optuna.trial import TrialState
+
+    for k, v in attrs.items():
+        trial.set_user_attr(k, v)
+    if pruned:
+        handle.tell(trial, state=TrialState.PRUNED)
+        logger.info("trial %d pruned", trial.number)
+    else:
+        handle.tell(trial, value)
+        logger.info("trial %d: macro-F1 %.4f", trial.number, value)
+
+
 def work(
     study: Study,
     out: Path,
@@ -473,36 +522,20 @@ def work(
     source_run: str | None = None,
     heartbeat_s: int = 30,
 ) -> None:
-    """One worker: claim and run trials until the study has nothing left for it."""
+    """One worker: claim and run trials until the study has nothing left for it. Under ``accelerate launch`` with
+    several processes the worker is one multi-process job (:func:`work_distributed`)."""
     from optuna.trial import TrialState
 
     seeds = seeds or [42]
     out.mkdir(parents=True, exist_ok=True)
-    handle, storage = open_study(study, out, url, seeds, folds, heartbeat_s)
-    lock = file_lock(out / ".create.lock") if storage_url(out, url).startswith("sqlite") else contextlib.nullcontext()
-    with lock:
-        reclaim_dead_trials(handle)
-        if study.type != "search":
-            requeue_failed(handle)
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1 and study.type != "posthoc":
+        return work_distributed(study, out, url, seeds, folds, n_trials, overrides, heartbeat_s)
+    handle, storage = start_worker(study, out, url, seeds, folds, heartbeat_s)
     budget = n_trials if n_trials is not None else study.n_trials
-    while True:
-        if study.type == "search":
-            done = handle.get_trials(
-                deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-            )
-            trial = claim_queued_trial(handle)
-            if trial is None:
-                if len(done) >= budget:
-                    break
-                trial = handle.ask()
-        else:
-            trial = claim_queued_trial(handle)
-            if trial is None:
-                break
+    while (trial := next_trial(handle, study, budget)) is not None:
         trial.set_user_attr("worker", worker_id())
         values = suggest(trial, study, seeds, folds)
-        label = ", ".join(f"{k}={v}" for k, v in values.items())
-        logger.info("trial %d: %s", trial.number, label)
+        logger.info("trial %d: %s", trial.number, ", ".join(f"{k}={v}" for k, v in values.items()))
         with heartbeat(storage, trial._trial_id, heartbeat_s):
             try:
                 value, attrs, pruned = run_trial(trial, study, values, overrides or {}, out, source_run)
@@ -513,14 +546,46 @@ def work(
                 handle.tell(trial, state=TrialState.FAIL)
                 logger.exception("trial %d failed", trial.number)
                 continue
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        if pruned:
-            handle.tell(trial, state=TrialState.PRUNED)
-            logger.info("trial %d pruned", trial.number)
-        else:
-            handle.tell(trial, value)
-            logger.info("trial %d: macro-F1 %.4f", trial.number, value)
+        finish(handle, trial, value, attrs, pruned)
+
+
+def work_distributed(study, out, url, seeds, folds, n_trials, overrides, heartbeat_s) -> None:
+    """A worker that is a multi-process accelerate job: the main process talks to Optuna (claims, reports, tells)
+    and broadcasts each trial's settings; every process trains it together."""
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    main = state.is_main_process
+    handle = storage = None
+    if main:
+        handle, storage = start_worker(study, out, url, seeds, folds, heartbeat_s)
+    budget = n_trials if n_trials is not None else study.n_trials
+    while True:
+        message, trial = [None], None
+        if main and (trial := next_trial(handle, study, budget)) is not None:
+            trial.set_user_attr("worker", worker_id())
+            values = suggest(trial, study, seeds, folds)
+            logger.info(
+                "trial %d (%d processes): %s",
+                trial.number,
+                state.num_processes,
+                ", ".join(f"{k}={v}" for k, v in values.items()),
+            )
+            message = [plan_trial(trial, study, values, overrides or {}, out)]
+        broadcast_object_list(message)
+        if message[0] is None:
+            break
+        settings, resume = message[0]
+        # Every process passes a callback: the trainer broadcasts the main process's stop decision to all of them.
+        on_epoch_end, pruned = epoch_reporter(trial, study) if main else (lambda epoch, metrics: False, {"flag": False})
+        beat = heartbeat(storage, trial._trial_id, heartbeat_s) if main else contextlib.nullcontext()
+        with beat:
+            value, attrs = train_trial(settings, resume, on_epoch_end)
+        if main:
+            finish(handle, trial, value, attrs, pruned["flag"])
+    state.wait_for_everyone()
 
 
 # --------------------------------------------------------------------------------------------- results

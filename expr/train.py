@@ -595,7 +595,10 @@ class Trainer:
                     stopped = True
                     break
         self._write_summary()
-        acc.end_training()
+        # Not acc.end_training(): it also destroys the process group, and a multi-process sweep worker trains many
+        # runs in one group. The entry points tear the group down when they leave.
+        for tracker in acc.trackers:
+            tracker.finish()
         return {
             "run_dir": str(self.run_dir),
             "best_macro_f1": self.best["macro_f1"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -70,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out) if args.out else ROOT / "sweeps" / "results" / study.name
         if not args.report:
             work(study, out, args.storage, seeds, args.folds, args.n_trials, overrides, args.run, args.heartbeat)
+        if int(os.environ.get("RANK", 0)) != 0:
+            return 0  # a multi-process worker: the main process writes the report
         handle, _ = open_study(study, out, args.storage, seeds, args.folds, args.heartbeat)
         report = write_report(handle, study, out)
     except (SweepError, ConfigError, ValueError) as e:
@@ -87,4 +90,15 @@ def _url(out: Path, storage: str | None) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # a multi-process worker: leave as expr/train.py does
+        import torch
+
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -204,3 +204,25 @@ def test_a_search_study_samples_prunes_and_plots(tmp_path):
     assert all(set(t.intermediate_values) == {1, 2} or t.state.name == "PRUNED" for t in finished)  # per epoch
     assert (out / "importance.png").is_file() and (out / "parallel_coordinate.png").is_file()
     assert "| data.window | train.lr | macro-F1 |" in (out / "report.md").read_text()
+
+
+def test_a_worker_can_be_a_two_process_accelerate_job(tmp_path):
+    """`accelerate launch sweeps/run.py`: the main process claims and reports, both processes train each trial."""
+    from conftest import accelerate_cmd
+    from test_distributed import free_port
+
+    out = tmp_path / "out"
+    cmd = accelerate_cmd() + [
+        "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(ROOT / "sweeps" / "run.py"),
+        "--study", str(study_yaml(tmp_path)), "--out", str(out),
+    ] + TINY + ["--train.epochs", "1"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    finished = trials(out, "win2")
+    assert sorted(t.params["data.window"] for t in finished if t.state.name == "COMPLETE") == [10, 30]
+    assert len(finished) == 2
+    import json
+
+    final = json.loads(Path(finished[0].user_attrs["run_dir"], "final.json").read_text())
+    assert final["num_processes"] == 2 and len(set(final["param_checksum_per_rank"])) == 1
