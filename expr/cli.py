@@ -26,6 +26,16 @@ commands:
 `expr train --help` describes the run directory and options."""
 
 
+COMMANDS = {
+    "train": "expr.train",
+    "prepare": "expr.prepare",
+    "evaluate": "expr.report",
+    "submit": "expr.submit",
+    "predict": "expr.predict",
+    "export": "expr.export",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -37,30 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"expr {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
-    if command == "train":
-        from expr.train import main as train_main
+    if command in COMMANDS:  # each command's module has main(argv) -> exit code; imported only when used
+        import importlib
 
-        return train_main(rest)
-    if command == "prepare":
-        from expr.prepare import main as prepare_main
-
-        return prepare_main(rest)
-    if command == "evaluate":
-        from expr.report import main as evaluate_main
-
-        return evaluate_main(rest)
-    if command == "submit":
-        from expr.submit import main as submit_main
-
-        return submit_main(rest)
-    if command == "predict":
-        from expr.predict import main as predict_main
-
-        return predict_main(rest)
-    if command == "export":
-        from expr.export import main as export_main
-
-        return export_main(rest)
+        return importlib.import_module(COMMANDS[command]).main(rest)
     if command == "export-head":
         return _export_head(rest)
     print(f"expr: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
