@@ -345,6 +345,10 @@ def prepare(
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise PrepareError(f"video names appear twice: {', '.join(dup[:10])}")
+    staging = out.with_name(out.name + ".assembling")
+    if (staging / "store.json").is_file():  # a run killed while moving the assembled store into place
+        logger.info("finishing the interrupted assembly of %s", out)
+        _swap_in(staging, out)
     existing = None
     if (out / "store.json").is_file():
         existing = FrameStore(out)
@@ -417,7 +421,6 @@ def prepare(
         logger.info("%s is up to date", out)
     else:
         text = backbones.text(classes, prompt_template)
-        staging = out.with_name(out.name + ".assembling")
         write_store(staging, records, meta)
         save_file(
             {"text": text.contiguous()},

@@ -392,3 +392,43 @@ def test_prepare_then_train_from_the_command_line(tree, tmp_path):
     assert len(evals) == 2 and all(np.isfinite(m["val/macro_f1"]) for m in evals)
     assert (out / "windows").is_dir()  # the window index is cached next to the frames
     shutil.rmtree(run_dir)
+
+
+def test_a_kill_while_the_store_is_moved_into_place_is_finished_by_the_next_run(prepared, tree, tmp_path, monkeypatch):
+    import expr.prepare as prep
+
+    root, _ = tree
+    items, source, classes = affwild2_items(root)
+    out = tmp_path / "store"
+    shutil.copytree(prepared[0], out)
+    # Adding a video: kill (simulated) after the old header is removed and one folder moved.
+    real = prep._swap_in
+
+    def killed(staging, target):
+        (target / "store.json").unlink()
+        shutil.rmtree(target / "frames")
+        (staging / "frames").rename(target / "frames")
+        raise KeyboardInterrupt
+
+    extra = affwild2_items(root)[0][0]
+    extra.name = "a_again"
+    prep._swap_in = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            prepare([*items, extra], out, small_backbones(), classes, source=source, progress=False)
+    finally:
+        prep._swap_in = real
+    assert not (out / "store.json").exists()
+    calls = []
+    real_extract = prep.extract_item
+    monkeypatch.setattr(
+        prep, "extract_item", lambda item, *a, **k: calls.append(item.name) or real_extract(item, *a, **k)
+    )
+    prepare([*items, extra], out, small_backbones(), classes, source=source, progress=False)
+    assert calls == []  # nothing extracted again: the assembled store was moved into place
+    store = FrameStore(out)
+    assert sorted(store.names) == sorted([*FrameStore(prepared[0]).names, "a_again"])
+    v = store.names.index("a_again")
+    np.testing.assert_array_equal(
+        store.labels[store.frame_rows([v])], store.labels[store.frame_rows([store.names.index("a")])]
+    )
