@@ -603,6 +603,12 @@ def main(argv: list[str] | None = None) -> int:
     except (AnnotationError, LayoutError, BackboneError, PrepareError, StoreError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: every finished video is saved in {args.out}; run the same command to continue",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 
