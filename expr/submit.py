@@ -100,10 +100,9 @@ def frame_labels(run_dir, cache, videos: list[str], smoothing=None, width=None, 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     method = smoothing or cfg.eval.smoothing
     width = cfg.eval.smoothing_width if width is None else width
-    out = {}
-    splits = sorted({str(store.splits[store.names.index(v)]) for v in videos})
-    probs_by_row: dict[int, np.ndarray] = {}
-    for split in splits:
+    wanted = np.array([store.names.index(v) for v in videos], np.int64)
+    full = np.zeros((len(store.labels), len(store.classes)))
+    for split in sorted(set(store.splits[wanted].tolist())):  # only the example's videos are predicted
         rows, probs = predict_frames(
             model,
             store,
@@ -112,13 +111,13 @@ def frame_labels(run_dir, cache, videos: list[str], smoothing=None, width=None, 
             cfg.data.resolved_eval_stride(),
             device=device,
             label_rule=cfg.data.label_frame,
+            videos=wanted[store.splits[wanted] == split],
         )
-        probs_by_row.update(zip(rows.tolist(), probs, strict=True))
-    for name in videos:
-        v = store.names.index(name)
+        full[rows] = probs
+    out = {}
+    for name, v in zip(videos, wanted, strict=True):
         a, n = int(store.frame_offset[v]), int(store.num_frames[v])
-        probs = np.stack([probs_by_row[r] for r in range(a, a + n)]) if n else np.zeros((0, len(store.classes)))
-        probs = fill_missing_faces(probs, store.face[a : a + n])
+        probs = fill_missing_faces(full[a : a + n], store.face[a : a + n])
         out[name] = smooth(probs, method, width).argmax(1) if n else np.zeros(0, np.int64)
     return out
 

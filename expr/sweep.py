@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import functools
 import json
 import logging
 import math
@@ -459,21 +460,28 @@ def posthoc_trial(values: dict[str, Any], source_run: str | None):
         raise SweepError(f"{path} is missing: train the run (or re-train with this version of expr) first")
     saved = np.load(path)
     rows, probs, labels = saved["rows"], saved["probs"].astype(np.float64), saved["labels"]
-    # Videos are contiguous runs of rows; split where the row numbers jump or the head.json says so.
     info = json.loads((Path(source_run) / "best" / "head.json").read_text())
-    from expr.data.store import FrameStore
-
-    store = FrameStore(info["store"]["path"])
-    full = np.zeros((len(store.labels), probs.shape[1]))
+    num_frames, frame_offset = _video_layout(info["store"]["path"])
+    total = int(num_frames.sum())
+    full = np.zeros((total, probs.shape[1]))
     full[rows] = probs
-    videos = np.unique(np.searchsorted(store.frame_offset, rows, side="right") - 1)
+    videos = np.unique(np.searchsorted(frame_offset, rows, side="right") - 1)
     method = values.get("eval.smoothing", "mean")
     width = int(values.get("eval.smoothing_width", 0))
-    smoothed = smooth_videos(full, store.num_frames, store.frame_offset, videos, method, width)
-    all_labels = np.full(len(store.labels), -1)
+    smoothed = smooth_videos(full, num_frames, frame_offset, videos, method, width)
+    all_labels = np.full(total, -1)
     all_labels[rows] = labels
     report = frame_report(all_labels, smoothed, rows, info["classes"])
     return report["macro_f1"], {"run_dir": str(source_run), "per_class_f1": report["per_class_f1"]}, False
+
+
+@functools.lru_cache(maxsize=4)
+def _video_layout(store_path: str) -> tuple[np.ndarray, np.ndarray]:
+    """(num_frames, frame_offset) per video of a store, from its small ``videos`` table only (no features)."""
+    import datasets
+
+    videos = datasets.load_from_disk(str(Path(store_path) / "videos"))
+    return np.asarray(videos["num_frames"], np.int64), np.asarray(videos["frame_offset"], np.int64)
 
 
 def next_trial(handle, study: Study, budget: int):
