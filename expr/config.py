@@ -176,6 +176,15 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str) -> Config:
+        """A saved, fully resolved config (a run's config.yaml, an export's config.json): defaults, then
+        ``values``, validated; no preset (the values already carry it). Errors name ``source``."""
+        cfg = cls()
+        apply_dict(cfg, values, source)
+        validate(cfg)
+        return cfg
+
     @property
     def num_classes(self) -> int:
         return len(self.data.classes)

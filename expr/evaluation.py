@@ -84,6 +84,19 @@ def smooth_videos(
     return out
 
 
+def smooth_rows(
+    rows: np.ndarray, probs: np.ndarray, num_frames: np.ndarray, frame_offset: np.ndarray, method: str, width: int
+) -> np.ndarray:
+    """:func:`smooth` per video for the probabilities of frame ``rows`` (whole videos of a store whose videos have
+    ``num_frames`` / ``frame_offset``); returns [len(rows), C] in the same order."""
+    if method == "none" or width <= 1:
+        return probs
+    full = np.zeros((int(num_frames.sum()), probs.shape[1]), np.float64)
+    full[rows] = probs
+    videos = np.unique(np.searchsorted(frame_offset, rows, side="right") - 1)
+    return smooth_videos(full, num_frames, frame_offset, videos, method, width)[rows]
+
+
 def frame_report(labels: np.ndarray, probs: np.ndarray, rows: np.ndarray, classes: Sequence[str]) -> dict:
     """The classification report over the labelled frames among ``rows``."""
     rows = rows[labels[rows] >= 0]

@@ -24,39 +24,25 @@ class ExportError(ValueError):
     """A run or folder that cannot be exported or loaded; the message names it."""
 
 
-def _config_from_dict(values: dict[str, Any], source: str):
-    from expr.config import Config, apply_dict, validate
-
-    cfg = Config()
-    apply_dict(cfg, values, source)
-    validate(cfg)
-    return cfg
-
-
 def load_head(path: str | Path, device: str = "cpu"):
     """(FusionHead in eval mode, info dict) from an exported folder (``config.json``) or a run directory."""
-    from safetensors.torch import load_file
-
-    from expr.models.fusion import FusionHead
+    from expr.config import Config
+    from expr.report import build_head, load_run
 
     path = Path(path)
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         info = json.loads((path / "config.json").read_text())
         if info.get("expr_export_format") != EXPORT_FORMAT:
             raise ExportError(f"{path}: not an expr export (config.json has no expr_export_format {EXPORT_FORMAT})")
-        cfg = _config_from_dict(info["config"], str(path / "config.json"))
+        cfg = Config.from_dict(info["config"], str(path / "config.json"))
         weights = path / "model.safetensors"
     elif (path / "config.yaml").is_file():
-        from expr.report import load_run
-
         cfg, model = load_run(path)
         return model.to(device), run_info(path, cfg)
     else:
         raise ExportError(f"{path}: neither an exported model (config.json + model.safetensors) nor a run directory")
-    model = FusionHead(cfg.model, cfg.num_classes)
-    model.load_state_dict(load_file(str(weights)))
     info["cfg"] = cfg
-    return model.to(device).eval(), info
+    return build_head(cfg, weights).to(device), info
 
 
 def run_info(run_dir: Path, cfg) -> dict[str, Any]:

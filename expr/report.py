@@ -21,31 +21,34 @@ from typing import Any
 import numpy as np
 import torch
 
-from expr.config import Config, ConfigError, apply_dict, load_yaml, validate
+from expr.config import Config, ConfigError, load_yaml
 
 
 class EvaluateError(RuntimeError):
     """A run or cache that cannot be evaluated; the message names it."""
 
 
-def load_run(run_dir: str | Path) -> tuple[Config, torch.nn.Module]:
-    """The run's config and its best head (eval mode, CPU)."""
+def build_head(cfg: Config, weights: Path) -> torch.nn.Module:
+    """The head of ``cfg`` with the safetensors ``weights`` (eval mode, CPU)."""
     from safetensors.torch import load_file
 
     from expr.models.fusion import FusionHead
 
+    model = FusionHead(cfg.model, cfg.num_classes)
+    model.load_state_dict(load_file(str(weights)))
+    return model.eval()
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, torch.nn.Module]:
+    """The run's config and its best head (eval mode, CPU)."""
     run_dir = Path(run_dir)
     cfg_path, weights = run_dir / "config.yaml", run_dir / "best" / "model.safetensors"
     if not cfg_path.is_file():
         raise EvaluateError(f"{run_dir}: not a run directory ({cfg_path.name} is missing)")
     if not weights.is_file():
         raise EvaluateError(f"{run_dir}: no trained head yet ({weights} is missing; it is written after an epoch)")
-    cfg = Config()
-    apply_dict(cfg, load_yaml(cfg_path), str(cfg_path))
-    validate(cfg)
-    model = FusionHead(cfg.model, cfg.num_classes)
-    model.load_state_dict(load_file(str(weights)))
-    return cfg, model.eval()
+    cfg = Config.from_dict(load_yaml(cfg_path), str(cfg_path))
+    return cfg, build_head(cfg, weights)
 
 
 def open_store(cfg: Config, cache: str | None):
@@ -109,7 +112,7 @@ def evaluate_run(
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate the run's best head on ``split``; write report.json, report.md and confusion_matrix.png."""
-    from expr.evaluation import smooth_videos
+    from expr.evaluation import smooth_rows
     from expr.metrics import classification_report
 
     cfg, model = load_run(run_dir)
@@ -158,12 +161,7 @@ def evaluate_run(
         raise EvaluateError(f"split '{split}' of {store.path} has no labelled frames (for test videos use expr submit)")
     keep = labels >= 0
     raw = classification_report(labels[keep], probs[keep].argmax(1), list(cfg.data.classes))
-    # Smoothing per video: put the split's rows back into a full-length array.
-    full = np.zeros((len(store.labels), probs.shape[1]), np.float64)
-    full[rows] = probs
-    smoothed_probs = smooth_videos(
-        full, store.num_frames, store.frame_offset, store.videos_in(split), smoothing, width
-    )[rows]
+    smoothed_probs = smooth_rows(rows, probs, store.num_frames, store.frame_offset, smoothing, width)
     smoothed = classification_report(labels[keep], smoothed_probs[keep].argmax(1), list(cfg.data.classes))
     report = {
         "run": str(Path(run_dir).resolve()),

@@ -451,7 +451,8 @@ def run_trial(
 
 def posthoc_trial(values: dict[str, Any], source_run: str | None):
     """Score one post-processing setting on a run's saved validation frame probabilities (no retraining)."""
-    from expr.evaluation import frame_report, smooth_videos
+    from expr.evaluation import smooth_rows
+    from expr.metrics import classification_report
 
     if not source_run:
         raise SweepError("a posthoc study needs --run RUN_DIR (a finished run with best/val_frame_probs.npz)")
@@ -462,16 +463,11 @@ def posthoc_trial(values: dict[str, Any], source_run: str | None):
     rows, probs, labels = saved["rows"], saved["probs"].astype(np.float64), saved["labels"]
     info = json.loads((Path(source_run) / "best" / "head.json").read_text())
     num_frames, frame_offset = _video_layout(info["store"]["path"])
-    total = int(num_frames.sum())
-    full = np.zeros((total, probs.shape[1]))
-    full[rows] = probs
-    videos = np.unique(np.searchsorted(frame_offset, rows, side="right") - 1)
     method = values.get("eval.smoothing", "mean")
     width = int(values.get("eval.smoothing_width", 0))
-    smoothed = smooth_videos(full, num_frames, frame_offset, videos, method, width)
-    all_labels = np.full(total, -1)
-    all_labels[rows] = labels
-    report = frame_report(all_labels, smoothed, rows, info["classes"])
+    smoothed = smooth_rows(rows, probs, num_frames, frame_offset, method, width)
+    keep = labels >= 0
+    report = classification_report(labels[keep], smoothed[keep].argmax(1), info["classes"])
     return report["macro_f1"], {"run_dir": str(source_run), "per_class_f1": report["per_class_f1"]}, False
 
 
