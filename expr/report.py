@@ -51,15 +51,16 @@ def load_run(run_dir: str | Path) -> tuple[Config, torch.nn.Module]:
     return cfg, build_head(cfg, weights)
 
 
-def open_store(cfg: Config, cache: str | None):
+def open_store(cfg: Config, cache: str | None = None):
+    """The feature store of ``cfg`` (``cache`` overrides ``data.cache``; the demo data when neither is set), re-split
+    for cross-validation when ``data.folds`` is set."""
     from expr.data.demo import ensure_demo_store
     from expr.data.store import FrameStore
 
-    if cache:
-        return FrameStore(cache)
-    if cfg.data.cache:
-        return FrameStore(cfg.data.cache)
-    return FrameStore(ensure_demo_store(cfg.data.demo_videos, seed=0))
+    store = FrameStore(cache or cfg.data.cache or ensure_demo_store(cfg.data.demo_videos, seed=0))
+    if cfg.data.folds:
+        store.use_folds(cfg.data.folds, cfg.data.fold)
+    return store
 
 
 @torch.no_grad()
@@ -117,8 +118,6 @@ def evaluate_run(
 
     cfg, model = load_run(run_dir)
     store = open_store(cfg, cache)
-    if cfg.data.folds:
-        store.use_folds(cfg.data.folds, cfg.data.fold)
     if split not in set(store.splits.tolist()):
         raise EvaluateError(f"{store.path}: no videos in split '{split}' (it has {sorted(set(store.splits.tolist()))})")
     if list(store.classes) != list(cfg.data.classes):

@@ -154,22 +154,17 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------- setup
     def _build_data(self) -> None:
-        from expr.data.demo import ensure_demo_store
-        from expr.data.store import FrameStore
         from expr.data.windows import EpochSampler, WindowDataset, collate_batch, load_or_build_windows
         from expr.features.backbones import text_embeddings
         from expr.losses import class_weights
+        from expr.report import open_store
 
         cfg, acc = self.cfg, self.accelerator
         with acc.main_process_first():
-            if cfg.data.cache:
-                path = Path(cfg.data.cache)
-            else:
-                path = ensure_demo_store(cfg.data.demo_videos, seed=0)
+            self.store = open_store(cfg)
+            path = self.store.path
+            if not cfg.data.cache:
                 logger.info("data.cache is not set: using the built-in demo data at %s (synthetic; see README)", path)
-            self.store = FrameStore(path)
-            if cfg.data.folds:
-                self.store.use_folds(cfg.data.folds, cfg.data.fold)
             # The prompts must be encoded by the CLIP that made the store's image features: the store's own text
             # embeddings, else its recorded CLIP, else (demo data) backbones.clip / backbones.clip_pretrained.
             text = self.store.text_embeddings(cfg.loss.prompt_template)
