@@ -43,8 +43,15 @@ class DataConfig:
     label change inside a window the centre label is also the majority label."""
     classes: tuple[str, ...] = ABAW_CLASSES
     """Class names, in label-index order."""
-    num_workers: int = 0
-    """DataLoader worker processes (0: load in the main process; the collate only gathers from memory)."""
+    mode: Literal["cached", "online"] = "cached"
+    """``cached``: train from the store's frozen features (fast; the paper's frozen-backbone design). ``online``: run
+    the frozen CLIP and Wav2Vec2 inside the training step on the store's face crops and audio (``expr prepare
+    --media``), each window's audio encoded alone as in the paper, with optional frame augmentation."""
+    augment: bool = True
+    """Online mode: augment training windows (one random resized crop, flip and colour jitter per window)."""
+    num_workers: int | None = None
+    """DataLoader worker processes. None: 0 in cached mode (the batch gather is one in-memory indexing operation)
+    and up to 8 per process in online mode (JPEG decoding must keep the GPU busy)."""
     demo_videos: int = 40
     """Demo data only: number of synthetic videos generated when ``cache`` is None."""
     folds: int = 0
@@ -53,6 +60,17 @@ class DataConfig:
     together), never by frame."""
     fold: int = 0
     """The validation fold (0 .. folds - 1) when ``folds`` >= 2."""
+
+    def resolved_num_workers(self, local_processes: int = 1) -> int:
+        """``num_workers``, or its default for the mode."""
+        if self.num_workers is not None:
+            return self.num_workers
+        if self.mode == "cached":
+            return 0
+        import os
+
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, min(8, cores // max(1, local_processes) - 1))
 
     def resolved_eval_stride(self) -> int:
         """``eval_stride``, or its default: a third of the window."""

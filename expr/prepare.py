@@ -69,19 +69,39 @@ class Report:
 
 # --------------------------------------------------------------------------------------------- one video
 def _load_image(path: Path):
+    """(RGB image or None when unreadable, the file's bytes)."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        data = Path(path).read_bytes()
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
-            return im.convert("RGB")
+            return im.convert("RGB"), data
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
-        return None
+        return None, b""
 
 
-def extract_item(item: Item, visual, audio, workers: int = 4, progress=None) -> tuple[dict[str, np.ndarray], Report]:
+def _jpeg_bytes(image, short_side: int = 256) -> bytes:
+    """A decoded video frame kept for online mode: JPEG (quality 95), shrunk to ``short_side`` pixels (CLIP looks at
+    224) so a full-HD video does not fill the disk."""
+    import io
+
+    scale = short_side / min(image.size)
+    if scale < 1:
+        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), 3)
+    buf = io.BytesIO()
+    image.save(buf, format="JPEG", quality=95)
+    return buf.getvalue()
+
+
+def extract_item(
+    item: Item, visual, audio, workers: int = 4, progress=None, media: bool = False
+) -> tuple[dict[str, np.ndarray], Report]:
     """Features of one item: ``visual`` [T, D] fp16, ``face`` [T], ``labels`` [T], ``audio`` [Ta, Da] fp16 (may be
-    empty), plus ``fps`` and ``audio_start``; and its :class:`Report`."""
+    empty), plus ``fps`` and ``audio_start``; and its :class:`Report`. With ``media`` also the face crops' bytes
+    (``jpeg`` concatenated, ``jpeg_offsets`` [T + 1]) and the 16 kHz audio (``wave`` fp16) for online mode."""
     report = Report()
     info = None
     if item.video is not None:
@@ -110,6 +130,7 @@ def extract_item(item: Item, visual, audio, workers: int = 4, progress=None) -> 
             )
     vis = np.zeros((T, visual.dim), np.float16)
     face = np.zeros(T, bool)
+    jpeg = [b""] * T
     if item.crops is not None:
         frames = sorted(i for i in item.crops if i < T)
         if len(frames) < len(item.crops):
@@ -119,9 +140,13 @@ def extract_item(item: Item, visual, audio, workers: int = 4, progress=None) -> 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             for b in range(0, len(frames), step):
                 chunk = frames[b : b + step]
-                images = list(pool.map(_load_image, [item.crops[i] for i in chunk]))
+                loaded = list(pool.map(_load_image, [item.crops[i] for i in chunk]))
+                images = [im for im, _ in loaded]
                 ok = [(i, im) for i, im in zip(chunk, images, strict=True) if im is not None]
                 corrupt += [str(item.crops[i]) for i, im in zip(chunk, images, strict=True) if im is None]
+                if media:
+                    for i, (im, data) in zip(chunk, loaded, strict=True):
+                        jpeg[i] = data if im is not None else b""
                 if ok:
                     idx = np.array([i for i, _ in ok])
                     vis[idx] = visual.encode([im for _, im in ok])
@@ -139,6 +164,8 @@ def extract_item(item: Item, visual, audio, workers: int = 4, progress=None) -> 
                 if i >= T:
                     break
                 batch.append((i, Image.fromarray(frame)))
+                if media:
+                    jpeg[i] = _jpeg_bytes(batch[-1][1])
                 if len(batch) == visual.batch_size:
                     _encode_into(visual, batch, vis, face, progress)
                     batch = []
@@ -150,6 +177,7 @@ def extract_item(item: Item, visual, audio, workers: int = 4, progress=None) -> 
         report.problems.append("no face frames: the visual stream is masked")
     audio_feats = np.zeros((0, audio.dim), np.float16)
     audio_start = 0.0
+    wave_kept = np.zeros(0, np.float16)
     if info is None:
         if item.video is None:
             report.problems.append("no video: the audio stream is masked")
@@ -159,6 +187,8 @@ def extract_item(item: Item, visual, audio, workers: int = 4, progress=None) -> 
         try:
             wave, audio_start = decode_audio(item.video, video_start=info.start)
             audio_feats = audio.encode(wave)
+            if media:
+                wave_kept = wave.astype(np.float16)
             report.audio_seconds = len(wave) / 16_000
         except MediaError as e:
             report.problems.append(f"audio masked: {e}")
@@ -172,6 +202,10 @@ def extract_item(item: Item, visual, audio, workers: int = 4, progress=None) -> 
         "audio_start": np.float64(audio_start),
         "audio_rate": np.float64(audio.rate),
     }
+    if media:
+        arrays["jpeg"] = np.frombuffer(b"".join(jpeg), np.uint8)
+        arrays["jpeg_offsets"] = np.cumsum([0] + [len(b) for b in jpeg], dtype=np.int64)
+        arrays["wave"] = wave_kept
     return arrays, report
 
 
@@ -219,12 +253,18 @@ def load_part(path: Path):
             audio_rate=float(z["audio_rate"]),
             audio_start=float(z["audio_start"]),
         )
+        if "jpeg" in z:
+            blob, off = z["jpeg"].tobytes(), z["jpeg_offsets"]
+            record.jpeg = [blob[off[i] : off[i + 1]] for i in range(len(off) - 1)]
+            record.wave = z["wave"]
     return record, meta["report"]
 
 
 def _records_from_store(store) -> list:
+    from expr.data.online import MediaStore
     from expr.data.store import VideoRecord
 
+    media = MediaStore(store.path / "media") if (store.path / "media" / "frames").is_dir() else None
     records = []
     for v, name in enumerate(store.names):
         f0, n = store.frame_offset[v], store.num_frames[v]
@@ -240,6 +280,8 @@ def _records_from_store(store) -> list:
                 audio=store.audio[a0 : a0 + na] if na else None,
                 audio_rate=float(store.audio_rate[v]),
                 audio_start=float(store.audio_start[v]),
+                jpeg=[bytes(media.jpeg(int(r))) for r in range(f0, f0 + n)] if media else None,
+                wave=media.wave(v).copy() if media else None,
             )
         )
     return records
@@ -263,6 +305,8 @@ class Backbones:
     def clip_spec(self) -> tuple[str, str]:
         """(open_clip model name, pretrained tag / checkpoint path / ``random``)."""
         spec = self.clip
+        if spec.startswith("local-dir:"):  # a folder with open_clip_config.json and weights
+            return spec, "local"
         if spec == "random" or Path(spec).expanduser().is_file() or spec.startswith("hf-hub:"):
             return "ViT-B-32", spec
         if "/" in spec:
@@ -330,10 +374,12 @@ def prepare(
     workers: int = 4,
     progress: bool = True,
     stop_after: int | None = None,
+    media: bool = False,
 ) -> dict[str, Any]:
     """Extract every item not yet done into ``out`` and assemble the store; returns the summary (also printed and
     stored in ``store.json``). ``stop_after`` stops after that many newly extracted videos without assembling (for
-    tests of interrupted runs)."""
+    tests of interrupted runs). ``media`` also keeps every face crop and audio track in the store for online
+    training (``data.mode=online``)."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
@@ -353,11 +399,13 @@ def prepare(
     if (out / "store.json").is_file():
         existing = FrameStore(out)
         _check_identity(out / "store.json", existing.meta.get("backbones", {}), identity, existing.classes, classes)
+        _check_media(out / "store.json", bool(existing.meta.get("media", False)), media)
     id_path = out / PARTS / "backbones.json"
     has_parts = any(p for p in (out / PARTS).glob("*.npz") if not p.name.startswith("."))
     if id_path.is_file() and has_parts:
         recorded = json.loads(id_path.read_text())
         _check_identity(id_path, recorded["backbones"], identity, recorded["classes"], classes)
+        _check_media(id_path, bool(recorded.get("media", False)), media)
     if identity["random_weights"]:
         _loud(
             "RANDOM BACKBONE WEIGHTS: features of randomly initialised CLIP/Wav2Vec2 (smoke runs only); the cache "
@@ -368,7 +416,7 @@ def prepare(
     if todo:  # load the weights before writing anything: a missing checkpoint must not leave a cache behind
         backbones.visual(), backbones.audio()
         id_path.parent.mkdir(parents=True, exist_ok=True)
-        id_path.write_text(json.dumps({"backbones": identity, "classes": list(classes)}, indent=2))
+        id_path.write_text(json.dumps({"backbones": identity, "classes": list(classes), "media": media}, indent=2))
     skipped = len(items) - len(todo)
     if skipped:
         logger.info("%d of %d videos already extracted in %s: skipped", skipped, len(items), out)
@@ -385,7 +433,7 @@ def prepare(
             bar.close()
             return {"stopped_after": count}
         bar.set_description_str(f"extracting {item.name}"[:40])
-        arrays, report = extract_item(item, backbones.visual(), backbones.audio(), workers, tick)
+        arrays, report = extract_item(item, backbones.visual(), backbones.audio(), workers, tick, media)
         save_part(out, item, arrays, report)
         for problem in report.problems:
             tqdm.write(f"{item.name}: {problem}", file=sys.stderr)
@@ -415,6 +463,7 @@ def prepare(
         "classes": list(classes),
         "prompt_template": prompt_template,
         "backbones": identity,
+        "media": media,
         "report": {"summary": summary, "videos": reports},
     }
     if existing is not None and not part_names and (out / "text.safetensors").is_file():
@@ -471,6 +520,14 @@ def _check_identity(where: Path, recorded: dict, identity: dict, recorded_classe
         raise PrepareError(f"{where} was prepared with classes {list(recorded_classes)}, not {list(classes)}")
 
 
+def _check_media(where: Path, recorded: bool, media: bool) -> None:
+    if recorded != media:
+        raise PrepareError(
+            f"{where} was prepared {'with' if recorded else 'without'} --media (face crops and audio for online "
+            f"training); run it {'with' if recorded else 'without'} --media again to continue, or use another --out"
+        )
+
+
 def _summary(records, reports: dict[str, dict]) -> dict[str, Any]:
     def count(word: str) -> list[str]:
         return sorted(n for n, r in reports.items() if any(word in p for p in r.get("problems", [])))
@@ -520,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument(
         "--clip",
         default=DEFAULT_CLIP,
-        help="CLIP weights: MODEL/TAG of open_clip (default ViT-B-32/openai), a local checkpoint file, an hf-hub: "
+        help="CLIP weights: MODEL/TAG of open_clip (default ViT-B-32/openai), a local checkpoint file, local-dir:DIR "
+        "(open_clip_config.json + weights), an hf-hub: "
         "name, or 'random' (seeded random weights, smoke runs only)",
     )
     common.add_argument(
@@ -535,6 +593,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--chunk-seconds", type=float, default=30.0, help="Wav2Vec2 chunk length (default 30)")
     common.add_argument("--context-seconds", type=float, default=2.0, help="Wav2Vec2 context each side (default 2)")
     common.add_argument("--prompt-template", default=LossConfig.prompt_template, help="text prompt of each class")
+    common.add_argument(
+        "--media",
+        action="store_true",
+        help="also keep every face crop (JPEG) and audio track (16 kHz) in the store, for online training "
+        "(--data.mode online: frozen backbones in the loop, frame augmentation, per-window audio encoding)",
+    )
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     aff = sub.add_parser("affwild2", parents=[common], help="an Aff-Wild2 tree as distributed for the ABAW EXPR track")
@@ -599,7 +663,17 @@ def main(argv: list[str] | None = None) -> int:
         backbones = Backbones(
             args.clip, args.wav2vec2, args.device, args.batch_size, args.chunk_seconds, args.context_seconds
         )
-        prepare(items, args.out, backbones, classes, args.prompt_template, source, args.workers, not args.no_progress)
+        prepare(
+            items,
+            args.out,
+            backbones,
+            classes,
+            args.prompt_template,
+            source,
+            args.workers,
+            not args.no_progress,
+            media=args.media,
+        )
     except (AnnotationError, LayoutError, BackboneError, PrepareError, StoreError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

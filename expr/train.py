@@ -178,6 +178,16 @@ class Trainer:
                 f"config key 'data.classes' {list(cfg.data.classes)} does not match the classes of "
                 f"the feature store {path}: {self.store.classes}"
             )
+        for key, have in (
+            ("visual_dim", self.store.meta.get("visual_dim")),
+            ("audio_dim", self.store.meta.get("audio_dim")),
+            ("text_dim", int(text.shape[1])),
+        ):
+            if have is not None and int(have) != getattr(cfg.model, key):
+                raise ConfigError(
+                    f"config key 'model.{key}' is {getattr(cfg.model, key)} but the feature store {path} has "
+                    f"{have}-d features: pass --model.{key} {have} (or prepare the store with the intended backbones)"
+                )
         if clip_pretrained == "random":
             logger.warning(
                 "the CLIP weights of this data are random: its text embeddings (and image features) come from "
@@ -194,16 +204,32 @@ class Trainer:
             raise ConfigError(f"no labelled training windows in {path} (split 'train', data.window={cfg.data.window})")
         if not (np.asarray(val_windows["label"]) >= 0).any():
             raise ConfigError(f"no labelled validation windows in {path} (split 'validation')")
-        self.train_set = WindowDataset(self.store, train_windows)
-        self.val_set = WindowDataset(self.store, val_windows)
+        self.encoders = None
+        collate = collate_batch
+        if cfg.data.mode == "online":
+            from expr.data.online import OnlineWindowDataset, collate_online
+            from expr.models.online import load_encoders
+
+            # The encoders that made the store's features (and its text embeddings); never trained, never prepared.
+            self.encoders, image_transform = load_encoders(
+                clip, clip_pretrained, recorded.get("wav2vec2", cfg.backbones.wav2vec2), acc.device
+            )
+            self.train_set = OnlineWindowDataset(self.store, train_windows, image_transform, cfg.data.augment)
+            self.val_set = OnlineWindowDataset(self.store, val_windows, image_transform, augment=False)
+            collate = collate_online
+        else:
+            self.train_set = WindowDataset(self.store, train_windows)
+            self.val_set = WindowDataset(self.store, val_windows)
         self.sampler = EpochSampler(len(self.train_set), cfg.train.seed)
+        workers = cfg.data.resolved_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes)))
         # Loaders draw worker seeds from their own generator, not the global RNG: creating one (e.g. the skipping
         # loader of a resumed epoch) must not shift the dropout randomness restored from a checkpoint.
         loader = dict(
-            collate_fn=collate_batch,
-            num_workers=cfg.data.num_workers,
+            collate_fn=collate,
+            num_workers=workers,
             pin_memory=torch.cuda.is_available(),
-            persistent_workers=cfg.data.num_workers > 0,
+            persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
             generator=torch.Generator().manual_seed(cfg.train.seed),
         )
         self.train_loader = torch.utils.data.DataLoader(
@@ -397,6 +423,12 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------- training
     def _forward(self, batch: dict[str, torch.Tensor]):
+        """The head on a batch; in online mode the frozen encoders first turn crops and audio into features."""
+        if self.encoders is not None:
+            visual, audio, audio_mask = self.encoders(
+                batch["pixels"], batch["visual_mask"], batch["wave"], batch["wave_mask"]
+            )
+            batch = {**batch, "visual": visual, "audio": audio, "audio_mask": audio_mask}
         dtype = next(self.model.parameters()).dtype
         dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
         return self.model(

@@ -47,6 +47,8 @@ class VideoRecord:
     audio: np.ndarray | None  # [Ta, audio_dim] or None when the video has no audio track
     audio_rate: float = 50.0
     audio_start: float = 0.0
+    jpeg: list[bytes] | None = None  # [T] face crop files' bytes (b"" without a face), for online mode
+    wave: np.ndarray | None = None  # [S] fp16 16 kHz mono samples (empty without audio), for online mode
 
 
 def write_store(path: str | Path, videos: list[VideoRecord], meta: dict[str, Any]) -> Path:
@@ -130,6 +132,12 @@ def write_store(path: str | Path, videos: list[VideoRecord], meta: dict[str, Any
     datasets.Dataset(frames).save_to_disk(str(tmp / "frames"), num_shards=1)
     datasets.Dataset(audio).save_to_disk(str(tmp / "audio"), num_shards=1)
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp / "videos"), num_shards=1)
+    with_media = [v.jpeg is not None and v.wave is not None for v in videos]
+    if any(with_media):
+        if not all(with_media):
+            missing = [v.name for v, m in zip(videos, with_media, strict=True) if not m][:5]
+            raise StoreError(f"{path}: some videos have face crops and audio for online mode, others not: {missing}")
+        write_media(tmp / "media", videos)
     header = {"format_version": FORMAT_VERSION, "visual_dim": int(visual_dim), "audio_dim": int(audio_dim), **meta}
     (tmp / "store.json").write_text(json.dumps(header, indent=2))
     if path.exists():
@@ -138,6 +146,22 @@ def write_store(path: str | Path, videos: list[VideoRecord], meta: dict[str, Any
         shutil.rmtree(path)
     tmp.rename(path)
     return path
+
+
+def write_media(path: Path, videos: list[VideoRecord]) -> None:
+    """``media/frames`` (a ``jpeg`` binary column aligned with ``frames``) and ``media/audio`` (a ``wave`` binary
+    column of fp16 samples, one row per video): what online mode reads (:mod:`expr.data.online`)."""
+    import datasets
+    import pyarrow as pa
+
+    for v in videos:
+        if len(v.jpeg) != len(v.visual):
+            raise StoreError(f"video '{v.name}': {len(v.jpeg)} face crops for {len(v.visual)} frames")
+    # One arrow chunk per video: binary offsets are 32-bit, and one video's crops stay far below 2 GiB.
+    jpeg = pa.chunked_array([pa.array(v.jpeg, pa.binary()) for v in videos], pa.binary())
+    datasets.Dataset(pa.table({"jpeg": jpeg})).save_to_disk(str(path / "frames"))
+    waves = pa.array([np.asarray(v.wave, np.float16).tobytes() for v in videos], pa.binary())
+    datasets.Dataset(pa.table({"wave": waves})).save_to_disk(str(path / "audio"), num_shards=1)
 
 
 def _fixed_to_numpy(column, dim: int, dtype=np.float16) -> np.ndarray:

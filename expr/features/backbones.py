@@ -43,7 +43,13 @@ def load_clip(name: str = "ViT-B-32", pretrained: str = "openai", device: str | 
     """Return (model, preprocess, tokenizer) of a frozen open_clip model in eval mode."""
     import open_clip
 
-    if pretrained == RANDOM:
+    if name.startswith("local-dir:"):  # a folder with open_clip_config.json and the weights; no tag
+        folder = Path(name[len("local-dir:") :]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise BackboneError(f"CLIP folder {folder} has no open_clip_config.json (expected by --clip local-dir:DIR)")
+        with _quiet_root_logger():
+            model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    elif pretrained == RANDOM:
         with torch.random.fork_rng(devices=[]), _quiet_root_logger():
             torch.manual_seed(RANDOM_SEED)
             model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
@@ -64,6 +70,21 @@ def load_clip(name: str = "ViT-B-32", pretrained: str = "openai", device: str | 
             ) from None
     model = model.to(device).eval().requires_grad_(False)
     return model, preprocess, open_clip.get_tokenizer(name)
+
+
+def split_preprocess(preprocess):
+    """open_clip's image preprocessing cut in two: the PIL part (resize, crop, RGB) that data-loading workers run,
+    and the (mean, std) of the normalisation that runs on the device after ``uint8 / 255``. Applying both gives
+    exactly ``preprocess(image)``, so online features equal the cached ones."""
+    import torchvision.transforms as T
+
+    steps = list(getattr(preprocess, "transforms", []))
+    names = [type(t).__name__ for t in steps]
+    cut = next((i for i, n in enumerate(names) if n in ("ToTensor", "MaybeToTensor", "PILToTensor")), None)
+    norm = next((t for t in steps if isinstance(t, T.Normalize)), None)
+    if cut is None or norm is None:
+        raise BackboneError(f"unexpected CLIP preprocessing (no ToTensor/Normalize step): {names}")
+    return T.Compose(steps[:cut]), tuple(float(m) for m in norm.mean), tuple(float(s) for s in norm.std)
 
 
 def prompts(classes: list[str] | tuple[str, ...], template: str) -> list[str]:

@@ -1,0 +1,101 @@
+"""Online mode's frozen encoders: CLIP's image tower and Wav2Vec2 run inside the training step, turning a batch of
+decoded face crops and raw audio into the same features the cache holds, for the same :class:`FusionHead`.
+
+The encoders are never trained: they live outside the module that accelerate/DeepSpeed prepare, so they are not in
+the optimizer, not wrapped by DDP and not partitioned by ZeRO; on a GPU they run in fp16.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class FrozenEncoders(nn.Module):
+    """``forward(pixels, visual_mask, wave, wave_mask) -> (visual, audio, audio_mask)``.
+
+    pixels [B, T, 3, S, S] uint8 (open_clip's PIL steps already applied), visual_mask [B, T]; wave [B, L] float
+    16 kHz samples of each window, wave_mask [B, L]. Returns visual [B, T, Dv] fp16 (zeros where masked: only frames
+    with a face are encoded), audio [B, Ta, Da] fp16 (Wav2Vec2 over each window's own audio, standardised per window
+    like the checkpoint's feature extractor) and audio_mask [B, Ta] (an output frame is valid when the centre of its
+    receptive field holds real audio)."""
+
+    def __init__(
+        self,
+        clip_visual: nn.Module,
+        mean,
+        std,
+        wav2vec2: nn.Module,
+        normalize_audio: bool = True,
+        image_batch: int = 512,
+    ):
+        super().__init__()
+        self.clip_visual = clip_visual.eval().requires_grad_(False)
+        self.wav2vec2 = wav2vec2.eval().requires_grad_(False)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.normalize_audio = normalize_audio
+        self.image_batch = image_batch
+        self.visual_dim = int(clip_visual.output_dim)
+        self.audio_dim = int(wav2vec2.config.hidden_size)
+        stride, receptive = 1, 1
+        for kernel, step in zip(wav2vec2.config.conv_kernel, wav2vec2.config.conv_stride, strict=True):
+            receptive += (int(kernel) - 1) * stride
+            stride *= int(step)
+        self.audio_stride, self.audio_receptive = stride, receptive
+
+    def train(self, mode: bool = True):  # frozen: always in eval mode (no dropout, fixed norms)
+        return super().train(False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.clip_visual.parameters()).dtype
+
+    @torch.no_grad()
+    def forward(self, pixels, visual_mask, wave, wave_mask):
+        device, dtype = self.mean.device, self.dtype
+        B, T = visual_mask.shape
+        visual = torch.zeros((B * T, self.visual_dim), dtype=torch.float16, device=device)
+        keep = visual_mask.reshape(-1).to(device)
+        images = pixels.reshape(B * T, *pixels.shape[2:])[keep.to(pixels.device)].to(device, non_blocking=True)
+        out = []
+        for i in range(0, len(images), self.image_batch):
+            x = (images[i : i + self.image_batch].float() / 255.0 - self.mean) / self.std
+            out.append(self.clip_visual(x.to(dtype)).to(torch.float16))
+        if out:
+            visual[keep] = torch.cat(out)
+        wave = wave.to(device, torch.float32, non_blocking=True)
+        wave_mask = wave_mask.to(device, non_blocking=True)
+        m = wave_mask.float()
+        if self.normalize_audio:  # per window over its real samples, as Wav2Vec2FeatureExtractor does per input
+            count = m.sum(1, keepdim=True).clamp(min=1.0)
+            mu = (wave * m).sum(1, keepdim=True) / count
+            var = (((wave - mu) * m) ** 2).sum(1, keepdim=True) / count
+            wave = (wave - mu) / torch.sqrt(var + 1e-7)
+        wave = wave * m
+        hidden = self.wav2vec2(wave.to(dtype)).last_hidden_state.to(torch.float16)  # [B, Ta, Da]
+        centre = torch.arange(hidden.shape[1], device=device) * self.audio_stride + self.audio_receptive // 2
+        audio_mask = wave_mask[:, centre.clamp(max=wave_mask.shape[1] - 1)]
+        hidden = hidden * audio_mask.unsqueeze(-1).to(hidden.dtype)
+        return visual.view(B, T, self.visual_dim), hidden, audio_mask
+
+
+def load_encoders(clip: str, clip_pretrained: str, wav2vec2: str, device) -> tuple[FrozenEncoders, object]:
+    """The frozen encoders of a store's recorded backbones on ``device`` (fp16 on a GPU), and the PIL part of
+    open_clip's preprocessing for the data-loading workers."""
+    from expr.features.backbones import load_clip, load_wav2vec2, split_preprocess
+
+    model, preprocess, _ = load_clip(clip, clip_pretrained, "cpu")
+    image_transform, mean, std = split_preprocess(preprocess)
+    w2v, normalize = load_wav2vec2(wav2vec2, "cpu")
+    encoders = FrozenEncoders(model.visual, mean, std, w2v, normalize)
+    del model  # the text tower is not needed: the prompts' embeddings come from the store
+    device = torch.device(device)
+    encoders = encoders.to(device)
+    if device.type == "cuda":
+        encoders.clip_visual.half()
+        encoders.wav2vec2.half()
+    return encoders, image_transform
+
+
+__all__ = ["FrozenEncoders", "load_encoders"]
