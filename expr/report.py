@@ -74,19 +74,49 @@ def predict_frames(
     device: str | torch.device = "cpu",
     label_rule: str = "center",
     videos: np.ndarray | None = None,
+    mode: str = "cached",
+    num_workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Frame probabilities of every video of ``split`` (or of ``videos`` among them): (frame rows, [rows, C])."""
+    """Frame probabilities of every video of ``split`` (or of ``videos`` among them): (frame rows, [rows, C]).
+    ``mode="online"`` runs the store's frozen encoders on its face crops and audio, as an online-trained head saw."""
     from expr.data.windows import WindowDataset, load_or_build_windows
     from expr.evaluation import aggregate_frames
 
     windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True)
-    data = WindowDataset(store, windows)
     videos = store.videos_in(split) if videos is None else np.asarray(videos)
-    mine = np.flatnonzero(np.isin(data.video, videos))
     model = model.to(device)
+    if mode == "online":
+        from expr.data.online import OnlineWindowDataset, collate_online
+        from expr.models.online import store_encoders
+
+        encoders, image_transform = store_encoders(store, device)
+        data = OnlineWindowDataset(store, windows, image_transform, augment=False)
+        mine = np.flatnonzero(np.isin(data.video, videos))
+        workers = num_workers if num_workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
+        batches = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(data, mine.tolist()),
+            batch_size=batch_size // 4,
+            collate_fn=collate_online,
+            num_workers=workers,
+        )
+
+        def features(batch):
+            visual, audio, audio_mask = encoders(
+                batch["pixels"], batch["visual_mask"], batch["wave"], batch["wave_mask"]
+            )
+            return {"visual": visual, "visual_mask": batch["visual_mask"], "audio": audio, "audio_mask": audio_mask}
+
+    else:
+        data = WindowDataset(store, windows)
+        mine = np.flatnonzero(np.isin(data.video, videos))
+        batches = (data.__getitems__(mine[i : i + batch_size]) for i in range(0, len(mine), batch_size))
+
+        def features(batch):
+            return batch
+
     chunks = []
-    for i in range(0, len(mine), batch_size):
-        batch = data.__getitems__(mine[i : i + batch_size])
+    for batch in batches:
+        batch = features(batch)
         out = model(
             batch["visual"].to(device).float(),
             batch["visual_mask"].to(device),
@@ -146,6 +176,7 @@ def evaluate_run(
         device=device,
         label_rule=cfg.data.label_frame,
         videos=videos[rank::world],
+        mode=cfg.data.mode,
     )
     if world > 1:
         parts = gather_object([(rows, probs)])

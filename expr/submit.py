@@ -112,6 +112,7 @@ def frame_labels(run_dir, cache, videos: list[str], smoothing=None, width=None, 
             device=device,
             label_rule=cfg.data.label_frame,
             videos=wanted[store.splits[wanted] == split],
+            mode=cfg.data.mode,
         )
         full[rows] = probs
     out = {}

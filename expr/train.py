@@ -193,6 +193,9 @@ class Trainer:
                 "the CLIP weights of this data are random: its text embeddings (and image features) come from "
                 "randomly initialised CLIP (fine for the demo and smoke runs, meaningless for real data)"
             )
+        for split in ("train", "validation"):
+            if not len(self.store.videos_in(split)):
+                raise ConfigError(f"the feature store {path} has no '{split}' videos (data.cache)")
         with acc.main_process_first():
             train_windows = load_or_build_windows(
                 self.store, "train", cfg.data.window, cfg.data.stride, cfg.data.label_frame
@@ -208,12 +211,10 @@ class Trainer:
         collate = collate_batch
         if cfg.data.mode == "online":
             from expr.data.online import OnlineWindowDataset, collate_online
-            from expr.models.online import load_encoders
+            from expr.models.online import store_encoders
 
             # The encoders that made the store's features (and its text embeddings); never trained, never prepared.
-            self.encoders, image_transform = load_encoders(
-                clip, clip_pretrained, recorded.get("wav2vec2", cfg.backbones.wav2vec2), acc.device
-            )
+            self.encoders, image_transform = store_encoders(self.store, acc.device)
             self.train_set = OnlineWindowDataset(self.store, train_windows, image_transform, cfg.data.augment)
             self.val_set = OnlineWindowDataset(self.store, val_windows, image_transform, augment=False)
             collate = collate_online

@@ -129,3 +129,39 @@ def affwild2_tree(root: Path) -> dict:
     (root / "test_names.txt").write_text("t1.mp4\n")
     spec["t1"] = dict(split="test", labels=None, fps=30, n=24)
     return spec
+
+
+def small_backbone_dirs(root: Path) -> tuple[str, str]:
+    """A small CLIP as an open_clip ``local-dir:`` folder and a small Wav2Vec2 as a ``save_pretrained`` folder: the
+    real loading code of both libraries, on models of the real classes that run in milliseconds. Returns the
+    ``--clip`` and ``--wav2vec2`` arguments."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    vision = dict(layers=1, width=32, head_width=16, patch_size=8, image_size=32)
+    text = dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        clip = open_clip.CLIP(16, open_clip.CLIPVisionCfg(**vision), open_clip.CLIPTextCfg(**text))
+        w2v = Wav2Vec2Model(
+            Wav2Vec2Config(
+                hidden_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                intermediate_size=64,
+                conv_dim=(16,) * 7,
+                num_conv_pos_embeddings=16,
+                num_conv_pos_embedding_groups=4,
+            )
+        )
+    clip_dir, w2v_dir = root / "clip", root / "wav2vec2"
+    clip_dir.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(clip_dir / "open_clip_model.safetensors"))
+    cfg = {"model_cfg": {"embed_dim": 16, "vision_cfg": vision, "text_cfg": text}, "preprocess_cfg": {}}
+    (clip_dir / "open_clip_config.json").write_text(json.dumps(cfg))
+    w2v.save_pretrained(str(w2v_dir))
+    return f"local-dir:{clip_dir}", str(w2v_dir)

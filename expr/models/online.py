@@ -98,4 +98,14 @@ def load_encoders(clip: str, clip_pretrained: str, wav2vec2: str, device) -> tup
     return encoders, image_transform
 
 
-__all__ = ["FrozenEncoders", "load_encoders"]
+def store_encoders(store, device) -> tuple[FrozenEncoders, object]:
+    """:func:`load_encoders` of the backbones a store was prepared with (``store.json``)."""
+    from expr.data.store import StoreError
+
+    recorded = store.meta.get("backbones", {})
+    if "clip_pretrained" not in recorded or "wav2vec2" not in recorded:
+        raise StoreError(f"{store.path}: store.json does not say which backbones made it; prepare it with expr prepare")
+    return load_encoders(recorded["clip"], recorded["clip_pretrained"], recorded["wav2vec2"], device)
+
+
+__all__ = ["FrozenEncoders", "load_encoders", "store_encoders"]
