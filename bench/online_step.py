@@ -35,7 +35,7 @@ def media_store(path: Path, videos: int, frames: int, seed: int = 0) -> Path:
     for i in range(videos):
         base = rng.integers(0, 255, (112, 112, 3), np.uint8)
         jpeg = []
-        for t in range(frames):
+        for _ in range(frames):
             img = np.clip(base.astype(np.int16) + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
             buf = io.BytesIO()
             Image.fromarray(img).save(buf, format="JPEG", quality=90)

@@ -164,19 +164,26 @@ def test_online_training_trains_the_head_only_and_evaluate_reproduces_its_metric
     assert report["metrics"]["macro_f1"] == pytest.approx(result["best_macro_f1"], abs=1e-6)
 
 
-def test_online_training_on_two_processes_keeps_ranks_identical(media_store, tmp_path):
-    """DDP on 2 CPU processes through accelerate launch, with DataLoader workers decoding crops."""
+LAUNCHERS = {
+    "ddp": ["--multi_gpu", "--num_processes", "2", "--num_machines", "1"],
+    "zero2": ["--config_file", "accelerate_configs/deepspeed_zero2.yaml", "--num_processes", "2"],
+}
+
+
+@pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
+def test_online_training_on_two_processes_keeps_ranks_identical(media_store, tmp_path, launcher):
+    """DDP and DeepSpeed ZeRO-2 on 2 CPU processes through accelerate launch, with DataLoader workers decoding crops;
+    the frozen encoders stay outside the engine."""
     out, _, _ = media_store
-    run_dir = tmp_path / "ddp"
+    run_dir = tmp_path / launcher
     cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        str(ROOT / "expr" / "train.py"), "--data.cache", str(out), "--data.mode", "online", "--data.window", "10",
-        "--data.stride", "5", "--data.num_workers", "1", "--train.epochs", "2", "--train.batch_size", "2",
-        "--train.log_with", "none", "--train.output_dir", str(run_dir),
+        sys.executable, "-m", "accelerate.commands.launch", *LAUNCHERS[launcher], "--mixed_precision", "no",
+        "--dynamo_backend", "no", str(ROOT / "expr" / "train.py"), "--data.cache", str(out), "--data.mode", "online",
+        "--data.window", "10", "--data.stride", "5", "--data.num_workers", "1", "--train.epochs", "2",
+        "--train.batch_size", "2", "--train.log_with", "none", "--train.output_dir", str(run_dir),
         *[a for k, v in DIMS.items() for a in (f"--model.{k}", str(v))],
     ]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     final = json.loads((run_dir / "final.json").read_text())
     assert final["num_processes"] == 2 and len(set(final["param_checksum_per_rank"])) == 1

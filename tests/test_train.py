@@ -130,11 +130,22 @@ def test_stop_and_resume_in_process_at_epoch_boundary(tmp_path, small_store):
 
 
 def test_quickstart_demo_run_reaches_the_bar(tmp_path):
-    """The README's main command with all defaults: demo data, demo preset, validation macro-F1 >= 0.90."""
+    """The README's main command as `./launch.sh train` runs it on a machine without a GPU (accelerate_configs/
+    cpu.yaml: two DDP processes over gloo), all defaults: demo data, demo preset, validation macro-F1 >= 0.90."""
     run_dir = tmp_path / "demo"
-    proc = launch(["--train.output_dir", str(run_dir)])
+    cmd = accelerate_cmd() + ["launch", "--config_file", str(ROOT / "accelerate_configs" / "cpu.yaml"), TRAIN]
+    proc = subprocess.Popen(
+        cmd + ["--train.output_dir", str(run_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=ROOT,
+    )
     output = proc.communicate(timeout=900)[0]
     assert proc.returncode == 0, output[-3000:]
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["num_processes"] == 2 and final["effective_batch"] == 64
+    assert len(set(final["param_checksum_per_rank"])) == 1
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, 9))
     for r in rows:
