@@ -45,16 +45,16 @@ def synthetic_store(scale: float, cache: Path | None = None, seed: int = 0) -> P
     path = cache / f"affwild2-synthetic-{scale:g}"
     if (path / "store.json").is_file():
         return path
-    rng = np.random.default_rng(seed)
     videos = max(4, round(AFFWILD2_VIDEOS * scale))
     per_video = max(64, round(AFFWILD2_FRAMES * scale / videos))
-    records = []
-    for i in range(videos):
-        n = int(per_video * rng.uniform(0.5, 1.5))
-        labels = np.repeat(rng.integers(-1, 8, n // 60 + 1), 60)[:n]
-        na = int(n / 30 * 50)
-        records.append(
-            VideoRecord(
+
+    def records():  # one video at a time: the store writer streams, so scale 1 (~9 GB) never sits in memory twice
+        rng = np.random.default_rng(seed)
+        for i in range(videos):
+            n = int(per_video * rng.uniform(0.5, 1.5))
+            labels = np.repeat(rng.integers(-1, 8, n // 60 + 1), 60)[:n]
+            na = int(n / 30 * 50)
+            yield VideoRecord(
                 name=f"v{i:04d}",
                 split="validation" if i % 5 == 0 else "train",
                 fps=30.0,
@@ -63,9 +63,9 @@ def synthetic_store(scale: float, cache: Path | None = None, seed: int = 0) -> P
                 labels=labels,
                 audio=rng.standard_normal((na, 768), np.float32).astype(np.float16),
             )
-        )
+
     meta = {"source": "synthetic benchmark", "classes": list(ABAW_CLASSES), "backbones": {"clip": "none"}}
-    return write_store(path, records, meta)
+    return write_store(path, records(), meta)
 
 
 class Timer:

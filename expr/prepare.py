@@ -260,31 +260,33 @@ def load_part(path: Path):
     return record, meta["report"]
 
 
-def _records_from_store(store) -> list:
+def _store_media(store):
     from expr.data.online import MediaStore
+
+    if store is None or not (store.path / "media" / "frames").is_dir():
+        return None
+    return MediaStore(store.path / "media")
+
+
+def _record_from_store(store, media, v: int):
+    """Video ``v`` of an existing store as a record (views into the loaded store), to write it again."""
     from expr.data.store import VideoRecord
 
-    media = MediaStore(store.path / "media") if (store.path / "media" / "frames").is_dir() else None
-    records = []
-    for v, name in enumerate(store.names):
-        f0, n = store.frame_offset[v], store.num_frames[v]
-        a0, na = store.audio_offset[v], store.num_audio[v]
-        records.append(
-            VideoRecord(
-                name=name,
-                split=str(store.splits[v]),
-                fps=float(store.fps[v]),
-                visual=store.visual[f0 : f0 + n],
-                face=store.face[f0 : f0 + n],
-                labels=store.labels[f0 : f0 + n],
-                audio=store.audio[a0 : a0 + na] if na else None,
-                audio_rate=float(store.audio_rate[v]),
-                audio_start=float(store.audio_start[v]),
-                jpeg=[bytes(media.jpeg(int(r))) for r in range(f0, f0 + n)] if media else None,
-                wave=media.wave(v).copy() if media else None,
-            )
-        )
-    return records
+    f0, n = store.frame_offset[v], store.num_frames[v]
+    a0, na = store.audio_offset[v], store.num_audio[v]
+    return VideoRecord(
+        name=store.names[v],
+        split=str(store.splits[v]),
+        fps=float(store.fps[v]),
+        visual=store.visual[f0 : f0 + n],
+        face=store.face[f0 : f0 + n],
+        labels=store.labels[f0 : f0 + n],
+        audio=store.audio[a0 : a0 + na] if na else None,
+        audio_rate=float(store.audio_rate[v]),
+        audio_start=float(store.audio_start[v]),
+        jpeg=[bytes(media.jpeg(int(r))) for r in range(f0, f0 + n)] if media else None,
+        wave=media.wave(v).copy() if media else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------- the run
@@ -442,41 +444,59 @@ def prepare(
     if todo:
         logger.info("extracted %d videos (%d frames) in %.0f s", len(todo), total_frames, time.perf_counter() - t0)
 
-    # Assemble: videos already in the store, plus every finished part.
-    records, reports = [], dict(existing.meta.get("report", {}).get("videos", {})) if existing is not None else {}
+    # Assemble: videos already in the store, plus every finished part, in (split, name) order, streamed one video at
+    # a time into the store writer (a full Aff-Wild2 store is larger than memory).
+    reports = dict(existing.meta.get("report", {}).get("videos", {})) if existing is not None else {}
+    sources: list[tuple[str, str, Any]] = []
     if existing is not None:
-        records += _records_from_store(existing)
+        sources += [(str(existing.splits[v]), name, v) for v, name in enumerate(existing.names)]
     part_names = set()
     for path in sorted((out / PARTS).glob("*.npz")):
         if path.name.startswith("."):
             continue
-        record, report = load_part(path)
-        if record.name in in_store:
+        with np.load(path, allow_pickle=False) as z:
+            part = json.loads(str(z["meta"]))
+        if part["name"] in in_store:
             continue
-        records.append(record)
-        reports[record.name] = report
-        part_names.add(record.name)
-    records.sort(key=lambda r: (SPLIT_ORDER.get(r.split, 3), r.name))
-    summary = _summary(records, reports)
-    meta = {
-        "source": source or {},
-        "classes": list(classes),
-        "prompt_template": prompt_template,
-        "backbones": identity,
-        "media": media,
-        "report": {"summary": summary, "videos": reports},
-    }
+        sources.append((part["split"], part["name"], path))
+        reports[part["name"]] = part["report"]
+        part_names.add(part["name"])
+    sources.sort(key=lambda s: (SPLIT_ORDER.get(s[0], 3), s[1]))
     if existing is not None and not part_names and (out / "text.safetensors").is_file():
         logger.info("%s is up to date", out)
+        summary = existing.meta.get("report", {}).get("summary") or {}
     else:
+        stats = _Summary(reports)
+        media_of_store = _store_media(existing)
+
+        def records():
+            for _, _, where in sources:
+                if isinstance(where, Path):
+                    record = load_part(where)[0]
+                else:
+                    record = _record_from_store(existing, media_of_store, where)
+                stats.add(record)
+                yield record
+
+        def meta() -> dict[str, Any]:
+            return {
+                "source": source or {},
+                "classes": list(classes),
+                "prompt_template": prompt_template,
+                "backbones": identity,
+                "media": media,
+                "report": {"summary": stats.result(), "videos": reports},
+            }
+
         text = backbones.text(classes, prompt_template)
-        write_store(staging, records, meta)
+        write_store(staging, records(), meta)
         save_file(
             {"text": text.contiguous()},
             str(staging / "text.safetensors"),
             metadata={"template": prompt_template, "classes": json.dumps(list(classes))},
         )
         _swap_in(staging, out)
+        summary = stats.result()
     _print_summary(out, summary)
     return summary
 
@@ -528,20 +548,37 @@ def _check_media(where: Path, recorded: bool, media: bool) -> None:
         )
 
 
-def _summary(records, reports: dict[str, dict]) -> dict[str, Any]:
-    def count(word: str) -> list[str]:
-        return sorted(n for n, r in reports.items() if any(word in p for p in r.get("problems", [])))
+class _Summary:
+    """The closing summary, counted while the videos stream into the store."""
 
-    return {
-        "videos": {s: sum(r.split == s for r in records) for s in SPLIT_ORDER},
-        "frames": int(sum(len(r.labels) for r in records)),
-        "labelled_frames": int(sum((r.labels >= 0).sum() for r in records)),
-        "face_frames": int(sum(r.face.sum() for r in records)),
-        "no_audio": sorted(r.name for r in records if r.audio is None),
-        "unreadable_video": count("unreadable video"),
-        "corrupt_crops": count("unreadable face crops"),
-        "frame_count_mismatch": count("frame count mismatch"),
-    }
+    def __init__(self, reports: dict[str, dict]):
+        self.reports = reports
+        self.videos = dict.fromkeys(SPLIT_ORDER, 0)
+        self.frames = self.labelled = self.faces = 0
+        self.no_audio: list[str] = []
+
+    def add(self, record) -> None:
+        self.videos[record.split] = self.videos.get(record.split, 0) + 1
+        self.frames += len(record.labels)
+        self.labelled += int((np.asarray(record.labels) >= 0).sum())
+        self.faces += int(np.asarray(record.face).sum())
+        if record.audio is None:
+            self.no_audio.append(record.name)
+
+    def result(self) -> dict[str, Any]:
+        def count(word: str) -> list[str]:
+            return sorted(n for n, r in self.reports.items() if any(word in p for p in r.get("problems", [])))
+
+        return {
+            "videos": self.videos,
+            "frames": self.frames,
+            "labelled_frames": self.labelled,
+            "face_frames": self.faces,
+            "no_audio": sorted(self.no_audio),
+            "unreadable_video": count("unreadable video"),
+            "corrupt_crops": count("unreadable face crops"),
+            "frame_count_mismatch": count("frame count mismatch"),
+        }
 
 
 def _print_summary(out: Path, s: dict[str, Any]) -> None:

@@ -51,32 +51,71 @@ class VideoRecord:
     wave: np.ndarray | None = None  # [S] fp16 16 kHz mono samples (empty without audio), for online mode
 
 
-def write_store(path: str | Path, videos: list[VideoRecord], meta: dict[str, Any]) -> Path:
-    """Write ``videos`` as a store at ``path`` (atomically: a temporary folder renamed at the end)."""
+VIDEO_COLUMNS = (
+    "name",
+    "split",
+    "fps",
+    "num_frames",
+    "frame_offset",
+    "num_audio",
+    "audio_offset",
+    "audio_rate",
+    "audio_start",
+)
+
+
+class _ArrowFile:
+    """An arrow stream file written one record batch at a time; becomes a ``datasets`` folder at the end."""
+
+    def __init__(self, path: Path):
+        self.path, self.writer = path, None
+
+    def write(self, table) -> None:
+        import pyarrow as pa
+
+        if self.writer is None:
+            self.writer = pa.ipc.new_stream(str(self.path), table.schema)
+        self.writer.write_table(table)
+
+    def save(self, folder: Path, empty) -> None:
+        """``datasets`` folder at ``folder`` (``empty``: the table to write when nothing was written)."""
+        import datasets
+
+        if self.writer is None:
+            self.write(empty)
+        self.writer.close()
+        # Memory-mapped, copied shard by shard: never the whole table in memory.
+        datasets.Dataset.from_file(str(self.path)).save_to_disk(str(folder))
+        self.path.unlink()
+
+
+def _fixed(array: np.ndarray, dim: int):
+    import pyarrow as pa
+
+    flat = np.ascontiguousarray(array, np.float16).reshape(-1)
+    return pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
+
+
+def write_store(path: str | Path, videos, meta) -> Path:
+    """Write ``videos`` (any iterable of :class:`VideoRecord`, consumed once) as a store at ``path``, atomically (a
+    temporary folder renamed at the end). Streaming: one video at a time is in memory, so a store larger than RAM
+    (Aff-Wild2's ~9 GB of features) can be written. ``meta`` may be a callable, called after the last video (the
+    header is written last and can summarise what was written)."""
+    import shutil
+
     import datasets
     import pyarrow as pa
 
     datasets.disable_progress_bars()
     path = Path(path)
-    if not videos:
-        raise StoreError(f"{path}: no videos to write")
-    visual_dim = videos[0].visual.shape[1]
-    audio_dims = {v.audio.shape[1] for v in videos if v.audio is not None and len(v.audio)}
-    audio_dim = audio_dims.pop() if audio_dims else int(meta.get("audio_dim", 768))
-    rows: dict[str, list] = {
-        k: []
-        for k in (
-            "name",
-            "split",
-            "fps",
-            "num_frames",
-            "frame_offset",
-            "num_audio",
-            "audio_offset",
-            "audio_rate",
-            "audio_start",
-        )
-    }
+    tmp = path.with_name(path.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    files = {k: _ArrowFile(tmp / f".{k}.arrow") for k in ("frames", "audio", "jpeg", "wave")}
+    rows: dict[str, list] = {k: [] for k in VIDEO_COLUMNS}
+    visual_dim = audio_dim = None
+    media = None
     frame_offset = audio_offset = 0
     for v in videos:
         if v.split not in SPLITS:
@@ -84,91 +123,73 @@ def write_store(path: str | Path, videos: list[VideoRecord], meta: dict[str, Any
         n = len(v.visual)
         if not (len(v.face) == len(v.labels) == n):
             raise StoreError(f"video '{v.name}': visual, face and labels lengths differ")
+        if visual_dim is None:
+            visual_dim = v.visual.shape[1]
+        elif v.visual.shape[1] != visual_dim:
+            raise StoreError(f"video '{v.name}': {v.visual.shape[1]}-d visual features, the others are {visual_dim}-d")
+        has_media = v.jpeg is not None and v.wave is not None
+        if media is None:
+            media = has_media
+        elif has_media != media:
+            raise StoreError(f"{path}: some videos have face crops and audio for online mode, others not ({v.name})")
         na = 0 if v.audio is None else len(v.audio)
-        for key, value in (
-            ("name", v.name),
-            ("split", v.split),
-            ("fps", float(v.fps)),
-            ("num_frames", n),
-            ("frame_offset", frame_offset),
-            ("num_audio", na),
-            ("audio_offset", audio_offset),
-            ("audio_rate", float(v.audio_rate)),
-            ("audio_start", float(v.audio_start)),
-        ):
-            rows[key].append(value)
+        values = (v.name, v.split, float(v.fps), n, frame_offset, na, audio_offset, v.audio_rate, v.audio_start)
+        for key, value in zip(VIDEO_COLUMNS, values, strict=True):
+            rows[key].append(float(value) if key in ("audio_rate", "audio_start") else value)
+        files["frames"].write(
+            pa.table(
+                {
+                    "video": pa.array(np.full(n, len(rows["name"]) - 1, np.int32)),
+                    "visual": _fixed(v.visual, visual_dim),
+                    "face": pa.array(np.asarray(v.face, bool)),
+                    "label": pa.array(np.asarray(v.labels, np.int16)),
+                }
+            )
+        )
+        if na:
+            if audio_dim is None:
+                audio_dim = v.audio.shape[1]
+            elif v.audio.shape[1] != audio_dim:
+                raise StoreError(f"video '{v.name}': {v.audio.shape[1]}-d audio features, the others are {audio_dim}-d")
+            video_col = pa.array(np.full(na, len(rows["name"]) - 1, np.int32))
+            files["audio"].write(pa.table({"video": video_col, "audio": _fixed(v.audio, audio_dim)}))
+        if media:
+            if len(v.jpeg) != n:
+                raise StoreError(f"video '{v.name}': {len(v.jpeg)} face crops for {n} frames")
+            files["jpeg"].write(pa.table({"jpeg": pa.array(v.jpeg, pa.binary())}))
+            files["wave"].write(pa.table({"wave": pa.array([np.asarray(v.wave, np.float16).tobytes()], pa.binary())}))
         frame_offset += n
         audio_offset += na
-
-    def fixed(arrays: list[np.ndarray], dim: int) -> pa.FixedSizeListArray:
-        flat = np.concatenate([a.astype(np.float16).reshape(-1) for a in arrays]) if arrays else np.zeros(0, np.float16)
-        return pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
-
-    frames = pa.table(
-        {
-            "video": pa.array(np.concatenate([np.full(len(v.visual), i, np.int32) for i, v in enumerate(videos)])),
-            "visual": fixed([v.visual for v in videos], visual_dim),
-            "face": pa.array(np.concatenate([np.asarray(v.face, bool) for v in videos])),
-            "label": pa.array(np.concatenate([np.asarray(v.labels, np.int16) for v in videos])),
-        }
-    )
-    with_audio = [(i, v.audio) for i, v in enumerate(videos) if v.audio is not None and len(v.audio)]
-    audio = pa.table(
-        {
-            "video": pa.array(
-                np.concatenate([np.full(len(a), i, np.int32) for i, a in with_audio])
-                if with_audio
-                else np.zeros(0, np.int32)
-            ),
-            "audio": fixed([a for _, a in with_audio], audio_dim),
-        }
-    )
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        import shutil
-
+    if not rows["name"]:
         shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    datasets.Dataset(frames).save_to_disk(str(tmp / "frames"), num_shards=1)
-    datasets.Dataset(audio).save_to_disk(str(tmp / "audio"), num_shards=1)
+        raise StoreError(f"{path}: no videos to write")
+    meta = meta() if callable(meta) else meta
+    audio_dim = audio_dim or int(meta.get("audio_dim", 768))
+    empty_audio = pa.table({"video": pa.array(np.zeros(0, np.int32)), "audio": _fixed(np.zeros(0), audio_dim)})
+    files["frames"].save(tmp / "frames", None)
+    files["audio"].save(tmp / "audio", empty_audio)
+    if media:
+        files["jpeg"].save(tmp / "media" / "frames", None)
+        files["wave"].save(tmp / "media" / "audio", None)
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp / "videos"), num_shards=1)
-    with_media = [v.jpeg is not None and v.wave is not None for v in videos]
-    if any(with_media):
-        if not all(with_media):
-            missing = [v.name for v, m in zip(videos, with_media, strict=True) if not m][:5]
-            raise StoreError(f"{path}: some videos have face crops and audio for online mode, others not: {missing}")
-        write_media(tmp / "media", videos)
     header = {"format_version": FORMAT_VERSION, "visual_dim": int(visual_dim), "audio_dim": int(audio_dim), **meta}
     (tmp / "store.json").write_text(json.dumps(header, indent=2))
     if path.exists():
-        import shutil
-
         shutil.rmtree(path)
     tmp.rename(path)
     return path
 
 
-def write_media(path: Path, videos: list[VideoRecord]) -> None:
-    """``media/frames`` (a ``jpeg`` binary column aligned with ``frames``) and ``media/audio`` (a ``wave`` binary
-    column of fp16 samples, one row per video): what online mode reads (:mod:`expr.data.online`)."""
-    import datasets
-    import pyarrow as pa
-
-    for v in videos:
-        if len(v.jpeg) != len(v.visual):
-            raise StoreError(f"video '{v.name}': {len(v.jpeg)} face crops for {len(v.visual)} frames")
-    # One arrow chunk per video: binary offsets are 32-bit, and one video's crops stay far below 2 GiB.
-    jpeg = pa.chunked_array([pa.array(v.jpeg, pa.binary()) for v in videos], pa.binary())
-    datasets.Dataset(pa.table({"jpeg": jpeg})).save_to_disk(str(path / "frames"))
-    waves = pa.array([np.asarray(v.wave, np.float16).tobytes() for v in videos], pa.binary())
-    datasets.Dataset(pa.table({"wave": waves})).save_to_disk(str(path / "audio"), num_shards=1)
-
-
 def _fixed_to_numpy(column, dim: int, dtype=np.float16) -> np.ndarray:
-    """A FixedSizeList column (ChunkedArray) as one contiguous [N, dim] array."""
-    parts = [chunk.flatten().to_numpy(zero_copy_only=False) for chunk in column.chunks]
-    flat = np.concatenate(parts) if parts else np.zeros(0, dtype)
-    return flat.astype(dtype, copy=False).reshape(-1, dim)
+    """A FixedSizeList column (ChunkedArray, memory-mapped) as one contiguous [N, dim] array, filled chunk by chunk
+    (never two copies of the column in memory)."""
+    out = np.empty((len(column), dim), dtype)
+    row = 0
+    for chunk in column.chunks:
+        values = chunk.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+        out[row : row + len(values)] = values
+        row += len(values)
+    return out
 
 
 class FrameStore:
