@@ -146,6 +146,7 @@ class Trainer:
         if trackers:
             acc.init_trackers("expr", config=_flat_config(cfg))
         self.start_epoch, self.skip_steps, self.global_step = 0, 0, 0
+        self.skipped_steps = 0  # optimizer steps skipped by fp16 loss scaling (overflow), for the log and final.json
         self.best = {"macro_f1": -1.0, "epoch": -1}
         self.history: list[dict[str, Any]] = []
         self.epoch_sums = [0.0, 0.0]  # (sum of window losses, windows) in the current epoch, for resume
@@ -330,6 +331,7 @@ class Trainer:
                 "epoch": epoch,
                 "step_in_epoch": step_in_epoch,
                 "global_step": self.global_step,
+                "skipped_steps": self.skipped_steps,
                 "best": self.best,
                 "history": self.history,
                 "epoch_sums_per_rank": sums_per_rank,
@@ -357,6 +359,7 @@ class Trainer:
             )
         self.accelerator.load_state(str(state))
         self.global_step = progress["global_step"]
+        self.skipped_steps = progress.get("skipped_steps", 0)
         self.best, self.history = progress["best"], progress["history"]
         self.epoch_sums = list(sums[self.accelerator.process_index])
         if progress["step_in_epoch"] >= self.steps_per_epoch:  # saved at the end of an epoch
@@ -415,6 +418,7 @@ class Trainer:
             summary = {
                 "best": self.best,
                 "global_step": self.global_step,
+                "fp16_skipped_steps": self.skipped_steps,
                 "num_processes": acc.num_processes,
                 "effective_batch": self.cfg.train.batch_size * acc.num_processes * self.cfg.train.grad_accum_steps,
                 "lr": self.lr,
@@ -549,11 +553,13 @@ class Trainer:
                 if not acc.sync_gradients:
                     continue
                 self.global_step += 1
+                self.skipped_steps += bool(getattr(self.optimizer, "step_was_skipped", False))
                 step_in_epoch += 1
                 bar.update(1)
                 if self.global_step % cfg.train.log_every_steps == 0:
                     values = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
                     values["train/lr"] = self.scheduler.get_last_lr()[0]
+                    values["train/skipped_steps"] = self.skipped_steps
                     acc.log(values, step=self.global_step)
                     bar.set_postfix(loss=f"{values['train/loss']:.3f}")
                 if (
