@@ -65,28 +65,35 @@ VIDEO_COLUMNS = (
 
 
 class _ArrowFile:
-    """An arrow stream file written one record batch at a time; becomes a ``datasets`` folder at the end."""
+    """A ``datasets`` folder whose one data file is written as an arrow stream, one record batch per call: no table is
+    ever held whole in memory, and nothing is copied at the end. The folder's metadata (``state.json``,
+    ``dataset_info.json``) and the stream's schema come from ``save_to_disk`` of an empty table of the same columns,
+    so ``datasets.load_from_disk`` reads the result like any saved dataset."""
 
-    def __init__(self, path: Path):
-        self.path, self.writer = path, None
+    DATA = "data-00000-of-00001.arrow"
+
+    def __init__(self, folder: Path):
+        self.folder, self.writer, self.schema = folder, None, None
 
     def write(self, table) -> None:
+        import datasets
         import pyarrow as pa
 
         if self.writer is None:
-            self.writer = pa.ipc.new_stream(str(self.path), table.schema)
-        self.writer.write_table(table)
+            datasets.Dataset(table.slice(0, 0)).save_to_disk(str(self.folder), num_shards=1)
+            with pa.memory_map(str(self.folder / self.DATA)) as source:
+                self.schema = pa.ipc.open_stream(source).schema
+            self.writer = pa.ipc.new_stream(str(self.folder / f".{self.DATA}.tmp"), self.schema)
+        self.writer.write_table(pa.Table.from_arrays(table.columns, schema=self.schema))
 
-    def save(self, folder: Path, empty) -> None:
-        """``datasets`` folder at ``folder`` (``empty``: the table to write when nothing was written)."""
-        import datasets
+    def save(self, empty) -> None:
+        """Finish the folder (``empty``: the columns to save when nothing was written)."""
+        import os
 
         if self.writer is None:
             self.write(empty)
         self.writer.close()
-        # Memory-mapped, copied shard by shard: never the whole table in memory.
-        datasets.Dataset.from_file(str(self.path)).save_to_disk(str(folder))
-        self.path.unlink()
+        os.replace(self.folder / f".{self.DATA}.tmp", self.folder / self.DATA)
 
 
 def _fixed(array: np.ndarray, dim: int):
@@ -112,7 +119,12 @@ def write_store(path: str | Path, videos, meta) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    files = {k: _ArrowFile(tmp / f".{k}.arrow") for k in ("frames", "audio", "jpeg", "wave")}
+    files = {
+        "frames": _ArrowFile(tmp / "frames"),
+        "audio": _ArrowFile(tmp / "audio"),
+        "jpeg": _ArrowFile(tmp / "media" / "frames"),
+        "wave": _ArrowFile(tmp / "media" / "audio"),
+    }
     rows: dict[str, list] = {k: [] for k in VIDEO_COLUMNS}
     visual_dim = audio_dim = None
     media = None
@@ -166,11 +178,11 @@ def write_store(path: str | Path, videos, meta) -> Path:
     meta = meta() if callable(meta) else meta
     audio_dim = audio_dim or int(meta.get("audio_dim", 768))
     empty_audio = pa.table({"video": pa.array(np.zeros(0, np.int32)), "audio": _fixed(np.zeros(0), audio_dim)})
-    files["frames"].save(tmp / "frames", None)
-    files["audio"].save(tmp / "audio", empty_audio)
+    files["frames"].save(None)
+    files["audio"].save(empty_audio)
     if media:
-        files["jpeg"].save(tmp / "media" / "frames", None)
-        files["wave"].save(tmp / "media" / "audio", None)
+        files["jpeg"].save(None)
+        files["wave"].save(None)
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp / "videos"), num_shards=1)
     header = {"format_version": FORMAT_VERSION, "visual_dim": int(visual_dim), "audio_dim": int(audio_dim), **meta}
     (tmp / "store.json").write_text(json.dumps(header, indent=2))
