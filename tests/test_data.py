@@ -168,3 +168,25 @@ def test_k_fold_resplit_keeps_subjects_together_and_covers_every_video_once(tmp_
         )  # a subject never straddles
         seen += val
     assert sorted(seen) == sorted(v.name for v in videos[:-1])  # each pooled video validated exactly once
+
+
+def test_features_are_memory_mapped_and_columns_longer_than_one_arrow_array_read_the_same(tmp_path, monkeypatch):
+    """Stores map their feature columns without copying; a column split over several arrow arrays (Aff-Wild2's
+    audio has ~3.4e9 values, over Arrow's 2^31 - 1 per array) gathers exactly like one array."""
+    import expr.data.store as store_module
+    from expr.config import ABAW_CLASSES
+    from expr.data.store import RowChunks
+
+    videos = generate_videos(4, seed=5)
+    one = FrameStore(write_store(tmp_path / "one", videos, {"classes": list(ABAW_CLASSES)}))
+    assert not one.visual.flags.owndata and not one.visual.flags.writeable  # a view of the memory map
+    monkeypatch.setattr(store_module, "MAX_ARROW_VALUES", 768 * 1000 + 5)  # 1000 audio rows per arrow array
+    split = FrameStore(write_store(tmp_path / "split", videos, {"classes": list(ABAW_CLASSES)}))
+    assert isinstance(split.audio, RowChunks) and len(split.audio.chunks) == -(-len(one.audio) // 1000) > 2
+    assert len(split.audio) == len(one.audio) and split.audio.shape == one.audio.shape
+    np.testing.assert_array_equal(split.audio[5:2500], one.audio[5:2500])
+    batch = np.arange(len(build_windows(one, "train", 30)))
+    a = WindowDataset(one, build_windows(one, "train", 30)).__getitems__(batch)
+    b = WindowDataset(split, build_windows(split, "train", 30)).__getitems__(batch)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -103,11 +103,46 @@ def _fixed(array: np.ndarray, dim: int):
     return pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
 
 
+MAX_ARROW_VALUES = 2**31 - 1  # the most values Arrow IPC writes in one array
+
+
+class _RawColumn:
+    """Feature rows appended to a flat fp16 file, one video at a time; at the end a FixedSizeList column backed by
+    the memory-mapped file, so the store gets the whole column as ONE contiguous arrow buffer (which
+    :class:`FrameStore` maps without copying) while the writer holds one video in memory."""
+
+    def __init__(self, path: Path):
+        self.path, self.rows, self.dim = path, 0, None
+        self.file = open(path, "wb")  # noqa: SIM115 - closed in column()
+
+    def append(self, array: np.ndarray) -> None:
+        self.dim = self.dim or array.shape[1]
+        self.file.write(memoryview(np.ascontiguousarray(array, np.float16)).cast("B"))
+        self.rows += len(array)
+
+    def column(self, dim: int):
+        import pyarrow as pa
+
+        self.file.close()
+        if not self.rows:
+            return _fixed(np.zeros((0, dim)), dim)
+        flat = np.memmap(self.path, np.float16, "r")
+        # Arrow IPC writes arrays of at most 2^31 - 1 values: Aff-Wild2's audio column (~3.4e9 values) takes two.
+        step = MAX_ARROW_VALUES // dim * dim
+        chunks = []
+        for start in range(0, len(flat), step):
+            part = flat[start : start + step]
+            values = pa.Array.from_buffers(pa.float16(), len(part), [None, pa.py_buffer(part)])
+            chunks.append(pa.FixedSizeListArray.from_arrays(values, dim))
+        return pa.chunked_array(chunks)
+
+
 def write_store(path: str | Path, videos, meta) -> Path:
     """Write ``videos`` (any iterable of :class:`VideoRecord`, consumed once) as a store at ``path``, atomically (a
     temporary folder renamed at the end). Streaming: one video at a time is in memory, so a store larger than RAM
     (Aff-Wild2's ~9 GB of features) can be written. ``meta`` may be a callable, called after the last video (the
-    header is written last and can summarise what was written)."""
+    header is written last and can summarise what was written). Feature columns are written as one arrow record
+    batch each (from flat temporary files), so reading them back is a zero-copy memory map."""
     import shutil
 
     import datasets
@@ -119,12 +154,9 @@ def write_store(path: str | Path, videos, meta) -> Path:
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    files = {
-        "frames": _ArrowFile(tmp / "frames"),
-        "audio": _ArrowFile(tmp / "audio"),
-        "jpeg": _ArrowFile(tmp / "media" / "frames"),
-        "wave": _ArrowFile(tmp / "media" / "audio"),
-    }
+    files = {"jpeg": _ArrowFile(tmp / "media" / "frames"), "wave": _ArrowFile(tmp / "media" / "audio")}
+    visual_raw, audio_raw = _RawColumn(tmp / ".visual.f16"), _RawColumn(tmp / ".audio.f16")
+    small: dict[str, list[np.ndarray]] = {"video": [], "face": [], "label": [], "audio_video": []}
     rows: dict[str, list] = {k: [] for k in VIDEO_COLUMNS}
     visual_dim = audio_dim = None
     media = None
@@ -148,23 +180,17 @@ def write_store(path: str | Path, videos, meta) -> Path:
         values = (v.name, v.split, float(v.fps), n, frame_offset, na, audio_offset, v.audio_rate, v.audio_start)
         for key, value in zip(VIDEO_COLUMNS, values, strict=True):
             rows[key].append(float(value) if key in ("audio_rate", "audio_start") else value)
-        files["frames"].write(
-            pa.table(
-                {
-                    "video": pa.array(np.full(n, len(rows["name"]) - 1, np.int32)),
-                    "visual": _fixed(v.visual, visual_dim),
-                    "face": pa.array(np.asarray(v.face, bool)),
-                    "label": pa.array(np.asarray(v.labels, np.int16)),
-                }
-            )
-        )
+        small["video"].append(np.full(n, len(rows["name"]) - 1, np.int32))
+        small["face"].append(np.asarray(v.face, bool))
+        small["label"].append(np.asarray(v.labels, np.int16))
+        visual_raw.append(v.visual)
         if na:
             if audio_dim is None:
                 audio_dim = v.audio.shape[1]
             elif v.audio.shape[1] != audio_dim:
                 raise StoreError(f"video '{v.name}': {v.audio.shape[1]}-d audio features, the others are {audio_dim}-d")
-            video_col = pa.array(np.full(na, len(rows["name"]) - 1, np.int32))
-            files["audio"].write(pa.table({"video": video_col, "audio": _fixed(v.audio, audio_dim)}))
+            small["audio_video"].append(np.full(na, len(rows["name"]) - 1, np.int32))
+            audio_raw.append(v.audio)
         if media:
             if len(v.jpeg) != n:
                 raise StoreError(f"video '{v.name}': {len(v.jpeg)} face crops for {n} frames")
@@ -177,9 +203,26 @@ def write_store(path: str | Path, videos, meta) -> Path:
         raise StoreError(f"{path}: no videos to write")
     meta = meta() if callable(meta) else meta
     audio_dim = audio_dim or int(meta.get("audio_dim", 768))
-    empty_audio = pa.table({"video": pa.array(np.zeros(0, np.int32)), "audio": _fixed(np.zeros(0), audio_dim)})
-    files["frames"].save(None)
-    files["audio"].save(empty_audio)
+
+    def cat(key: str, dtype) -> np.ndarray:
+        return np.concatenate(small[key]) if small[key] else np.zeros(0, dtype)
+
+    frames = pa.table(
+        {
+            "video": pa.array(cat("video", np.int32)),
+            "visual": visual_raw.column(visual_dim),
+            "face": pa.array(cat("face", bool)),
+            "label": pa.array(cat("label", np.int16)),
+        }
+    )
+    audio = pa.table({"video": pa.array(cat("audio_video", np.int32)), "audio": audio_raw.column(audio_dim)})
+    for name, table in (("frames", frames), ("audio", audio)):
+        out = _ArrowFile(tmp / name)
+        out.write(table)  # one record batch: the feature column is one contiguous buffer in the file
+        out.save(None)
+    del frames, audio
+    visual_raw.path.unlink()
+    audio_raw.path.unlink()
     if media:
         files["jpeg"].save(None)
         files["wave"].save(None)
@@ -192,9 +235,47 @@ def write_store(path: str | Path, videos, meta) -> Path:
     return path
 
 
+class RowChunks:
+    """Rows of a few memory-mapped [n_i, dim] arrays, indexed as one [sum n_i, dim] array (integer arrays of any shape,
+    slices, or one row): the feature columns too long for one arrow array."""
+
+    def __init__(self, chunks: list[np.ndarray]):
+        self.chunks = chunks
+        self.starts = np.cumsum([0] + [len(c) for c in chunks])
+        self.shape = (int(self.starts[-1]), *chunks[0].shape[1:])
+        self.dtype = chunks[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self[np.arange(*index.indices(len(self)))]
+        rows = np.asarray(index, np.int64)
+        which = np.searchsorted(self.starts, rows, side="right") - 1
+        out = np.empty((*rows.shape, *self.shape[1:]), self.dtype)
+        for c, chunk in enumerate(self.chunks):
+            mask = which == c
+            if mask.any():
+                out[mask] = chunk[rows[mask] - self.starts[c]]
+        return out
+
+
+def _arrow_type(dtype):
+    import pyarrow as pa
+
+    return pa.from_numpy_dtype(np.dtype(dtype))
+
+
 def _fixed_to_numpy(column, dim: int, dtype=np.float16) -> np.ndarray:
-    """A FixedSizeList column (ChunkedArray, memory-mapped) as one contiguous [N, dim] array, filled chunk by chunk
-    (never two copies of the column in memory)."""
+    """A FixedSizeList column (ChunkedArray, memory-mapped) as one [N, dim] array: a read-only zero-copy view of the
+    memory map when the column is one chunk (stores written by :func:`write_store`; every process on a machine then
+    shares one copy in the page cache), else a copy filled chunk by chunk."""
+    if column.type.value_type == _arrow_type(dtype) and 0 < column.num_chunks <= 8:
+        flats = [chunk.flatten() for chunk in column.chunks]
+        if all(f.null_count == 0 for f in flats):
+            views = [f.to_numpy(zero_copy_only=True).reshape(-1, dim) for f in flats]
+            return views[0] if len(views) == 1 else RowChunks(views)
     out = np.empty((len(column), dim), dtype)
     row = 0
     for chunk in column.chunks:
