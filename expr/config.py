@@ -43,6 +43,9 @@ class DataConfig:
     label change inside a window the centre label is also the majority label."""
     classes: tuple[str, ...] = ABAW_CLASSES
     """Class names, in label-index order."""
+    in_memory: bool = False
+    """Copy the store's feature arrays into RAM (each process its own copy) instead of memory-mapping them (shared by
+    all processes through the page cache; a full Aff-Wild2 store opens in seconds). See BENCHMARKS.md."""
     mode: Literal["cached", "online"] = "cached"
     """``cached``: train from the store's frozen features (fast; the paper's frozen-backbone design). ``online``: run
     the frozen CLIP and Wav2Vec2 inside the training step on the store's face crops and audio (``expr prepare

@@ -57,7 +57,7 @@ def open_store(cfg: Config, cache: str | None = None):
     from expr.data.demo import ensure_demo_store
     from expr.data.store import FrameStore
 
-    store = FrameStore(cache or cfg.data.cache or ensure_demo_store(cfg.data.demo_videos, seed=0))
+    store = FrameStore(cache or cfg.data.cache or ensure_demo_store(cfg.data.demo_videos, seed=0), cfg.data.in_memory)
     if cfg.data.folds:
         store.use_folds(cfg.data.folds, cfg.data.fold)
     return store

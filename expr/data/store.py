@@ -288,7 +288,9 @@ def _fixed_to_numpy(column, dim: int, dtype=np.float16) -> np.ndarray:
 class FrameStore:
     """A store loaded into memory as flat numpy arrays, with per-video offsets."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, in_memory: bool = False):
+        """``in_memory``: copy the feature arrays into RAM (faster first-touch random gathers, one copy per process)
+        instead of mapping the store's files (opens in seconds, shared by every process through the page cache)."""
         import datasets
 
         self.path = Path(path)
@@ -311,6 +313,9 @@ class FrameStore:
         self.face = frames.column("face").to_numpy().astype(bool)  # [N]
         self.labels = frames.column("label").to_numpy().astype(np.int64)  # [N]
         self.audio = _fixed_to_numpy(audio.column("audio"), self.meta["audio_dim"])  # [Na, 768] fp16
+        if in_memory:
+            self.visual = np.array(self.visual[:] if isinstance(self.visual, RowChunks) else self.visual)
+            self.audio = np.array(self.audio[:] if isinstance(self.audio, RowChunks) else self.audio)
         v = videos.to_dict()
         self.names: list[str] = v["name"]
         self.splits = np.array(v["split"])
