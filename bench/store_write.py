@@ -42,28 +42,49 @@ def anon_mib() -> float:
     return 0.0
 
 
-def main() -> None:
+def phase(name: str, scale: float, root: Path) -> list:
+    """One measurement in this (fresh) process: ``write`` the store, or ``open`` it."""
     from expr.data.store import FrameStore
+
+    base = anon_mib()
+    if name == "write":
+        with PeakAnon() as mem, Timer() as t:
+            path = synthetic_store(scale, cache=root)
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**30
+        return [t.seconds, mem.peak - base, size]
+    path = next(root.glob("affwild2-synthetic-*"))
+    with PeakAnon() as mem, Timer() as t:
+        store = FrameStore(path)
+        frames = len(store.labels)
+    return [t.seconds, mem.peak - base, frames]
+
+
+def main() -> None:
+    import json
+    import subprocess
+    import sys
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=float, default=0.1)
     parser.add_argument("--dir", default="/tmp/expr-bench-store")
+    parser.add_argument("--phase", choices=["write", "open"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    print(f"machine: {machine()}\n")
     root = Path(args.dir)
+    if args.phase:
+        print(json.dumps(phase(args.phase, args.scale, root)))
+        return
+    print(f"machine: {machine()}\n")
     shutil.rmtree(root, ignore_errors=True)
-    base = anon_mib()
-    with PeakAnon() as write_mem, Timer() as write:
-        path = synthetic_store(args.scale, cache=root)
-    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**30
-    with PeakAnon() as open_mem, Timer() as opened:
-        store = FrameStore(path)
-    frames = len(store.labels)
-    del store
+    results = {}
+    for name in ("write", "open"):  # each in a fresh process: memory freed by one phase does not hide the next
+        cmd = [sys.executable, __file__, "--scale", str(args.scale), "--dir", str(root), "--phase", name]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    (write_s, write_mem, size), (open_s, open_mem, frames) = results["write"], results["open"]
     print_table(
-        f"Store writing and opening (scale {args.scale:g})",
+        f"Store writing and opening (scale {args.scale:g}; each phase in a fresh process)",
         ["frames", "store GiB", "write s", "write peak anon MiB", "open s", "open peak anon MiB"],
-        [[frames, size, write.seconds, write_mem.peak - base, opened.seconds, open_mem.peak - base]],
+        [[frames, size, write_s, write_mem, open_s, open_mem]],
     )
     shutil.rmtree(root, ignore_errors=True)
 
