@@ -131,6 +131,20 @@ def affwild2_tree(root: Path) -> dict:
     return spec
 
 
+# Small models of the real classes (open_clip CLIP, transformers Wav2Vec2Model) that run in milliseconds.
+SMALL_CLIP_VISION = dict(layers=1, width=32, head_width=16, patch_size=8, image_size=32)
+SMALL_CLIP_TEXT = dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
+SMALL_WAV2VEC2 = dict(
+    hidden_size=32,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=64,
+    conv_dim=(16,) * 7,
+    num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=4,
+)
+
+
 def small_backbone_dirs(root: Path) -> tuple[str, str]:
     """A small CLIP as an open_clip ``local-dir:`` folder and a small Wav2Vec2 as a ``save_pretrained`` folder: the
     real loading code of both libraries, on models of the real classes that run in milliseconds. Returns the
@@ -142,22 +156,11 @@ def small_backbone_dirs(root: Path) -> tuple[str, str]:
     from safetensors.torch import save_file
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    vision = dict(layers=1, width=32, head_width=16, patch_size=8, image_size=32)
-    text = dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1)
+    vision, text = SMALL_CLIP_VISION, SMALL_CLIP_TEXT
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         clip = open_clip.CLIP(16, open_clip.CLIPVisionCfg(**vision), open_clip.CLIPTextCfg(**text))
-        w2v = Wav2Vec2Model(
-            Wav2Vec2Config(
-                hidden_size=32,
-                num_hidden_layers=1,
-                num_attention_heads=2,
-                intermediate_size=64,
-                conv_dim=(16,) * 7,
-                num_conv_pos_embeddings=16,
-                num_conv_pos_embedding_groups=4,
-            )
-        )
+        w2v = Wav2Vec2Model(Wav2Vec2Config(**SMALL_WAV2VEC2))
     clip_dir, w2v_dir = root / "clip", root / "wav2vec2"
     clip_dir.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in clip.state_dict().items()}, str(clip_dir / "open_clip_model.safetensors"))

@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from mediatree import affwild2_tree, write_annotation, write_crops, write_video
+from mediatree import (
+    SMALL_CLIP_TEXT,
+    SMALL_CLIP_VISION,
+    SMALL_WAV2VEC2,
+    affwild2_tree,
+    write_annotation,
+    write_crops,
+    write_video,
+)
 
 from expr.data.media import decode_audio, probe
 from expr.data.store import FrameStore
@@ -27,8 +35,8 @@ def small_clip():
         torch.manual_seed(0)
         model = open_clip.CLIP(
             embed_dim=16,
-            vision_cfg=open_clip.CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=8, image_size=32),
-            text_cfg=open_clip.CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1),
+            vision_cfg=open_clip.CLIPVisionCfg(**SMALL_CLIP_VISION),
+            text_cfg=open_clip.CLIPTextCfg(**SMALL_CLIP_TEXT),
         )
     return model.eval(), open_clip.image_transform(32, is_train=False), open_clip.get_tokenizer("ViT-B-32")
 
@@ -36,16 +44,7 @@ def small_clip():
 def small_wav2vec2(**overrides):
     from transformers import Wav2Vec2Config
 
-    cfg = dict(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        conv_dim=(16,) * 7,
-        num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=4,
-    )
-    cfg.update(overrides)
+    cfg = {**SMALL_WAV2VEC2, **overrides}
     return load_wav2vec2("random", config=Wav2Vec2Config(**cfg))
 
 
