@@ -216,13 +216,15 @@ class Trainer:
 
             # The encoders that made the store's features (and its text embeddings); never trained, never prepared.
             self.encoders, image_transform = store_encoders(self.store, acc.device)
-            self.train_set = OnlineWindowDataset(self.store, train_windows, image_transform, cfg.data.augment)
+            self.train_set = OnlineWindowDataset(
+                self.store, train_windows, image_transform, cfg.data.augment, seed=cfg.train.seed
+            )
             self.val_set = OnlineWindowDataset(self.store, val_windows, image_transform, augment=False)
             collate = collate_online
         else:
             self.train_set = WindowDataset(self.store, train_windows)
             self.val_set = WindowDataset(self.store, val_windows)
-        self.sampler = EpochSampler(len(self.train_set), cfg.train.seed)
+        self.sampler = EpochSampler(len(self.train_set), cfg.train.seed, with_epoch=cfg.data.mode == "online")
         workers = cfg.data.resolved_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes)))
         # Loaders draw worker seeds from their own generator, not the global RNG: creating one (e.g. the skipping
         # loader of a resumed epoch) must not shift the dropout randomness restored from a checkpoint.

@@ -92,8 +92,9 @@ class OnlineWindowDataset(WindowDataset):
     float32, ``wave_mask`` [L], ``label``, ``frame_labels`` [T], ``index``.
     """
 
-    def __init__(self, store: FrameStore, windows, image_transform, augment: bool = False):
+    def __init__(self, store: FrameStore, windows, image_transform, augment: bool = False, seed: int = 0):
         super().__init__(store, windows)
+        self.seed = seed
         self.media = MediaStore(store.path / "media")
         self.image_transform = image_transform  # PIL -> PIL: open_clip's resize / crop / RGB steps
         self.augment = augment
@@ -105,12 +106,16 @@ class OnlineWindowDataset(WindowDataset):
         self.fps, self.audio_start = store.fps, store.audio_start
 
     def __getitems__(self, indices):
-        return [self.item(int(i)) for i in indices]
+        return [self[int(i)] for i in indices]
 
     def __getitem__(self, index: int):
-        return self.item(int(index))
+        """``index`` may carry the epoch (``epoch * len(self) + window``, from ``EpochSampler(with_epoch=True)``)."""
+        epoch, i = divmod(int(index), len(self))
+        return self.item(i, epoch)
 
-    def item(self, i: int) -> dict[str, torch.Tensor]:
+    def item(self, i: int, epoch: int = 0) -> dict[str, torch.Tensor]:
+        """Window ``i``; its augmentation is drawn from (seed, epoch, i) alone: the same in any worker, on any number
+        of processes, and after a resume."""
         from PIL import Image, UnidentifiedImageError
 
         v, start, T = int(self.video[i]), int(self.start[i]), self.window
@@ -129,7 +134,9 @@ class OnlineWindowDataset(WindowDataset):
                 continue
             pixels[t] = torch.from_numpy(np.asarray(image, np.uint8).copy()).permute(2, 0, 1)
         if self._aug is not None and mask.any():
-            pixels[torch.from_numpy(mask)] = self._aug(pixels[torch.from_numpy(mask)])
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + i) % 2**63)
+                pixels[torch.from_numpy(mask)] = self._aug(pixels[torch.from_numpy(mask)])
         wave, wave_mask = self.audio(v, start, T)
         return {
             "pixels": pixels,

@@ -174,8 +174,11 @@ class EpochSampler(torch.utils.data.Sampler):
     """A permutation of the dataset drawn from (seed, epoch) alone: the same on every process and after resume,
     new each epoch (``set_epoch``). ``shuffle=False`` gives the identity order."""
 
-    def __init__(self, length: int, seed: int, shuffle: bool = True):
+    def __init__(self, length: int, seed: int, shuffle: bool = True, with_epoch: bool = False):
+        """``with_epoch``: yield ``epoch * length + index`` so a dataset in (persistent) worker processes knows the
+        epoch of every item it loads (:class:`~expr.data.online.OnlineWindowDataset` seeds augmentation with it)."""
         self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
+        self.with_epoch = with_epoch
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -185,6 +188,10 @@ class EpochSampler(torch.utils.data.Sampler):
 
     def __iter__(self):
         if not self.shuffle:
-            return iter(range(self.length))
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=g).tolist())
+            order = list(range(self.length))
+        else:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+        if self.with_epoch:
+            order = [self.epoch * self.length + i for i in order]
+        return iter(order)
