@@ -38,7 +38,10 @@ def backbone_specs(info: dict[str, Any], clip: str | None, wav2vec2: str | None)
                 "--clip and --wav2vec2 (e.g. 'random' for a smoke test)"
             )
         tag = b["clip_pretrained"]
-        clip = tag if tag == "random" or Path(tag).is_file() else f"{b.get('clip', 'ViT-B-32')}/{tag}"
+        if str(b.get("clip", "")).startswith("local-dir:"):
+            clip = b["clip"]
+        else:
+            clip = tag if tag == "random" or Path(tag).is_file() else f"{b.get('clip', 'ViT-B-32')}/{tag}"
     if wav2vec2 is None:
         if "wav2vec2" not in b or "none" in str(b["wav2vec2"]):
             raise PredictError("the model's Wav2Vec2 backbone is not recorded; pass --wav2vec2")
@@ -46,8 +49,11 @@ def backbone_specs(info: dict[str, Any], clip: str | None, wav2vec2: str | None)
     return clip, wav2vec2
 
 
-def extract_video(path: Path, backbones, detector, progress: bool = True):
-    """VideoRecord of a raw video (split ``test``), plus a list of warnings."""
+def extract_video(path: Path, backbones, detector, progress: bool = True, media: bool = False):
+    """VideoRecord of a raw video (split ``test``), plus a list of warnings. ``media`` also keeps the face crops
+    (JPEG) and the audio for a head trained in online mode."""
+    import io
+
     from PIL import Image
     from tqdm.auto import tqdm
 
@@ -57,12 +63,17 @@ def extract_video(path: Path, backbones, detector, progress: bool = True):
 
     info = probe(path)
     visual_enc, audio_enc = backbones.visual(), backbones.audio()
-    crops, found = [], []
+    crops, found, jpeg = [], [], []
     for frame in tqdm(iter_frames(path), total=info.num_frames, unit="frame", desc="faces", disable=not progress):
         hit = detector.detect(frame)
         found.append(hit is not None)
         if hit is not None:
             crops.append(Image.fromarray(crop_face(frame, *hit)))
+        if media:
+            buf = io.BytesIO()
+            if hit is not None:
+                crops[-1].save(buf, format="JPEG", quality=95)
+            jpeg.append(buf.getvalue())
     T = len(found)
     face = np.array(found, bool)
     visual = np.zeros((T, visual_enc.dim), np.float16)
@@ -71,16 +82,19 @@ def extract_video(path: Path, backbones, detector, progress: bool = True):
     warnings = []
     if not face.any():
         warnings.append(f"{path.name}: no face detected in any frame; the prediction uses the audio alone")
-    audio, start = None, 0.0
+    audio, start, wave = None, 0.0, np.zeros(0, np.float16)
     if not info.has_audio:
         warnings.append(f"{path.name}: no audio track; the prediction uses the faces alone")
     else:
         try:
             wave, start = decode_audio(path, video_start=info.start)
             audio = audio_enc.encode(wave)
+            wave = wave.astype(np.float16)
         except MediaError as e:
             warnings.append(f"{e}; the prediction uses the faces alone")
     record = VideoRecord(path.stem, "test", info.fps, visual, face, np.full(T, -1), audio, audio_enc.rate, start)
+    if media:
+        record.jpeg, record.wave = jpeg, wave
     return record, warnings
 
 
@@ -117,7 +131,8 @@ def predict_video(
         clip_spec, w2v_spec = backbone_specs(info, clip, wav2vec2)
         backbones = Backbones(clip_spec, w2v_spec, device)
     try:
-        record, warnings = extract_video(video, backbones, FaceDetector(), progress)
+        online = cfg.data.mode == "online"  # per-window audio and crops through the frozen encoders, as trained
+        record, warnings = extract_video(video, backbones, FaceDetector(), progress, media=online)
     except MediaError as e:
         raise PredictError(str(e)) from None
     for w in warnings:
@@ -133,6 +148,7 @@ def predict_video(
         "classes": list(cfg.data.classes),
         "backbones": backbones.identity(),
         "audio_dim": cfg.model.audio_dim,
+        "media": online,
     }
     store = FrameStore(write_store(out / f"{video.stem}_features", [record], meta))
     rows, probs = predict_frames(
@@ -143,6 +159,7 @@ def predict_video(
         cfg.data.resolved_eval_stride(),
         device=device,
         label_rule=cfg.data.label_frame,
+        mode=cfg.data.mode,
     )
     probs = fill_missing_faces(probs, record.face)
     probs = smooth(probs, cfg.eval.smoothing, cfg.eval.smoothing_width)

@@ -228,3 +228,23 @@ def test_online_mode_needs_a_store_prepared_with_media(media_store, tmp_path):
         Trainer(_cfg(plain, tmp_path / "run"))
     with pytest.raises(PrepareError, match="without --media"):  # a store is all media or none
         prepare(items, plain, backbones, classes, source=source, progress=False, media=True)
+
+
+def test_predict_runs_an_online_trained_head_online(media_store, tmp_path):
+    """`expr predict` on a raw video keeps the crops and audio and runs the run's frozen encoders per window."""
+    import csv
+
+    from test_predict import clip_from_photo
+
+    from expr.predict import predict_video
+    from expr.train import run
+
+    out, _, _ = media_store
+    result = run(_cfg(out, tmp_path / "run"))
+    video = clip_from_photo(tmp_path / "astronaut.mp4", "astronaut", audio=True)
+    pred = predict_video(video, result["run_dir"], tmp_path / "pred", progress=False)
+    rows = list(csv.DictReader(open(pred["csv"])))
+    assert len(rows) == 12 and sum(int(r["face"]) for r in rows) >= 10
+    assert all(abs(sum(float(r[k]) for k in r if k.startswith("p_")) - 1) < 1e-3 for r in rows)
+    features = FrameStore(tmp_path / "pred" / "astronaut_features")
+    assert features.meta["media"] and (features.path / "media" / "frames").is_dir()
