@@ -75,11 +75,8 @@ def step_rate(loader, head, encoders, steps: int) -> tuple[float, float]:
             batch = next(it)
         if encoders is not None:
             with Timer() as t:
-                visual, audio, audio_mask = encoders(
-                    batch["pixels"], batch["visual_mask"], batch["wave"], batch["wave_mask"]
-                )
+                batch = encoders.encode_batch(batch)
             encode_s += t.seconds
-            batch = {**batch, "visual": visual, "audio": audio, "audio_mask": audio_mask}
         out = head(batch["visual"].float(), batch["visual_mask"], batch["audio"].float(), batch["audio_mask"])
         loss = total_loss(out.logits, out.visual_embedding, out.logit_scale, batch["label"], text, weights, 0.1)
         opt.zero_grad()

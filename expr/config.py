@@ -26,6 +26,21 @@ class ConfigError(ValueError):
     """A config key or value a user can fix; the message names the key."""
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under a scheduler), else the machine's count."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_num_workers(mode: str, local_processes: int = 1) -> int:
+    """DataLoader workers per process when ``data.num_workers`` is unset: none for cached features (the batch gather
+    is one indexing operation), up to 8 in online mode (JPEG decoding must keep the accelerator busy)."""
+    if mode == "cached":
+        return 0
+    return max(1, min(8, available_cores() // max(1, local_processes) - 1))
+
+
 @dataclass
 class DataConfig:
     cache: str | None = None
@@ -66,14 +81,7 @@ class DataConfig:
 
     def resolved_num_workers(self, local_processes: int = 1) -> int:
         """``num_workers``, or its default for the mode."""
-        if self.num_workers is not None:
-            return self.num_workers
-        if self.mode == "cached":
-            return 0
-        import os
-
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(1, min(8, cores // max(1, local_processes) - 1))
+        return default_num_workers(self.mode, local_processes) if self.num_workers is None else self.num_workers
 
     def resolved_eval_stride(self) -> int:
         """``eval_stride``, or its default: a third of the window."""

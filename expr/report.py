@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from expr.config import Config, ConfigError, load_yaml
+from expr.config import Config, ConfigError, default_num_workers, load_yaml
 
 
 class EvaluateError(RuntimeError):
@@ -92,19 +92,13 @@ def predict_frames(
         encoders, image_transform = store_encoders(store, device)
         data = OnlineWindowDataset(store, windows, image_transform, augment=False)
         mine = np.flatnonzero(np.isin(data.video, videos))
-        workers = num_workers if num_workers is not None else min(8, max(1, (os.cpu_count() or 2) - 1))
         batches = torch.utils.data.DataLoader(
             torch.utils.data.Subset(data, mine.tolist()),
-            batch_size=batch_size // 4,
+            batch_size=batch_size // 4,  # each window is T decoded crops, not T feature rows
             collate_fn=collate_online,
-            num_workers=workers,
+            num_workers=default_num_workers("online") if num_workers is None else num_workers,
         )
-
-        def features(batch):
-            visual, audio, audio_mask = encoders(
-                batch["pixels"], batch["visual_mask"], batch["wave"], batch["wave_mask"]
-            )
-            return {"visual": visual, "visual_mask": batch["visual_mask"], "audio": audio, "audio_mask": audio_mask}
+        features = encoders.encode_batch
 
     else:
         data = WindowDataset(store, windows)

@@ -40,7 +40,16 @@ if not torch.cuda.is_available():  # DeepSpeed picks its accelerator when first 
 
 from accelerate.logging import get_logger  # noqa: E402
 
-from expr.config import Config, ConfigError, apply_dict, build_config, load_yaml, parse_cli, validate  # noqa: E402
+from expr.config import (  # noqa: E402
+    Config,
+    ConfigError,
+    apply_dict,
+    available_cores,
+    build_config,
+    load_yaml,
+    parse_cli,
+    validate,
+)
 
 logger = get_logger("expr.train")  # main process only, unless a call says otherwise
 
@@ -126,8 +135,7 @@ class Trainer:
         acc = self.accelerator
         if acc.device.type == "cpu":
             local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            torch.set_num_threads(cfg.train.cpu_threads or max(1, cores // max(1, local)))
+            torch.set_num_threads(cfg.train.cpu_threads or max(1, available_cores() // max(1, local)))
         if run_dir is None:  # every process must agree on the timestamped name
             holder = [_new_run_dir() if acc.is_main_process else None]
             broadcast_object_list(holder)
@@ -432,10 +440,7 @@ class Trainer:
     def _forward(self, batch: dict[str, torch.Tensor]):
         """The head on a batch; in online mode the frozen encoders first turn crops and audio into features."""
         if self.encoders is not None:
-            visual, audio, audio_mask = self.encoders(
-                batch["pixels"], batch["visual_mask"], batch["wave"], batch["wave_mask"]
-            )
-            batch = {**batch, "visual": visual, "audio": audio, "audio_mask": audio_mask}
+            batch = self.encoders.encode_batch(batch)
         dtype = next(self.model.parameters()).dtype
         dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
         return self.model(

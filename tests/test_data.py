@@ -185,6 +185,9 @@ def test_features_are_memory_mapped_and_columns_longer_than_one_arrow_array_read
     assert isinstance(split.audio, RowChunks) and len(split.audio.chunks) == -(-len(one.audio) // 1000) > 2
     assert len(split.audio) == len(one.audio) and split.audio.shape == one.audio.shape
     np.testing.assert_array_equal(split.audio[5:2500], one.audio[5:2500])
+    ram = FrameStore(split.path, in_memory=True)  # --data.in_memory: private copies, same values
+    assert isinstance(ram.audio, np.ndarray) and ram.audio.flags.owndata and ram.visual.flags.writeable
+    np.testing.assert_array_equal(ram.audio, one.audio)
     batch = np.arange(len(build_windows(one, "train", 30)))
     a = WindowDataset(one, build_windows(one, "train", 30)).__getitems__(batch)
     b = WindowDataset(split, build_windows(split, "train", 30)).__getitems__(batch)

@@ -108,15 +108,14 @@ MAX_ARROW_VALUES = 2**31 - 1  # the most values Arrow IPC writes in one array
 
 class _RawColumn:
     """Feature rows appended to a flat fp16 file, one video at a time; at the end a FixedSizeList column backed by
-    the memory-mapped file, so the store gets the whole column as ONE contiguous arrow buffer (which
-    :class:`FrameStore` maps without copying) while the writer holds one video in memory."""
+    the memory-mapped file, one arrow array per ``MAX_ARROW_VALUES`` values (which :class:`FrameStore` maps without
+    copying) while the writer holds one video in memory."""
 
     def __init__(self, path: Path):
-        self.path, self.rows, self.dim = path, 0, None
+        self.path, self.rows = path, 0
         self.file = open(path, "wb")  # noqa: SIM115 - closed in column()
 
     def append(self, array: np.ndarray) -> None:
-        self.dim = self.dim or array.shape[1]
         self.file.write(memoryview(np.ascontiguousarray(array, np.float16)).cast("B"))
         self.rows += len(array)
 
@@ -261,6 +260,11 @@ class RowChunks:
         return out
 
 
+def _in_ram(array) -> np.ndarray:
+    """A private in-memory copy of a (memory-mapped) feature array, copied once."""
+    return np.concatenate(array.chunks) if isinstance(array, RowChunks) else np.array(array)
+
+
 def _arrow_type(dtype):
     import pyarrow as pa
 
@@ -268,9 +272,10 @@ def _arrow_type(dtype):
 
 
 def _fixed_to_numpy(column, dim: int, dtype=np.float16) -> np.ndarray:
-    """A FixedSizeList column (ChunkedArray, memory-mapped) as one [N, dim] array: a read-only zero-copy view of the
-    memory map when the column is one chunk (stores written by :func:`write_store`; every process on a machine then
-    shares one copy in the page cache), else a copy filled chunk by chunk."""
+    """A FixedSizeList column (ChunkedArray, memory-mapped) as one [N, dim] array: read-only zero-copy views of the
+    memory map when the column has a few long chunks (stores written by :func:`write_store`: one chunk, or
+    :class:`RowChunks` of two for Aff-Wild2's audio; every process on a machine then shares one copy in the page
+    cache), else (a store of many small record batches) a copy filled chunk by chunk."""
     if column.type.value_type == _arrow_type(dtype) and 0 < column.num_chunks <= 8:
         flats = [chunk.flatten() for chunk in column.chunks]
         if all(f.null_count == 0 for f in flats):
@@ -286,7 +291,7 @@ def _fixed_to_numpy(column, dim: int, dtype=np.float16) -> np.ndarray:
 
 
 class FrameStore:
-    """A store loaded into memory as flat numpy arrays, with per-video offsets."""
+    """A store as flat numpy arrays (features memory-mapped, the rest in memory), with per-video offsets."""
 
     def __init__(self, path: str | Path, in_memory: bool = False):
         """``in_memory``: copy the feature arrays into RAM (faster first-touch random gathers, one copy per process)
@@ -314,8 +319,7 @@ class FrameStore:
         self.labels = frames.column("label").to_numpy().astype(np.int64)  # [N]
         self.audio = _fixed_to_numpy(audio.column("audio"), self.meta["audio_dim"])  # [Na, 768] fp16
         if in_memory:
-            self.visual = np.array(self.visual[:] if isinstance(self.visual, RowChunks) else self.visual)
-            self.audio = np.array(self.audio[:] if isinstance(self.audio, RowChunks) else self.audio)
+            self.visual, self.audio = _in_ram(self.visual), _in_ram(self.audio)
         v = videos.to_dict()
         self.names: list[str] = v["name"]
         self.splits = np.array(v["split"])

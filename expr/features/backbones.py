@@ -177,6 +177,16 @@ class VisualEncoder:
         return out
 
 
+def conv_geometry(config) -> tuple[int, int]:
+    """(samples between Wav2Vec2 output frames, samples one output frame sees) of a Wav2Vec2 config's conv stack:
+    (320, 400) for Wav2Vec2-Base."""
+    stride, receptive = 1, 1
+    for kernel, step in zip(config.conv_kernel, config.conv_stride, strict=True):
+        receptive += (int(kernel) - 1) * stride
+        stride *= int(step)
+    return stride, receptive
+
+
 class AudioEncoder:
     """Frozen Wav2Vec2 over a whole audio track, in overlapping chunks so a long video never runs out of memory.
 
@@ -192,10 +202,7 @@ class AudioEncoder:
             self.model.half()
         self.dtype = next(model.parameters()).dtype
         self.dim = int(model.config.hidden_size)
-        self.stride, self.receptive = 1, 1  # samples between output frames; samples one output frame sees
-        for kernel, stride in zip(model.config.conv_kernel, model.config.conv_stride, strict=True):
-            self.receptive += (int(kernel) - 1) * self.stride
-            self.stride *= int(stride)
+        self.stride, self.receptive = conv_geometry(model.config)
         self.chunk = max(1, round(chunk_seconds * 16_000 / self.stride))  # output frames per chunk
         self.context = max(0, round(context_seconds * 16_000 / self.stride))
         self.rate = 16_000 / self.stride  # output frames per second

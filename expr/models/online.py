@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from expr.features.backbones import conv_geometry
+
 
 class FrozenEncoders(nn.Module):
     """``forward(pixels, visual_mask, wave, wave_mask) -> (visual, audio, audio_mask)``.
@@ -38,11 +40,7 @@ class FrozenEncoders(nn.Module):
         self.image_batch = image_batch
         self.visual_dim = int(clip_visual.output_dim)
         self.audio_dim = int(wav2vec2.config.hidden_size)
-        stride, receptive = 1, 1
-        for kernel, step in zip(wav2vec2.config.conv_kernel, wav2vec2.config.conv_stride, strict=True):
-            receptive += (int(kernel) - 1) * stride
-            stride *= int(step)
-        self.audio_stride, self.audio_receptive = stride, receptive
+        self.audio_stride, self.audio_receptive = conv_geometry(wav2vec2.config)
 
     def train(self, mode: bool = True):  # frozen: always in eval mode (no dropout, fixed norms)
         return super().train(False)
@@ -50,6 +48,12 @@ class FrozenEncoders(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return next(self.clip_visual.parameters()).dtype
+
+    def encode_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """An online batch (``pixels``, ``visual_mask``, ``wave``, ``wave_mask``) with the head's inputs added:
+        ``visual``, ``audio``, ``audio_mask``, as a cached batch has them."""
+        visual, audio, audio_mask = self(batch["pixels"], batch["visual_mask"], batch["wave"], batch["wave_mask"])
+        return {**batch, "visual": visual, "audio": audio, "audio_mask": audio_mask}
 
     @torch.no_grad()
     def forward(self, pixels, visual_mask, wave, wave_mask):
