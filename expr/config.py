@@ -47,15 +47,27 @@ class DataConfig:
     """Feature cache directory written by ``expr prepare``. None: the built-in demo data (generated on first use)."""
     window: int = 30
     """Frames per window (ablation axis; the paper studies 10, 15, 30, 60)."""
-    stride: int | None = None
-    """Frames between consecutive training windows. None: equal to ``window`` (non-overlapping)."""
+    stride: int | None = 30
+    """Frames between training windows' label frames: an epoch has one training window per ``stride`` frames of each
+    video, whatever ``window`` is, so every window length trains for the same number of optimizer steps per epoch
+    (the window study compares lengths at an equal budget). None: equal to ``window`` (a tiling grid; longer windows
+    then get fewer steps)."""
+    random_offset: bool = True
+    """Each epoch, move every training window by an offset drawn from (seed, epoch, window) among the ``stride``
+    positions of its slot whose label frame is labelled, so every labelled frame that a full window can end on or
+    centre on is a training target over the epochs (a fixed grid would only ever use one frame in ``stride``).
+    Resume stays exact. False: the fixed grid every epoch."""
     eval_stride: int | None = None
-    """Frames between consecutive validation windows. None: a third of ``window`` (each frame lies in about three
-    windows; its class probabilities are the mean over them). ``window``: each frame scored from one window."""
+    """Frames between consecutive validation (and evaluation, submission, prediction) windows. None: 3, or the
+    window if shorter. A window's prediction is placed at its label frame and frames between two such frames are
+    interpolated, so a perfect window classifier errs only within ``eval_stride / 2`` frames of a label change: a
+    fixed small stride scores every window length at the same resolution (a third of the window would penalise long
+    windows). Larger strides are cheaper (each window is ``window`` frames of work)."""
     label_frame: Literal["center", "last", "majority"] = "center"
-    """Which frame labels a window: its centre frame, its last frame, or the majority of its labelled frames.
-    The paper does not say. With mean pooling over a symmetric window the centre is the natural choice; with one
-    label change inside a window the centre label is also the majority label."""
+    """Which frame labels a window: its centre frame (``window // 2`` from its start), its last frame, or the
+    majority of its labelled frames. The paper does not say. With mean pooling over a symmetric window the centre is
+    the natural choice. At evaluation a ``center``/``last`` window's prediction stands for its label frame; a
+    ``majority`` window's prediction is spread evenly over its frames."""
     classes: tuple[str, ...] = ABAW_CLASSES
     """Class names, in label-index order."""
     in_memory: bool = False
@@ -84,8 +96,8 @@ class DataConfig:
         return default_num_workers(self.mode, local_processes) if self.num_workers is None else self.num_workers
 
     def resolved_eval_stride(self) -> int:
-        """``eval_stride``, or its default: a third of the window."""
-        return self.eval_stride or max(1, self.window // 3)
+        """``eval_stride``, or its default: 3 frames (the window, if shorter)."""
+        return self.eval_stride or min(3, self.window)
 
 
 @dataclass

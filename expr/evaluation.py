@@ -1,9 +1,21 @@
-"""Frame-level evaluation as the challenge scores it, and temporal post-processing. Pure numpy.
+"""From window probabilities to frame labels, as the challenge scores them. Pure numpy.
 
-The model predicts one class distribution per window. A frame's distribution is the mean over all windows that
-cover it (with ``data.eval_stride`` < ``data.window`` a frame is covered by several overlapping windows); every
-frame whose label is not ``-1`` is scored. Post-processing (``smooth``) then works on each video's sequence of frame
-distributions.
+One path, used by training's validation, ``expr evaluate``, ``expr submit``, ``expr predict`` and the smoothing
+study:
+
+1. :func:`frame_probabilities` places each window's class probabilities on the frames its training target stands
+   for (:func:`aggregate_frames`), then gives each frame without a face the probabilities of the nearest frame with
+   one (:func:`fill_missing_faces`);
+2. :func:`smooth_rows` applies the temporal post-processing (``eval.smoothing``) per video;
+3. the label of a frame is the argmax; every frame whose label is not -1 is scored (:func:`frame_report`).
+
+A window trained with ``data.label_frame`` ``center`` or ``last`` learned the label of one frame (its target,
+:func:`expr.data.windows.label_position`). Its prediction is therefore placed at that frame, and every other frame
+takes the linear interpolation between the two nearest window targets of its video (the nearest one before the first
+and after the last target). With evaluation windows every ``eval_stride`` frames, a classifier that predicts each
+window's target perfectly labels every frame correctly except within ``eval_stride / 2`` frames of a label change.
+A ``majority`` window learned the majority label of all its frames, so its prediction is spread evenly over them and
+a frame takes the mean over the windows covering it.
 """
 
 from __future__ import annotations
@@ -12,6 +24,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from expr.data.windows import label_position
 from expr.metrics import classification_report
 
 SMOOTHING = ("none", "mean", "mode")
@@ -25,26 +38,95 @@ def aggregate_frames(
     start: np.ndarray,
     window: int,
     probs: np.ndarray,
+    rule: str = "center",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Average window probabilities onto frames.
+    """Window probabilities placed on frames (see the module docstring).
 
     ``num_frames`` / ``frame_offset`` describe the videos (indexed by ``video``), ``total_frames`` the length of the
-    frame array; window w covers frames ``start[w] .. start[w] + window - 1`` of video ``video[w]`` (clipped at the
-    video's end). Returns ([total_frames, C] mean probabilities, [total_frames] windows covering each frame)."""
+    frame array; window w starts at frame ``start[w]`` of video ``video[w]`` and has ``window`` frames (clipped at the
+    video's end); ``rule`` is the ``data.label_frame`` it was trained with. Returns ([total_frames, C] probabilities,
+    [total_frames] True where a frame got a prediction: every frame of a video with at least one window)."""
     probs = np.asarray(probs, np.float64)
-    sums = np.zeros((total_frames, probs.shape[1]), np.float64)
-    counts = np.zeros(total_frames, np.int64)
+    out = np.zeros((total_frames, probs.shape[1] if probs.ndim == 2 else 0), np.float64)
+    covered = np.zeros(total_frames, bool)
+    video, start = np.asarray(video, np.int64), np.asarray(start, np.int64)
     if len(video) == 0:
-        return sums, counts
-    frame = start[:, None] + np.arange(window)[None, :]  # [W, T]
-    inside = frame < num_frames[video][:, None]
-    rows = (frame_offset[video][:, None] + frame)[inside]
-    which = np.broadcast_to(np.arange(len(video))[:, None], frame.shape)[inside]
-    np.add.at(sums, rows, probs[which])
-    np.add.at(counts, rows, 1)
-    covered = counts > 0
-    sums[covered] /= counts[covered, None]
-    return sums, counts
+        return out, covered
+    if rule == "majority":
+        frame = start[:, None] + np.arange(window)[None, :]  # [W, T]
+        inside = frame < num_frames[video][:, None]
+        rows = (frame_offset[video][:, None] + frame)[inside]
+        which = np.broadcast_to(np.arange(len(video))[:, None], frame.shape)[inside]
+        counts = np.zeros(total_frames, np.int64)
+        np.add.at(out, rows, probs[which])
+        np.add.at(counts, rows, 1)
+        covered = counts > 0
+        out[covered] /= counts[covered, None]
+        return out, covered
+    target = label_position(start, window, num_frames[video], rule)
+    order = np.lexsort((target, video))
+    video, target, probs = video[order], target[order], probs[order]
+    bounds = np.flatnonzero(np.diff(video)) + 1
+    for group in np.split(np.arange(len(video)), bounds):
+        v = int(video[group[0]])
+        at, inverse = np.unique(target[group], return_inverse=True)  # windows sharing a target are averaged
+        means = np.zeros((len(at), probs.shape[1]))
+        np.add.at(means, inverse, probs[group])
+        means /= np.bincount(inverse)[:, None]
+        frames = np.arange(int(num_frames[v]))
+        j = np.clip(np.searchsorted(at, frames, side="right") - 1, 0, len(at) - 1)  # the target at or before
+        k = np.minimum(j + 1, len(at) - 1)  # the next one
+        gap = (at[k] - at[j]).astype(np.float64)
+        w = np.where(gap > 0, np.clip((frames - at[j]) / np.maximum(gap, 1.0), 0.0, 1.0), 0.0)
+        a = int(frame_offset[v])
+        out[a : a + len(frames)] = (1.0 - w)[:, None] * means[j] + w[:, None] * means[k]
+        covered[a : a + len(frames)] = True
+    return out, covered
+
+
+def fill_missing_faces(probs: np.ndarray, face: np.ndarray) -> np.ndarray:
+    """One video's [T, C] rows: a frame without a face takes the row of the nearest frame with one (the earlier on
+    a tie): its window predictions come from the neighbours anyway, and this keeps runs of missing crops from
+    drifting. A video without any face keeps its rows (predicted from audio alone)."""
+    face = np.asarray(face, bool)
+    if face.all() or not face.any():
+        return probs
+    idx = np.flatnonzero(face)
+    pos = np.searchsorted(idx, np.arange(len(face)))
+    before = idx[np.clip(pos - 1, 0, len(idx) - 1)]
+    after = idx[np.clip(pos, 0, len(idx) - 1)]
+    t = np.arange(len(face))
+    nearest = np.where(np.abs(t - before) <= np.abs(after - t), before, after)
+    return probs[np.where(face, t, nearest)]
+
+
+def frame_probabilities(
+    num_frames: np.ndarray,
+    frame_offset: np.ndarray,
+    face: np.ndarray,
+    videos: Sequence[int],
+    video: np.ndarray,
+    start: np.ndarray,
+    window: int,
+    probs: np.ndarray,
+    rule: str = "center",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Step 1 of the path for whole ``videos`` of a store (``num_frames``, ``frame_offset``, per-frame ``face``):
+    (frame rows of ``videos`` in their order, [rows, C] probabilities) from the windows' ``probs`` (windows of other
+    videos are ignored)."""
+    videos = np.asarray(videos, np.int64)
+    counts = np.asarray(num_frames, np.int64)[videos]
+    local = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)  # each video's first row in the output
+    slot = np.full(len(num_frames), -1, np.int64)
+    slot[videos] = np.arange(len(videos))
+    mine = slot[np.asarray(video, np.int64)] >= 0
+    out, _ = aggregate_frames(
+        counts, local, int(counts.sum()), slot[video][mine], np.asarray(start)[mine], window, probs[mine], rule
+    )
+    rows = [np.arange(frame_offset[v], frame_offset[v] + n) for v, n in zip(videos, counts, strict=True)]
+    for a, n, r in zip(local, counts, rows, strict=True):
+        out[a : a + n] = fill_missing_faces(out[a : a + n], face[r])
+    return (np.concatenate(rows) if rows else np.zeros(0, np.int64)), out
 
 
 def smooth(probs: np.ndarray, method: str = "none", width: int = 0) -> np.ndarray:
@@ -71,33 +153,25 @@ def smooth(probs: np.ndarray, method: str = "none", width: int = 0) -> np.ndarra
     return np.eye(C)[winner]
 
 
-def smooth_videos(
-    probs: np.ndarray, num_frames: np.ndarray, frame_offset: np.ndarray, videos: Sequence[int], method: str, width: int
-) -> np.ndarray:
-    """:func:`smooth` applied to each of ``videos`` inside a frame-probability array (other rows unchanged)."""
-    if method == "none" or width <= 1:
-        return probs
-    out = probs.copy()
-    for v in videos:
-        a, b = int(frame_offset[v]), int(frame_offset[v] + num_frames[v])
-        out[a:b] = smooth(probs[a:b], method, width)
-    return out
-
-
 def smooth_rows(
     rows: np.ndarray, probs: np.ndarray, num_frames: np.ndarray, frame_offset: np.ndarray, method: str, width: int
 ) -> np.ndarray:
-    """:func:`smooth` per video for the probabilities of frame ``rows`` (whole videos of a store whose videos have
-    ``num_frames`` / ``frame_offset``); returns [len(rows), C] in the same order."""
-    if method == "none" or width <= 1:
+    """Step 2 of the path: :func:`smooth` per video for the probabilities of frame ``rows`` (whole videos of a store
+    whose videos have ``num_frames`` / ``frame_offset``, in any order); returns [len(rows), C] in the same order."""
+    if method not in SMOOTHING:
+        raise ValueError(f"unknown smoothing '{method}'; choose one of {', '.join(SMOOTHING)}")
+    if method == "none" or width <= 1 or len(rows) == 0:
         return probs
-    full = np.zeros((int(num_frames.sum()), probs.shape[1]), np.float64)
-    full[rows] = probs
-    videos = np.unique(np.searchsorted(frame_offset, rows, side="right") - 1)
-    return smooth_videos(full, num_frames, frame_offset, videos, method, width)[rows]
+    owner = np.searchsorted(frame_offset, rows, side="right") - 1  # the video of each row (offsets ascend)
+    order = np.lexsort((rows, owner))  # by video, then time
+    out = np.array(probs, np.float64, copy=True)
+    for at in np.split(order, np.flatnonzero(np.diff(owner[order])) + 1):
+        out[at] = smooth(out[at], method, width)
+    return out
 
 
-def frame_report(labels: np.ndarray, probs: np.ndarray, rows: np.ndarray, classes: Sequence[str]) -> dict:
-    """The classification report over the labelled frames among ``rows``."""
-    rows = rows[labels[rows] >= 0]
-    return classification_report(labels[rows], probs[rows].argmax(1), list(classes))
+def frame_report(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:
+    """Step 3: the classification report of the argmax of [N, C] ``probs`` over the frames whose ``labels`` [N] are
+    not -1."""
+    keep = np.asarray(labels) >= 0
+    return classification_report(np.asarray(labels)[keep], np.asarray(probs)[keep].argmax(1), list(classes))

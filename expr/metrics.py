@@ -1,9 +1,9 @@
-"""Classification metrics as the ABAW EXPR challenge computes them. Pure numpy; no accelerate.
+"""Classification metrics as the ABAW EXPR challenge defines its score. Pure numpy; no accelerate.
 
-Macro-F1 follows the challenge's scoring code, which calls scikit-learn's ``f1_score(average="macro")``
-without a fixed label list: a class absent from both the targets and the predictions is left out of the
-average (its per-class F1 is reported as NaN, ``null`` in JSON). A class present in only one of them counts
-with F1 = 0. With all 8 classes present, this is the plain mean of the 8 per-class F1 scores.
+The EXPR score is the average F1 over all classes of ``data.classes`` (8 for ABAW): scikit-learn's
+``f1_score(labels=range(C), average="macro", zero_division=0)``. A class absent from the targets therefore counts
+with F1 = 0 (whatever is predicted), which is what a fold or subset missing a rare class really scores; the report
+names such classes and gives the mean over the classes present in the targets beside the headline number.
 """
 
 from __future__ import annotations
@@ -30,29 +30,30 @@ def confusion_matrix(targets: np.ndarray, predictions: np.ndarray, num_classes: 
 
 
 def per_class_f1(cm: np.ndarray) -> np.ndarray:
-    """F1 per class from a confusion matrix; NaN for a class absent from both targets and predictions."""
+    """F1 per class from a confusion matrix: 2 TP / (support + predicted), 0 where both are 0."""
     tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    denom = support + predicted
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(denom > 0, 2.0 * tp / denom, np.nan)
-    return f1
+    denom = (cm.sum(axis=1) + cm.sum(axis=0)).astype(np.float64)
+    return np.divide(2.0 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
 
 
 def classification_report(
     targets: np.ndarray, predictions: np.ndarray, class_names: list[str] | tuple[str, ...]
 ) -> dict:
-    """Macro-F1, per-class F1, accuracy and the confusion matrix of integer predictions."""
+    """Macro-F1 over all classes, per-class F1, accuracy and the confusion matrix of integer predictions.
+
+    ``absent_classes`` lists the classes with no target; ``macro_f1_present`` is the mean F1 over the others (equal
+    to ``macro_f1`` when none is absent)."""
     num_classes = len(class_names)
     cm = confusion_matrix(targets, predictions, num_classes)
     f1 = per_class_f1(cm)
     total = cm.sum()
-    present = ~np.isnan(f1)
+    present = cm.sum(axis=1) > 0
     return {
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "macro_f1": float(f1.mean()) if num_classes else 0.0,
+        "macro_f1_present": float(f1[present].mean()) if present.any() else 0.0,
+        "absent_classes": [name for name, p in zip(class_names, present, strict=True) if not p],
         "accuracy": float(np.trace(cm) / total) if total else 0.0,
-        "per_class_f1": {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, f1, strict=True)},
+        "per_class_f1": {name: float(v) for name, v in zip(class_names, f1, strict=True)},
         "confusion_matrix": cm.tolist(),
         "count": int(total),
     }

@@ -2,8 +2,9 @@
 
 Faces are detected, aligned and cropped in every frame (``expr.features.faces``), the audio track is decoded and
 resampled, the backbones the run's features came from encode both (``--clip`` / ``--wav2vec2`` override), and the
-head predicts as in evaluation: windows every ``data.eval_stride`` frames, probabilities averaged per frame, frames
-without a face filled from the nearest face frame, the run's smoothing. A video with no detectable face or no audio
+head predicts as in evaluation: windows every ``data.eval_stride`` frames, then the path from window probabilities
+to frame labels that evaluation and submission share (:mod:`expr.evaluation`: placed at each window's label frame and
+interpolated, frames without a face filled from the nearest face frame, the run's smoothing). A video with no detectable face or no audio
 still gets an answer, with the missing stream masked and a warning.
 
 Writes ``DIR/<video>.csv`` (frame, time, label, class probabilities), ``DIR/<video>_timeline.png`` and the extracted
@@ -113,12 +114,11 @@ def predict_video(
 
     from expr.data.media import MediaError
     from expr.data.store import FrameStore, write_store
-    from expr.evaluation import smooth
+    from expr.evaluation import smooth_rows
     from expr.export import load_head
     from expr.features.faces import FaceDetector
     from expr.prepare import Backbones
     from expr.report import predict_frames
-    from expr.submit import fill_missing_faces
 
     video, out = Path(video), Path(out)
     if not video.is_file():
@@ -161,8 +161,7 @@ def predict_video(
         label_rule=cfg.data.label_frame,
         mode=cfg.data.mode,
     )
-    probs = fill_missing_faces(probs, record.face)
-    probs = smooth(probs, cfg.eval.smoothing, cfg.eval.smoothing_width)
+    probs = smooth_rows(rows, probs, store.num_frames, store.frame_offset, cfg.eval.smoothing, cfg.eval.smoothing_width)
     labels = probs.argmax(1)
     classes = list(cfg.data.classes)
     csv_path = out / f"{video.stem}.csv"

@@ -5,8 +5,10 @@ reads (JSON, Markdown table, confusion-matrix PNG) written into the run director
 
 The run's best head (``best/model.safetensors``) and its config are loaded; the cache defaults to the one the run
 trained on. Windows of the run's length slide over every video of the split with ``--stride`` frames (default: the
-run's ``data.eval_stride``); each frame's class probabilities are the mean over the windows covering it; every frame
-whose label is not -1 is scored, without and with the temporal post-processing.
+run's ``data.eval_stride``); frame labels come from the path that training's validation, ``expr submit`` and
+``expr predict`` share (:mod:`expr.evaluation`: window predictions placed at their label frames and interpolated,
+frames without a face filled from the nearest face frame, the run's smoothing), so the report gives what a submission
+of the split would score. Every frame whose label is not -1 is scored, without and with the temporal smoothing.
 """
 
 from __future__ import annotations
@@ -77,10 +79,11 @@ def predict_frames(
     mode: str = "cached",
     num_workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Frame probabilities of every video of ``split`` (or of ``videos`` among them): (frame rows, [rows, C]).
-    ``mode="online"`` runs the store's frozen encoders on its face crops and audio, as an online-trained head saw."""
+    """Frame probabilities of every video of ``split`` (or of ``videos`` among them): (frame rows, [rows, C]), by
+    step 1 of :mod:`expr.evaluation`'s path (``label_rule``: the run's ``data.label_frame``; frames without a face
+    filled from the nearest face frame). ``mode="online"`` runs the store's frozen encoders on its face crops and audio, as an online-trained head saw."""
     from expr.data.windows import WindowDataset, load_or_build_windows
-    from expr.evaluation import aggregate_frames
+    from expr.evaluation import frame_probabilities
 
     windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True)
     videos = store.videos_in(split) if videos is None else np.asarray(videos)
@@ -119,11 +122,17 @@ def predict_frames(
         )
         chunks.append(out.logits.float().softmax(-1).cpu().numpy())
     probs = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-    frame_probs, _ = aggregate_frames(
-        store.num_frames, store.frame_offset, len(store.labels), data.video[mine], data.start[mine], data.window, probs
+    return frame_probabilities(
+        store.num_frames,
+        store.frame_offset,
+        store.face,
+        videos,
+        data.video[mine],
+        data.start[mine],
+        data.window,
+        probs,
+        label_rule,
     )
-    rows = store.frame_rows(videos)
-    return rows, frame_probs[rows]
 
 
 def evaluate_run(
@@ -137,8 +146,7 @@ def evaluate_run(
     out_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Evaluate the run's best head on ``split``; write report.json, report.md and confusion_matrix.png."""
-    from expr.evaluation import smooth_rows
-    from expr.metrics import classification_report
+    from expr.evaluation import frame_report, smooth_rows
 
     cfg, model = load_run(run_dir)
     store = open_store(cfg, cache)
@@ -184,9 +192,9 @@ def evaluate_run(
     if not (labels >= 0).any():
         raise EvaluateError(f"split '{split}' of {store.path} has no labelled frames (for test videos use expr submit)")
     keep = labels >= 0
-    raw = classification_report(labels[keep], probs[keep].argmax(1), list(cfg.data.classes))
+    raw = frame_report(labels, probs, cfg.data.classes)
     smoothed_probs = smooth_rows(rows, probs, store.num_frames, store.frame_offset, smoothing, width)
-    smoothed = classification_report(labels[keep], smoothed_probs[keep].argmax(1), list(cfg.data.classes))
+    smoothed = frame_report(labels, smoothed_probs, cfg.data.classes)
     report = {
         "run": str(Path(run_dir).resolve()),
         "store": str(store.path.resolve()),
@@ -222,7 +230,7 @@ def write_report(out: Path, report: dict[str, Any], classes: list[str]) -> None:
 
 def markdown(report: dict[str, Any], classes: list[str]) -> str:
     def f(v):
-        return "-" if v is None else f"{v:.4f}"
+        return f"{v:.4f}"
 
     rows = [("frame-level", report["metrics"])]
     if report["smoothed_metrics"]:
@@ -242,7 +250,14 @@ def markdown(report: dict[str, Any], classes: list[str]) -> str:
     for name, m in rows:
         per = " | ".join(f(m["per_class_f1"][c]) for c in classes)
         lines.append(f"| {name} | {f(m['macro_f1'])} | {f(m['accuracy'])} | {per} |")
-    lines += ["", "Per-class cells are F1 scores; `-`: the class is absent from targets and predictions.", ""]
+    lines += ["", "Per-class cells are F1 scores. Macro-F1 is the mean over all classes, as the challenge scores it."]
+    absent = report["metrics"]["absent_classes"]
+    if absent:
+        lines.append(
+            f"No frame of this split is labelled {', '.join(absent)}: they count 0 in macro-F1; the mean over the "
+            f"other classes is {report['metrics']['macro_f1_present']:.4f}."
+        )
+    lines.append("")
     lines += [
         "Confusion matrix (rows: true class, columns: predicted):",
         "",

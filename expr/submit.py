@@ -7,11 +7,11 @@ The example file lists, in order, every frame to predict: a header
 lines (frame numbers from 1). The output has the same header and exactly those lines, each ending in a label 0-7.
 
 How every listed frame gets a label: windows of the run's length slide over each video (stride: the run's
-``data.eval_stride``); a frame's class probabilities are the mean over the windows covering it; the run's temporal
-smoothing (``eval.*``, or ``--smoothing/--width``) is applied per video. A frame without a face crop takes the
-probabilities of the nearest frame in time that has one (the earlier on a tie): the window predictions at such frames
-are driven by their neighbours anyway, and this keeps runs of missing crops from drifting. A video without any face
-keeps its window predictions (from audio alone). A listed frame past the video's decoded end takes the last frame's.
+``data.eval_stride``), and the path that training's validation and ``expr evaluate`` score (:mod:`expr.evaluation`)
+turns their predictions into frame labels: each window's prediction placed at its label frame and interpolated
+between them, a frame without a face crop given the probabilities of the nearest frame in time that has one, the
+run's temporal smoothing (``eval.*``, or ``--smoothing/--width``) per video. A listed frame past the video's decoded
+end takes the last frame's label.
 """
 
 from __future__ import annotations
@@ -66,24 +66,11 @@ def read_example(path: str | Path, classes=ABAW_CLASSES) -> Example:
     return Example(header, lines)
 
 
-def fill_missing_faces(probs: np.ndarray, face: np.ndarray) -> np.ndarray:
-    """Rows without a face take the row of the nearest face frame (the earlier on a tie); no face at all: unchanged."""
-    if face.all() or not face.any():
-        return probs
-    idx = np.flatnonzero(face)
-    pos = np.searchsorted(idx, np.arange(len(face)))
-    before = idx[np.clip(pos - 1, 0, len(idx) - 1)]
-    after = idx[np.clip(pos, 0, len(idx) - 1)]
-    t = np.arange(len(face))
-    nearest = np.where(np.abs(t - before) <= np.abs(after - t), before, after)
-    return probs[np.where(face, t, nearest)]
-
-
 def frame_labels(run_dir, cache, videos: list[str], smoothing=None, width=None, device="auto") -> dict[str, np.ndarray]:
     """Per video: the label of every decoded frame (see the module docstring for how)."""
     import torch
 
-    from expr.evaluation import smooth
+    from expr.evaluation import smooth_rows
     from expr.report import load_run, open_store, predict_frames
 
     cfg, model = load_run(run_dir)
@@ -101,8 +88,9 @@ def frame_labels(run_dir, cache, videos: list[str], smoothing=None, width=None, 
     method = smoothing or cfg.eval.smoothing
     width = cfg.eval.smoothing_width if width is None else width
     wanted = np.array([store.names.index(v) for v in videos], np.int64)
-    full = np.zeros((len(store.labels), len(store.classes)))
+    out = {}
     for split in sorted(set(store.splits[wanted].tolist())):  # only the example's videos are predicted
+        mine = wanted[store.splits[wanted] == split]
         rows, probs = predict_frames(
             model,
             store,
@@ -111,15 +99,14 @@ def frame_labels(run_dir, cache, videos: list[str], smoothing=None, width=None, 
             cfg.data.resolved_eval_stride(),
             device=device,
             label_rule=cfg.data.label_frame,
-            videos=wanted[store.splits[wanted] == split],
+            videos=mine,
             mode=cfg.data.mode,
         )
-        full[rows] = probs
-    out = {}
-    for name, v in zip(videos, wanted, strict=True):
-        a, n = int(store.frame_offset[v]), int(store.num_frames[v])
-        probs = fill_missing_faces(full[a : a + n], store.face[a : a + n])
-        out[name] = smooth(probs, method, width).argmax(1) if n else np.zeros(0, np.int64)
+        labels = smooth_rows(rows, probs, store.num_frames, store.frame_offset, method, width).argmax(1)
+        for v in mine:
+            a = int(store.frame_offset[v])
+            at = (rows >= a) & (rows < a + int(store.num_frames[v]))
+            out[store.names[v]] = labels[at]
     return out
 
 

@@ -451,8 +451,7 @@ def run_trial(
 
 def posthoc_trial(values: dict[str, Any], source_run: str | None):
     """Score one post-processing setting on a run's saved validation frame probabilities (no retraining)."""
-    from expr.evaluation import smooth_rows
-    from expr.metrics import classification_report
+    from expr.evaluation import frame_report, smooth_rows
 
     if not source_run:
         raise SweepError("a posthoc study needs --run RUN_DIR (a finished run with best/val_frame_probs.npz)")
@@ -466,8 +465,7 @@ def posthoc_trial(values: dict[str, Any], source_run: str | None):
     method = values.get("eval.smoothing", "mean")
     width = int(values.get("eval.smoothing_width", 0))
     smoothed = smooth_rows(rows, probs, num_frames, frame_offset, method, width)
-    keep = labels >= 0
-    report = classification_report(labels[keep], smoothed[keep].argmax(1), info["classes"])
+    report = frame_report(labels, smoothed, info["classes"])
     return report["macro_f1"], {"run_dir": str(source_run), "per_class_f1": report["per_class_f1"]}, False
 
 

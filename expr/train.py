@@ -207,7 +207,12 @@ class Trainer:
                 raise ConfigError(f"the feature store {path} has no '{split}' videos (data.cache)")
         with acc.main_process_first():
             train_windows = load_or_build_windows(
-                self.store, "train", cfg.data.window, cfg.data.stride, cfg.data.label_frame
+                self.store,
+                "train",
+                cfg.data.window,
+                cfg.data.stride,
+                cfg.data.label_frame,
+                random_offset=cfg.data.random_offset,
             )
             val_windows = load_or_build_windows(
                 self.store, "validation", cfg.data.window, cfg.data.resolved_eval_stride(), cfg.data.label_frame, True
@@ -225,14 +230,16 @@ class Trainer:
             # The encoders that made the store's features (and its text embeddings); never trained, never prepared.
             self.encoders, image_transform = store_encoders(self.store, acc.device)
             self.train_set = OnlineWindowDataset(
-                self.store, train_windows, image_transform, cfg.data.augment, seed=cfg.train.seed
+                self.store, train_windows, image_transform, cfg.data.augment, cfg.train.seed, cfg.data.label_frame
             )
             self.val_set = OnlineWindowDataset(self.store, val_windows, image_transform, augment=False)
             collate = collate_online
         else:
-            self.train_set = WindowDataset(self.store, train_windows)
+            self.train_set = WindowDataset(self.store, train_windows, cfg.data.label_frame, cfg.train.seed)
             self.val_set = WindowDataset(self.store, val_windows)
-        self.sampler = EpochSampler(len(self.train_set), cfg.train.seed, with_epoch=cfg.data.mode == "online")
+        # Indices carry the epoch, so every loader (persistent workers included) draws the epoch's window offsets
+        # and augmentation from (seed, epoch, window) alone.
+        self.sampler = EpochSampler(len(self.train_set), cfg.train.seed, with_epoch=True)
         workers = cfg.data.resolved_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes)))
         # Loaders draw worker seeds from their own generator, not the global RNG: creating one (e.g. the skipping
         # loader of a resumed epoch) must not shift the dropout randomness restored from a checkpoint.
@@ -464,28 +471,28 @@ class Trainer:
         return index[order], torch.cat(probs).numpy()[order]
 
     def evaluate(self) -> dict[str, Any]:
-        """Frame-level validation metrics as the challenge scores them (model selection uses ``val/macro_f1``),
-        the window-level metric beside them, and the smoothed metric when ``eval.smoothing`` is set."""
-        from expr.evaluation import aggregate_frames, frame_report, smooth_videos
-        from expr.metrics import classification_report
+        """Frame-level validation metrics as the challenge scores them, through the one path from window
+        probabilities to frame labels (:mod:`expr.evaluation`; model selection uses ``val/macro_f1``), the
+        window-level metric beside them, and the smoothed metric when ``eval.smoothing`` is set."""
+        from expr.evaluation import frame_probabilities, frame_report, smooth_rows
 
         cfg, store, val = self.cfg, self.store, self.val_set
         index, probs = self.predict_validation()
-        labels = val.label[index]
-        windows = classification_report(labels[labels >= 0], probs[labels >= 0].argmax(1), cfg.data.classes)
-        frame_probs, _ = aggregate_frames(
+        windows = frame_report(val.label[index], probs, cfg.data.classes)
+        videos = store.videos_in("validation")
+        rows, frame_probs = frame_probabilities(
             store.num_frames,
             store.frame_offset,
-            len(store.labels),
+            store.face,
+            videos,
             val.video[index],
             val.start[index],
             val.window,
             probs,
+            cfg.data.label_frame,
         )
-        videos = store.videos_in("validation")
-        rows = store.frame_rows(videos)
-        frames = frame_report(store.labels, frame_probs, rows, cfg.data.classes)
-        self.last_frame_probs = (rows, frame_probs[rows])
+        frames = frame_report(store.labels[rows], frame_probs, cfg.data.classes)
+        self.last_frame_probs = (rows, frame_probs)
         metrics = {
             "val/macro_f1": frames["macro_f1"],
             "val/accuracy": frames["accuracy"],
@@ -496,11 +503,14 @@ class Trainer:
             "val/window_accuracy": windows["accuracy"],
             "val/windows": windows["count"],
         }
+        if frames["absent_classes"]:
+            metrics["val/absent_classes"] = frames["absent_classes"]
+            metrics["val/macro_f1_present"] = frames["macro_f1_present"]
         if cfg.eval.smoothing != "none" and cfg.eval.smoothing_width > 1:
-            smoothed = smooth_videos(
-                frame_probs, store.num_frames, store.frame_offset, videos, cfg.eval.smoothing, cfg.eval.smoothing_width
+            smoothed = smooth_rows(
+                rows, frame_probs, store.num_frames, store.frame_offset, cfg.eval.smoothing, cfg.eval.smoothing_width
             )
-            metrics["val/smoothed_macro_f1"] = frame_report(store.labels, smoothed, rows, cfg.data.classes)["macro_f1"]
+            metrics["val/smoothed_macro_f1"] = frame_report(store.labels[rows], smoothed, cfg.data.classes)["macro_f1"]
         return metrics
 
     def fit(self) -> dict[str, Any]:
@@ -607,9 +617,12 @@ class Trainer:
                 with open(self.run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(metrics) + "\n")
             acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.global_step)
-            per_class = " ".join(
-                f"{k[:4]} {v:.2f}" if v is not None else f"{k[:4]} -" for k, v in metrics["val/per_class_f1"].items()
-            )
+            per_class = " ".join(f"{k[:4]} {v:.2f}" for k, v in metrics["val/per_class_f1"].items())
+            if "val/absent_classes" in metrics:  # they count 0 in val/macro_f1, as in the challenge's score
+                per_class += "; no validation frames of %s (mean over the others %.4f)" % (
+                    ", ".join(metrics["val/absent_classes"]),
+                    metrics["val/macro_f1_present"],
+                )
             logger.info(
                 "epoch %d/%d  train/loss %.4f  val/macro_f1 %.4f (frames; windows %.4f)  val/accuracy %.4f%s  "
                 "(%.1f s)  [%s]",

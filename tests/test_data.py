@@ -136,7 +136,7 @@ def test_window_index_is_saved_next_to_the_store_and_reused(tmp_path):
 
     store, *_ = tiny_store(tmp_path)
     first = load_or_build_windows(store, "train", 10)
-    saved = tmp_path / "s" / "windows" / "train-w10-s10-center"
+    saved = tmp_path / "s" / "windows" / "v2-train-w10-s10-center"
     assert (saved / "dataset_info.json").is_file()
     assert first["start"] == [0, 10, 30, 40]
     again = load_or_build_windows(store, "train", 10)

@@ -13,21 +13,39 @@ def test_macro_f1_equals_sklearn(seed):
     y = rng.choice(8, size=500, p=[0.4, 0.05, 0.03, 0.02, 0.25, 0.1, 0.05, 0.1])
     p = np.where(rng.random(500) < 0.6, y, rng.integers(0, 8, 500))
     report = classification_report(y, p, ABAW_CLASSES)
-    assert report["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"), abs=1e-12)
+    assert report["macro_f1"] == pytest.approx(
+        f1_score(y, p, labels=range(8), average="macro", zero_division=0), abs=1e-12
+    )
+    assert report["absent_classes"] == [] and report["macro_f1_present"] == report["macro_f1"]
     per_class = f1_score(y, p, average=None, labels=range(8))
     assert [report["per_class_f1"][c] for c in ABAW_CLASSES] == pytest.approx(per_class.tolist())
     assert report["confusion_matrix"] == sk_confusion(y, p, labels=range(8)).tolist()
     assert report["accuracy"] == pytest.approx((y == p).mean())
 
 
-def test_class_absent_from_targets_and_predictions_is_left_out_like_abaw():
-    # Class 3 never occurs: the ABAW scorer (sklearn without a label list) averages over the other 7.
+def test_a_class_absent_from_the_targets_counts_zero_in_the_headline_score():
+    # Fear (3) never occurs as a target: the EXPR score still averages over all 8 classes (sklearn with the label
+    # list and zero_division=0); the mean over the 7 present classes is reported beside it.
     y = np.array([0, 1, 2, 4, 5, 6, 7, 0, 1])
-    p = np.array([0, 1, 2, 4, 5, 6, 7, 1, 1])
+    for p in (np.array([0, 1, 2, 4, 5, 6, 7, 1, 1]), np.array([0, 1, 2, 4, 5, 6, 7, 3, 1])):  # Fear never / once
+        report = classification_report(y, p, ABAW_CLASSES)
+        reference = f1_score(y, p, labels=range(8), average="macro", zero_division=0)
+        assert report["macro_f1"] == pytest.approx(reference, abs=1e-12)
+        assert report["per_class_f1"]["Fear"] == 0.0
+        assert report["absent_classes"] == ["Fear"]
+        present = [c for c in range(8) if c != 3]
+        assert report["macro_f1_present"] == pytest.approx(f1_score(y, p, labels=present, average="macro"))
+        assert report["macro_f1_present"] > report["macro_f1"]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_macro_f1_equals_sklearn_with_rare_classes_missing(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.choice([0, 4, 5, 7], size=300)  # four of the eight classes never occur
+    p = np.where(rng.random(300) < 0.5, y, rng.integers(0, 8, 300))
     report = classification_report(y, p, ABAW_CLASSES)
-    assert report["per_class_f1"]["Fear"] is None
-    assert report["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
-    assert report["macro_f1"] > f1_score(y, p, average="macro", labels=range(8), zero_division=0)
+    assert report["macro_f1"] == pytest.approx(f1_score(y, p, labels=range(8), average="macro", zero_division=0))
+    assert report["absent_classes"] == ["Anger", "Disgust", "Fear", "Surprise"]
 
 
 def test_class_only_predicted_counts_as_zero():
@@ -35,7 +53,7 @@ def test_class_only_predicted_counts_as_zero():
     p = np.array([0, 2, 1])
     report = classification_report(y, p, ["a", "b", "c"])
     assert report["per_class_f1"]["c"] == 0.0
-    assert report["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
+    assert report["macro_f1"] == pytest.approx(f1_score(y, p, labels=range(3), average="macro", zero_division=0))
 
 
 def test_ignored_frames_are_skipped():
@@ -51,5 +69,5 @@ def test_evaluate_module_loads_offline_and_agrees():
     y = rng.integers(0, 8, 200)
     p = np.where(rng.random(200) < 0.5, y, rng.integers(0, 8, 200))
     out = metric.compute(predictions=p.tolist(), references=y.tolist())
-    assert out["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
+    assert out["macro_f1"] == pytest.approx(f1_score(y, p, labels=range(8), average="macro", zero_division=0))
     assert set(out["per_class_f1"]) == set(ABAW_CLASSES)

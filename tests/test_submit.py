@@ -7,7 +7,6 @@ import pytest
 from expr.config import ABAW_CLASSES
 from expr.submit import (
     SubmissionError,
-    fill_missing_faces,
     main,
     read_example,
     validate_submission,
@@ -15,17 +14,6 @@ from expr.submit import (
 )
 
 HEADER = "image_location," + ",".join(ABAW_CLASSES)
-
-
-def test_frames_without_a_face_take_the_nearest_face_frame():
-    probs = np.arange(6, dtype=float)[:, None]
-    face = np.array([False, True, False, False, True, False])
-    # frame 0 -> 1; frame 2 -> 1 (tie between 1 and... no: |2-1| = 1 < |4-2| = 2); frame 3 -> 4; frame 5 -> 4
-    assert fill_missing_faces(probs, face)[:, 0].tolist() == [1, 1, 1, 4, 4, 4]
-    tie = np.array([True, False, True])
-    assert fill_missing_faces(probs[:3], tie)[:, 0].tolist() == [0, 0, 2]  # the earlier on a tie
-    none = np.zeros(3, bool)
-    assert fill_missing_faces(probs[:3], none)[:, 0].tolist() == [0, 1, 2]  # no face at all: unchanged
 
 
 def test_a_malformed_example_line_is_named(tmp_path):

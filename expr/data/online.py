@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from expr.data.media import AUDIO_RATE
-from expr.data.store import FrameStore, StoreError
+from expr.data.store import FrameStore, StoreError, audio_overlap
 from expr.data.windows import WindowDataset
 
 
@@ -92,16 +92,16 @@ class OnlineWindowDataset(WindowDataset):
     float32, ``wave_mask`` [L], ``label``, ``frame_labels`` [T], ``index``.
     """
 
-    def __init__(self, store: FrameStore, windows, image_transform, augment: bool = False, seed: int = 0):
-        super().__init__(store, windows)
-        self.seed = seed
+    def __init__(
+        self, store: FrameStore, windows, image_transform, augment: bool = False, seed: int = 0, label_rule="center"
+    ):
+        super().__init__(store, windows, label_rule, seed)
         self.media = MediaStore(store.path / "media")
         self.image_transform = image_transform  # PIL -> PIL: open_clip's resize / crop / RGB steps
         self.augment = augment
         self.size = _output_size(image_transform)
         self._aug = _augmentation(self.size) if augment else None
         self.store = None  # workers need only the small per-frame arrays below, not the feature arrays
-        self.num_frames, self.frame_offset = store.num_frames, store.frame_offset
         self.face, self.labels = store.face, store.labels
         self.fps, self.audio_start = store.fps, store.audio_start
 
@@ -118,7 +118,8 @@ class OnlineWindowDataset(WindowDataset):
         of processes, and after a resume."""
         from PIL import Image, UnidentifiedImageError
 
-        v, start, T = int(self.video[i]), int(self.start[i]), self.window
+        start, label = self.starts(np.array([i]), epoch)
+        v, start, T = int(self.video[i]), int(start[0]), self.window
         n = int(self.num_frames[v])
         frame = start + np.arange(T)
         inside = frame < n
@@ -143,16 +144,15 @@ class OnlineWindowDataset(WindowDataset):
             "visual_mask": torch.from_numpy(mask),
             "wave": torch.from_numpy(wave),
             "wave_mask": torch.from_numpy(wave_mask),
-            "label": torch.tensor(int(self.label[i])),
+            "label": torch.tensor(int(label[0])),
             "frame_labels": torch.from_numpy(np.where(inside, self.labels[rows], -1)),
             "index": torch.tensor(i),
         }
 
     def audio(self, video: int, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:
         """The samples of frames [start, start + length): zero-padded where the track has none, with their mask."""
-        fps = float(self.fps[video])
-        s0 = int(np.floor((start / fps - float(self.audio_start[video])) * AUDIO_RATE))
-        count = int(np.ceil(length / fps * AUDIO_RATE))
+        first, count = audio_overlap(start, length, float(self.fps[video]), float(self.audio_start[video]), AUDIO_RATE)
+        s0, count = int(first), int(count)
         track = self.media.wave(video)
         out = np.zeros(count, np.float32)
         mask = np.zeros(count, bool)
@@ -164,7 +164,9 @@ class OnlineWindowDataset(WindowDataset):
 
 
 def collate_online(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack a batch; waves of different lengths (videos with other frame rates) are zero-padded and masked."""
+    """Stack a batch; waves of different lengths (videos with other frame rates) are zero-padded and masked, and
+    ``wave_length`` [B] keeps each window's own length (the encoder runs each length apart: no padding can reach
+    Wav2Vec2)."""
     longest = max(len(it["wave"]) for it in items)
     out = {k: torch.stack([it[k] for it in items]) for k in items[0] if k not in ("wave", "wave_mask")}
     wave = torch.zeros((len(items), longest), dtype=torch.float32)
@@ -173,6 +175,7 @@ def collate_online(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
         wave[j, : len(it["wave"])] = it["wave"]
         wave_mask[j, : len(it["wave"])] = it["wave_mask"]
     out["wave"], out["wave_mask"] = wave, wave_mask
+    out["wave_length"] = torch.tensor([len(it["wave"]) for it in items], dtype=torch.int64)
     return out
 
 

@@ -376,11 +376,23 @@ class FrameStore:
         return np.flatnonzero(self.splits == split)
 
     def audio_span(self, video: np.ndarray, start: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-        """First audio frame (relative to the video's audio) and audio frame count of frame windows.
+        """First audio frame (relative to the video's audio) and audio frame count of frame windows
+        (:func:`audio_overlap` at each video's frame rate, ``audio_start`` and ``audio_rate``)."""
+        return audio_overlap(start, length, self.fps[video], self.audio_start[video], self.audio_rate[video])
 
-        A window of ``length`` frames from ``start`` covers [start / fps, (start + length) / fps) seconds.
-        """
-        t0 = start / self.fps[video] - self.audio_start[video]
-        a0 = np.floor(t0 * self.audio_rate[video]).astype(np.int64)
-        count = np.ceil(length / self.fps[video] * self.audio_rate[video]).astype(np.int64)
-        return a0, np.maximum(count, 1)
+
+def audio_overlap(start, length, fps, audio_start, rate) -> tuple[np.ndarray, np.ndarray]:
+    """The audio units (feature frames, or samples) that overlap video frames ``start .. start + length - 1``:
+    (first unit, count), at least 1.
+
+    Video frame i lies at [i / fps, (i + 1) / fps) s; audio unit j at ``audio_start + [j, j + 1) / rate`` s, where
+    ``audio_start`` is the audio's start relative to video frame 0 (negative: the audio begins earlier). A unit
+    counts when it overlaps the window's time span by more than a millionth of a unit (so rounding in the frame
+    rate never adds a unit that only touches it). The one mapping from frames to audio, for cached features and
+    online samples alike."""
+    eps = 1e-6
+    t0 = (np.asarray(start, np.float64) / fps - audio_start) * rate  # in units of the audio
+    t1 = ((np.asarray(start, np.float64) + length) / fps - audio_start) * rate
+    first = np.floor(t0 + eps).astype(np.int64)
+    count = np.ceil(t1 - eps).astype(np.int64) - first
+    return first, np.maximum(count, 1)

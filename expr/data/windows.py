@@ -14,6 +14,9 @@ import torch
 
 from expr.data.store import FrameStore
 
+INDEX_VERSION = "v2"
+"""Part of every saved window index's name: raise it when what an index holds or how its labels are chosen changes."""
+
 
 def window_starts(num_frames: int, window: int, stride: int) -> np.ndarray:
     """Start frames of windows of ``window`` frames every ``stride`` frames, the last one ending at the video's
@@ -26,25 +29,73 @@ def window_starts(num_frames: int, window: int, stride: int) -> np.ndarray:
     return starts
 
 
+def label_position(start: np.ndarray, window: int, num_frames: np.ndarray, rule: str) -> np.ndarray:
+    """The frame (within its video) whose label a window is trained on: ``start + window // 2`` for ``center``,
+    ``start + window - 1`` for ``last``; a window padded past a short video's end takes its last frame. The one
+    definition of the target frame, used for training labels and for placing predictions back on frames."""
+    if rule not in ("center", "last"):
+        raise ValueError(f"window label rule '{rule}' has no single label frame (center, last)")
+    offset = window // 2 if rule == "center" else window - 1
+    return np.minimum(np.asarray(start) + offset, np.asarray(num_frames) - 1)
+
+
+class WindowLabeler:
+    """The label of windows by ``rule`` (``center``, ``last`` or ``majority`` of labelled frames) over a store's
+    frame ``labels``: -1 when the chosen frame is unlabelled or, for ``majority``, no frame of the window is labelled.
+    Takes only the small per-frame arrays, so DataLoader workers can label windows they draw."""
+
+    def __init__(self, labels, num_frames, frame_offset, num_classes: int, window: int, rule: str):
+        if rule not in ("center", "last", "majority"):
+            raise ValueError(f"unknown window label rule '{rule}'")
+        self.labels, self.num_frames, self.frame_offset = labels, num_frames, frame_offset
+        self.num_classes, self.window, self.rule = num_classes, window, rule
+        self._cumulative = None  # majority only: per-class counts over frames [0, r), built on first use
+
+    def __getstate__(self):
+        return {**self.__dict__, "_cumulative": None}
+
+    def __call__(self, video: np.ndarray, start: np.ndarray) -> np.ndarray:
+        n = self.num_frames[video]
+        if self.rule != "majority":
+            return self.labels[self.frame_offset[video] + label_position(start, self.window, n, self.rule)]
+        if self._cumulative is None:
+            onehot = np.zeros((len(self.labels) + 1, self.num_classes), np.int32)
+            labelled = self.labels >= 0
+            onehot[1:][labelled, self.labels[labelled]] = 1
+            self._cumulative = np.cumsum(onehot, axis=0)  # row r: counts over frames [0, r)
+        first = self.frame_offset[video] + start
+        last = self.frame_offset[video] + np.minimum(start + self.window, n)
+        counts = self._cumulative[last] - self._cumulative[first]  # [W, C]
+        return np.where(counts.sum(1) > 0, counts.argmax(1), -1)
+
+
 def window_labels(store: FrameStore, video: np.ndarray, start: np.ndarray, window: int, rule: str) -> np.ndarray:
-    """The label of each window by ``rule`` (``center``, ``last`` or ``majority`` of labelled frames); -1 when the
-    chosen frame is unlabelled or, for ``majority``, no frame of the window is labelled."""
-    n = store.num_frames[video]
-    if rule in ("center", "last"):
-        pos = start + (window // 2 if rule == "center" else window - 1)
-        pos = np.minimum(pos, n - 1)
-        return store.labels[store.frame_offset[video] + pos]
-    if rule != "majority":
-        raise ValueError(f"unknown window label rule '{rule}'")
-    num_classes = len(store.classes)
-    onehot = np.zeros((len(store.labels) + 1, num_classes), np.int32)
-    labelled = store.labels >= 0
-    onehot[1:][labelled, store.labels[labelled]] = 1
-    cumulative = np.cumsum(onehot, axis=0)  # row r: counts over frames [0, r)
-    first = store.frame_offset[video] + start
-    last = store.frame_offset[video] + np.minimum(start + window, n)
-    counts = cumulative[last] - cumulative[first]  # [W, C]
-    return np.where(counts.sum(1) > 0, counts.argmax(1), -1)
+    """:class:`WindowLabeler` of a store, applied once."""
+    labeler = WindowLabeler(store.labels, store.num_frames, store.frame_offset, len(store.classes), window, rule)
+    return labeler(video, start)
+
+
+def window_slots(num_frames: int, window: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
+    """Training slots with a random offset: slot k may start anywhere in ``k * stride .. k * stride + span - 1``
+    (every full-window start belongs to exactly one slot); a video shorter than a window has one slot, start 0.
+    Returns (first start, span) per slot."""
+    last = max(0, num_frames - window)  # the last start of a full window
+    base = np.arange(0, last + 1, stride, dtype=np.int64)
+    return base, np.minimum(stride, last + 1 - base)
+
+
+def draw_offsets(seed: int, epoch: int, index: np.ndarray, count: int) -> np.ndarray:
+    """[len(index), count] pseudo-random keys from (seed, epoch, window index, position) alone (splitmix64): the
+    same in any process or worker and after a resume, new each epoch."""
+    x = (  # uint64 arrays wrap silently (numpy scalars would warn)
+        np.asarray([seed % 2**32], np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        + np.asarray([epoch], np.uint64) * np.uint64(0xD1B54A32D192ED03)
+        + np.asarray(index, np.uint64)[:, None] * np.uint64(0x94D049BB133111EB)
+        + np.arange(count, dtype=np.uint64)[None, :]
+    )
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def build_windows(
@@ -54,25 +105,40 @@ def build_windows(
     stride: int | None = None,
     label_rule: str = "center",
     drop_unlabelled: bool = True,
+    random_offset: bool = False,
 ):
-    """The windows of one split as a ``datasets.Dataset`` with columns video, start, length, label."""
+    """The windows of one split as a ``datasets.Dataset`` with columns video, start, length, label, span.
+
+    A fixed grid (``random_offset`` False): windows every ``stride`` frames, the last one ending at the video's end;
+    span 1. With ``random_offset``: the slots of :func:`window_slots`, each kept when at least one of its starts
+    has a labelled target; ``label`` is then the label at the slot's first start (the one drawn each epoch is
+    computed by :class:`WindowDataset`)."""
     import datasets
 
     stride = stride or window
     videos = store.videos_in(split)
-    per_video = [window_starts(int(store.num_frames[v]), window, stride) for v in videos]
-    video = (
-        np.concatenate([np.full(len(s), v, np.int64) for v, s in zip(videos, per_video, strict=True)])
-        if videos.size
-        else np.zeros(0, np.int64)
+    if random_offset:
+        per_video = [window_slots(int(store.num_frames[v]), window, stride) for v in videos]
+    else:
+        per_video = [(window_starts(int(store.num_frames[v]), window, stride), None) for v in videos]
+    empty = np.zeros(0, np.int64)
+    video = np.concatenate(
+        [np.full(len(s), v, np.int64) for v, (s, _) in zip(videos, per_video, strict=True)] or [empty]
     )
-    start = np.concatenate(per_video) if per_video else np.zeros(0, np.int64)
-    label = window_labels(store, video, start, window, label_rule) if video.size else np.zeros(0, np.int64)
+    start = np.concatenate([s for s, _ in per_video] or [empty])
+    span = np.concatenate([p for _, p in per_video] or [empty]) if random_offset else np.ones(len(start), np.int64)
+    labeler = WindowLabeler(store.labels, store.num_frames, store.frame_offset, len(store.classes), window, label_rule)
+    label = labeler(video, start) if video.size else empty
+    keep = label >= 0
+    if random_offset and video.size:
+        first = np.cumsum(span) - span
+        position = np.arange(span.sum()) - np.repeat(first, span)
+        labelled = labeler(np.repeat(video, span), np.repeat(start, span) + position) >= 0
+        keep = np.add.reduceat(labelled.astype(np.int64), first) > 0
     if drop_unlabelled:
-        keep = label >= 0
-        video, start, label = video[keep], start[keep], label[keep]
+        video, start, label, span = video[keep], start[keep], label[keep], span[keep]
     return datasets.Dataset.from_dict(
-        {"video": video, "start": start, "length": np.full(len(video), window, np.int64), "label": label}
+        {"video": video, "start": start, "length": np.full(len(video), window, np.int64), "label": label, "span": span}
     )
 
 
@@ -83,21 +149,24 @@ def load_or_build_windows(
     stride: int | None = None,
     label_rule: str = "center",
     keep_unlabelled: bool = False,
+    random_offset: bool = False,
 ):
     """:func:`build_windows`, saved on disk next to the store (``windows/<key>/``) and reused: the window index is
     a ``datasets.Dataset`` of integers, so any length or stride costs seconds, never a new extraction.
-    ``keep_unlabelled`` keeps windows without a label (label -1): frame-level evaluation needs every frame."""
+    ``keep_unlabelled`` keeps windows without a label (label -1): frame-level evaluation needs every frame. The key
+    starts with :data:`INDEX_VERSION`, so an index built by an older labelling rule is never reused."""
     import datasets
 
     datasets.disable_progress_bars()
     stride = stride or window
-    name = f"{split}-w{window}-s{stride}-{label_rule}" + ("-all" if keep_unlabelled else "")
+    name = f"{INDEX_VERSION}-{split}-w{window}-s{stride}-{label_rule}" + ("-all" if keep_unlabelled else "")
+    name += "-offsets" if random_offset else ""
     if store.split_tag:
         name += f"-{store.split_tag}"
     path = store.path / "windows" / name
     if (path / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(path))
-    windows = build_windows(store, split, window, stride, label_rule, drop_unlabelled=not keep_unlabelled)
+    windows = build_windows(store, split, window, stride, label_rule, not keep_unlabelled, random_offset)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     windows.save_to_disk(str(tmp))
     try:
@@ -113,18 +182,27 @@ class WindowDataset(torch.utils.data.Dataset):
     ``__getitems__`` (used by the DataLoader for a whole batch) returns one dict of tensors:
     ``visual`` [B, T, Dv] fp16, ``visual_mask`` [B, T] (a face and inside the video), ``audio`` [B, Ta, Da] fp16,
     ``audio_mask`` [B, Ta], ``label`` [B], ``frame_labels`` [B, T] (-1 outside the video), ``index`` [B].
+
+    An index may carry the epoch (``epoch * len(self) + window``, from ``EpochSampler(with_epoch=True)``): windows
+    with a random offset (span > 1) then start where :meth:`starts` draws them for that epoch.
     """
 
-    def __init__(self, store: FrameStore, windows):
+    def __init__(self, store: FrameStore, windows, label_rule: str = "center", seed: int = 0):
         self.store = store
         cols = windows.with_format("numpy")[:]
         self.video = np.asarray(cols["video"], np.int64)
         self.start = np.asarray(cols["start"], np.int64)
         self.label = np.asarray(cols["label"], np.int64)
+        self.span = np.asarray(cols["span"], np.int64) if "span" in cols else np.ones(len(self.video), np.int64)
         lengths = np.unique(cols["length"])
         if len(lengths) > 1:
             raise ValueError("all windows of a WindowDataset must have the same length")
         self.window = int(lengths[0]) if len(lengths) else 1
+        self.seed = seed
+        self.num_frames, self.frame_offset = store.num_frames, store.frame_offset
+        self.labeler = WindowLabeler(
+            store.labels, store.num_frames, store.frame_offset, len(store.classes), self.window, label_rule
+        )
 
     def __len__(self) -> int:
         return len(self.video)
@@ -132,10 +210,26 @@ class WindowDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
+    def starts(self, idx: np.ndarray, epoch: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(start, label) of windows ``idx`` in ``epoch``: a window with span > 1 starts at one of its ``span``
+        positions whose label frame is labelled, drawn by :func:`draw_offsets`; the others at their own start."""
+        start, label, span = self.start[idx], self.label[idx], self.span[idx]
+        if not len(idx) or span.max() <= 1:
+            return start, label
+        count = int(span.max())
+        candidate = start[:, None] + np.arange(count)[None, :]  # [B, S]
+        labels = self.labeler(np.repeat(self.video[idx], count), candidate.ravel()).reshape(candidate.shape)
+        usable = (np.arange(count)[None, :] < span[:, None]) & (labels >= 0)
+        keys = np.where(usable, draw_offsets(self.seed, epoch, idx, count), np.uint64(0))
+        pick = np.where(usable.any(1), keys.argmax(1), 0)
+        rows = np.arange(len(idx))
+        return candidate[rows, pick], labels[rows, pick]
+
     def __getitems__(self, indices) -> dict[str, torch.Tensor]:
         s = self.store
-        idx = np.asarray(indices, np.int64)
-        video, start, T = self.video[idx], self.start[idx], self.window
+        epoch, idx = np.divmod(np.asarray(indices, np.int64), max(1, len(self)))
+        start, label = self.starts(idx, int(epoch[0]) if len(epoch) else 0)
+        video, T = self.video[idx], self.window
         # Visual frames: [B, T]
         frame = start[:, None] + np.arange(T)[None, :]
         inside = frame < s.num_frames[video][:, None]
@@ -159,7 +253,7 @@ class WindowDataset(torch.utils.data.Dataset):
             "visual_mask": torch.from_numpy(visual_mask),
             "audio": torch.from_numpy(np.ascontiguousarray(audio)),
             "audio_mask": torch.from_numpy(audio_mask),
-            "label": torch.from_numpy(self.label[idx]),
+            "label": torch.from_numpy(label),
             "frame_labels": torch.from_numpy(frame_labels),
             "index": torch.from_numpy(idx),
         }

@@ -23,7 +23,8 @@ Args:
     references (list[int]): true class indices; -1 marks an ignored frame.
     class_names (list[str], optional): class names in index order (default: the 8 ABAW classes).
 Returns:
-    macro_f1, accuracy, per_class_f1 (dict name -> F1 or None when the class is absent from both),
+    macro_f1 (the mean F1 over all classes; a class without targets counts 0), macro_f1_present (the mean over
+    the classes present in the references), absent_classes, accuracy, per_class_f1 (dict name -> F1),
     confusion_matrix (rows true, columns predicted), count.
 """
 

@@ -14,13 +14,16 @@ from expr.features.backbones import conv_geometry
 
 
 class FrozenEncoders(nn.Module):
-    """``forward(pixels, visual_mask, wave, wave_mask) -> (visual, audio, audio_mask)``.
+    """``forward(pixels, visual_mask, wave, wave_mask, wave_length) -> (visual, audio, audio_mask)``.
 
     pixels [B, T, 3, S, S] uint8 (open_clip's PIL steps already applied), visual_mask [B, T]; wave [B, L] float
-    16 kHz samples of each window, wave_mask [B, L]. Returns visual [B, T, Dv] fp16 (zeros where masked: only frames
-    with a face are encoded), audio [B, Ta, Da] fp16 (Wav2Vec2 over each window's own audio, standardised per window
-    like the checkpoint's feature extractor) and audio_mask [B, Ta] (an output frame is valid when the centre of its
-    receptive field holds real audio)."""
+    16 kHz samples of each window (zero-padded to the longest), wave_mask [B, L] (False where the track has no
+    audio, and in the padding), wave_length [B] each window's own sample count. Returns visual [B, T, Dv] fp16
+    (zeros where masked: only frames with a face are encoded), audio [B, Ta, Da] fp16 and audio_mask [B, Ta].
+    Wav2Vec2 runs over each window's own audio, standardised per window like the checkpoint's feature extractor,
+    and on the windows of each length apart: Wav2Vec2-Base's group norm spans time, so batch padding would change
+    every feature of the shorter windows. An output frame is valid when the centre of its receptive field holds
+    real audio; frames past a window's own output length are masked."""
 
     def __init__(
         self,
@@ -52,11 +55,13 @@ class FrozenEncoders(nn.Module):
     def encode_batch(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """An online batch (``pixels``, ``visual_mask``, ``wave``, ``wave_mask``) with the head's inputs added:
         ``visual``, ``audio``, ``audio_mask``, as a cached batch has them."""
-        visual, audio, audio_mask = self(batch["pixels"], batch["visual_mask"], batch["wave"], batch["wave_mask"])
+        visual, audio, audio_mask = self(
+            batch["pixels"], batch["visual_mask"], batch["wave"], batch["wave_mask"], batch.get("wave_length")
+        )
         return {**batch, "visual": visual, "audio": audio, "audio_mask": audio_mask}
 
     @torch.no_grad()
-    def forward(self, pixels, visual_mask, wave, wave_mask):
+    def forward(self, pixels, visual_mask, wave, wave_mask, wave_length=None):
         device, dtype = self.mean.device, self.dtype
         B, T = visual_mask.shape
         visual = torch.zeros((B * T, self.visual_dim), dtype=torch.float16, device=device)
@@ -68,20 +73,36 @@ class FrozenEncoders(nn.Module):
             out.append(self.clip_visual(x.to(dtype)).to(torch.float16))
         if out:
             visual[keep] = torch.cat(out)
+        audio, audio_mask = self.encode_audio(wave, wave_mask, wave_length)
+        return visual.view(B, T, self.visual_dim), audio, audio_mask
+
+    def encode_audio(self, wave, wave_mask, wave_length=None):
+        """Wav2Vec2 features [B, Ta, Da] fp16 and their mask [B, Ta] of each window's own audio (see the class)."""
+        device, dtype = self.mean.device, self.dtype
         wave = wave.to(device, torch.float32, non_blocking=True)
         wave_mask = wave_mask.to(device, non_blocking=True)
-        m = wave_mask.float()
-        if self.normalize_audio:  # per window over its real samples, as Wav2Vec2FeatureExtractor does per input
-            count = m.sum(1, keepdim=True).clamp(min=1.0)
-            mu = (wave * m).sum(1, keepdim=True) / count
-            var = (((wave - mu) * m) ** 2).sum(1, keepdim=True) / count
-            wave = (wave - mu) / torch.sqrt(var + 1e-7)
-        wave = wave * m
-        hidden = self.wav2vec2(wave.to(dtype)).last_hidden_state.to(torch.float16)  # [B, Ta, Da]
-        centre = torch.arange(hidden.shape[1], device=device) * self.audio_stride + self.audio_receptive // 2
-        audio_mask = wave_mask[:, centre.clamp(max=wave_mask.shape[1] - 1)]
-        hidden = hidden * audio_mask.unsqueeze(-1).to(hidden.dtype)
-        return visual.view(B, T, self.visual_dim), hidden, audio_mask
+        B, L = wave.shape
+        lengths = torch.full((B,), L, dtype=torch.int64) if wave_length is None else wave_length.cpu()
+        parts = {}
+        for length in sorted(set(lengths.tolist())):
+            rows = torch.nonzero(lengths == length).flatten().to(device)
+            w, m = wave[rows, :length], wave_mask[rows, :length]
+            mf = m.float()
+            if self.normalize_audio:  # per window over its real samples, as Wav2Vec2FeatureExtractor does per input
+                count = mf.sum(1, keepdim=True).clamp(min=1.0)
+                mu = (w * mf).sum(1, keepdim=True) / count
+                var = (((w - mu) * mf) ** 2).sum(1, keepdim=True) / count
+                w = (w - mu) / torch.sqrt(var + 1e-7)
+            hidden = self.wav2vec2((w * mf).to(dtype)).last_hidden_state.to(torch.float16)  # [b, Ta, Da]
+            centre = torch.arange(hidden.shape[1], device=device) * self.audio_stride + self.audio_receptive // 2
+            parts[length] = (rows, hidden, m[:, centre.clamp(max=length - 1)])
+        ta = max(h.shape[1] for _, h, _ in parts.values())
+        audio = torch.zeros((B, ta, self.audio_dim), dtype=torch.float16, device=device)
+        audio_mask = torch.zeros((B, ta), dtype=torch.bool, device=device)
+        for rows, hidden, mask in parts.values():
+            audio[rows, : hidden.shape[1]] = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+            audio_mask[rows, : hidden.shape[1]] = mask
+        return audio, audio_mask
 
 
 def load_encoders(clip: str, clip_pretrained: str, wav2vec2: str, device) -> tuple[FrozenEncoders, object]:
