@@ -34,29 +34,35 @@ def class_weights(labels: np.ndarray, num_classes: int, scheme: str = "inverse",
     return torch.tensor(w, dtype=torch.float32)
 
 
-def multi_positive_contrastive(
+def text_contrastive(
     embeddings: torch.Tensor,
     text_embeddings: torch.Tensor,
     labels: torch.Tensor,
     logit_scale: torch.Tensor,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric CLIP-style loss between B visual embeddings and the text embeddings of their labels.
 
-    The B x B logits compare visual embedding i with the text embedding of item j's label. A plain ``arange``
-    target would treat j != i with the same label as a negative although its text is identical. Here every j
-    with ``labels[j] == labels[i]`` is a positive: the target of row i (and of column j) is uniform over its
-    positives (the soft-target form of SupCon, Khosla et al. 2020). The loss is the mean of the visual-to-text
-    (rows) and text-to-visual (columns) cross-entropies.
+    The B x B logits compare visual embedding i with the text embedding of item j's label; the target of row i and
+    of column i is i (CLIP's ``arange``), and the loss is the mean of the visual-to-text (rows) and text-to-visual
+    (columns) cross-entropies. Items with the same label have identical text columns, so this equals the
+    multi-positive form that makes every same-label j a positive with a uniform soft target (SupCon-style): in each
+    row the same-label logits are equal, and putting the target mass on one of them or spreading it over them gives
+    the same loss and gradient. Same-label pairs are therefore neither pushed apart nor pulled together beyond their
+    shared prompt.
 
-    embeddings: [B, D] L2-normalised; text_embeddings: [C, D] (normalised here); labels: [B] in [0, C).
+    embeddings: [B, D] L2-normalised; text_embeddings: [C, D] (normalised here); labels: [B] in [0, C); ``valid``
+    [B] bool: items that enter the loss (e.g. windows with at least one face; the others' embedding carries no
+    visual evidence). No valid item: 0.
     """
+    if valid is not None:
+        embeddings, labels = embeddings[valid], labels[valid]
+    if len(labels) == 0:
+        return embeddings.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) intact
     text = F.normalize(text_embeddings.to(embeddings.dtype), dim=-1)[labels]  # [B, D]
     logits = logit_scale * embeddings @ text.t()  # [B, B]
-    positives = (labels[:, None] == labels[None, :]).to(logits.dtype)  # [B, B], symmetric, diagonal 1
-    targets = positives / positives.sum(dim=1, keepdim=True)
-    v2t = torch.sum(-targets * F.log_softmax(logits, dim=1), dim=1).mean()
-    t2v = torch.sum(-targets * F.log_softmax(logits.t(), dim=1), dim=1).mean()
-    return 0.5 * (v2t + t2v)
+    target = torch.arange(len(labels), device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 def total_loss(
@@ -68,15 +74,18 @@ def total_loss(
     weights: torch.Tensor | None,
     contrastive_weight: float,
     label_smoothing: float = 0.0,
+    has_face: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """L = L_cls + lambda L_con. Returns the parts as a dict with the sum under ``loss``."""
+    """L = L_cls + lambda L_con. Returns the parts as a dict with the sum under ``loss``. ``has_face`` [B]: windows
+    with at least one face frame; only they enter the contrastive term (a window without a face has the projection
+    bias as its embedding, the same for every label)."""
     weight = weights.to(logits.device, logits.dtype) if weights is not None else None
     cls = F.cross_entropy(
         logits.float(), labels, weight=None if weight is None else weight.float(), label_smoothing=label_smoothing
     )
     out = {"loss_cls": cls}
     if contrastive_weight > 0:
-        con = multi_positive_contrastive(embeddings.float(), text_embeddings.float(), labels, logit_scale.float())
+        con = text_contrastive(embeddings.float(), text_embeddings.float(), labels, logit_scale.float(), has_face)
         out["loss_con"] = con
         out["loss"] = cls + contrastive_weight * con
     else:

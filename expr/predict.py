@@ -4,8 +4,8 @@ Faces are detected, aligned and cropped in every frame (``expr.features.faces``)
 resampled, the backbones the run's features came from encode both (``--clip`` / ``--wav2vec2`` override), and the
 head predicts as in evaluation: windows every ``data.eval_stride`` frames, then the path from window probabilities
 to frame labels that evaluation and submission share (:mod:`expr.evaluation`: placed at each window's label frame and
-interpolated, frames without a face filled from the nearest face frame, the run's smoothing). A video with no detectable face or no audio
-still gets an answer, with the missing stream masked and a warning.
+interpolated, frames without a face filled from the nearest face frame, the run's smoothing). A video with no
+detectable face or no audio still gets an answer, with the missing stream masked and a warning.
 
 Writes ``DIR/<video>.csv`` (frame, time, label, class probabilities), ``DIR/<video>_timeline.png`` and the extracted
 features as a one-video store (``DIR/<video>_features/``).

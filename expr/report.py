@@ -81,7 +81,8 @@ def predict_frames(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frame probabilities of every video of ``split`` (or of ``videos`` among them): (frame rows, [rows, C]), by
     step 1 of :mod:`expr.evaluation`'s path (``label_rule``: the run's ``data.label_frame``; frames without a face
-    filled from the nearest face frame). ``mode="online"`` runs the store's frozen encoders on its face crops and audio, as an online-trained head saw."""
+    filled from the nearest face frame). ``mode="online"`` runs the store's frozen encoders on its face crops and
+    audio, as an online-trained head saw."""
     from expr.data.windows import WindowDataset, load_or_build_windows
     from expr.evaluation import frame_probabilities
 

@@ -70,12 +70,14 @@ def cosine_schedule(optimizer, total_steps: int, warmup_ratio: float, min_lr_rat
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices and conv kernels only; not on biases, norms or the logit scale."""
+    """Weight decay on matrices and conv kernels only; not on biases, norms, the logit scale or the gains of
+    weight-normalised convolutions (``weight.original0``: a per-channel scale, like a norm's, although 3-d)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.ndim >= 2 and "logit_scale" not in name else no_decay).append(p)
+        kernel = p.ndim >= 2 and "logit_scale" not in name and not name.endswith("original0")
+        (decay if kernel else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
@@ -439,6 +441,7 @@ class Trainer:
                 "num_processes": acc.num_processes,
                 "effective_batch": self.cfg.train.batch_size * acc.num_processes * self.cfg.train.grad_accum_steps,
                 "lr": self.lr,
+                "final_lr": float(self.scheduler.get_last_lr()[0]),
                 "param_checksum_per_rank": checksums,
             }
             _atomic_write(self.run_dir / "final.json", json.dumps(summary, indent=2))
@@ -557,6 +560,8 @@ class Trainer:
                         self.class_weights,
                         cfg.loss.contrastive_weight,
                         cfg.loss.label_smoothing,
+                        # Only windows whose pooled visual embedding saw a face enter the contrastive term.
+                        has_face=batch["visual_mask"].any(1) & (cfg.model.modalities != "audio"),
                     )
                     acc.backward(losses["loss"])
                     if acc.sync_gradients and cfg.train.max_grad_norm:
@@ -619,9 +624,9 @@ class Trainer:
             acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.global_step)
             per_class = " ".join(f"{k[:4]} {v:.2f}" for k, v in metrics["val/per_class_f1"].items())
             if "val/absent_classes" in metrics:  # they count 0 in val/macro_f1, as in the challenge's score
-                per_class += "; no validation frames of %s (mean over the others %.4f)" % (
-                    ", ".join(metrics["val/absent_classes"]),
-                    metrics["val/macro_f1_present"],
+                absent = ", ".join(metrics["val/absent_classes"])
+                per_class += (
+                    f"; no validation frames of {absent} (mean over the others {metrics['val/macro_f1_present']:.4f})"
                 )
             logger.info(
                 "epoch %d/%d  train/loss %.4f  val/macro_f1 %.4f (frames; windows %.4f)  val/accuracy %.4f%s  "

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from expr.losses import class_weights, multi_positive_contrastive, total_loss
+from expr.losses import class_weights, text_contrastive, total_loss
 
 
 def test_contrastive_matches_a_hand_computed_case():
@@ -13,31 +13,69 @@ def test_contrastive_matches_a_hand_computed_case():
     text = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     labels = torch.tensor([0, 0, 1])
     scale = torch.tensor(2.0)
-    # logits[i, j] = 2 * emb_i . text[labels_j]
+    # logits[i, j] = 2 * emb_i . text[labels_j]; CLIP targets: row i and column i belong to item i.
     logits = [[2.0, 2.0, 0.0], [0.0, 0.0, 2.0], [1.2, 1.2, 1.6]]
-    pos = [[0, 1], [0, 1], [2]]
 
-    def ce(row, positives):
-        lse = math.log(sum(math.exp(v) for v in row))
-        return sum(-(row[j] - lse) for j in positives) / len(positives)
+    def ce(row, target):
+        return math.log(sum(math.exp(v) for v in row)) - row[target]
 
-    v2t = sum(ce(logits[i], pos[i]) for i in range(3)) / 3
-    cols = [[logits[i][j] for i in range(3)] for j in range(3)]
-    t2v = sum(ce(cols[j], pos[j]) for j in range(3)) / 3
-    expected = 0.5 * (v2t + t2v)
-    got = multi_positive_contrastive(emb, text, labels, scale)
-    assert got.item() == pytest.approx(expected, rel=1e-5)
+    v2t = sum(ce(logits[i], i) for i in range(3)) / 3
+    t2v = sum(ce([logits[i][j] for i in range(3)], j) for j in range(3)) / 3
+    got = text_contrastive(emb, text, labels, scale)
+    assert got.item() == pytest.approx(0.5 * (v2t + t2v), rel=1e-5)
 
 
-def test_contrastive_same_label_pairs_are_positives():
-    # Every item perfectly aligned with its class text: with multi-positive targets, the loss is the entropy floor
-    # log(#positives), not the large value an arange target would give by pushing same-label pairs apart.
-    text = torch.eye(4)
-    labels = torch.tensor([0, 0, 1, 2])
-    emb = text[labels]
-    loss = multi_positive_contrastive(emb, text, labels, torch.tensor(100.0))
-    floor = (2 * math.log(2) + 0 + 0) / 4  # rows of items 0 and 1 each have 2 equal positives
-    assert loss.item() == pytest.approx(floor, abs=1e-4)
+def _soft_multi_positive(emb, text, labels, scale):
+    """Every same-label item a positive, target uniform over them (SupCon-style soft targets), both directions."""
+    logits = scale * emb @ torch.nn.functional.normalize(text, dim=-1)[labels].t()
+    positives = (labels[:, None] == labels[None, :]).float()
+    targets = positives / positives.sum(1, keepdim=True)
+    v2t = -(targets * logits.log_softmax(1)).sum(1).mean()
+    t2v = -(targets * logits.t().log_softmax(1)).sum(1).mean()
+    return 0.5 * (v2t + t2v)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_same_label_items_share_a_prompt_so_soft_positives_change_nothing(seed):
+    # The logits compare each item with its own label's prompt, so same-label columns are identical: spreading the
+    # target over them (multi-positive) gives exactly the CLIP arange loss and gradient.
+    g = torch.Generator().manual_seed(seed)
+    emb = torch.nn.functional.normalize(torch.randn(16, 32, generator=g), dim=-1).requires_grad_()
+    text, labels = torch.randn(8, 32, generator=g), torch.randint(0, 3, (16,), generator=g)
+    ours = text_contrastive(emb, text, labels, torch.tensor(10.0))
+    (grad,) = torch.autograd.grad(ours, emb)
+    soft = _soft_multi_positive(emb, text, labels, torch.tensor(10.0))
+    (soft_grad,) = torch.autograd.grad(soft, emb)
+    assert ours.item() == pytest.approx(soft.item(), rel=1e-5)
+    torch.testing.assert_close(grad, soft_grad)
+
+
+def test_contrastive_normalises_the_text_embeddings():
+    # CLIP text embeddings are not unit length as stored; the loss compares directions only.
+    g = torch.Generator().manual_seed(0)
+    emb = torch.nn.functional.normalize(torch.randn(6, 16, generator=g), dim=-1)
+    text, labels = torch.randn(4, 16, generator=g) * 7.0, torch.tensor([0, 1, 1, 2, 3, 0])
+    unit = torch.nn.functional.normalize(text, dim=-1)
+    scaled = text_contrastive(emb, text, labels, torch.tensor(5.0))
+    assert scaled.item() == pytest.approx(text_contrastive(emb, unit, labels, torch.tensor(5.0)).item(), rel=1e-6)
+
+
+def test_windows_without_a_face_stay_out_of_the_contrastive_term():
+    g = torch.Generator().manual_seed(1)
+    emb = torch.nn.functional.normalize(torch.randn(5, 8, generator=g), dim=-1).requires_grad_()
+    text, labels = torch.randn(3, 8, generator=g), torch.tensor([0, 1, 2, 1, 0])
+    has_face = torch.tensor([True, False, True, True, False])
+    scale = torch.tensor(10.0)
+    masked = text_contrastive(emb, text, labels, scale, has_face)
+    assert masked.item() == pytest.approx(text_contrastive(emb[has_face], text, labels[has_face], scale).item())
+    (grad,) = torch.autograd.grad(masked, emb)
+    assert grad[~has_face].abs().sum() == 0
+    none = text_contrastive(emb, text, labels, scale, torch.zeros(5, dtype=torch.bool))
+    assert none.item() == 0.0 and torch.isfinite(torch.autograd.grad(none, emb)[0]).all()
+    parts = total_loss(
+        torch.randn(5, 3), emb, scale, labels, text, None, 0.1, has_face=torch.zeros(5, dtype=torch.bool)
+    )
+    assert parts["loss_con"].item() == 0.0 and torch.isfinite(parts["loss"])
 
 
 def test_class_weights_inverse_frequency():

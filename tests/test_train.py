@@ -1,6 +1,7 @@
 """End-to-end: the real entry point on demo data, on CPU, through `accelerate launch` as a user runs it."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, accelerate_cmd
@@ -106,7 +108,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, small_store):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_stop_and_resume_in_process_at_epoch_boundary(tmp_path, small_store):
+@pytest.mark.parametrize("where", ["epoch_end", "mid_epoch"])
+def test_stop_and_resume_in_process_with_accumulation(tmp_path, small_store, where):
     from expr.config import ConfigError
     from expr.train import config_from_argv, run
 
@@ -114,9 +117,11 @@ def test_stop_and_resume_in_process_at_epoch_boundary(tmp_path, small_store):
     cfg, _ = config_from_argv(args + ["--train.output_dir", str(tmp_path / "ref")])
     ref = run(cfg)
     steps_per_epoch = ref["history"][0]["step"]
-    cfg, _ = config_from_argv(
-        args + ["--train.output_dir", str(tmp_path / "b"), "--train.stop_after_steps", str(steps_per_epoch)]
-    )
+    # Optimizer steps: one per 2 micro-batches of 16 windows (the last one of an epoch may be shorter).
+    windows = len(_train_windows(cfg))
+    assert steps_per_epoch == math.ceil(math.ceil(windows / 16) / 2)
+    stop = steps_per_epoch if where == "epoch_end" else steps_per_epoch + 2  # mid-epoch: inside epoch 2
+    cfg, _ = config_from_argv(args + ["--train.output_dir", str(tmp_path / "b"), "--train.stop_after_steps", str(stop)])
     first = run(cfg)
     assert not first["completed"] and len(first["history"]) == 1
     cfg, resume = config_from_argv(["--resume", str(tmp_path / "b")])
@@ -127,6 +132,113 @@ def test_stop_and_resume_in_process_at_epoch_boundary(tmp_path, small_store):
     cfg, _ = config_from_argv(args + ["--train.output_dir", str(tmp_path / "b")])
     with pytest.raises(ConfigError, match="--resume"):
         run(cfg)
+
+
+def _train_windows(cfg):
+    from expr.data.store import FrameStore
+    from expr.data.windows import load_or_build_windows
+    from expr.report import open_store
+
+    store: FrameStore = open_store(cfg)
+    d = cfg.data
+    return load_or_build_windows(store, "train", d.window, d.stride, d.label_frame, random_offset=d.random_offset)
+
+
+def test_warmup_then_cosine_to_the_floor():
+    from expr.train import cosine_schedule
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=2.0)
+    scheduler = cosine_schedule(optimizer, total_steps=100, warmup_ratio=0.1, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(100):
+        lrs.append(optimizer.param_groups[0]["lr"])  # the rate the step uses
+        optimizer.step()
+        scheduler.step()
+    # Warm-up: steps 0..9 at 2 * (s + 1) / 10, reaching the peak on the last warm-up step.
+    assert lrs[:10] == pytest.approx([2.0 * (s + 1) / 10 for s in range(10)])
+    # Cosine from the peak at step 10 down to the floor 0.1 x peak after the last step.
+    for s in (10, 30, 55, 99):
+        progress = (s - 10) / 90
+        assert lrs[s] == pytest.approx(2.0 * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))))
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.2)  # after all 100 steps: the floor
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+
+
+def test_weight_decay_falls_on_kernels_only():
+    from expr.config import ModelConfig
+    from expr.models.fusion import FusionHead
+    from expr.train import param_groups
+
+    model = FusionHead(ModelConfig(tcn_blocks=2), 8)
+    decay, no_decay = param_groups(model, 0.01)
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert decayed | kept == set(names.values()) and not decayed & kept
+    gain = "tcn.blocks.0.net.0.conv.parametrizations.weight.original0"  # weight norm's per-channel gain
+    direction = "tcn.blocks.0.net.0.conv.parametrizations.weight.original1"
+    assert gain in kept and direction in decayed
+    assert {"classifier.0.weight", "text_projection.weight", "v2a.attn.in_proj_weight"} <= decayed
+    assert {"logit_scale", "audio_adapter.1.weight", "v2a.norm.weight", "classifier.0.bias"} <= kept
+    shapes = dict(model.named_parameters())
+    assert all(shapes[n].ndim == 1 or n.endswith("original0") for n in kept)  # biases, norms, scales, gains
+    assert all(shapes[n].ndim >= 2 for n in decayed)
+
+
+def test_class_weights_come_from_training_frames_not_windows(tmp_path, small_store):
+    from expr.losses import class_weights
+    from expr.train import Trainer, config_from_argv
+
+    cfg, _ = config_from_argv(SMALL + ["--train.log_with", "none", "--train.output_dir", str(tmp_path / "r")])
+    trainer = Trainer(cfg)
+    store = trainer.store
+    frames = store.labels[store.frame_rows(store.videos_in("train"))]
+    torch.testing.assert_close(trainer.class_weights.cpu(), class_weights(frames, 8, "inverse"))
+    windows = np.asarray(_train_windows(cfg)["label"])
+    assert not torch.allclose(trainer.class_weights.cpu(), class_weights(windows, 8, "inverse"))
+
+
+def test_training_windows_are_drawn_anew_each_epoch_and_cover_every_labelled_frame(small_store):
+    from expr.data.store import FrameStore
+    from expr.data.windows import WindowDataset, label_position, load_or_build_windows
+
+    store = FrameStore(small_store)
+    windows = load_or_build_windows(store, "train", 30, 30, "center", random_offset=True)
+    data = WindowDataset(store, windows, "center", seed=42)
+    idx = np.arange(len(data))
+    seen = np.zeros(len(store.labels), bool)
+    for epoch in range(3):
+        batch = data.__getitems__(epoch * len(data) + idx)
+        start, label = data.starts(idx, epoch)
+        assert batch["label"].tolist() == label.tolist() and (label >= 0).all()
+        target = store.frame_offset[data.video] + label_position(start, 30, store.num_frames[data.video], "center")
+        assert (store.labels[target] == label).all()
+        assert ((start >= data.start) & (start < data.start + data.span)).all()  # inside its slot
+        # The same draw whatever the batch (order, size, process): a function of (seed, epoch, window) alone.
+        assert data.starts(idx[::-1], epoch)[0].tolist() == start[::-1].tolist()
+    first = data.starts(idx, 0)[0]
+    for epoch in range(300):  # 30 positions per slot: after 300 epochs each was drawn with probability 1 - 4e-5
+        start, _ = data.starts(idx, epoch)
+        seen[store.frame_offset[data.video] + label_position(start, 30, store.num_frames[data.video], "center")] = True
+    assert (data.starts(idx, 1)[0] != first).mean() > 0.9
+    # Every labelled frame that a full window can centre on was a training target.
+    full = [np.arange(o + 15, o + n - 14) for o, n in zip(store.frame_offset, store.num_frames, strict=True)]
+    reachable = np.concatenate([f for f, v in zip(full, range(len(full)), strict=True) if store.splits[v] == "train"])
+    reachable = reachable[store.labels[reachable] >= 0]
+    assert seen[reachable].mean() > 0.99
+
+
+# A short fixed-seed run (the small_run fixture: demo preset, 12 videos, 2 TCN blocks, 2 epochs, batch 16): its
+# loss curve and metric, pinned. A refactor that changes what expr computes changes these numbers.
+PINNED = {"train/loss": [2.0097, 1.3686], "val/macro_f1": [0.4916, 0.5109]}
+
+
+def test_pinned_loss_curve_of_a_short_demo_run(small_run):
+    got = {k: [round(r[k], 4) for r in small_run["history"]] for k in PINNED}
+    assert got["train/loss"] == pytest.approx(PINNED["train/loss"], rel=1e-3), got
+    assert got["val/macro_f1"] == pytest.approx(PINNED["val/macro_f1"], abs=2e-3), got
 
 
 def test_quickstart_demo_run_reaches_the_bar(tmp_path):
