@@ -96,6 +96,59 @@ def test_audio_span_uses_each_videos_fps(tmp_path):
     assert a0.tolist() == [50, 50] and count.tolist() == [30, 25]
 
 
+def _overlapping_units(start, length, fps, audio_start, rate) -> tuple[int, int]:
+    """Brute force with exact fractions: (first, count) of the audio units j whose [audio_start + j / rate,
+    audio_start + (j + 1) / rate) overlaps the window's [start / fps, (start + length) / fps) by more than a millionth
+    of a unit. Units strictly inside overlap fully, so only those near the two ends are tried."""
+    from fractions import Fraction
+
+    t0, t1 = Fraction(start) / fps, Fraction(start + length) / fps
+    eps = Fraction(1, 10**6) / rate
+
+    def overlaps(j):
+        return min(t1, audio_start + Fraction(j + 1) / rate) - max(t0, audio_start + Fraction(j) / rate) > eps
+
+    near0, near1 = int((t0 - audio_start) * rate), int((t1 - audio_start) * rate)
+    first = min(j for j in range(near0 - 2, near0 + 3) if overlaps(j))
+    last = max(j for j in range(near1 - 2, near1 + 3) if overlaps(j))
+    return first, last - first + 1
+
+
+def test_audio_span_is_every_audio_frame_the_window_overlaps():
+    from fractions import Fraction
+
+    from expr.data.store import audio_overlap
+
+    # The issue's case: frames 1..30 at 30 fps span [1/30, 31/30) s = audio frames 1..51 at 50 Hz.
+    assert [int(x) for x in audio_overlap(1, 30, 30.0, 0.0, 50.0)] == [1, 51]
+    assert [int(x) for x in audio_overlap(0, 7, 30.0, 0.0, 50.0)] == [0, 12]  # [0, 7/30) s: frames 0..11
+    assert [int(x) for x in audio_overlap(1, 7, 30.0, 0.0, 50.0)] == [1, 13]
+    rng = np.random.default_rng(0)
+    fps_values = [Fraction(24000, 1001), Fraction(25), Fraction(30000, 1001), Fraction(30)]
+    for _ in range(400):
+        fps = fps_values[rng.integers(4)]
+        start, length = int(rng.integers(0, 5000)), int(rng.integers(1, 90))
+        audio_start = Fraction(int(rng.integers(-400, 400)), 1000)  # audio up to 0.4 s before or after the video
+        for rate in (50, 16000):
+            expected = _overlapping_units(start, length, fps, audio_start, rate)
+            first, count = audio_overlap(start, length, float(fps), float(audio_start), float(rate))
+            assert (int(first), int(count)) == expected, (fps, start, length, audio_start, rate)
+
+
+def test_the_window_label_is_its_centre_or_last_frame(tmp_path):
+    # Every frame labelled with its own index mod 3 in a long video: the label names exactly one frame.
+    labels = np.arange(200) % 3
+    video = VideoRecord("v", "train", 25.0, np.zeros((200, 2)), np.ones(200, bool), labels, None)
+    store = FrameStore(write_store(tmp_path / "s", [video], {"classes": ["a", "b", "c"]}))
+    from expr.data.windows import window_labels
+
+    for T in (9, 10, 30, 31):
+        start = np.arange(0, 200 - T, 7)
+        zeros = np.zeros(len(start), np.int64)
+        assert window_labels(store, zeros, start, T, "center").tolist() == ((start + T // 2) % 3).tolist(), T
+        assert window_labels(store, zeros, start, T, "last").tolist() == ((start + T - 1) % 3).tolist(), T
+
+
 def test_epoch_sampler_is_seeded_per_epoch():
     s = EpochSampler(50, seed=42)
     first = list(s)

@@ -1,6 +1,7 @@
 """Two CPU processes (DDP over gloo) through `accelerate launch`, as ../README describes for CI."""
 
 import json
+import math
 import socket
 import subprocess
 from pathlib import Path
@@ -41,13 +42,23 @@ def evaluate_on_one_process(run_dir: Path) -> tuple[float, int]:
 
 @pytest.mark.parametrize("zero_stage", [None, 2, 3], ids=["ddp", "zero2", "zero3"])
 def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, small_store, zero_stage):
-    args = SMALL + ["--train.log_with", "none"]
+    args = SMALL + ["--train.log_with", "none", "--train.min_lr_ratio", "0.1"]
     ref = tmp_path / "ref"
     output = launch2(args + ["--train.output_dir", str(ref)], zero_stage)
     assert "2 processes" in output
     final = json.loads((ref / "final.json").read_text())
     assert final["num_processes"] == 2 and final["effective_batch"] == 32
     assert len(set(final["param_checksum_per_rank"])) == 1  # identical parameters on both ranks
+    # Each process takes half of every epoch's windows: 2 epochs of ceil(windows / (16 x 2)) optimizer steps, and
+    # the cosine schedule ends at its floor on the last of them (not half-way, as a schedule planned for one
+    # process would).
+    from test_train import _train_windows
+
+    from expr.train import config_from_argv
+
+    windows = len(_train_windows(config_from_argv(args)[0]))
+    assert final["global_step"] == 2 * math.ceil(windows / 32)
+    assert final["final_lr"] == pytest.approx(0.1 * final["lr"], rel=0.02)
 
     # Stopped mid-epoch on 2 processes, resumed on 2 processes: the same run.
     b = tmp_path / "b"

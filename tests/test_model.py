@@ -51,6 +51,28 @@ def test_masked_positions_do_not_change_the_output(fusion):
     assert torch.allclose(ref.visual_embedding, out.visual_embedding, atol=1e-5)
 
 
+@pytest.mark.parametrize("fusion", ["bidirectional", "v2a", "a2v", "none"])
+def test_padding_a_window_with_masked_frames_leaves_the_logits_unchanged(fusion):
+    # The same window, once as is and once with masked frames appended (as a short video's window is padded) and
+    # masked audio frames appended: the padding must be neither attended to nor pooled.
+    model = head(fusion=fusion, tcn_blocks=2)
+    with torch.no_grad():  # as after training: attention biases are no longer zero (an attended zero key would show)
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    visual, vmask, audio, amask = make_batch()
+    pad_v, pad_a = torch.randn(3, 7, 512), torch.randn(3, 5, 768)
+    padded = (
+        torch.cat([visual, pad_v], 1),
+        torch.cat([vmask, torch.zeros(3, 7, dtype=torch.bool)], 1),
+        torch.cat([audio, pad_a], 1),
+        torch.cat([amask, torch.zeros(3, 5, dtype=torch.bool)], 1),
+    )
+    with torch.no_grad():
+        a, b = model(visual, vmask, audio, amask), model(*padded)
+    torch.testing.assert_close(b.logits, a.logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(b.visual_embedding, a.visual_embedding, atol=1e-5, rtol=1e-5)
+
+
 def test_valid_positions_do_change_the_output():
     model = head()
     visual, vmask, audio, amask = make_batch()

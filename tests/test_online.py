@@ -92,6 +92,31 @@ def test_online_features_equal_the_cached_ones(media_store):
     assert audio_mask[~mute].float().mean() > 0.9
 
 
+def test_a_windows_audio_features_do_not_depend_on_the_rest_of_the_batch(media_store):
+    """Wav2Vec2-Base's group norm spans time: a 25 fps window batched with longer 30 fps ones (zero-padded to
+    their length) must get the features it gets alone."""
+    out, _, _ = media_store
+    store = FrameStore(out)
+    encoders, image_transform = store_encoders(store, "cpu")
+    windows = load_or_build_windows(store, "train", 10, 5)
+    online = OnlineWindowDataset(store, windows, image_transform, augment=False)
+    has_audio = store.num_audio[online.video] > 0
+    fps = store.fps[online.video]
+    picks = [int(np.flatnonzero(has_audio & (fps == f))[k]) for f in sorted(set(fps[has_audio])) for k in (1, 2)]
+    assert len({len(online.item(i)["wave"]) for i in picks}) >= 2, "needs windows of different audio lengths"
+    items = [online.item(i) for i in picks]
+    batch = collate_online(items)
+    together, together_mask = encoders.encode_audio(batch["wave"], batch["wave_mask"], batch["wave_length"])
+    for j, item in enumerate(items):
+        one = collate_online([item])
+        alone, alone_mask = encoders.encode_audio(one["wave"], one["wave_mask"], one["wave_length"])
+        ta = alone.shape[1]
+        assert torch.equal(together_mask[j, :ta], alone_mask[0]) and not together_mask[j, ta:].any()
+        # Equal up to the fp16 rounding of the output (one ulp, from fp32 sums taken in another order); the padding
+        # bias this guards against is of the size of the features themselves (0.47 of 0.81 measured).
+        torch.testing.assert_close(together[j, :ta].float(), alone[0].float(), atol=1e-3, rtol=1e-3)
+
+
 def test_online_audio_is_each_windows_own_span_encoded_alone(media_store):
     """The paper's per-window audio encoding: Wav2Vec2 on the window's samples only, standardised per window."""
     from expr.features.backbones import load_wav2vec2

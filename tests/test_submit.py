@@ -16,6 +16,20 @@ from expr.submit import (
 HEADER = "image_location," + ",".join(ABAW_CLASSES)
 
 
+def test_each_example_line_gets_the_label_of_its_own_frame(tmp_path):
+    # Frame numbers in the example count from 1; predicted labels are indexed from frame 0. Every frame has its own
+    # label here, so an off-by-one shows on every line.
+    ex = tmp_path / "example.csv"
+    lines = [("vidA", n) for n in (1, 2, 3, 10, 11)] + [("vidB_left", n) for n in (1, 5, 7, 9)]
+    ex.write_text(HEADER + "\n" + "".join(f"{v}/{n:05d}.jpg,0\n" for v, n in lines))
+    labels = {"vidA": np.arange(11) % 8, "vidB_left": (np.arange(7) * 3) % 8}  # vidB_left decodes to 7 frames
+    out = write_submission(read_example(ex), labels, tmp_path / "sub.csv")
+    rows = list(csv.reader(open(out)))[1:]
+    expected = [(n - 1) % 8 for _, n in lines[:5]] + [((min(n, 7) - 1) * 3) % 8 for _, n in lines[5:]]
+    assert [r[0] for r in rows] == [f"{v}/{n:05d}.jpg" for v, n in lines]
+    assert [int(r[1]) for r in rows] == expected  # past the decoded end: the last frame's label
+
+
 def test_a_malformed_example_line_is_named(tmp_path):
     ex = tmp_path / "example.csv"
     ex.write_text(HEADER + "\nvid/00001.jpg,0\nvid-00002.jpg,0\n")
