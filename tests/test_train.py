@@ -144,6 +144,18 @@ def _train_windows(cfg):
     return load_or_build_windows(store, "train", d.window, d.stride, d.label_frame, random_offset=d.random_offset)
 
 
+def test_training_budget_does_not_depend_on_the_window_length(small_store):
+    # The window study compares lengths at an equal budget: by default an epoch has one training window per
+    # data.stride frames whatever the window, so 10 and 60 frames train for (nearly) the same number of steps.
+    from expr.train import config_from_argv
+
+    counts = {}
+    for T in (10, 15, 30, 60):
+        cfg, _ = config_from_argv(SMALL + ["--data.window", str(T)])
+        counts[T] = len(_train_windows(cfg))
+    assert max(counts.values()) <= 1.1 * min(counts.values()), counts
+
+
 def test_warmup_then_cosine_to_the_floor():
     from expr.train import cosine_schedule
 

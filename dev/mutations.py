@@ -1,0 +1,131 @@
+"""Break each core rule once and check that a test notices: ``python dev/mutations.py [--only ID ...] [--list]``.
+
+Every entry is a plausible one-line bug in a rule that decides what expr computes (docs/rules.md says why each
+rule matters). For each, the script applies the change to the source, runs the tests named beside it, restores the
+file, and reports whether the tests failed (caught) or passed (missed). Run it after moving code: an entry whose
+``old`` line no longer exists is reported as stale, so update the entry with the code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (id, rule, file, old, new, pytest arguments)
+MUTATIONS = [
+    ("centre-1", "a window's centre label frame is start + T // 2", "expr/data/windows.py",
+     'offset = window // 2 if rule == "center"', 'offset = (window - 1) // 2 if rule == "center"',
+     ["tests/test_data.py", "-k", "window_label"]),
+    ("centre-2", "a window's centre label frame is start + T // 2", "expr/data/windows.py",
+     'offset = window // 2 if rule == "center"', 'offset = window // 2 - 1 if rule == "center"',
+     ["tests/test_data.py", "-k", "window_label"]),
+    ("audio-sign", "audio_start shifts a window's audio span", "expr/data/store.py",
+     "t0 = (np.asarray(start, np.float64) / fps - audio_start) * rate",
+     "t0 = (np.asarray(start, np.float64) / fps + audio_start) * rate",
+     ["tests/test_data.py", "-k", "audio_span"]),
+    ("audio-first", "the first audio unit is the one the window starts in (floor)", "expr/data/store.py",
+     "first = np.floor(t0 + eps)", "first = np.ceil(t0 + eps)", ["tests/test_data.py", "-k", "audio_span"]),
+    ("audio-count", "the last, partly covered audio unit counts (ceil)", "expr/data/store.py",
+     "count = np.ceil(t1 - eps)", "count = np.floor(t1 - eps)", ["tests/test_data.py", "-k", "audio_span"]),
+    ("a2v-mask", "audio queries attend only to valid visual frames", "expr/models/fusion.py",
+     "ha = self.a2v(fa, fv, visual_mask)", "ha = self.a2v(fa, fv, ~visual_mask)",
+     ["tests/test_model.py", "-k", "padding"]),
+    ("pool-mask", "visual pooling over valid frames only", "expr/models/fusion.py",
+     "zv = masked_mean(hv, visual_mask)", "zv = hv.mean(1)", ["tests/test_model.py", "-k", "padding"]),
+    ("text-norm", "the contrastive loss normalises the text embeddings", "expr/losses.py",
+     "text = F.normalize(text_embeddings.to(embeddings.dtype), dim=-1)[labels]",
+     "text = text_embeddings.to(embeddings.dtype)[labels]", ["tests/test_losses.py"]),
+    ("con-face", "windows without a face stay out of the contrastive term", "expr/losses.py",
+     "    if valid is not None:\n        embeddings, labels", "    if False:\n        embeddings, labels",
+     ["tests/test_losses.py"]),
+    ("submit-index", "example frame n (from 1) gets the label of frame n - 1", "expr/submit.py",
+     "lab[min(frame - 1, len(lab) - 1)]", "lab[min(frame, len(lab) - 1)]",
+     ["tests/test_submit.py", "-k", "own_frame"]),
+    ("class-weights", "class weights count training frames, not windows", "expr/train.py",
+     "class_weights(self.store.labels[train_frames], cfg.num_classes",
+     'class_weights(np.asarray(train_windows["label"]), cfg.num_classes',
+     ["tests/test_train.py", "-k", "class_weights"]),
+    ("resume-accum", "a resumed epoch skips steps x accumulation micro-batches", "expr/train.py",
+     "acc.skip_first_batches(self.train_loader, skip * cfg.train.grad_accum_steps)",
+     "acc.skip_first_batches(self.train_loader, skip)",
+     ["tests/test_train.py", "-k", "accumulation and mid_epoch"]),
+    ("warmup", "warm-up reaches the peak on its last step: (step + 1) / warmup", "expr/train.py",
+     "return (step + 1) / warmup", "return step / warmup", ["tests/test_train.py", "-k", "warmup"]),
+    ("cosine-floor", "the cosine decays to min_lr_ratio", "expr/train.py",
+     "return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))",
+     "return 0.5 * (1.0 + math.cos(math.pi * progress))", ["tests/test_train.py", "-k", "warmup"]),
+    ("decay-gain", "no weight decay on weight-norm gains", "expr/train.py",
+     ' and not name.endswith("original0")', "", ["tests/test_train.py", "-k", "weight_decay"]),
+    ("macro-all", "macro-F1 averages all classes (absent ones count 0)", "expr/metrics.py",
+     '"macro_f1": float(f1.mean())', '"macro_f1": float(f1[present].mean())', ["tests/test_metrics.py"]),
+    ("spread", "a centre/last window speaks for its label frame", "expr/evaluation.py",
+     'if rule == "majority":', "if True:", ["tests/test_evaluation.py", "-k", "perfect or centre or last_frame"]),
+    ("eval-stride", "the default evaluation stride is small and window-independent", "expr/config.py",
+     "return self.eval_stride or min(3, self.window)", "return self.eval_stride or max(1, self.window // 3)",
+     ["tests/test_evaluation.py", "-k", "perfect"]),
+    ("face-fill", "frames without a face take the nearest face frame's prediction, everywhere", "expr/evaluation.py",
+     "out[a : a + n] = fill_missing_faces(out[a : a + n], face[r])", "out[a : a + n] = out[a : a + n]",
+     ["tests/test_evaluation.py", "-k", "faceless"]),
+    ("offsets", "training windows move by a drawn offset each epoch", "expr/data/windows.py",
+     "if not len(idx) or span.max() <= 1:", "if True:", ["tests/test_train.py", "-k", "drawn_anew"]),
+    ("offsets-batch", "a window's offset depends on (seed, epoch, window) alone", "expr/data/windows.py",
+     "+ np.asarray(index, np.uint64)[:, None] * np.uint64(0x94D049BB133111EB)",
+     "+ np.arange(len(index), dtype=np.uint64)[:, None] * np.uint64(0x94D049BB133111EB)",
+     ["tests/test_train.py", "-k", "drawn_anew"]),
+    ("budget", "training windows per epoch do not depend on the window length", "expr/config.py",
+     "    stride: int | None = 30\n", "    stride: int | None = None\n",
+     ["tests/test_train.py", "-k", "budget"]),
+    ("online-pad", "a window's audio is encoded without the batch's padding", "expr/models/online.py",
+     "if wave_length is None else wave_length.cpu()", "if True else wave_length.cpu()",
+     ["tests/test_online.py", "-k", "rest_of_the_batch"]),
+]  # fmt: skip
+
+
+def run(mutation, python: str) -> tuple[str, float]:
+    ident, _, file, old, new, tests = mutation
+    path = ROOT / file
+    source = path.read_text()
+    if source.count(old) != 1:
+        return f"stale ({source.count(old)} matches of its line in {file})", 0.0
+    t0 = time.time()
+    try:
+        path.write_text(source.replace(old, new))
+        proc = subprocess.run(
+            [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        path.write_text(source)
+    return ("caught" if proc.returncode == 1 else "MISSED" if proc.returncode == 0 else f"error {proc.returncode}"), (
+        time.time() - t0
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", help="mutation ids to run")
+    parser.add_argument("--list", action="store_true", help="list the mutations and stop")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not args.only or m[0] in args.only]
+    if args.list:
+        for ident, rule, file, *_ in chosen:
+            print(f"{ident:14} {file:24} {rule}")
+        return 0
+    missed = 0
+    print("| mutation | rule | file | tests | result | s |\n|---|---|---|---|---|---|")
+    for m in chosen:
+        result, seconds = run(m, sys.executable)
+        missed += result != "caught"
+        print(f"| {m[0]} | {m[1]} | {m[2]} | `{' '.join(m[5])}` | {result} | {seconds:.0f} |", flush=True)
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
