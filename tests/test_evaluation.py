@@ -119,13 +119,20 @@ def test_frames_without_a_face_take_the_nearest_face_frame():
 
 
 def test_frame_probabilities_of_some_videos_fill_faceless_frames_within_each_video():
-    # Three videos of 4 frames; one window each (T = 4, centre label frame 2); video 1 asked for first.
-    num_frames, offset = np.array([4, 4, 4]), np.array([0, 4, 8])
-    face = np.array([1, 1, 1, 1, 0, 0, 1, 0, 1, 1, 1, 1], bool)
-    probs = np.array([A, B, [0.5, 0.5]])
-    rows, out = frame_probabilities(num_frames, offset, face, [1, 0], np.array([0, 1, 2]), np.zeros(3, int), 4, probs)
-    assert rows.tolist() == [4, 5, 6, 7, 0, 1, 2, 3]  # video 2's window is ignored
-    np.testing.assert_allclose(out, [B] * 4 + [A] * 4)
+    # Video 0: 9 frames, windows of 4 at starts 0, 2, 4 (label frames 2, 4, 6) predicting A, B, A; frames 3 and 4
+    # have no face and take the nearest frame with one (2 and 5). Video 1: 4 frames, one window (label frame 2)
+    # predicting B, its first two frames without a face. Video 2's window is ignored; video 1 is asked for first.
+    num_frames, offset = np.array([9, 4, 4]), np.array([0, 9, 13])
+    face = np.ones(17, bool)
+    face[[3, 4, 9, 10]] = False
+    video, start = np.array([0, 0, 0, 1, 2]), np.array([0, 2, 4, 0, 0])
+    probs = np.array([A, B, A, B, [0.5, 0.5]])
+    rows, out = frame_probabilities(num_frames, offset, face, [1, 0], video, start, 4, probs)
+    assert rows.tolist() == list(range(9, 13)) + list(range(9))
+    half = [0.5, 0.5]
+    np.testing.assert_allclose(out[:4], [B] * 4)
+    # Interpolated: A A A (A|B) B (B|A) A A A; frame 3 <- frame 2, frame 4 <- frame 5.
+    np.testing.assert_allclose(out[4:], [A, A, A, A, half, half, A, A, A])
 
 
 def test_frame_report_scores_labelled_frames_like_sklearn():
