@@ -1,4 +1,4 @@
-"""Loss functions: class-weighted cross-entropy and the multi-positive text contrastive loss. Pure functions."""
+"""Loss functions: class-weighted cross-entropy and the CLIP-style text contrastive loss. Pure functions."""
 
 from __future__ import annotations
 
