@@ -8,10 +8,11 @@ DeepSpeed. ``expr export-head STATE_DIR --out head.safetensors`` turns either in
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
+
+from expr.atomic import atomic_path
 
 
 class CheckpointError(ValueError):
@@ -45,10 +46,8 @@ def save_head(state: dict[str, torch.Tensor], out: str | Path, metadata: dict[st
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", **(metadata or {})})
     return out
 
 

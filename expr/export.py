@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
+
+from expr.atomic import atomic_path
 
 EXPORT_FORMAT = 1
 
@@ -78,15 +79,11 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     cfg, _ = load_run(run_dir)  # checks the run has a trained head
     info = run_info(run_dir, cfg)
     info.pop("cfg")
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copyfile(run_dir / "best" / "model.safetensors", tmp / "model.safetensors")
-    (tmp / "config.json").write_text(json.dumps(info, indent=2))
-    (tmp / "README.md").write_text(model_card(info))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        shutil.copyfile(run_dir / "best" / "model.safetensors", tmp / "model.safetensors")
+        (tmp / "config.json").write_text(json.dumps(info, indent=2))
+        (tmp / "README.md").write_text(model_card(info))
     return out
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+
+from expr.atomic import atomic_path
 
 
 def pyplot():
@@ -20,8 +21,9 @@ def save_figure(fig, path: str | Path, dpi: int | None = None) -> Path:
     """Lay out, write to a temporary file, rename into place, close."""
     path = Path(path)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=dpi)
-    pyplot().close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        pyplot().close(fig)
     return path

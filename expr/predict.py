@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from expr.atomic import atomic_path
 
 logger = logging.getLogger("expr.predict")
 
@@ -165,8 +166,7 @@ def predict_video(
     labels = probs.argmax(1)
     classes = list(cfg.data.classes)
     csv_path = out / f"{video.stem}.csv"
-    tmp = csv_path.with_name(f".{csv_path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
+    with atomic_path(csv_path) as tmp, open(tmp, "w") as f:
         f.write("frame,time_s,face,label,label_name," + ",".join(f"p_{c}" for c in classes) + "\n")
         for i, (lab, p) in enumerate(zip(labels, probs, strict=True)):
             f.write(
@@ -174,7 +174,6 @@ def predict_video(
                 + ",".join(f"{x:.4f}" for x in p)
                 + "\n"
             )
-    os.replace(tmp, csv_path)
     png = out / f"{video.stem}_timeline.png"
     plot_timeline(probs, record.face, record.fps, classes, png, video.name, has_audio=record.audio is not None)
     return {"csv": csv_path, "png": png, "frames": len(labels), "warnings": warnings, "labels": labels}

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from expr.atomic import atomic_path
 from expr.config import ABAW_CLASSES, LossConfig
 from expr.data.media import MediaError, decode_audio, iter_frames, probe
 
@@ -225,14 +226,11 @@ def _part_path(out: Path, name: str) -> Path:
 def save_part(out: Path, item: Item, arrays: dict[str, np.ndarray], report: Report) -> Path:
     """Write one finished video atomically (temporary file, then rename)."""
     path = _part_path(out, item.name)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"name": item.name, "split": item.split, "report": report.__dict__}
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.npz")
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
     return path
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from expr.atomic import write_text
 from expr.config import Config, ConfigError, default_num_workers, load_yaml
 
 
@@ -217,10 +218,8 @@ def evaluate_run(
 
 def write_report(out: Path, report: dict[str, Any], classes: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    tmp = out / f".report.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(report, indent=2))
-    os.replace(tmp, out / "report.json")
-    (out / "report.md").write_text(markdown(report, classes))
+    write_text(out / "report.json", json.dumps(report, indent=2))
+    write_text(out / "report.md", markdown(report, classes))
     plot_confusion(
         np.array(report["metrics"]["confusion_matrix"]),
         classes,

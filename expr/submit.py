@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from expr.atomic import atomic_path, write_text
 from expr.config import ABAW_CLASSES
 
 
@@ -113,22 +113,19 @@ def frame_labels(run_dir, cache, videos: list[str], smoothing=None, width=None, 
 def write_submission(example: Example, labels: dict[str, np.ndarray], out: str | Path, fmt: str = "csv") -> Path:
     out = Path(out)
     if fmt == "csv":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
             f.write(",".join(example.header) + "\n")
             for video, frame in example.lines:
                 lab = labels[video]
                 value = int(lab[min(frame - 1, len(lab) - 1)]) if len(lab) else 0
                 f.write(f"{video}/{frame:05d}.jpg,{value}\n")
-        os.replace(tmp, out)
         return out
     out.mkdir(parents=True, exist_ok=True)  # per-video: <video>.txt with a header line and one label per frame
     for video in example.videos():
         lab = labels[video]
         frames = [f for v, f in example.lines if v == video]
         values = [int(lab[min(f - 1, len(lab) - 1)]) if len(lab) else 0 for f in frames]
-        (out / f"{video}.txt").write_text(",".join(example.header[1:]) + "\n" + "\n".join(map(str, values)) + "\n")
+        write_text(out / f"{video}.txt", ",".join(example.header[1:]) + "\n" + "\n".join(map(str, values)) + "\n")
     return out
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from expr.atomic import atomic_path, write_text
 from expr.config import ConfigError
 
 logger = logging.getLogger("expr.sweep")
@@ -658,12 +659,11 @@ def write_report(handle, study: Study, out: Path, paper: dict | None = None) -> 
     columns: list[str] = []
     for r in rows:
         columns += [k for k in r if k not in columns]
-    with open(out / "results.csv.tmp", "w", newline="") as f:
+    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(out / "results.csv.tmp", out / "results.csv")
-    (out / "report.md").write_text(report_markdown(study, summary, rows, handle, paper))
+    write_text(out / "report.md", report_markdown(study, summary, rows, handle, paper))
     if summary:
         bar_chart(study, summary, out / f"{study.name}.png")
     if study.type == "search" and sum(r["state"] == "complete" for r in rows) >= 2:

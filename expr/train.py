@@ -40,6 +40,7 @@ if not torch.cuda.is_available():  # DeepSpeed picks its accelerator when first 
 
 from accelerate.logging import get_logger  # noqa: E402
 
+from expr.atomic import atomic_path, write_text
 from expr.config import (  # noqa: E402
     Config,
     ConfigError,
@@ -89,12 +90,6 @@ def _new_run_dir() -> str:
         path = Path("runs") / f"{stamp}-{n}"
         n += 1
     return str(path)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _flat_config(cfg: Config) -> dict[str, Any]:
@@ -358,7 +353,7 @@ class Trainer:
             (tmp / "progress.json").write_text(json.dumps(progress))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            _atomic_write(self._state_dir() / "latest.json", json.dumps({"state": name}))
+            write_text(self._state_dir() / "latest.json", json.dumps({"state": name}))
             kept = sorted(p for p in self._state_dir().glob("step*") if p.is_dir())
             for old in kept[: max(0, len(kept) - self.cfg.train.keep_last_states)]:
                 shutil.rmtree(old, ignore_errors=True)
@@ -388,7 +383,7 @@ class Trainer:
             self.start_epoch, self.skip_steps = progress["epoch"], progress["step_in_epoch"]
         if self.accelerator.is_main_process:
             # Rows written after the state was saved belong to work that will be redone.
-            _atomic_write(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
+            write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
             logger.info(
                 "resumed %s from %s: epoch %d, step %d", self.run_dir, state.name, self.start_epoch + 1, self.skip_steps
             )
@@ -409,12 +404,11 @@ class Trainer:
                 "config": self.cfg.to_dict(),
                 "store": {"path": str(self.store.path), **self.store.meta},
             }
-            _atomic_write(best / "head.json", json.dumps(info, indent=2))
+            write_text(best / "head.json", json.dumps(info, indent=2))
             # The best epoch's validation frame probabilities: post-processing can be tuned without retraining.
             rows, probs = self.last_frame_probs
-            tmp = best / f".val_frame_probs.tmp{os.getpid()}.npz"
-            np.savez(tmp, rows=rows, probs=probs.astype(np.float16), labels=self.store.labels[rows])
-            os.replace(tmp, best / "val_frame_probs.npz")
+            with atomic_path(best / "val_frame_probs.npz") as tmp:
+                np.savez(tmp, rows=rows, probs=probs.astype(np.float16), labels=self.store.labels[rows])
 
     def _write_summary(self) -> None:
         """``final.json``: best result, process layout, and a parameter checksum from every rank (they must agree)."""
@@ -444,7 +438,7 @@ class Trainer:
                 "final_lr": float(self.scheduler.get_last_lr()[0]),
                 "param_checksum_per_rank": checksums,
             }
-            _atomic_write(self.run_dir / "final.json", json.dumps(summary, indent=2))
+            write_text(self.run_dir / "final.json", json.dumps(summary, indent=2))
 
     # ------------------------------------------------------------------------------------------- training
     def _forward(self, batch: dict[str, torch.Tensor]):

@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from expr.atomic import atomic_path
+
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")
 
@@ -142,17 +144,18 @@ def write_store(path: str | Path, videos, meta) -> Path:
     (Aff-Wild2's ~9 GB of features) can be written. ``meta`` may be a callable, called after the last video (the
     header is written last and can summarise what was written). Feature columns are written as one arrow record
     batch each (from flat temporary files), so reading them back is a zero-copy memory map."""
-    import shutil
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        _write_store_into(tmp, videos, meta, Path(path))
+    return Path(path)
 
+
+def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
+    """The body of :func:`write_store`, into the temporary folder ``tmp`` (``path``: the store's name in messages)."""
     import datasets
     import pyarrow as pa
 
     datasets.disable_progress_bars()
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     files = {"jpeg": _ArrowFile(tmp / "media" / "frames"), "wave": _ArrowFile(tmp / "media" / "audio")}
     visual_raw, audio_raw = _RawColumn(tmp / ".visual.f16"), _RawColumn(tmp / ".audio.f16")
     small: dict[str, list[np.ndarray]] = {"video": [], "face": [], "label": [], "audio_video": []}
@@ -198,7 +201,6 @@ def write_store(path: str | Path, videos, meta) -> Path:
         frame_offset += n
         audio_offset += na
     if not rows["name"]:
-        shutil.rmtree(tmp)
         raise StoreError(f"{path}: no videos to write")
     meta = meta() if callable(meta) else meta
     audio_dim = audio_dim or int(meta.get("audio_dim", 768))
@@ -228,10 +230,6 @@ def write_store(path: str | Path, videos, meta) -> Path:
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp / "videos"), num_shards=1)
     header = {"format_version": FORMAT_VERSION, "visual_dim": int(visual_dim), "audio_dim": int(audio_dim), **meta}
     (tmp / "store.json").write_text(json.dumps(header, indent=2))
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-    return path
 
 
 class RowChunks:

@@ -6,12 +6,10 @@ Windows never copy features, so changing the window length or stride costs one p
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import numpy as np
 import torch
 
+from expr.atomic import atomic_path
 from expr.data.store import FrameStore
 
 INDEX_VERSION = "v2"
@@ -167,12 +165,8 @@ def load_or_build_windows(
     if (path / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(path))
     windows = build_windows(store, split, window, stride, label_rule, not keep_unlabelled, random_offset)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    windows.save_to_disk(str(tmp))
-    try:
-        os.replace(tmp, path)
-    except OSError:  # another process saved the same index first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_path(path, replace=False) as tmp:  # another process may save the same index first
+        windows.save_to_disk(str(tmp))
     return datasets.load_from_disk(str(path))
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from expr.atomic import atomic_path
+
 RANDOM = "random"
 RANDOM_SEED = 20240601
 
@@ -114,10 +116,8 @@ def text_embeddings(classes, template: str, clip: str, pretrained: str) -> torch
         return load_file(str(path))["text"]
     model, _, tokenizer = load_clip(clip, pretrained)
     emb = encode_text(model, tokenizer, prompts(classes, template))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"text": emb.contiguous()}, str(tmp), metadata={k: json.dumps(v) for k, v in identity.items()})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({"text": emb.contiguous()}, str(tmp), metadata={k: json.dumps(v) for k, v in identity.items()})
     return emb
 
 
