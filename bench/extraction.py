@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from common import Timer, machine, print_table
 
+from expr.data.item import Item
 from expr.features.backbones import AudioEncoder, VisualEncoder, load_clip, load_wav2vec2
-from expr.prepare import Item, extract_item
+from expr.prepare import extract_item
 
 
 class NoAudio:

@@ -1,4 +1,8 @@
-"""Head export: one safetensors file of the trainable head from any resume state (never the frozen backbones).
+"""Checkpoints: resume states of a run (every rank's model, optimizer, scheduler, RNG and loader positions, plus the
+trainer's progress) and head export, one safetensors file of the trainable head (never the frozen backbones).
+
+``RUN_DIR/states/stepNNNNNNNN/`` is written to a temporary folder by all ranks and renamed by the main process;
+``states/latest.json`` then names it, so a kill at any moment leaves the previous state intact.
 
 A resume state under ``RUN_DIR/states/`` is what ``accelerate.save_state`` wrote: ``model.safetensors`` for
 single-process and DDP runs, or a DeepSpeed checkpoint (``pytorch_model/``, ZeRO shards of every rank) under
@@ -8,15 +12,49 @@ DeepSpeed. ``expr export-head STATE_DIR --out head.safetensors`` turns either in
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from expr.atomic import atomic_path
+from expr.atomic import atomic_path, write_text
+from expr.config import ConfigError
 
 
 class CheckpointError(ValueError):
     """A state folder that holds no head weights; the message names the folder."""
+
+
+def save_state(acc, state_dir: Path, name: str, progress: dict[str, Any], keep_last: int) -> None:
+    """Save every rank's accelerate state and the main process's ``progress`` (JSON) as ``state_dir/name``, point
+    ``latest.json`` at it and keep the newest ``keep_last`` states. Called by all processes."""
+    final, tmp = state_dir / name, state_dir / f".{name}.tmp"
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        (tmp / "progress.json").write_text(json.dumps(progress))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        write_text(state_dir / "latest.json", json.dumps({"state": name}))
+        kept = sorted(p for p in state_dir.glob("step*") if p.is_dir())
+        for old in kept[: max(0, len(kept) - keep_last)]:
+            shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def latest_state(state_dir: Path, run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """(the newest state folder, its progress) of a run, for ``--resume``."""
+    latest = state_dir / "latest.json"
+    if not latest.is_file():
+        raise ConfigError(f"--resume {run_dir}: no saved state found ({latest} is missing)")
+    state = state_dir / json.loads(latest.read_text())["state"]
+    return state, json.loads((state / "progress.json").read_text())
 
 
 def head_state_dict(state_dir: str | Path) -> dict[str, torch.Tensor]:

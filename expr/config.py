@@ -33,6 +33,15 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is visible, else ``cpu``; any other value as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def default_num_workers(mode: str, local_processes: int = 1) -> int:
     """DataLoader workers per process when ``data.num_workers`` is unset: none for cached features (the batch gather
     is one indexing operation), up to 8 in online mode (JPEG decoding must keep the accelerator busy)."""

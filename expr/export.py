@@ -17,64 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from expr.atomic import atomic_path
-
-EXPORT_FORMAT = 1
-
-
-class ExportError(ValueError):
-    """A run or folder that cannot be exported or loaded; the message names it."""
+from expr.runs import EXPORT_FORMAT, RunError, load_head, load_run, run_info  # noqa: F401 (load_head: documented here)
 
 
-def load_head(path: str | Path, device: str = "cpu"):
-    """(FusionHead in eval mode, info dict) from an exported folder (``config.json``) or a run directory."""
-    from expr.config import Config
-    from expr.report import build_head, load_run
-
-    path = Path(path)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        info = json.loads((path / "config.json").read_text())
-        if info.get("expr_export_format") != EXPORT_FORMAT:
-            raise ExportError(f"{path}: not an expr export (config.json has no expr_export_format {EXPORT_FORMAT})")
-        cfg = Config.from_dict(info["config"], str(path / "config.json"))
-        weights = path / "model.safetensors"
-    elif (path / "config.yaml").is_file():
-        cfg, model = load_run(path)
-        return model.to(device), run_info(path, cfg)
-    else:
-        raise ExportError(f"{path}: neither an exported model (config.json + model.safetensors) nor a run directory")
-    info["cfg"] = cfg
-    return build_head(cfg, weights).to(device), info
-
-
-def run_info(run_dir: Path, cfg) -> dict[str, Any]:
-    """What a user of the head needs to know, from a run directory."""
-    head = run_dir / "best" / "head.json"
-    best = json.loads(head.read_text()) if head.is_file() else {}
-    store = best.get("store", {})
-    return {
-        "expr_export_format": EXPORT_FORMAT,
-        "classes": list(cfg.data.classes),
-        "prompt_template": cfg.loss.prompt_template,
-        "window": cfg.data.window,
-        "eval_stride": cfg.data.resolved_eval_stride(),
-        "smoothing": {"method": cfg.eval.smoothing, "width": cfg.eval.smoothing_width},
-        "backbones": store.get("backbones")
-        or {
-            "clip": cfg.backbones.clip,
-            "clip_pretrained": cfg.backbones.clip_pretrained,
-            "wav2vec2": cfg.backbones.wav2vec2,
-        },
-        "features": {"visual_dim": cfg.model.visual_dim, "audio_dim": cfg.model.audio_dim, "audio_rate": 50.0},
-        "validation": {"macro_f1": best.get("val/macro_f1"), "epoch": best.get("epoch")},
-        "trained_on": {"store": store.get("path"), "source": store.get("source")},
-        "config": cfg.to_dict(),
-        "cfg": cfg,
-    }
+class ExportError(RunError):
+    """A run or folder that cannot be exported; the message names it."""
 
 
 def export_run(run_dir: str | Path, out: str | Path) -> Path:
-    from expr.report import load_run
-
     run_dir, out = Path(run_dir), Path(out)
     cfg, _ = load_run(run_dir)  # checks the run has a trained head
     info = run_info(run_dir, cfg)
@@ -125,7 +75,6 @@ or `expr predict clip.mp4 --run path/to/this/folder --out predictions/`. `model.
 
 
 def main(argv: list[str] | None = None) -> int:
-    from expr.report import EvaluateError
 
     parser = argparse.ArgumentParser(prog="expr export", description="Export a run's best head as a model folder.")
     parser.add_argument("run_dir")
@@ -133,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         out = export_run(args.run_dir, args.out)
-    except (EvaluateError, ExportError) as e:
+    except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}: config.json, model.safetensors, README.md (upload as a Hugging Face model repository)")

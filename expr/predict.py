@@ -22,6 +22,10 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import atomic_path
+from expr.config import resolve_device
+from expr.features.backbones import Backbones
+from expr.inference import predict_frames
+from expr.runs import RunError, load_head
 
 logger = logging.getLogger("expr.predict")
 
@@ -111,21 +115,16 @@ def predict_video(
     backbones=None,
 ) -> dict[str, Any]:
     """Predict every frame of ``video`` with the head of ``run`` (a run directory or an exported folder)."""
-    import torch
 
     from expr.data.media import MediaError
     from expr.data.store import FrameStore, write_store
     from expr.evaluation import smooth_rows
-    from expr.export import load_head
     from expr.features.faces import FaceDetector
-    from expr.prepare import Backbones
-    from expr.report import predict_frames
 
     video, out = Path(video), Path(out)
     if not video.is_file():
         raise PredictError(f"{video}: no such file")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     model, info = load_head(run)
     cfg = info["cfg"]
     if backbones is None:
@@ -217,10 +216,8 @@ def plot_timeline(probs, face, fps, classes, path: Path, title: str, has_audio: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from expr.export import ExportError
     from expr.features.backbones import BackboneError
     from expr.features.faces import FaceDetectorError
-    from expr.report import EvaluateError
 
     parser = argparse.ArgumentParser(prog="expr predict", description=__doc__.split("\n\n")[0])
     parser.add_argument("video")
@@ -239,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         result = predict_video(
             args.video, args.run, args.out, args.clip, args.wav2vec2, args.device, not args.no_progress
         )
-    except (PredictError, ExportError, EvaluateError, BackboneError, FaceDetectorError) as e:
+    except (PredictError, RunError, BackboneError, FaceDetectorError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {result['csv']} ({result['frames']} frames) and {result['png']}")

@@ -30,30 +30,17 @@ import numpy as np
 
 from expr.atomic import atomic_path
 from expr.config import ABAW_CLASSES, LossConfig
+from expr.data.item import Item
 from expr.data.media import MediaError, decode_audio, iter_frames, probe
+from expr.features.backbones import DEFAULT_CLIP, DEFAULT_WAV2VEC2, Backbones
 
 logger = logging.getLogger("expr.prepare")
 
 PARTS = ".parts"
-DEFAULT_CLIP = "ViT-B-32/openai"
-DEFAULT_WAV2VEC2 = "facebook/wav2vec2-base"
 
 
 class PrepareError(RuntimeError):
     """A preparation that cannot go on; the message names the file or option."""
-
-
-@dataclass
-class Item:
-    """One video (or person track) to extract: where its frames, audio and labels come from."""
-
-    name: str
-    split: str
-    labels: np.ndarray | None = None  # per-frame labels (frame i = labels[i]; -1 = ignore); None for test videos
-    crops: dict[int, Path] | None = None  # frame index -> face crop image; None: take the frames of ``video``
-    video: Path | None = None  # raw video: frame rate, frame count and audio (and frames when there are no crops)
-    fps: float | None = None  # frame rate to use when there is no readable video
-    source: str = ""  # the annotation file or CSV the labels came from, for messages
 
 
 @dataclass
@@ -288,79 +275,6 @@ def _record_from_store(store, media, v: int):
 
 
 # --------------------------------------------------------------------------------------------- the run
-@dataclass
-class Backbones:
-    """The frozen encoders of one preparation, loaded on first use."""
-
-    clip: str = DEFAULT_CLIP
-    wav2vec2: str = DEFAULT_WAV2VEC2
-    device: str = "auto"
-    batch_size: int = 64
-    chunk_seconds: float = 30.0
-    context_seconds: float = 2.0
-    _clip: Any = None
-    _visual: Any = None
-    _audio: Any = None
-
-    def clip_spec(self) -> tuple[str, str]:
-        """(open_clip model name, pretrained tag / checkpoint path / ``random``)."""
-        spec = self.clip
-        if spec.startswith("local-dir:"):  # a folder with open_clip_config.json and weights
-            return spec, "local"
-        if spec == "random" or Path(spec).expanduser().is_file() or spec.startswith("hf-hub:"):
-            return "ViT-B-32", spec
-        if "/" in spec:
-            model, tag = spec.split("/", 1)
-            return model, tag
-        return "ViT-B-32", spec
-
-    def identity(self) -> dict[str, Any]:
-        model, tag = self.clip_spec()
-        return {
-            "clip": model,
-            "clip_pretrained": tag,
-            "wav2vec2": self.wav2vec2,
-            "random_weights": "random" in (tag, self.wav2vec2),
-        }
-
-    def _device(self):
-        import torch
-
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
-
-    def load_clip(self):
-        if self._clip is None:
-            from expr.features.backbones import load_clip
-
-            model, tag = self.clip_spec()
-            self._clip = load_clip(model, tag, self._device())
-        return self._clip
-
-    def visual(self):
-        if self._visual is None:
-            from expr.features.backbones import VisualEncoder
-
-            model, preprocess, _ = self.load_clip()
-            self._visual = VisualEncoder(model, preprocess, self.batch_size)
-        return self._visual
-
-    def audio(self):
-        if self._audio is None:
-            from expr.features.backbones import AudioEncoder, load_wav2vec2
-
-            model, normalize = load_wav2vec2(self.wav2vec2, self._device())
-            self._audio = AudioEncoder(model, normalize, self.chunk_seconds, self.context_seconds)
-        return self._audio
-
-    def text(self, classes: Sequence[str], template: str):
-        from expr.features.backbones import encode_text, prompts
-
-        model, _, tokenizer = self.load_clip()
-        return encode_text(model, tokenizer, prompts(list(classes), template))
-
-
 SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
 
 

@@ -21,120 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from expr.atomic import write_text
-from expr.config import Config, ConfigError, default_num_workers, load_yaml
+from expr.config import ConfigError, resolve_device
+from expr.data.source import open_store
+from expr.inference import predict_frames
+from expr.runs import RunError, load_run
 
 
-class EvaluateError(RuntimeError):
+class EvaluateError(RunError):
     """A run or cache that cannot be evaluated; the message names it."""
-
-
-def build_head(cfg: Config, weights: Path) -> torch.nn.Module:
-    """The head of ``cfg`` with the safetensors ``weights`` (eval mode, CPU)."""
-    from safetensors.torch import load_file
-
-    from expr.models.fusion import FusionHead
-
-    model = FusionHead(cfg.model, cfg.num_classes)
-    model.load_state_dict(load_file(str(weights)))
-    return model.eval()
-
-
-def load_run(run_dir: str | Path) -> tuple[Config, torch.nn.Module]:
-    """The run's config and its best head (eval mode, CPU)."""
-    run_dir = Path(run_dir)
-    cfg_path, weights = run_dir / "config.yaml", run_dir / "best" / "model.safetensors"
-    if not cfg_path.is_file():
-        raise EvaluateError(f"{run_dir}: not a run directory ({cfg_path.name} is missing)")
-    if not weights.is_file():
-        raise EvaluateError(f"{run_dir}: no trained head yet ({weights} is missing; it is written after an epoch)")
-    cfg = Config.from_dict(load_yaml(cfg_path), str(cfg_path))
-    return cfg, build_head(cfg, weights)
-
-
-def open_store(cfg: Config, cache: str | None = None):
-    """The feature store of ``cfg`` (``cache`` overrides ``data.cache``; the demo data when neither is set), re-split
-    for cross-validation when ``data.folds`` is set."""
-    from expr.data.demo import ensure_demo_store
-    from expr.data.store import FrameStore
-
-    store = FrameStore(cache or cfg.data.cache or ensure_demo_store(cfg.data.demo_videos, seed=0), cfg.data.in_memory)
-    if cfg.data.folds:
-        store.use_folds(cfg.data.folds, cfg.data.fold)
-    return store
-
-
-@torch.no_grad()
-def predict_frames(
-    model: torch.nn.Module,
-    store,
-    split: str,
-    window: int,
-    stride: int,
-    batch_size: int = 256,
-    device: str | torch.device = "cpu",
-    label_rule: str = "center",
-    videos: np.ndarray | None = None,
-    mode: str = "cached",
-    num_workers: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Frame probabilities of every video of ``split`` (or of ``videos`` among them): (frame rows, [rows, C]), by
-    step 1 of :mod:`expr.evaluation`'s path (``label_rule``: the run's ``data.label_frame``; frames without a face
-    filled from the nearest face frame). ``mode="online"`` runs the store's frozen encoders on its face crops and
-    audio, as an online-trained head saw."""
-    from expr.data.windows import WindowDataset, load_or_build_windows
-    from expr.evaluation import frame_probabilities
-
-    windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True)
-    videos = store.videos_in(split) if videos is None else np.asarray(videos)
-    model = model.to(device)
-    if mode == "online":
-        from expr.data.online import OnlineWindowDataset, collate_online
-        from expr.models.online import store_encoders
-
-        encoders, image_transform = store_encoders(store, device)
-        data = OnlineWindowDataset(store, windows, image_transform, augment=False)
-        mine = np.flatnonzero(np.isin(data.video, videos))
-        batches = torch.utils.data.DataLoader(
-            torch.utils.data.Subset(data, mine.tolist()),
-            batch_size=batch_size // 4,  # each window is T decoded crops, not T feature rows
-            collate_fn=collate_online,
-            num_workers=default_num_workers("online") if num_workers is None else num_workers,
-        )
-        features = encoders.encode_batch
-
-    else:
-        data = WindowDataset(store, windows)
-        mine = np.flatnonzero(np.isin(data.video, videos))
-        batches = (data.__getitems__(mine[i : i + batch_size]) for i in range(0, len(mine), batch_size))
-
-        def features(batch):
-            return batch
-
-    chunks = []
-    for batch in batches:
-        batch = features(batch)
-        out = model(
-            batch["visual"].to(device).float(),
-            batch["visual_mask"].to(device),
-            batch["audio"].to(device).float(),
-            batch["audio_mask"].to(device),
-        )
-        chunks.append(out.logits.float().softmax(-1).cpu().numpy())
-    probs = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-    return frame_probabilities(
-        store.num_frames,
-        store.frame_offset,
-        store.face,
-        videos,
-        data.video[mine],
-        data.start[mine],
-        data.window,
-        probs,
-        label_rule,
-    )
 
 
 def evaluate_run(
@@ -159,8 +55,7 @@ def evaluate_run(
     stride = stride or cfg.data.resolved_eval_stride()
     smoothing = smoothing or cfg.eval.smoothing
     width = cfg.eval.smoothing_width if width is None else width
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     # Under `accelerate launch` each process takes whole videos (every world_size-th); the main process gathers
     # their frame probabilities and scores them: the same numbers as one process.
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -314,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluate_run(
             args.run_dir, args.cache, args.split, args.stride, args.smoothing, args.width, args.device, args.out
         )
-    except (EvaluateError, StoreError, ConfigError) as e:
+    except (RunError, StoreError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", 0)) != 0:

@@ -25,7 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from expr.atomic import atomic_path, write_text
-from expr.config import ABAW_CLASSES
+from expr.config import ABAW_CLASSES, resolve_device
+from expr.data.source import open_store
+from expr.inference import predict_frames
+from expr.runs import RunError, load_run
 
 
 class SubmissionError(ValueError):
@@ -68,10 +71,8 @@ def read_example(path: str | Path, classes=ABAW_CLASSES) -> Example:
 
 def frame_labels(run_dir, cache, videos: list[str], smoothing=None, width=None, device="auto") -> dict[str, np.ndarray]:
     """Per video: the label of every decoded frame (see the module docstring for how)."""
-    import torch
 
     from expr.evaluation import smooth_rows
-    from expr.report import load_run, open_store, predict_frames
 
     cfg, model = load_run(run_dir)
     store = open_store(cfg, cache)
@@ -83,8 +84,7 @@ def frame_labels(run_dir, cache, videos: list[str], smoothing=None, width=None, 
             f"{len(missing)} videos of the example are not in {store.path}: {', '.join(missing[:8])}. Prepare them "
             f"with `expr prepare ... --test-names FILE --out {store.path}`"
         )
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     method = smoothing or cfg.eval.smoothing
     width = cfg.eval.smoothing_width if width is None else width
     wanted = np.array([store.names.index(v) for v in videos], np.int64)
@@ -174,7 +174,6 @@ def validate_submission(path: str | Path, example: Example, fmt: str = "csv") ->
 
 def main(argv: list[str] | None = None) -> int:
     from expr.data.store import StoreError
-    from expr.report import EvaluateError
 
     parser = argparse.ArgumentParser(prog="expr submit", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a run directory (its best head is used)")
@@ -192,14 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     try:
-        from expr.report import load_run
-
         cfg, _ = load_run(args.run_dir)
         example = read_example(args.example, cfg.data.classes)
         labels = frame_labels(args.run_dir, args.cache, example.videos(), args.smoothing, args.width, args.device)
         out = write_submission(example, labels, args.out, args.format)
         problems = validate_submission(out, example, args.format)
-    except (SubmissionError, EvaluateError, StoreError) as e:
+    except (SubmissionError, RunError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if problems:

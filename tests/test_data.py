@@ -199,9 +199,8 @@ def test_window_index_is_saved_next_to_the_store_and_reused(tmp_path):
 
 def test_k_fold_resplit_keeps_subjects_together_and_covers_every_video_once(tmp_path):
     from expr.config import ABAW_CLASSES
-    from expr.data.affwild2 import video_name
     from expr.data.demo import generate_videos
-    from expr.data.store import FrameStore, write_store
+    from expr.data.store import FrameStore, video_name, write_store
 
     videos = generate_videos(10, seed=3)
     for i, v in enumerate(videos):  # pairs of person tracks sharing one video, as in Aff-Wild2

@@ -17,8 +17,9 @@ from expr.config import Config
 from expr.data.online import OnlineWindowDataset, collate_online
 from expr.data.store import FrameStore, StoreError
 from expr.data.windows import WindowDataset, load_or_build_windows
+from expr.features.backbones import Backbones
 from expr.models.online import store_encoders
-from expr.prepare import Backbones, PrepareError, items_from_affwild2, prepare
+from expr.prepare import PrepareError, items_from_affwild2, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = {"visual_dim": 16, "audio_dim": 32, "text_dim": 16}

@@ -22,8 +22,8 @@ from mediatree import (
 
 from expr.data.media import decode_audio, probe
 from expr.data.store import FrameStore
-from expr.features.backbones import AudioEncoder, BackboneError, VisualEncoder, load_wav2vec2
-from expr.prepare import Backbones, PrepareError, extract_item, prepare
+from expr.features.backbones import AudioEncoder, BackboneError, Backbones, VisualEncoder, load_wav2vec2
+from expr.prepare import PrepareError, extract_item, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -105,8 +105,8 @@ def test_export_is_a_self_contained_model_folder_that_loads_like_the_run(small_r
     from expr.data.demo import ensure_demo_store
     from expr.data.store import FrameStore
     from expr.data.windows import WindowDataset, load_or_build_windows
-    from expr.export import load_head
     from expr.export import main as export_main
+    from expr.runs import load_head
 
     out = tmp_path / "model"
     assert export_main([small_run["run_dir"], "--out", str(out)]) == 0

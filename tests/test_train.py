@@ -135,9 +135,9 @@ def test_stop_and_resume_in_process_with_accumulation(tmp_path, small_store, whe
 
 
 def _train_windows(cfg):
+    from expr.data.source import open_store
     from expr.data.store import FrameStore
     from expr.data.windows import load_or_build_windows
-    from expr.report import open_store
 
     store: FrameStore = open_store(cfg)
     d = cfg.data
@@ -157,7 +157,7 @@ def test_training_budget_does_not_depend_on_the_window_length(small_store):
 
 
 def test_warmup_then_cosine_to_the_floor():
-    from expr.train import cosine_schedule
+    from expr.optim import cosine_schedule
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=2.0)
@@ -180,7 +180,7 @@ def test_warmup_then_cosine_to_the_floor():
 def test_weight_decay_falls_on_kernels_only():
     from expr.config import ModelConfig
     from expr.models.fusion import FusionHead
-    from expr.train import param_groups
+    from expr.optim import param_groups
 
     model = FusionHead(ModelConfig(tcn_blocks=2), 8)
     decay, no_decay = param_groups(model, 0.01)

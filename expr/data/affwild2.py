@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from expr.config import ABAW_CLASSES
+from expr.data.store import video_name
 
 ANNOTATION_DIRS = ("EXPR_Classification_Challenge", "EXPR_Recognition_Challenge")
 SPLIT_DIRS = {"Train_Set": "train", "Validation_Set": "validation"}
 CROP_DIRS = ("cropped_aligned", "cropped_aligned_new_50_vids")
 VIDEO_SUFFIXES = (".mp4", ".avi")
-SIDES = ("_left", "_right")
 
 
 class AnnotationError(ValueError):
@@ -63,14 +63,6 @@ def read_annotation(path: str | Path, classes: Sequence[str] = ABAW_CLASSES) -> 
             raise AnnotationError(f"{path}:{i + 2}: label {value} is outside -1..{len(classes) - 1}")
         labels[i] = value
     return labels
-
-
-def video_name(annotation_name: str) -> str:
-    """The raw video an annotation belongs to: ``<video>_left`` and ``<video>_right`` share ``<video>``."""
-    for side in SIDES:
-        if annotation_name.endswith(side):
-            return annotation_name[: -len(side)]
-    return annotation_name
 
 
 def crop_frames(crop_dir: Path) -> np.ndarray:

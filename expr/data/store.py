@@ -30,6 +30,7 @@ from expr.atomic import atomic_path
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "validation", "test")
+SIDES = ("_left", "_right")  # person tracks of one video: <video>_left, <video>_right
 
 
 class StoreError(ValueError):
@@ -288,6 +289,14 @@ def _fixed_to_numpy(column, dim: int, dtype=np.float16) -> np.ndarray:
     return out
 
 
+def video_name(annotation_name: str) -> str:
+    """The raw video an annotation belongs to: ``<video>_left`` and ``<video>_right`` share ``<video>``."""
+    for side in SIDES:
+        if annotation_name.endswith(side):
+            return annotation_name[: -len(side)]
+    return annotation_name
+
+
 class FrameStore:
     """A store as flat numpy arrays (features memory-mapped, the rest in memory), with per-video offsets."""
 
@@ -351,8 +360,6 @@ class FrameStore:
         """Re-split for k-fold cross-validation: train and validation videos pooled, grouped by subject (a video and
         its ``_left``/``_right`` tracks are one group), groups dealt to ``folds`` folds in a seeded random order;
         fold ``fold`` becomes ``validation``, the rest ``train``. Test videos stay ``test``."""
-        from expr.data.affwild2 import video_name
-
         pooled = np.flatnonzero(np.isin(self.splits, ["train", "validation"]))
         groups = sorted({video_name(self.names[v]) for v in pooled})
         if len(groups) < folds:

@@ -11,14 +11,20 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from expr.atomic import atomic_path
+from expr.config import resolve_device
 
 RANDOM = "random"
+DEFAULT_CLIP = "ViT-B-32/openai"
+DEFAULT_WAV2VEC2 = "facebook/wav2vec2-base"
 RANDOM_SEED = 20240601
 
 
@@ -225,3 +231,64 @@ class AudioEncoder:
             hidden = self.model(x).last_hidden_state[0].float().cpu().numpy()
             out[c0:c1] = hidden[c0 - f0 : c1 - f0]
         return out
+
+
+@dataclass
+class Backbones:
+    """The frozen encoders of one preparation (``expr prepare``, ``expr predict``), loaded on first use."""
+
+    clip: str = DEFAULT_CLIP
+    wav2vec2: str = DEFAULT_WAV2VEC2
+    device: str = "auto"
+    batch_size: int = 64
+    chunk_seconds: float = 30.0
+    context_seconds: float = 2.0
+    _clip: Any = None
+    _visual: Any = None
+    _audio: Any = None
+
+    def clip_spec(self) -> tuple[str, str]:
+        """(open_clip model name, pretrained tag / checkpoint path / ``random``)."""
+        spec = self.clip
+        if spec.startswith("local-dir:"):  # a folder with open_clip_config.json and weights
+            return spec, "local"
+        if spec == "random" or Path(spec).expanduser().is_file() or spec.startswith("hf-hub:"):
+            return "ViT-B-32", spec
+        if "/" in spec:
+            model, tag = spec.split("/", 1)
+            return model, tag
+        return "ViT-B-32", spec
+
+    def identity(self) -> dict[str, Any]:
+        model, tag = self.clip_spec()
+        return {
+            "clip": model,
+            "clip_pretrained": tag,
+            "wav2vec2": self.wav2vec2,
+            "random_weights": "random" in (tag, self.wav2vec2),
+        }
+
+    def _device(self):
+        return torch.device(resolve_device(self.device))
+
+    def load_clip(self):
+        if self._clip is None:
+            model, tag = self.clip_spec()
+            self._clip = load_clip(model, tag, self._device())
+        return self._clip
+
+    def visual(self):
+        if self._visual is None:
+            model, preprocess, _ = self.load_clip()
+            self._visual = VisualEncoder(model, preprocess, self.batch_size)
+        return self._visual
+
+    def audio(self):
+        if self._audio is None:
+            model, normalize = load_wav2vec2(self.wav2vec2, self._device())
+            self._audio = AudioEncoder(model, normalize, self.chunk_seconds, self.context_seconds)
+        return self._audio
+
+    def text(self, classes: Sequence[str], template: str):
+        model, _, tokenizer = self.load_clip()
+        return encode_text(model, tokenizer, prompts(list(classes), template))

@@ -1,0 +1,83 @@
+"""Processes: the Accelerator of a run (CPU/gloo or CUDA, DDP or DeepSpeed), its config kept in step with expr's, and
+the cross-rank checks (one value agreed by all ranks, a parameter checksum from each)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from expr.config import Config, ConfigError, available_cores
+
+
+def make_accelerator(cfg: Config, project_dir: str | None, trackers: list[str]):
+    """The run's Accelerator. Without CUDA, processes started by the multi-GPU launcher are told to use the CPU
+    (gloo), or accelerate falls back to one process per launch; DeepSpeed without CUDA gets a gloo group."""
+    from accelerate import Accelerator
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
+    no_cuda = not torch.cuda.is_available()
+    acc = Accelerator(
+        cpu=no_cuda and not deepspeed,  # cpu=True would silently drop DeepSpeed
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed and no_cuda else [],
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=project_dir or ".", logging_dir=None),
+    )
+    if acc.device.type == "cpu":
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes))
+        torch.set_num_threads(cfg.train.cpu_threads or max(1, available_cores() // max(1, local)))
+    return acc
+
+
+def agree(acc, value_on_main):
+    """``value_on_main`` as computed by the main process, on every process."""
+    from accelerate.utils import broadcast_object_list
+
+    holder = [value_on_main if acc.is_main_process else None]
+    broadcast_object_list(holder)
+    return holder[0]
+
+
+def sync_deepspeed_config(acc, cfg: Config) -> None:
+    """expr's config is the one source of truth for clipping and accumulation: fill DeepSpeed's ``auto`` (or
+    missing) values from it, and refuse a DeepSpeed config that says otherwise."""
+    plugin = acc.state.deepspeed_plugin
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    for ds_key, cfg_key, ours in (
+        ("gradient_clipping", "train.max_grad_norm", float(cfg.train.max_grad_norm or 0.0)),
+        ("gradient_accumulation_steps", "train.grad_accum_steps", cfg.train.grad_accum_steps),
+    ):
+        theirs = ds.get(ds_key, "auto")
+        if theirs != "auto" and float(theirs) != float(ours):
+            raise ConfigError(
+                f"the DeepSpeed config sets {ds_key}={theirs} but {cfg_key} is {ours}: set it to 'auto' in the "
+                f"accelerate/DeepSpeed config (expr fills it in) or pass --{cfg_key} {theirs}"
+            )
+        ds[ds_key] = ours
+    for block in ("optimizer", "scheduler"):
+        if block in ds:
+            raise ConfigError(
+                f"the DeepSpeed config has a '{block}' block: remove it; expr builds AdamW and the cosine "
+                f"schedule from train.* so there is one source of truth"
+            )
+
+
+def param_checksums(acc, model) -> list[float]:
+    """Every rank's sum of the (whole, ZeRO-3 partitions gathered) parameters; identical ranks agree."""
+    from accelerate.utils import gather_object
+
+    params = list(acc.unwrap_model(model).parameters())
+    plugin = acc.state.deepspeed_plugin
+    gathered = contextlib.nullcontext()
+    if plugin is not None and plugin.zero_stage == 3:  # each rank holds a partition: gather to compare
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(params)
+    with gathered:
+        checksum = float(sum(p.detach().double().sum() for p in params))
+    return gather_object([checksum])

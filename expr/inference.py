@@ -1,0 +1,114 @@
+"""A trained head over a store's windows: window probabilities, then frame probabilities by the one path of
+:mod:`expr.evaluation`. Training's validation, ``expr evaluate``, ``expr submit`` and ``expr predict`` call this."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from expr.config import Config, default_num_workers
+from expr.data.online import OnlineWindowDataset, collate_online
+from expr.data.windows import WindowDataset, load_or_build_windows
+from expr.evaluation import frame_probabilities, frame_report, smooth_rows
+from expr.models.online import store_encoders
+
+
+@torch.no_grad()
+def predict_frames(
+    model: torch.nn.Module,
+    store,
+    split: str,
+    window: int,
+    stride: int,
+    batch_size: int = 256,
+    device: str | torch.device = "cpu",
+    label_rule: str = "center",
+    videos: np.ndarray | None = None,
+    mode: str = "cached",
+    num_workers: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Frame probabilities of every video of ``split`` (or of ``videos`` among them): (frame rows, [rows, C]), by
+    step 1 of :mod:`expr.evaluation`'s path (``label_rule``: the run's ``data.label_frame``; frames without a face
+    filled from the nearest face frame). ``mode="online"`` runs the store's frozen encoders on its face crops and
+    audio, as an online-trained head saw."""
+    windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True)
+    videos = store.videos_in(split) if videos is None else np.asarray(videos)
+    model = model.to(device)
+    if mode == "online":
+        encoders, image_transform = store_encoders(store, device)
+        data = OnlineWindowDataset(store, windows, image_transform, augment=False)
+        mine = np.flatnonzero(np.isin(data.video, videos))
+        batches = torch.utils.data.DataLoader(
+            torch.utils.data.Subset(data, mine.tolist()),
+            batch_size=batch_size // 4,  # each window is T decoded crops, not T feature rows
+            collate_fn=collate_online,
+            num_workers=default_num_workers("online") if num_workers is None else num_workers,
+        )
+        features = encoders.encode_batch
+
+    else:
+        data = WindowDataset(store, windows)
+        mine = np.flatnonzero(np.isin(data.video, videos))
+        batches = (data.__getitems__(mine[i : i + batch_size]) for i in range(0, len(mine), batch_size))
+
+        def features(batch):
+            return batch
+
+    chunks = []
+    for batch in batches:
+        batch = features(batch)
+        out = model(
+            batch["visual"].to(device).float(),
+            batch["visual_mask"].to(device),
+            batch["audio"].to(device).float(),
+            batch["audio_mask"].to(device),
+        )
+        chunks.append(out.logits.float().softmax(-1).cpu().numpy())
+    probs = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+    return store_frame_probabilities(store, videos, data, mine, probs, label_rule)
+
+
+def store_frame_probabilities(store, videos, data, picked, probs, label_rule: str):
+    """Step 1 of :mod:`expr.evaluation`'s path over a store: the probabilities of windows ``picked`` of ``data`` (a
+    window dataset) placed on the frames of ``videos`` -> (frame rows, [rows, C])."""
+    return frame_probabilities(
+        store.num_frames,
+        store.frame_offset,
+        store.face,
+        videos,
+        data.video[picked],
+        data.start[picked],
+        data.window,
+        probs,
+        label_rule,
+    )
+
+
+def validation_metrics(store, val_set, index: np.ndarray, probs: np.ndarray, cfg: Config):
+    """Validation as the challenge scores it, from the probabilities of windows ``index`` of ``val_set``:
+    (``val/*`` metrics, (frame rows, frame probabilities)). ``val/macro_f1`` (model selection) is frame-level over
+    all classes; the window-level metric stands beside it, and the smoothed one when ``eval.smoothing`` is set."""
+    windows = frame_report(val_set.label[index], probs, cfg.data.classes)
+    rows, frame_probs = store_frame_probabilities(
+        store, store.videos_in("validation"), val_set, index, probs, cfg.data.label_frame
+    )
+    labels = store.labels[rows]
+    frames = frame_report(labels, frame_probs, cfg.data.classes)
+    metrics = {
+        "val/macro_f1": frames["macro_f1"],
+        "val/accuracy": frames["accuracy"],
+        "val/per_class_f1": frames["per_class_f1"],
+        "val/confusion_matrix": frames["confusion_matrix"],
+        "val/frames": frames["count"],
+        "val/window_macro_f1": windows["macro_f1"],
+        "val/window_accuracy": windows["accuracy"],
+        "val/windows": windows["count"],
+    }
+    if frames["absent_classes"]:
+        metrics["val/absent_classes"] = frames["absent_classes"]
+        metrics["val/macro_f1_present"] = frames["macro_f1_present"]
+    if cfg.eval.smoothing != "none" and cfg.eval.smoothing_width > 1:
+        width = cfg.eval.smoothing_width
+        smoothed = smooth_rows(rows, frame_probs, store.num_frames, store.frame_offset, cfg.eval.smoothing, width)
+        metrics["val/smoothed_macro_f1"] = frame_report(labels, smoothed, cfg.data.classes)["macro_f1"]
+    return metrics, (rows, frame_probs)

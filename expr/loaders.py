@@ -1,0 +1,98 @@
+"""The data of a training run: its store (checked against the config), the training and validation windows, their
+datasets (cached features, or face crops and audio for the frozen encoders in online mode) and loaders."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from expr.config import Config, ConfigError
+from expr.data.online import OnlineWindowDataset, collate_online
+from expr.data.source import open_store
+from expr.data.windows import EpochSampler, WindowDataset, collate_batch, load_or_build_windows
+from expr.models.online import store_encoders
+
+logger = logging.getLogger("expr.loaders")
+
+
+@dataclass
+class RunData:
+    store: Any
+    train_set: torch.utils.data.Dataset
+    val_set: torch.utils.data.Dataset
+    sampler: EpochSampler
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    encoders: Any = None  # online mode: the frozen encoders that turn crops and audio into features
+
+
+def check_store(store, cfg: Config) -> None:
+    """The store must have the config's classes, feature widths and both training splits."""
+    path = store.path
+    if list(store.classes) != list(cfg.data.classes):
+        raise ConfigError(
+            f"config key 'data.classes' {list(cfg.data.classes)} does not match the classes of "
+            f"the feature store {path}: {store.classes}"
+        )
+    for key in ("visual_dim", "audio_dim"):
+        have = store.meta.get(key)
+        if have is not None and int(have) != getattr(cfg.model, key):
+            raise ConfigError(
+                f"config key 'model.{key}' is {getattr(cfg.model, key)} but the feature store {path} has "
+                f"{have}-d features: pass --model.{key} {have} (or prepare the store with the intended backbones)"
+            )
+    for split in ("train", "validation"):
+        if not len(store.videos_in(split)):
+            raise ConfigError(f"the feature store {path} has no '{split}' videos (data.cache)")
+
+
+def build_run_data(cfg: Config, acc) -> RunData:
+    """Everything :class:`expr.train.Trainer` reads, for this process of ``acc``. Window indexes are built once,
+    by the main process first."""
+    d = cfg.data
+    with acc.main_process_first():
+        store = open_store(cfg)
+        if not d.cache and acc.is_main_process:
+            logger.info("data.cache is not set: using the built-in demo data at %s (synthetic; see README)", store.path)
+        check_store(store, cfg)
+        train_windows = load_or_build_windows(
+            store, "train", d.window, d.stride, d.label_frame, random_offset=d.random_offset
+        )
+        eval_stride = d.resolved_eval_stride()
+        val_windows = load_or_build_windows(store, "validation", d.window, eval_stride, d.label_frame, True)
+    if len(train_windows) == 0:
+        raise ConfigError(f"no labelled training windows in {store.path} (split 'train', data.window={d.window})")
+    if not (np.asarray(val_windows["label"]) >= 0).any():
+        raise ConfigError(f"no labelled validation windows in {store.path} (split 'validation')")
+    encoders, collate = None, collate_batch
+    if d.mode == "online":
+        # The encoders that made the store's features (and its text embeddings); never trained, never prepared.
+        encoders, image_transform = store_encoders(store, acc.device)
+        train_set = OnlineWindowDataset(store, train_windows, image_transform, d.augment, cfg.train.seed, d.label_frame)
+        val_set = OnlineWindowDataset(store, val_windows, image_transform, augment=False)
+        collate = collate_online
+    else:
+        train_set = WindowDataset(store, train_windows, d.label_frame, cfg.train.seed)
+        val_set = WindowDataset(store, val_windows)
+    # Indices carry the epoch, so every loader (persistent workers included) draws the epoch's window offsets and
+    # augmentation from (seed, epoch, window) alone.
+    sampler = EpochSampler(len(train_set), cfg.train.seed, with_epoch=True)
+    workers = d.resolved_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes)))
+    # Loaders draw worker seeds from their own generator, not the global RNG: creating one (e.g. the skipping loader
+    # of a resumed epoch) must not shift the dropout randomness restored from a checkpoint.
+    loader = dict(
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        generator=torch.Generator().manual_seed(cfg.train.seed),
+    )
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, **loader)
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.train.batch_size * 2, shuffle=False, **loader)
+    return RunData(store, train_set, val_set, sampler, train_loader, val_loader, encoders)
