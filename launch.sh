@@ -5,7 +5,7 @@
 #                                       accelerate launch expr/train.py (demo data unless --data.cache is given);
 #                                       --gpus N: N processes (multi_gpu.yaml when N > 1), --zero S: DeepSpeed ZeRO-S
 #   ./launch.sh sweep --study NAME [SWEEP OPTIONS] [-- TRAIN OPTIONS]
-#                                       an ablation study: python sweeps/run.py (see sweeps/studies/)
+#                                       an ablation study: python sweeps/run.py = expr sweep (studies: expr/sweep/studies/)
 #   ./launch.sh test [PYTEST OPTIONS]   the test suite (what CI runs)
 #   ./launch.sh install [--fresh]       (re)create the virtual environment in $EXPR_VENV (default .venv)
 #

@@ -8,7 +8,7 @@ USAGE = """usage: expr COMMAND [OPTIONS]
 
 commands:
   train    train the fusion head (options: --config FILE, --preset NAME, --resume RUN_DIR, --section.key VALUE);
-           for several processes use `accelerate launch expr/train.py ...` or ./launch.sh train
+           for several processes: `accelerate launch -m expr train ...` (or `accelerate launch expr/train.py ...`)
   prepare  extract frozen CLIP/Wav2Vec2 features into a feature store:
            `expr prepare affwild2 ROOT --out CACHE` or `expr prepare folder ROOT --labels LABELS.csv --out CACHE`
            (`expr prepare affwild2 --help` lists the options)
@@ -20,6 +20,8 @@ commands:
            per-frame labels and probabilities (CSV) and a timeline plot (PNG) for a raw video
   export   RUN_DIR --out DIR
            the best head as a model folder (config.json, model.safetensors, README.md model card; Hub layout)
+  sweep    --study NAME [--seeds 42,43] [--folds 5] [--out DIR] [-- CONFIG OVERRIDES]
+           an ablation study (Optuna): window, xattn, tcn_depth, lambda, smoothing, full, or a YAML file
   export-head STATE_DIR --out FILE
            one safetensors file of the head from a resume state (RUN_DIR/states/stepN), DeepSpeed ZeRO included
 
@@ -33,6 +35,7 @@ COMMANDS = {
     "submit": "expr.submit",
     "predict": "expr.predict",
     "export": "expr.export",
+    "sweep": "expr.sweep.command",
 }
 
 

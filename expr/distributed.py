@@ -81,3 +81,28 @@ def param_checksums(acc, model) -> list[float]:
     with gathered:
         checksum = float(sum(p.detach().double().sum() for p in params))
     return gather_object([checksum])
+
+
+def leave_process_group() -> None:
+    """Tear down the process group, if one is up, once every rank got here. Leaving with a live gloo/NCCL group lets
+    its threads race interpreter exit ("terminate called without an active exception", SIGABRT on a finished run).
+    Entry points only: a sweep worker trains many runs in one group."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # no rank tears down while another still writes
+        torch.distributed.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """Leave a command with ``code``. In a multi-process launch everything is written (atomically) and the group is
+    gone by now, yet interpreter teardown can still abort in C++ and make the launcher report a failure, so such a
+    process leaves without it."""
+    import logging
+    import sys
+
+    leave_process_group()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

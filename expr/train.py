@@ -42,7 +42,14 @@ from expr.atomic import write_text  # noqa: E402
 from expr.checkpoint import latest_state, save_state  # noqa: E402
 from expr.config import Config, ConfigError, apply_dict, build_config, load_yaml, parse_cli, validate  # noqa: E402
 from expr.criterion import Criterion  # noqa: E402
-from expr.distributed import agree, make_accelerator, param_checksums, sync_deepspeed_config  # noqa: E402
+from expr.distributed import (  # noqa: E402
+    agree,
+    exit_process,
+    leave_process_group,
+    make_accelerator,
+    param_checksums,
+    sync_deepspeed_config,
+)
 from expr.inference import validation_metrics  # noqa: E402
 from expr.loaders import build_run_data  # noqa: E402
 from expr.models.fusion import FusionHead, count_parameters  # noqa: E402
@@ -415,11 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
-        # Leaving with a live gloo/NCCL group lets its threads race interpreter exit ("terminate called without
-        # an active exception", SIGABRT on a finished run). Entry point only: run() may be called again.
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.barrier()  # no rank tears down while another still writes
-            torch.distributed.destroy_process_group()
+        leave_process_group()  # entry point only: run() may be called again
     if is_main:
         print(
             f"best val/macro_f1 {result['best_macro_f1']:.4f} at epoch {result['best_epoch']}; run: {result['run_dir']}"
@@ -428,13 +431,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        # Everything is written (atomically) and the process group is gone. Interpreter teardown of a finished
-        # multi-process run can still abort in C++ ("terminate called without an active exception") and make
-        # torchrun report a failure, so leave without it.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    exit_process(main())

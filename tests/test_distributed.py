@@ -18,13 +18,15 @@ def free_port() -> int:
 
 
 def launch2(args: list[str], zero_stage: int | None = None) -> str:
-    """`accelerate launch` of the trainer on 2 CPU processes: DDP over gloo, or DeepSpeed ZeRO ``zero_stage``."""
+    """`accelerate launch` of the trainer on 2 CPU processes: DDP over gloo, or DeepSpeed ZeRO ``zero_stage``. Both
+    documented forms are used: the script `expr/train.py`, and (ZeRO-2) the module form `-m expr train`."""
+    entry = ["-m", "expr", "train"] if zero_stage == 2 else [TRAIN]
     mode = ["--multi_gpu"]
     if zero_stage:  # the shipped config files, with the GPU-only fp16 switched off
         mode = ["--config_file", f"accelerate_configs/deepspeed_zero{zero_stage}.yaml"]
     cmd = accelerate_cmd() + ["launch"] + mode + [
         "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-        "--main_process_port", str(free_port()), TRAIN,
+        "--main_process_port", str(free_port()), *entry,
     ] + args  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
@@ -90,7 +92,7 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, small_store,
 
 
 def test_expr_evaluate_on_two_processes_matches_one(small_run, tmp_path):
-    """`accelerate launch -m expr.cli evaluate`: each process takes whole videos, the main process scores."""
+    """`accelerate launch -m expr evaluate`: each process takes whole videos, the main process scores."""
     import json
 
     from expr.report import evaluate_run
@@ -98,7 +100,7 @@ def test_expr_evaluate_on_two_processes_matches_one(small_run, tmp_path):
     one = evaluate_run(small_run["run_dir"], stride=5, out_dir=tmp_path / "one")
     cmd = accelerate_cmd() + [
         "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-        "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "expr.cli", "evaluate",
+        "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "expr", "evaluate",
         small_run["run_dir"], "--stride", "5", "--out", str(tmp_path / "two"),
     ]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)

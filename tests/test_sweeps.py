@@ -16,7 +16,7 @@ import optuna
 import pytest
 from conftest import ROOT
 
-from expr.sweep import SweepError, load_study, study_files
+from expr.sweep import SweepError, load_study, optuna_api, study_files
 
 RUN = [sys.executable, str(ROOT / "sweeps" / "run.py")]
 # Small and fast: 12 demo videos, sparse training windows, one validation window per 5 frames.
@@ -196,7 +196,11 @@ def test_a_search_study_samples_prunes_and_plots(tmp_path):
         "  data.window: {choices: [10, 30]}\n  train.lr: {low: 1.0e-4, high: 1.0e-3, log: true}\n"
     )
     out = tmp_path / "out"
-    cmd = RUN + ["--study", str(study), "--out", str(out)] + TINY + ["--train.epochs", "2"]
+    cmd = (
+        [sys.executable, "-m", "expr", "sweep", "--study", str(study), "--out", str(out)]
+        + TINY
+        + ["--train.epochs", "2"]
+    )
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     finished = [t for t in trials(out, "search2") if t.state.name in ("COMPLETE", "PRUNED")]
@@ -226,3 +230,22 @@ def test_a_worker_can_be_a_two_process_accelerate_job(tmp_path):
 
     final = json.loads(Path(finished[0].user_attrs["run_dir"], "final.json").read_text())
     assert final["num_processes"] == 2 and len(set(final["param_checksum_per_rank"])) == 1
+
+
+def test_the_optuna_adapter_works_on_the_pinned_optuna(tmp_path):
+    """Every private Optuna call expr makes (expr/sweep/optuna_api.py), on the installed Optuna: claiming a queued
+    trial succeeds once, its fixed values are readable, and the claimed trial suggests them and can be told."""
+    from optuna.trial import TrialState
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s", direction="maximize")
+    study.enqueue_trial({"x": 3})
+    queued = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))[0]
+    assert optuna_api.try_set_state(study, queued, TrialState.RUNNING)
+    assert not optuna_api.try_set_state(study, queued, TrialState.RUNNING)  # a second worker loses the race
+    assert optuna_api.stored_trial(study, queued).state == TrialState.RUNNING
+    trial = optuna_api.live_trial(study, queued)
+    assert optuna_api.trial_id(trial) == optuna_api.trial_id(queued)
+    assert optuna_api.system_attrs(trial)["fixed_params"] == {"x": 3}
+    assert trial.suggest_int("x", 0, 5) == 3
+    study.tell(trial, 0.5)
+    assert [t.value for t in study.get_trials(deepcopy=False)] == [0.5]

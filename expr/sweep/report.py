@@ -1,0 +1,170 @@
+"""A study's results: ``results.csv`` (one row per trial), ``report.md`` (mean +- std per setting over its repeats,
+per-class F1, the paper's Table 1 beside the window study) and plots."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from expr.atomic import atomic_path, write_text
+from expr.sweep.spec import Study
+
+logger = logging.getLogger("expr.sweep")
+
+
+def results_table(handle, study: Study) -> list[dict[str, Any]]:
+    """One row per finished trial (complete or pruned)."""
+    from optuna.trial import TrialState
+
+    rows = []
+    for t in handle.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        values = dict(t.params)
+        row = {"trial": t.number, "state": t.state.name.lower(), "macro_f1": t.value}
+        row.update(values)
+        for cls, f1 in (t.user_attrs.get("per_class_f1") or {}).items():
+            row[f"f1/{cls}"] = f1
+        row["best_epoch"] = t.user_attrs.get("best_epoch")
+        row["run_dir"] = t.user_attrs.get("run_dir")
+        rows.append(row)
+    return rows
+
+
+def setting_of(row: dict[str, Any], study: Study) -> tuple:
+    return tuple((k, row.get(k)) for k in study.params)
+
+
+def summarise(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
+    """Per setting: mean and std of macro-F1 and per-class F1 over its repeats (seeds x folds)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        if r["state"] == "complete":
+            groups.setdefault(setting_of(r, study), []).append(r)
+    out = []
+    for setting, members in groups.items():
+        f1 = np.array([m["macro_f1"] for m in members], float)
+        classes = [k for k in members[0] if k.startswith("f1/")]
+        per_class = {}
+        for c in classes:
+            vals = [m[c] for m in members if m.get(c) is not None]
+            per_class[c[3:]] = float(np.mean(vals)) if vals else None
+        out.append(
+            {
+                "setting": dict(setting),
+                "n": len(members),
+                "mean": float(f1.mean()),
+                "std": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
+                "per_class": per_class,
+            }
+        )
+    if study.type == "grid" or study.type == "posthoc":
+        order = {tuple(map(repr, p)): i for i, p in enumerate(_grid_order(study))}
+        out.sort(key=lambda s: order.get(tuple(repr(v) for v in s["setting"].values()), math.inf))
+    else:
+        out.sort(key=lambda s: -s["mean"])
+    return out
+
+
+def _grid_order(study: Study) -> list[tuple]:
+    import itertools
+
+    return list(itertools.product(*study.params.values()))
+
+
+def write_report(handle, study: Study, out: Path, paper: dict | None = None) -> Path:
+    """``results.csv``, ``report.md`` (Table 1's shape) and plots (a bar chart; importance and parallel-coordinate
+    plots for search studies)."""
+    rows = results_table(handle, study)
+    summary = summarise(rows, study)
+    out.mkdir(parents=True, exist_ok=True)
+    columns: list[str] = []
+    for r in rows:
+        columns += [k for k in r if k not in columns]
+    with atomic_path(out / "results.csv") as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text(out / "report.md", report_markdown(study, summary, rows, handle, paper))
+    if summary:
+        bar_chart(study, summary, out / f"{study.name}.png")
+    if study.type == "search" and sum(r["state"] == "complete" for r in rows) >= 2:
+        optuna_plots(handle, out)
+    return out / "report.md"
+
+
+PAPER_TABLE1 = {10: 0.3265, 15: 0.3324, 30: 0.3670, 60: 0.3599}
+
+
+def report_markdown(study: Study, summary, rows, handle, paper: dict | None) -> str:
+    from optuna.trial import TrialState
+
+    counts = {s.name.lower(): len(handle.get_trials(deepcopy=False, states=(s,))) for s in TrialState}
+    keys = list(study.params)
+    classes = list(summary[0]["per_class"]) if summary else []
+    paper_col = study.name == "window" and keys == ["data.window"]
+    head = "| " + " | ".join(keys) + " | macro-F1 | n |" + (" paper |" if paper_col else "")
+    head += "".join(f" {c} |" for c in classes)
+    sep = "|---" * (len(keys) + 2 + int(paper_col) + len(classes)) + "|"
+    lines = [f"# Study `{study.name}`", "", study.description.strip(), "", head, sep]
+    for s in summary:
+        vals = " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in s["setting"].values())
+        f1 = f"{s['mean']:.4f} ± {s['std']:.4f}" if s["n"] > 1 else f"{s['mean']:.4f}"
+        line = f"| {vals} | {f1} | {s['n']} |"
+        if paper_col:
+            p = PAPER_TABLE1.get(s["setting"]["data.window"])
+            line += f" {p:.4f} |" if p else " |"
+        line += "".join(f" {v:.3f} |" if v is not None else " - |" for v in s["per_class"].values())
+        lines.append(line)
+    lines += [
+        "",
+        "Macro-F1: frame-level validation macro-F1 of each trial's best epoch; mean ± sample std over the repeats "
+        "(seeds x folds, n). Per-class columns: mean F1 over the repeats.",
+        "",
+        "Trials: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v),
+        "",
+        f"![{study.name}]({study.name}.png)",
+    ]
+    if study.type == "search":
+        lines += ["", "![importance](importance.png)", "", "![parallel coordinates](parallel_coordinate.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(study: Study, summary, path: Path) -> None:
+    from expr.plots import pyplot, save_figure
+
+    plt = pyplot()
+    shown = summary[:20]
+    labels = [", ".join(f"{k.split('.')[-1]}={v}" for k, v in s["setting"].items()) for s in shown]
+    means = [s["mean"] for s in shown]
+    stds = [s["std"] for s in shown]
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(shown) + 2), 4), dpi=110)
+    ax.bar(range(len(shown)), means, yerr=stds, capsize=4, color="#4C72B0")
+    for i, m in enumerate(means):
+        ax.text(i, m, f"{m:.3f}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(
+        range(len(shown)), labels, rotation=30 if len(shown) > 4 else 0, ha="right" if len(shown) > 4 else "center"
+    )
+    ax.set_ylabel("validation macro-F1 (frames)")
+    ax.set_title(f"study {study.name}" + (" (mean ± std over repeats)" if any(s["n"] > 1 for s in shown) else ""))
+    low = min(m - s for m, s in zip(means, stds, strict=True))
+    ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(means) + 0.05))
+    save_figure(fig, path)
+
+
+def optuna_plots(handle, out: Path) -> None:
+    import optuna.visualization.matplotlib as vis
+
+    from expr.plots import save_figure
+
+    for name, fn in (("importance", vis.plot_param_importances), ("parallel_coordinate", vis.plot_parallel_coordinate)):
+        try:
+            ax = fn(handle)
+            fig = ax.figure if hasattr(ax, "figure") else ax[0].figure
+            fig.set_size_inches(9, 5)
+            save_figure(fig, out / f"{name}.png", dpi=110)
+        except Exception as e:  # noqa: BLE001 - a plot that cannot be drawn (e.g. one distinct value) is skipped
+            logger.warning("no %s plot: %s", name, e)
