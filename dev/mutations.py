@@ -91,6 +91,12 @@ MUTATIONS = [
      "    def videos_in(self, split: str) -> np.ndarray:\n",
      "    def videos_in(self, split: str) -> np.ndarray:\n        from expr.data.windows import WindowDataset\n",
      ["tests/test_layout.py"]),
+    ("backbone-override", "a backbones.* value a prepared store cannot honour is an error", "expr/loaders.py",
+     "if theirs is not None and ours not in given and ours != theirs:", "if False:",
+     ["tests/test_config.py", "-k", "backbone_override"]),
+    ("help-docs", "expr train --help lists every option with its docstring", "expr/config.py",
+     "if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):", "if False:",
+     ["tests/test_config.py", "-k", "help"]),
 ]  # fmt: skip
 
 

@@ -284,6 +284,39 @@ def all_keys(cfg: Config | None = None) -> list[str]:
     return [f"{s}.{k}" for s, sub in _fields(cfg).items() for k in _fields(getattr(cfg, s))]
 
 
+def field_docs() -> dict[str, str]:
+    """The docstring of every dotted key (the string literal under each field of the section classes)."""
+    import inspect
+    import textwrap
+
+    docs = {}
+    for section, f in _fields(Config()).items():
+        tree = ast.parse(textwrap.dedent(inspect.getsource(f.type)))
+        body = tree.body[0].body
+        for node, after in zip(body, body[1:], strict=False):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                    docs[f"{section}.{node.target.id}"] = " ".join(str(after.value.value).split())
+    return docs
+
+
+def options_help(preset: str = "paper") -> str:
+    """Every option ``--section.key``, its type, its default under ``preset`` and its docstring, by section."""
+    import textwrap
+
+    cfg = build_config({}, preset=preset)
+    docs = field_docs()
+    lines = []
+    for section in _fields(cfg):
+        lines.append(f"{section}:")
+        for key, f in _fields(getattr(cfg, section)).items():
+            dotted = f"{section}.{key}"
+            value = getattr(getattr(cfg, section), key)
+            lines.append(f"  --{dotted} {_type_name(f.type)} (default {value!r})")
+            lines += textwrap.wrap(docs.get(dotted, ""), 112, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
 def _check_type(key: str, value: Any, tp: Any) -> Any:
     """Return ``value`` coerced to ``tp`` (int -> float, list -> tuple) or raise ConfigError naming ``key``."""
     origin = typing.get_origin(tp)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from expr.config import Config, ConfigError
+from expr.config import PRESETS, BackboneConfig, Config, ConfigError
 from expr.data.online import OnlineWindowDataset, collate_online
 from expr.data.source import open_store
 from expr.data.windows import EpochSampler, WindowDataset, collate_batch, load_or_build_windows
@@ -46,6 +46,20 @@ def check_store(store, cfg: Config) -> None:
                 f"config key 'model.{key}' is {getattr(cfg.model, key)} but the feature store {path} has "
                 f"{have}-d features: pass --model.{key} {have} (or prepare the store with the intended backbones)"
             )
+    recorded = store.meta.get("backbones", {})
+    if "clip_pretrained" in recorded:  # a prepared store: its features (and prompts) come from the recorded encoders
+        for key in ("clip", "clip_pretrained", "wav2vec2"):
+            # Values a preset or the defaults give were not chosen by the user: only a chosen one can conflict.
+            given = {getattr(BackboneConfig(), key)} | {
+                p[f"backbones.{key}"] for p in PRESETS.values() if f"backbones.{key}" in p
+            }
+            ours, theirs = getattr(cfg.backbones, key), recorded.get(key)
+            if theirs is not None and ours not in given and ours != theirs:
+                raise ConfigError(
+                    f"config key 'backbones.{key}' is {ours!r}, but the feature store {path} was made with "
+                    f"{theirs!r}, and its features and prompt embeddings come from that: drop the override, or "
+                    f"prepare a store with the other backbone (expr prepare --clip / --wav2vec2)"
+                )
     for split in ("train", "validation"):
         if not len(store.videos_in(split)):
             raise ConfigError(f"the feature store {path} has no '{split}' videos (data.cache)")

@@ -1,4 +1,5 @@
-"""Training entry point: ``accelerate launch expr/train.py [--config FILE] [--section.key VALUE ...]``.
+"""``expr train [--config FILE] [--section.key VALUE ...]``; on several processes ``accelerate launch -m expr train
+...`` (or, as a script, ``accelerate launch expr/train.py ...``).
 
 ``run(cfg)`` trains the fusion head from a feature store (the built-in demo data when ``data.cache`` is unset)
 and returns a result dict; ``main(argv)`` parses the command line. Sweeps call ``run`` directly.
@@ -400,7 +401,12 @@ def config_from_argv(argv: list[str]) -> tuple[Config, str | None]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
+        from expr.config import options_help
+
+        print("usage: expr train [--config FILE] [--preset paper|demo] [--resume RUN_DIR] [--section.key VALUE ...]\n")
         print(__doc__)
+        print("Options (defaults of the paper preset; without data.cache the demo preset applies):\n")
+        print(options_help())
         return 0
     # Our own messages at INFO; libraries (open_clip logs through the root logger) only from WARNING up.
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)

@@ -102,3 +102,38 @@ def test_config_has_no_torch_dependency():
 
 def test_num_classes_follows_class_list():
     assert Config().num_classes == 8
+
+
+def test_train_help_lists_every_option_with_its_docstring(capsys):
+    from expr.config import field_docs
+    from expr.train import main
+
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    docs = field_docs()
+    assert set(docs) == set(all_keys())  # every field has a docstring
+    for key in all_keys():
+        assert f"--{key} " in out, key
+    assert "Frames per window" in out and "(default 30)" in out
+
+
+def test_a_backbone_override_a_prepared_store_cannot_honour_is_an_error():
+    """A prepared store's features and prompts come from the encoders it records: a different backbones.* value would
+    be silently ignored, so it is refused, naming the key; the defaults and preset values are not a choice."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from expr.loaders import check_store
+
+    recorded = {"clip": "ViT-B-32", "clip_pretrained": "/weights/clip.pt", "wav2vec2": "/weights/w2v"}
+    store = SimpleNamespace(
+        path="cache/x",
+        classes=list(ABAW_CLASSES),
+        meta={"visual_dim": 512, "audio_dim": 768, "backbones": recorded},
+        videos_in=lambda split: np.arange(2),
+    )
+    check_store(store, build_config({"data.cache": "cache/x"}))  # defaults: fine
+    check_store(store, build_config({"data.cache": "cache/x", "backbones.clip_pretrained": "/weights/clip.pt"}))
+    with pytest.raises(ConfigError, match="backbones.wav2vec2"):
+        check_store(store, build_config({"data.cache": "cache/x", "backbones.wav2vec2": "facebook/wav2vec2-large"}))
