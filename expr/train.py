@@ -23,27 +23,27 @@ if __name__ == "__main__" and not __package__:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-import json  # noqa: E402
-import logging  # noqa: E402
-import math  # noqa: E402
-import os  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from typing import Any  # noqa: E402
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
 if not torch.cuda.is_available():  # DeepSpeed picks its accelerator when first imported (accelerate imports it)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from accelerate.logging import get_logger  # noqa: E402
+from accelerate.logging import get_logger
 
-from expr.atomic import write_text  # noqa: E402
-from expr.checkpoint import latest_state, save_state  # noqa: E402
-from expr.config import Config, ConfigError, apply_dict, build_config, load_yaml, parse_cli, validate  # noqa: E402
-from expr.criterion import Criterion  # noqa: E402
-from expr.distributed import (  # noqa: E402
+from expr.atomic import write_text
+from expr.checkpoint import latest_state, save_state
+from expr.config import Config, ConfigError, apply_dict, build_config, load_yaml, parse_cli, validate
+from expr.criterion import Criterion
+from expr.distributed import (
     agree,
     exit_process,
     leave_process_group,
@@ -51,11 +51,11 @@ from expr.distributed import (  # noqa: E402
     param_checksums,
     sync_deepspeed_config,
 )
-from expr.inference import validation_metrics  # noqa: E402
-from expr.loaders import build_run_data  # noqa: E402
-from expr.models.fusion import FusionHead, count_parameters  # noqa: E402
-from expr.optim import build_optimizer, scaled_lr  # noqa: E402
-from expr.runs import new_run_dir, write_best  # noqa: E402
+from expr.inference import validation_metrics
+from expr.loaders import build_run_data
+from expr.models.fusion import FusionHead, count_parameters
+from expr.optim import build_optimizer, scaled_lr
+from expr.runs import new_run_dir, write_best
 
 logger = get_logger("expr.train")  # main process only, unless a call says otherwise
 
