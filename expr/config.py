@@ -50,6 +50,10 @@ def default_num_workers(mode: str, local_processes: int = 1) -> int:
     return max(1, min(8, available_cores() // max(1, local_processes) - 1))
 
 
+Smoothing = Literal["none", "mean", "mode"]
+SMOOTHING: tuple[str, ...] = typing.get_args(Smoothing)  # eval.smoothing's choices, for every command
+
+
 @dataclass
 class DataConfig:
     cache: str | None = None
@@ -210,7 +214,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    smoothing: Literal["none", "mean", "mode"] = "none"
+    smoothing: Smoothing = "none"
     """Temporal post-processing of frame predictions (shared by training's validation, ``evaluate``, ``submit`` and
     ``predict``): ``mean`` = moving average of class probabilities, ``mode`` = sliding-window vote of frame labels."""
     smoothing_width: int = 0

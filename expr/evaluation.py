@@ -24,10 +24,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from expr.config import SMOOTHING
 from expr.data.windows import label_position
 from expr.metrics import classification_report
-
-SMOOTHING = ("none", "mean", "mode")
 
 
 def aggregate_frames(

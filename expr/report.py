@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import write_text
-from expr.config import ConfigError, resolve_device
+from expr.config import SMOOTHING, ConfigError, resolve_device
 from expr.data.source import open_store
 from expr.inference import predict_frames
 from expr.runs import RunError, load_run
@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", help="feature store (default: the one the run trained on)")
     parser.add_argument("--split", default="validation", help="split to score (default validation)")
     parser.add_argument("--stride", type=int, help="frames between windows (default: the run's data.eval_stride)")
-    parser.add_argument("--smoothing", choices=["none", "mean", "mode"], help="post-processing (default: the run's)")
+    parser.add_argument("--smoothing", choices=SMOOTHING, help="post-processing (default: the run's)")
     parser.add_argument("--width", type=int, help="smoothing window in frames (default: the run's)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", help="report folder (default RUN_DIR/eval/SPLIT)")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from expr.atomic import atomic_path, write_text
-from expr.config import ABAW_CLASSES, resolve_device
+from expr.config import ABAW_CLASSES, SMOOTHING, resolve_device
 from expr.data.source import open_store
 from expr.inference import predict_frames
 from expr.runs import RunError, load_run
@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         default="csv",
         help="csv: one file (current challenge format); per-video: <video>.txt files (older format)",
     )
-    parser.add_argument("--smoothing", choices=["none", "mean", "mode"], help="default: the run's eval.smoothing")
+    parser.add_argument("--smoothing", choices=SMOOTHING, help="default: the run's eval.smoothing")
     parser.add_argument("--width", type=int, help="smoothing width in frames (default: the run's)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
