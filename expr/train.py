@@ -141,21 +141,13 @@ class Trainer:
             model, optimizer, self.data.train_loader, self.data.val_loader, scheduler
         )
         self.criterion.to(acc.device)
-        effective = cfg.train.batch_size * acc.num_processes * cfg.train.grad_accum_steps
+        t, n = cfg.train, acc.num_processes
         logger.info(
-            "head: %.2f M trainable parameters; %d train / %d validation windows of %d frames; effective batch "
-            "%d (%d per device x %d processes x %d accumulation); lr %.3g (train.scale_lr=%s); %d optimizer steps",
-            num_params / 1e6,
-            len(self.data.train_set),
-            len(self.data.val_set),
-            cfg.data.window,
-            effective,
-            cfg.train.batch_size,
-            acc.num_processes,
-            cfg.train.grad_accum_steps,
-            self.lr,
-            cfg.train.scale_lr,
-            self.steps_per_epoch * cfg.train.epochs,
+            f"head: {num_params / 1e6:.2f} M trainable parameters; {len(self.data.train_set)} train / "
+            f"{len(self.data.val_set)} validation windows of {cfg.data.window} frames; effective batch "
+            f"{t.batch_size * n * t.grad_accum_steps} ({t.batch_size} per device x {n} processes x "
+            f"{t.grad_accum_steps} accumulation); lr {self.lr:.3g} (train.scale_lr={t.scale_lr}); "
+            f"{self.steps_per_epoch * t.epochs} optimizer steps"
         )
 
     # ------------------------------------------------------------------------------------------ checkpoint
