@@ -97,6 +97,9 @@ MUTATIONS = [
     ("help-docs", "expr train --help lists every option with its docstring", "expr/config.py",
      "if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):", "if False:",
      ["tests/test_config.py", "-k", "help"]),
+    ("run-overrides", "a key that shaped the trained head cannot be overridden when reading a run", "expr/runs.py",
+     "fixed = sorted(set(overrides) - set(RUN_OVERRIDES))", "fixed = []",
+     ["tests/test_evaluation.py", "-k", "dotted_overrides"]),
 ]  # fmt: skip
 
 

@@ -526,6 +526,28 @@ def parse_cli(argv: list[str]) -> tuple[dict[str, Any], list[str], str | None, s
     return overrides, files, preset, resume
 
 
+def split_overrides(argv: list[str]) -> tuple[list[str], dict[str, Any]]:
+    """(the other arguments, the dotted ``--section.key VALUE`` / ``--section.key=VALUE`` options) of a command line,
+    so a command's own options and config overrides share one command line."""
+    rest: list[str] = []
+    overrides: dict[str, Any] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, value = arg[2:].partition("=")
+        if arg.startswith("--") and "." in name and not name.startswith("."):
+            if not eq:
+                if i + 1 >= len(argv) or (argv[i + 1].startswith("--") and not _is_number(argv[i + 1])):
+                    raise ConfigError(f"option '--{name}' needs a value")
+                value = argv[i + 1]
+                i += 1
+            overrides[name] = CliText(value)
+        else:
+            rest.append(arg)
+        i += 1
+    return rest, overrides
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)

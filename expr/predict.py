@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import atomic_path
-from expr.config import resolve_device
+from expr.config import ConfigError, resolve_device, split_overrides
 from expr.features.backbones import Backbones
 from expr.inference import predict_frames
-from expr.runs import RunError, load_head
+from expr.runs import RunError, load_head, run_options_help
 
 logger = logging.getLogger("expr.predict")
 
@@ -113,8 +113,10 @@ def predict_video(
     device: str = "auto",
     progress: bool = True,
     backbones=None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Predict every frame of ``video`` with the head of ``run`` (a run directory or an exported folder)."""
+    """Predict every frame of ``video`` with the head of ``run`` (a run directory or an exported folder); ``overrides``
+    of its config as for :func:`expr.runs.load_run` (e.g. ``eval.smoothing``)."""
 
     from expr.data.media import MediaError
     from expr.data.store import FrameStore, write_store
@@ -125,7 +127,7 @@ def predict_video(
     if not video.is_file():
         raise PredictError(f"{video}: no such file")
     device = resolve_device(device)
-    model, info = load_head(run)
+    model, info = load_head(run, overrides=overrides)
     cfg = info["cfg"]
     if backbones is None:
         clip_spec, w2v_spec = backbone_specs(info, clip, wav2vec2)
@@ -219,7 +221,12 @@ def main(argv: list[str] | None = None) -> int:
     from expr.features.backbones import BackboneError
     from expr.features.faces import FaceDetectorError
 
-    parser = argparse.ArgumentParser(prog="expr predict", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="expr predict",
+        description=__doc__.split("\n\n")[0],
+        epilog=run_options_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("video")
     parser.add_argument("--run", required=True, help="a run directory or a folder written by `expr export`")
     parser.add_argument("--out", required=True, help="output folder")
@@ -227,16 +234,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wav2vec2", help="Wav2Vec2 weights (default: those of the model's training features)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    try:
+        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        parser.error(str(e))
+    args = parser.parse_args(rest)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.propagate = False
     try:
         result = predict_video(
-            args.video, args.run, args.out, args.clip, args.wav2vec2, args.device, not args.no_progress
+            args.video,
+            args.run,
+            args.out,
+            args.clip,
+            args.wav2vec2,
+            args.device,
+            not args.no_progress,
+            overrides=overrides,
         )
-    except (PredictError, RunError, BackboneError, FaceDetectorError) as e:
+    except (PredictError, RunError, BackboneError, FaceDetectorError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {result['csv']} ({result['frames']} frames) and {result['png']}")

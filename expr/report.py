@@ -23,10 +23,10 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import write_text
-from expr.config import SMOOTHING, ConfigError, resolve_device
+from expr.config import SMOOTHING, ConfigError, resolve_device, split_overrides
 from expr.data.source import open_store
 from expr.inference import predict_frames
-from expr.runs import RunError, load_run
+from expr.runs import RunError, legacy_overrides, load_run, run_options_help
 
 
 class EvaluateError(RunError):
@@ -42,19 +42,21 @@ def evaluate_run(
     width: int | None = None,
     device: str = "auto",
     out_dir: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate the run's best head on ``split``; write report.json, report.md and confusion_matrix.png."""
+    """Evaluate the run's best head on ``split``; write report.json, report.md and confusion_matrix.png. ``overrides``
+    change the run's config where it can change after training (:data:`expr.runs.RUN_OVERRIDES`); ``cache``,
+    ``stride``, ``smoothing`` and ``width`` are the same as data.cache, data.eval_stride, eval.smoothing and
+    eval.smoothing_width."""
     from expr.evaluation import frame_report, smooth_rows
 
-    cfg, model = load_run(run_dir)
-    store = open_store(cfg, cache)
+    cfg, model = load_run(run_dir, legacy_overrides(overrides, cache, stride, smoothing, width))
+    store = open_store(cfg)
     if split not in set(store.splits.tolist()):
         raise EvaluateError(f"{store.path}: no videos in split '{split}' (it has {sorted(set(store.splits.tolist()))})")
     if list(store.classes) != list(cfg.data.classes):
         raise EvaluateError(f"{store.path}: classes {store.classes} differ from the run's {list(cfg.data.classes)}")
-    stride = stride or cfg.data.resolved_eval_stride()
-    smoothing = smoothing or cfg.eval.smoothing
-    width = cfg.eval.smoothing_width if width is None else width
+    stride, smoothing, width = cfg.data.resolved_eval_stride(), cfg.eval.smoothing, cfg.eval.smoothing_width
     device = resolve_device(device)
     # Under `accelerate launch` each process takes whole videos (every world_size-th); the main process gathers
     # their frame probabilities and scores them: the same numbers as one process.
@@ -195,19 +197,36 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
 def main(argv: list[str] | None = None) -> int:
     from expr.data.store import StoreError
 
-    parser = argparse.ArgumentParser(prog="expr evaluate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="expr evaluate",
+        description=__doc__.split("\n\n")[0],
+        epilog=run_options_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("run_dir", help="a run directory (with best/model.safetensors)")
-    parser.add_argument("--cache", help="feature store (default: the one the run trained on)")
+    parser.add_argument("--cache", help="feature store (default: the one the run trained on; = --data.cache)")
     parser.add_argument("--split", default="validation", help="split to score (default validation)")
-    parser.add_argument("--stride", type=int, help="frames between windows (default: the run's data.eval_stride)")
-    parser.add_argument("--smoothing", choices=SMOOTHING, help="post-processing (default: the run's)")
-    parser.add_argument("--width", type=int, help="smoothing window in frames (default: the run's)")
+    parser.add_argument("--stride", type=int, help="frames between windows (= --data.eval_stride)")
+    parser.add_argument("--smoothing", choices=SMOOTHING, help="post-processing (= --eval.smoothing)")
+    parser.add_argument("--width", type=int, help="smoothing width in frames (= --eval.smoothing_width)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", help="report folder (default RUN_DIR/eval/SPLIT)")
-    args = parser.parse_args(argv)
+    try:
+        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        parser.error(str(e))
+    args = parser.parse_args(rest)
     try:
         evaluate_run(
-            args.run_dir, args.cache, args.split, args.stride, args.smoothing, args.width, args.device, args.out
+            args.run_dir,
+            args.cache,
+            args.split,
+            args.stride,
+            args.smoothing,
+            args.width,
+            args.device,
+            args.out,
+            overrides,
         )
     except (RunError, StoreError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)

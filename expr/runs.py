@@ -24,10 +24,20 @@ from safetensors.torch import load_file
 
 from expr.atomic import atomic_path, write_text
 from expr.checkpoint import save_head
-from expr.config import Config, load_yaml
+from expr.config import Config, ConfigError, apply_dict, field_docs, load_yaml, validate
 from expr.models.fusion import FusionHead
 
 EXPORT_FORMAT = 1
+# What a command reading a finished run (evaluate, submit, predict) may change in the run's config: where its data is
+# and how window predictions become frame labels. Every other key shaped the trained head or its training.
+RUN_OVERRIDES = (
+    "data.cache",
+    "data.eval_stride",
+    "data.in_memory",
+    "data.num_workers",
+    "eval.smoothing",
+    "eval.smoothing_width",
+)
 
 
 class RunError(RuntimeError):
@@ -62,8 +72,50 @@ def build_head(cfg: Config, weights: Path) -> torch.nn.Module:
     return model.eval()
 
 
-def load_run(run_dir: str | Path) -> tuple[Config, torch.nn.Module]:
-    """The run's config and its best head (eval mode, CPU)."""
+def apply_run_overrides(cfg: Config, overrides: dict[str, Any] | None, source: str = "command line") -> Config:
+    """``cfg`` (a finished run's) with ``overrides`` of :data:`RUN_OVERRIDES` keys applied and checked. A key that
+    cannot take effect after training is an error naming it, never silently ignored."""
+    overrides = dict(overrides or {})
+    apply_dict(Config(), overrides, source)  # an unknown key (a typo) gets the config's own message and suggestions
+    fixed = sorted(set(overrides) - set(RUN_OVERRIDES))
+    if fixed:
+        raise ConfigError(
+            f"config key '{fixed[0]}' cannot change after training (it shaped the trained head or its training); "
+            f"a command reading a run takes {', '.join('--' + k for k in RUN_OVERRIDES)}"
+        )
+    apply_dict(cfg, overrides, source)
+    validate(cfg)
+    return cfg
+
+
+def run_options_help() -> str:
+    """The ``--help`` lines of :data:`RUN_OVERRIDES`: option, type, docstring."""
+    import textwrap
+
+    docs = field_docs()
+    lines = ["config overrides (the run's own values by default):"]
+    for key in RUN_OVERRIDES:
+        lines.append(f"  --{key} VALUE")
+        lines += textwrap.wrap(docs.get(key, ""), 100, initial_indent="      ", subsequent_indent="      ")
+    return "\n".join(lines)
+
+
+def legacy_overrides(overrides, cache=None, stride=None, smoothing=None, width=None) -> dict[str, Any]:
+    """``overrides`` plus the short options of ``expr evaluate`` / ``expr submit`` (``--cache``, ``--stride``,
+    ``--smoothing``, ``--width``) as the config keys they set."""
+    out = dict(overrides or {})
+    short = {
+        "data.cache": cache,
+        "data.eval_stride": stride,
+        "eval.smoothing": smoothing,
+        "eval.smoothing_width": width,
+    }
+    out.update({k: v for k, v in short.items() if v is not None})
+    return out
+
+
+def load_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> tuple[Config, torch.nn.Module]:
+    """The run's config (with ``overrides``, see :func:`apply_run_overrides`) and its best head (eval mode, CPU)."""
     run_dir = Path(run_dir)
     cfg_path, weights = run_dir / "config.yaml", run_dir / "best" / "model.safetensors"
     if not cfg_path.is_file():
@@ -71,20 +123,21 @@ def load_run(run_dir: str | Path) -> tuple[Config, torch.nn.Module]:
     if not weights.is_file():
         raise RunError(f"{run_dir}: no trained head yet ({weights} is missing; it is written after an epoch)")
     cfg = Config.from_dict(load_yaml(cfg_path), str(cfg_path))
-    return cfg, build_head(cfg, weights)
+    return apply_run_overrides(cfg, overrides), build_head(cfg, weights)
 
 
-def load_head(path: str | Path, device: str = "cpu"):
-    """(FusionHead in eval mode, info dict) from an exported folder (``config.json``) or a run directory."""
+def load_head(path: str | Path, device: str = "cpu", overrides: dict[str, Any] | None = None):
+    """(FusionHead in eval mode, info dict) from an exported folder (``config.json``) or a run directory;
+    ``info["cfg"]`` carries ``overrides`` (see :func:`apply_run_overrides`)."""
     path = Path(path)
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         info = json.loads((path / "config.json").read_text())
         if info.get("expr_export_format") != EXPORT_FORMAT:
             raise RunError(f"{path}: not an expr export (config.json has no expr_export_format {EXPORT_FORMAT})")
-        cfg = Config.from_dict(info["config"], str(path / "config.json"))
+        cfg = apply_run_overrides(Config.from_dict(info["config"], str(path / "config.json")), overrides)
         weights = path / "model.safetensors"
     elif (path / "config.yaml").is_file():
-        cfg, model = load_run(path)
+        cfg, model = load_run(path, overrides)
         return model.to(device), run_info(path, cfg)
     else:
         raise RunError(f"{path}: neither an exported model (config.json + model.safetensors) nor a run directory")

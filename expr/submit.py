@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from expr.atomic import atomic_path, write_text
-from expr.config import ABAW_CLASSES, SMOOTHING, resolve_device
+from expr.config import ABAW_CLASSES, SMOOTHING, ConfigError, resolve_device, split_overrides
 from expr.data.source import open_store
 from expr.inference import predict_frames
-from expr.runs import RunError, load_run
+from expr.runs import RunError, legacy_overrides, load_run, run_options_help
 
 
 class SubmissionError(ValueError):
@@ -69,13 +69,16 @@ def read_example(path: str | Path, classes=ABAW_CLASSES) -> Example:
     return Example(header, lines)
 
 
-def frame_labels(run_dir, cache, videos: list[str], smoothing=None, width=None, device="auto") -> dict[str, np.ndarray]:
-    """Per video: the label of every decoded frame (see the module docstring for how)."""
+def frame_labels(
+    run_dir, cache, videos: list[str], smoothing=None, width=None, device="auto", overrides=None
+) -> dict[str, np.ndarray]:
+    """Per video: the label of every decoded frame (see the module docstring for how). ``overrides``: as for
+    :func:`expr.runs.load_run`; ``cache``, ``smoothing`` and ``width`` set data.cache and eval.smoothing(_width)."""
 
     from expr.evaluation import smooth_rows
 
-    cfg, model = load_run(run_dir)
-    store = open_store(cfg, cache)
+    cfg, model = load_run(run_dir, legacy_overrides(overrides, cache, smoothing=smoothing, width=width))
+    store = open_store(cfg)
     if list(store.classes) != list(cfg.data.classes):
         raise SubmissionError(f"{store.path}: classes {store.classes} differ from the run's {list(cfg.data.classes)}")
     missing = [v for v in videos if v not in store.names]
@@ -85,8 +88,7 @@ def frame_labels(run_dir, cache, videos: list[str], smoothing=None, width=None, 
             f"with `expr prepare ... --test-names FILE --out {store.path}`"
         )
     device = resolve_device(device)
-    method = smoothing or cfg.eval.smoothing
-    width = cfg.eval.smoothing_width if width is None else width
+    method, width = cfg.eval.smoothing, cfg.eval.smoothing_width
     wanted = np.array([store.names.index(v) for v in videos], np.int64)
     out = {}
     for split in sorted(set(store.splits[wanted].tolist())):  # only the example's videos are predicted
@@ -175,9 +177,14 @@ def validate_submission(path: str | Path, example: Example, fmt: str = "csv") ->
 def main(argv: list[str] | None = None) -> int:
     from expr.data.store import StoreError
 
-    parser = argparse.ArgumentParser(prog="expr submit", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="expr submit",
+        description=__doc__.split("\n\n")[0],
+        epilog=run_options_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("run_dir", help="a run directory (its best head is used)")
-    parser.add_argument("--cache", help="feature store holding the test videos (default: the run's)")
+    parser.add_argument("--cache", help="feature store holding the test videos (= --data.cache)")
     parser.add_argument("--example", required=True, help="the organisers' example prediction file")
     parser.add_argument("--out", required=True, help="the CSV to write (a folder with --format per-video)")
     parser.add_argument(
@@ -186,17 +193,23 @@ def main(argv: list[str] | None = None) -> int:
         default="csv",
         help="csv: one file (current challenge format); per-video: <video>.txt files (older format)",
     )
-    parser.add_argument("--smoothing", choices=SMOOTHING, help="default: the run's eval.smoothing")
-    parser.add_argument("--width", type=int, help="smoothing width in frames (default: the run's)")
+    parser.add_argument("--smoothing", choices=SMOOTHING, help="= --eval.smoothing")
+    parser.add_argument("--width", type=int, help="= --eval.smoothing_width")
     parser.add_argument("--device", default="auto")
-    args = parser.parse_args(argv)
     try:
-        cfg, _ = load_run(args.run_dir)
+        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+    except ConfigError as e:
+        parser.error(str(e))
+    args = parser.parse_args(rest)
+    try:
+        cfg, _ = load_run(args.run_dir, overrides)
         example = read_example(args.example, cfg.data.classes)
-        labels = frame_labels(args.run_dir, args.cache, example.videos(), args.smoothing, args.width, args.device)
+        labels = frame_labels(
+            args.run_dir, args.cache, example.videos(), args.smoothing, args.width, args.device, overrides
+        )
         out = write_submission(example, labels, args.out, args.format)
         problems = validate_submission(out, example, args.format)
-    except (SubmissionError, RunError, StoreError) as e:
+    except (SubmissionError, RunError, StoreError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if problems:

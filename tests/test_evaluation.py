@@ -211,3 +211,24 @@ def test_expr_evaluate_explains_a_missing_head(tmp_path, capsys):
     (tmp_path / "config.yaml").write_text("{}\n")
     assert main([str(tmp_path)]) == 2
     assert "no trained head yet" in capsys.readouterr().err
+
+
+def test_commands_reading_a_run_take_dotted_overrides_and_refuse_what_cannot_change(small_run, tmp_path, capsys):
+    """`expr evaluate RUN --eval.smoothing mean --data.eval_stride 5` is the same as the short options; a key that
+    shaped the trained head is refused by name, and a typo gets the config's suggestion."""
+    import json
+
+    from expr.report import main
+
+    run = small_run["run_dir"]
+    assert main([run, "--eval.smoothing", "mean", "--eval.smoothing_width=9", "--data.eval_stride", "5",
+                 "--out", str(tmp_path / "dotted")]) == 0  # fmt: skip
+    assert main([run, "--smoothing", "mean", "--width", "9", "--stride", "5", "--out", str(tmp_path / "short")]) == 0
+    dotted, short = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("dotted", "short"))
+    assert dotted["smoothing"] == {"method": "mean", "width": 9} and dotted["stride"] == 5
+    assert dotted["metrics"] == short["metrics"] and dotted["smoothed_metrics"] == short["smoothed_metrics"]
+    capsys.readouterr()
+    assert main([run, "--model.dim", "64"]) == 2
+    assert "'model.dim' cannot change after training" in capsys.readouterr().err
+    assert main([run, "--eval.smothing", "mean"]) == 2
+    assert "Did you mean eval.smoothing" in capsys.readouterr().err
