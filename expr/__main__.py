@@ -1,7 +1,13 @@
 """``python -m expr COMMAND ...``, and ``accelerate launch -m expr COMMAND ...`` for several processes."""
 
+import sys
+
 from expr.cli import main
-from expr.distributed import exit_process
 
 if __name__ == "__main__":
-    exit_process(main())
+    code = main()
+    if "torch" not in sys.modules:  # nothing distributed ran (e.g. --help): no process group to leave
+        sys.exit(code)
+    from expr.distributed import exit_process
+
+    exit_process(code)

@@ -22,9 +22,14 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import atomic_path
-from expr.config import ConfigError, resolve_device, split_overrides
-from expr.features.backbones import Backbones
+from expr.config import Config, ConfigError, apply_dict, resolve_device, split_overrides
+from expr.data.media import MediaError, decode_audio, iter_frames, probe
+from expr.data.store import FrameStore, VideoRecord, write_store
+from expr.evaluation import smooth_rows
+from expr.features.backbones import BACKBONE_KEYS, BackboneError, Backbones, backbone_options, clip_option
+from expr.features.faces import FaceDetector, FaceDetectorError, crop_face
 from expr.inference import predict_frames
+from expr.plots import pyplot, save_figure
 from expr.runs import RunError, load_head, run_options_help
 
 logger = logging.getLogger("expr.predict")
@@ -43,11 +48,7 @@ def backbone_specs(info: dict[str, Any], clip: str | None, wav2vec2: str | None)
                 "this model was trained on features without recorded backbones (the synthetic demo data); pass "
                 "--clip and --wav2vec2 (e.g. 'random' for a smoke test)"
             )
-        tag = b["clip_pretrained"]
-        if str(b.get("clip", "")).startswith("local-dir:"):
-            clip = b["clip"]
-        else:
-            clip = tag if tag == "random" or Path(tag).is_file() else f"{b.get('clip', 'ViT-B-32')}/{tag}"
+        clip = clip_option(str(b.get("clip", "ViT-B-32")), str(b["clip_pretrained"]))
     if wav2vec2 is None:
         if "wav2vec2" not in b or "none" in str(b["wav2vec2"]):
             raise PredictError("the model's Wav2Vec2 backbone is not recorded; pass --wav2vec2")
@@ -62,10 +63,6 @@ def extract_video(path: Path, backbones, detector, progress: bool = True, media:
 
     from PIL import Image
     from tqdm.auto import tqdm
-
-    from expr.data.media import MediaError, decode_audio, iter_frames, probe
-    from expr.data.store import VideoRecord
-    from expr.features.faces import crop_face
 
     info = probe(path)
     visual_enc, audio_enc = backbones.visual(), backbones.audio()
@@ -117,11 +114,6 @@ def predict_video(
 ) -> dict[str, Any]:
     """Predict every frame of ``video`` with the head of ``run`` (a run directory or an exported folder); ``overrides``
     of its config as for :func:`expr.runs.load_run` (e.g. ``eval.smoothing``)."""
-
-    from expr.data.media import MediaError
-    from expr.data.store import FrameStore, write_store
-    from expr.evaluation import smooth_rows
-    from expr.features.faces import FaceDetector
 
     video, out = Path(video), Path(out)
     if not video.is_file():
@@ -183,8 +175,6 @@ def predict_video(
 def plot_timeline(probs, face, fps, classes, path: Path, title: str, has_audio: bool) -> None:
     import matplotlib
 
-    from expr.plots import pyplot, save_figure
-
     plt = pyplot()
 
     t = np.arange(len(probs)) / fps
@@ -218,8 +208,6 @@ def plot_timeline(probs, face, fps, classes, path: Path, title: str, has_audio: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from expr.features.backbones import BackboneError
-    from expr.features.faces import FaceDetectorError
 
     parser = argparse.ArgumentParser(
         prog="expr predict",
@@ -230,15 +218,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("video")
     parser.add_argument("--run", required=True, help="a run directory or a folder written by `expr export`")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--clip", help="CLIP weights (default: those of the model's training features)")
-    parser.add_argument("--wav2vec2", help="Wav2Vec2 weights (default: those of the model's training features)")
+    parser.add_argument(
+        "--clip",
+        help="CLIP weights, as expr prepare takes them (default: those of the model's training features; "
+        "or --backbones.clip / --backbones.clip_pretrained)",
+    )
+    parser.add_argument(
+        "--wav2vec2", help="Wav2Vec2 weights (default: those of the model's training features; or --backbones.wav2vec2)"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-progress", action="store_true")
     try:
         rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+        backbones = {k: overrides.pop(k) for k in BACKBONE_KEYS if k in overrides}
+        apply_dict(Config(), backbones, "command line")
     except ConfigError as e:
         parser.error(str(e))
     args = parser.parse_args(rest)
+    try:
+        args.clip, args.wav2vec2 = backbone_options(backbones, args.clip, args.wav2vec2, "expr predict")
+    except ConfigError as e:
+        parser.error(str(e))
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)

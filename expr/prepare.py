@@ -29,10 +29,21 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import atomic_path
-from expr.config import ABAW_CLASSES, LossConfig
+from expr.config import ABAW_CLASSES, Config, ConfigError, LossConfig, apply_dict, split_overrides
+from expr.data.affwild2 import AnnotationError, LayoutError, crop_frames, discover, read_annotation, read_test_names
+from expr.data.folder import items_from_folder
 from expr.data.item import Item
 from expr.data.media import MediaError, decode_audio, iter_frames, probe
-from expr.features.backbones import DEFAULT_CLIP, DEFAULT_WAV2VEC2, Backbones
+from expr.data.online import MediaStore
+from expr.data.store import FrameStore, StoreError, VideoRecord, write_store
+from expr.features.backbones import (
+    BACKBONE_KEYS,
+    DEFAULT_CLIP,
+    DEFAULT_WAV2VEC2,
+    BackboneError,
+    Backbones,
+    backbone_options,
+)
 
 logger = logging.getLogger("expr.prepare")
 
@@ -222,7 +233,6 @@ def save_part(out: Path, item: Item, arrays: dict[str, np.ndarray], report: Repo
 
 
 def load_part(path: Path):
-    from expr.data.store import VideoRecord
 
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
@@ -246,7 +256,6 @@ def load_part(path: Path):
 
 
 def _store_media(store):
-    from expr.data.online import MediaStore
 
     if store is None or not (store.path / "media" / "frames").is_dir():
         return None
@@ -255,7 +264,6 @@ def _store_media(store):
 
 def _record_from_store(store, media, v: int):
     """Video ``v`` of an existing store as a record (views into the loaded store), to write it again."""
-    from expr.data.store import VideoRecord
 
     f0, n = store.frame_offset[v], store.num_frames[v]
     a0, na = store.audio_offset[v], store.num_audio[v]
@@ -296,8 +304,6 @@ def prepare(
     training (``data.mode=online``)."""
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
-
-    from expr.data.store import FrameStore, write_store
 
     out = Path(out)
     identity = backbones.identity()
@@ -525,15 +531,15 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--out", required=True, help="the feature store folder to write (CACHE)")
     common.add_argument(
         "--clip",
-        default=DEFAULT_CLIP,
         help="CLIP weights: MODEL/TAG of open_clip (default ViT-B-32/openai), a local checkpoint file, local-dir:DIR "
         "(open_clip_config.json + weights), an hf-hub: "
-        "name, or 'random' (seeded random weights, smoke runs only)",
+        "name, or 'random' (seeded random weights, smoke runs only); or --backbones.clip MODEL "
+        "--backbones.clip_pretrained TAG, as in training's config",
     )
     common.add_argument(
         "--wav2vec2",
-        default=DEFAULT_WAV2VEC2,
-        help="Wav2Vec2 weights: a hub name (default facebook/wav2vec2-base), a local directory, or 'random'",
+        help="Wav2Vec2 weights: a hub name (default facebook/wav2vec2-base), a local directory, or 'random' (or "
+        "--backbones.wav2vec2)",
     )
     common.add_argument("--test-names", help="file with the organisers' test video names, one per line (no labels)")
     common.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
@@ -541,7 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--workers", type=int, default=4, help="threads decoding JPEG crops (default 4)")
     common.add_argument("--chunk-seconds", type=float, default=30.0, help="Wav2Vec2 chunk length (default 30)")
     common.add_argument("--context-seconds", type=float, default=2.0, help="Wav2Vec2 context each side (default 2)")
-    common.add_argument("--prompt-template", default=LossConfig.prompt_template, help="text prompt of each class")
+    common.add_argument(
+        "--prompt-template",
+        help=f"text prompt of each class (default {LossConfig.prompt_template!r}; or --loss.prompt_template)",
+    )
     common.add_argument(
         "--media",
         action="store_true",
@@ -566,7 +575,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def items_from_affwild2(args) -> tuple[list[Item], dict[str, Any], list[str]]:
-    from expr.data.affwild2 import crop_frames, discover, read_annotation, read_test_names
 
     test_names = read_test_names(args.test_names) if args.test_names else []
     crop_dirs = [c.strip() for c in args.crop_dirs.split(",")] if args.crop_dirs else None
@@ -592,11 +600,29 @@ def items_from_affwild2(args) -> tuple[list[Item], dict[str, Any], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from expr.data.affwild2 import AnnotationError, LayoutError
-    from expr.data.store import StoreError
-    from expr.features.backbones import BackboneError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    try:  # the config's own keys for what it shares with training: backbones.* and loss.prompt_template
+        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
+        apply_dict(Config(), overrides, "command line")  # a typo gets the config's suggestion
+        other = sorted(set(overrides) - set(BACKBONE_KEYS) - {"loss.prompt_template"})
+        if other:
+            raise ConfigError(
+                f"config key '{other[0]}' does not shape a feature store: expr prepare takes "
+                f"{', '.join('--' + k for k in BACKBONE_KEYS)} and --loss.prompt_template"
+            )
+        args = parser.parse_args(rest)
+        backbones = {k: v for k, v in overrides.items() if k in BACKBONE_KEYS}
+        args.clip, args.wav2vec2 = backbone_options(backbones, args.clip, args.wav2vec2, "expr prepare")
+        if "loss.prompt_template" in overrides:
+            if args.prompt_template is not None:
+                raise ConfigError("expr prepare: give the prompt once, as --prompt-template or --loss.prompt_template")
+            args.prompt_template = str(overrides["loss.prompt_template"])
+    except ConfigError as e:
+        parser.error(str(e))
+    args.clip = args.clip or DEFAULT_CLIP
+    args.wav2vec2 = args.wav2vec2 or DEFAULT_WAV2VEC2
+    args.prompt_template = args.prompt_template or LossConfig.prompt_template
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
@@ -606,8 +632,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.layout == "affwild2":
             items, source, classes = items_from_affwild2(args)
         else:
-            from expr.data.folder import items_from_folder
-
             items, source, classes = items_from_folder(args)
         backbones = Backbones(
             args.clip, args.wav2vec2, args.device, args.batch_size, args.chunk_seconds, args.context_seconds

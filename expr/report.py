@@ -25,7 +25,10 @@ import numpy as np
 from expr.atomic import write_text
 from expr.config import SMOOTHING, ConfigError, resolve_device, split_overrides
 from expr.data.source import open_store
+from expr.data.store import StoreError
+from expr.evaluation import frame_report, smooth_rows
 from expr.inference import predict_frames
+from expr.plots import pyplot, save_figure
 from expr.runs import RunError, legacy_overrides, load_run, run_options_help
 
 
@@ -48,7 +51,6 @@ def evaluate_run(
     change the run's config where it can change after training (:data:`expr.runs.RUN_OVERRIDES`); ``cache``,
     ``stride``, ``smoothing`` and ``width`` are the same as data.cache, data.eval_stride, eval.smoothing and
     eval.smoothing_width."""
-    from expr.evaluation import frame_report, smooth_rows
 
     cfg, model = load_run(run_dir, legacy_overrides(overrides, cache, stride, smoothing, width))
     store = open_store(cfg)
@@ -166,8 +168,6 @@ def markdown(report: dict[str, Any], classes: list[str]) -> str:
 def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> None:
     """Row-normalised confusion matrix with counts, readable at a glance."""
 
-    from expr.plots import pyplot, save_figure
-
     plt = pyplot()
 
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -195,7 +195,6 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    from expr.data.store import StoreError
 
     parser = argparse.ArgumentParser(
         prog="expr evaluate",

@@ -27,6 +27,8 @@ import numpy as np
 from expr.atomic import atomic_path, write_text
 from expr.config import ABAW_CLASSES, SMOOTHING, ConfigError, resolve_device, split_overrides
 from expr.data.source import open_store
+from expr.data.store import StoreError
+from expr.evaluation import smooth_rows
 from expr.inference import predict_frames
 from expr.runs import RunError, legacy_overrides, load_run, run_options_help
 
@@ -74,8 +76,6 @@ def frame_labels(
 ) -> dict[str, np.ndarray]:
     """Per video: the label of every decoded frame (see the module docstring for how). ``overrides``: as for
     :func:`expr.runs.load_run`; ``cache``, ``smoothing`` and ``width`` set data.cache and eval.smoothing(_width)."""
-
-    from expr.evaluation import smooth_rows
 
     cfg, model = load_run(run_dir, legacy_overrides(overrides, cache, smoothing=smoothing, width=width))
     store = open_store(cfg)
@@ -175,7 +175,6 @@ def validate_submission(path: str | Path, example: Example, fmt: str = "csv") ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from expr.data.store import StoreError
 
     parser = argparse.ArgumentParser(
         prog="expr submit",

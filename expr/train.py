@@ -41,8 +41,9 @@ from accelerate.logging import get_logger
 
 from expr.atomic import write_text
 from expr.checkpoint import latest_state, save_state
-from expr.config import Config, ConfigError, apply_dict, build_config, load_yaml, parse_cli, validate
+from expr.config import Config, ConfigError, apply_dict, build_config, load_yaml, options_help, parse_cli, validate
 from expr.criterion import Criterion
+from expr.data.store import StoreError
 from expr.distributed import (
     agree,
     exit_process,
@@ -51,6 +52,7 @@ from expr.distributed import (
     param_checksums,
     sync_deepspeed_config,
 )
+from expr.features.backbones import BackboneError
 from expr.inference import validation_metrics
 from expr.loaders import build_run_data
 from expr.models.fusion import FusionHead, count_parameters
@@ -393,8 +395,6 @@ def config_from_argv(argv: list[str]) -> tuple[Config, str | None]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("-h", "--help"):
-        from expr.config import options_help
-
         print("usage: expr train [--config FILE] [--preset paper|demo] [--resume RUN_DIR] [--section.key VALUE ...]\n")
         print(__doc__)
         print("Options (defaults of the paper preset; without data.cache the demo preset applies):\n")
@@ -409,9 +409,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     from accelerate import PartialState
-
-    from expr.data.store import StoreError
-    from expr.features.backbones import BackboneError
 
     try:
         result = run(cfg, resume_dir=resume)

@@ -269,9 +269,33 @@ def test_malformed_annotation_stops_before_any_extraction_naming_file_and_line(t
     bad = root / "EXPR_Classification_Challenge" / "Validation_Set" / "bad.txt"
     write_annotation(bad, [0, 1, 2])
     bad.write_text(bad.read_text().replace("\n1\n", "\nsurprise\n"))
-    assert main(["affwild2", str(root), "--out", str(tmp_path / "out"), "--clip", "random"]) == 2
+    assert main(["affwild2", str(root), "--out", str(tmp_path / "out"), "--backbones.clip_pretrained", "random"]) == 2
     assert f"{bad}:3:" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_prepare_and_predict_take_the_configs_backbone_keys(tmp_path, capsys):
+    """`--backbones.clip / clip_pretrained / wav2vec2` (training's config keys) mean what --clip MODEL/TAG and
+    --wav2vec2 mean, converted in one place both ways; both spellings at once, or a key that does not shape a store,
+    is an error naming it."""
+    from expr.config import ConfigError
+    from expr.features.backbones import backbone_options, clip_option
+    from expr.prepare import main
+
+    keys = {"backbones.clip_pretrained": "random", "backbones.wav2vec2": "random"}
+    assert backbone_options(keys, None, None, "x") == ("random", "random")
+    big = {"backbones.clip": "ViT-L-14", "backbones.clip_pretrained": "laion2b_s32b_b82k"}
+    assert backbone_options(big, None, None, "x") == ("ViT-L-14/laion2b_s32b_b82k", None)
+    for clip, tag in [("ViT-L-14", "laion2b_s32b_b82k"), ("ViT-B-32", "random"), ("local-dir:/w", "local")]:
+        assert Backbones(clip_option(clip, tag)).clip_spec() == (clip, tag)
+    with pytest.raises(ConfigError, match="once"):
+        backbone_options({"backbones.clip": "ViT-L-14"}, "ViT-B-32/openai", None, "x")
+    with pytest.raises(SystemExit) as e:
+        main(["affwild2", str(tmp_path), "--out", str(tmp_path / "o"), "--model.dim", "3"])
+    assert e.value.code == 2 and "'model.dim' does not shape a feature store" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["affwild2", str(tmp_path), "--out", str(tmp_path / "o"), "--backbones.clip_pretraind", "random"])
+    assert "Did you mean backbones.clip_pretrained" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------------------------- folder layout

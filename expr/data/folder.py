@@ -27,6 +27,7 @@ import numpy as np
 from expr.config import ABAW_CLASSES
 from expr.data.affwild2 import AnnotationError, LayoutError
 from expr.data.item import Item
+from expr.data.media import MediaError, probe
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
@@ -110,7 +111,6 @@ def _hash_split(name: str, fraction: float) -> str:
 
 
 def items_from_folder(args) -> tuple[list, dict[str, Any], list[str]]:
-    from expr.data.media import MediaError, probe
 
     root = Path(args.root)
     if not root.is_dir():

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from expr.atomic import atomic_path
-from expr.config import resolve_device
+from expr.config import BackboneConfig, ConfigError, resolve_device
 
 RANDOM = "random"
 DEFAULT_CLIP = "ViT-B-32/openai"
@@ -231,6 +231,42 @@ class AudioEncoder:
             hidden = self.model(x).last_hidden_state[0].float().cpu().numpy()
             out[c0:c1] = hidden[c0 - f0 : c1 - f0]
         return out
+
+
+def clip_option(clip: str, clip_pretrained: str) -> str:
+    """The ``--clip`` value (``expr prepare``'s MODEL/TAG form) of a config's or a store record's ``clip`` and
+    ``clip_pretrained``: the inverse of :meth:`Backbones.clip_spec`, the one place the two spellings meet."""
+    if clip.startswith("local-dir:"):
+        return clip
+    if (
+        clip_pretrained == RANDOM
+        or clip_pretrained.startswith("hf-hub:")
+        or Path(clip_pretrained).expanduser().is_file()
+    ):
+        return clip_pretrained
+    return f"{clip}/{clip_pretrained}"
+
+
+# The config keys that name backbones, as `expr prepare` and `expr predict` take them beside --clip / --wav2vec2.
+BACKBONE_KEYS = ("backbones.clip", "backbones.clip_pretrained", "backbones.wav2vec2")
+
+
+def backbone_options(overrides: dict[str, Any], clip: str | None, wav2vec2: str | None, command: str):
+    """(--clip, --wav2vec2) of a command line that may give ``backbones.*`` dotted keys (``overrides``, already
+    checked against the config) instead of the short options; giving both spellings of one backbone is an error."""
+    if not overrides:
+        return clip, wav2vec2
+    default = BackboneConfig()
+    get = {k.split(".")[1]: v for k, v in overrides.items()}
+    if {"clip", "clip_pretrained"} & set(get):
+        if clip is not None:
+            raise ConfigError(f"{command}: give the CLIP backbone once, as --clip or as --backbones.clip*")
+        clip = clip_option(str(get.get("clip", default.clip)), str(get.get("clip_pretrained", default.clip_pretrained)))
+    if "wav2vec2" in get:
+        if wav2vec2 is not None:
+            raise ConfigError(f"{command}: give the Wav2Vec2 backbone once, as --wav2vec2 or as --backbones.wav2vec2")
+        wav2vec2 = str(get["wav2vec2"])
+    return clip, wav2vec2
 
 
 @dataclass

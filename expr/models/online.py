@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from expr.features.backbones import conv_geometry
+from expr.data.store import StoreError
+from expr.features.backbones import conv_geometry, load_clip, load_wav2vec2, split_preprocess
 
 
 class FrozenEncoders(nn.Module):
@@ -108,7 +109,6 @@ class FrozenEncoders(nn.Module):
 def load_encoders(clip: str, clip_pretrained: str, wav2vec2: str, device) -> tuple[FrozenEncoders, object]:
     """The frozen encoders of a store's recorded backbones on ``device`` (fp16 on a GPU), and the PIL part of
     open_clip's preprocessing for the data-loading workers."""
-    from expr.features.backbones import load_clip, load_wav2vec2, split_preprocess
 
     model, preprocess, _ = load_clip(clip, clip_pretrained, "cpu")
     image_transform, mean, std = split_preprocess(preprocess)
@@ -125,7 +125,6 @@ def load_encoders(clip: str, clip_pretrained: str, wav2vec2: str, device) -> tup
 
 def store_encoders(store, device) -> tuple[FrozenEncoders, object]:
     """:func:`load_encoders` of the backbones a store was prepared with (``store.json``)."""
-    from expr.data.store import StoreError
 
     recorded = store.meta.get("backbones", {})
     if "clip_pretrained" not in recorded or "wav2vec2" not in recorded:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import atomic_path, write_text
+from expr.plots import pyplot, save_figure
 from expr.sweep.spec import Study
 
 logger = logging.getLogger("expr.sweep")
@@ -134,7 +135,6 @@ def report_markdown(study: Study, summary, rows, handle, paper: dict | None) -> 
 
 
 def bar_chart(study: Study, summary, path: Path) -> None:
-    from expr.plots import pyplot, save_figure
 
     plt = pyplot()
     shown = summary[:20]
@@ -157,8 +157,6 @@ def bar_chart(study: Study, summary, path: Path) -> None:
 
 def optuna_plots(handle, out: Path) -> None:
     import optuna.visualization.matplotlib as vis
-
-    from expr.plots import save_figure
 
     for name, fn in (("importance", vis.plot_param_importances), ("parallel_coordinate", vis.plot_parallel_coordinate)):
         try:

@@ -19,6 +19,8 @@ from typing import Any
 
 import yaml
 
+from expr.config import all_keys
+
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
 REPEAT_KEYS = ("train.seed", "data.fold")
 
@@ -62,7 +64,6 @@ def study_files(folder: Path = STUDY_DIR) -> dict[str, Path]:
 
 def load_study(name_or_path: str, folder: Path = STUDY_DIR) -> Study:
     """A study by name (a shipped study, ``expr/sweep/studies/<name>.yaml``) or by the path of a YAML file."""
-    from expr.config import all_keys
 
     path = Path(name_or_path)
     if not path.suffix:

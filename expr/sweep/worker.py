@@ -13,10 +13,12 @@ from typing import Any
 
 import numpy as np
 
-from expr.config import ConfigError
+from expr.config import ConfigError, build_config
+from expr.evaluation import frame_report, smooth_rows
 from expr.sweep import optuna_api
 from expr.sweep.queue import finish, heartbeat, next_trial, start_worker, worker_id
 from expr.sweep.spec import Study, SweepError
+from expr.train import config_from_argv, run
 
 logger = logging.getLogger("expr.sweep")
 
@@ -65,8 +67,6 @@ def plan_trial(trial, study: Study, values: dict[str, Any], overrides: dict[str,
 
 def train_trial(settings: dict[str, Any], resume: str | None, on_epoch_end) -> tuple[float, dict[str, Any]]:
     """Train one trial (every process of a multi-process worker runs this); returns (objective, user attributes)."""
-    from expr.config import build_config
-    from expr.train import config_from_argv, run
 
     if resume:
         cfg, _ = config_from_argv(["--resume", resume])
@@ -112,7 +112,6 @@ def run_trial(
 
 def posthoc_trial(values: dict[str, Any], source_run: str | None):
     """Score one post-processing setting on a run's saved validation frame probabilities (no retraining)."""
-    from expr.evaluation import frame_report, smooth_rows
 
     if not source_run:
         raise SweepError("a posthoc study needs --run RUN_DIR (a finished run with best/val_frame_probs.npz)")
