@@ -100,6 +100,12 @@ MUTATIONS = [
     ("run-overrides", "a key that shaped the trained head cannot be overridden when reading a run", "expr/runs.py",
      "fixed = sorted(set(overrides) - set(RUN_OVERRIDES))", "fixed = []",
      ["tests/test_evaluation.py", "-k", "dotted_overrides"]),
+    ("command-dotted", "a command's --SECTION.key means its --key", "expr/options.py",
+     "rest += [flag_name(name), value]", "rest += [flag_name(name)]", ["tests/test_options.py"]),
+    ("command-help", "every command's --help gives each option's docstring", "expr/options.py",
+     'kwargs: dict[str, Any] = {"help": help_text, "default": default}',
+     'kwargs: dict[str, Any] = {"default": default}',
+     ["tests/test_options.py", "-k", "help"]),
 ]  # fmt: skip
 
 

@@ -36,6 +36,7 @@ COMMANDS = {
     "predict": "expr.predict",
     "export": "expr.export",
     "sweep": "expr.sweep.command",
+    "export-head": "expr.export:main_head",
 }
 
 
@@ -50,32 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"expr {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
-    if command in COMMANDS:  # each command's module has main(argv) -> exit code; imported only when used
+    if command in COMMANDS:  # each command is a function(argv) -> exit code; imported only when used
         import importlib
 
-        return importlib.import_module(COMMANDS[command]).main(rest)
-    if command == "export-head":
-        return _export_head(rest)
+        module, _, function = COMMANDS[command].partition(":")
+        return getattr(importlib.import_module(module), function or "main")(rest)
     print(f"expr: unknown command '{command}'\n\n{USAGE}", file=sys.stderr)
     return 2
-
-
-def _export_head(argv: list[str]) -> int:
-    import argparse
-
-    from expr.checkpoint import CheckpointError, export_head
-
-    parser = argparse.ArgumentParser(prog="expr export-head", description="Export the head of a resume state.")
-    parser.add_argument("state_dir", help="a folder from RUN_DIR/states/")
-    parser.add_argument("--out", required=True, help="the safetensors file to write")
-    args = parser.parse_args(argv)
-    try:
-        path = export_head(args.state_dir, args.out)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {path}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -288,20 +288,29 @@ def all_keys(cfg: Config | None = None) -> list[str]:
     return [f"{s}.{k}" for s, sub in _fields(cfg).items() for k in _fields(getattr(cfg, s))]
 
 
-def field_docs() -> dict[str, str]:
-    """The docstring of every dotted key (the string literal under each field of the section classes)."""
+def docstrings(cls: type) -> dict[str, str]:
+    """The docstring of each field of dataclass ``cls`` (the string literal under the field), whitespace folded;
+    fields of its dataclass bases included."""
     import inspect
     import textwrap
 
-    docs = {}
-    for section, f in _fields(Config()).items():
-        tree = ast.parse(textwrap.dedent(inspect.getsource(f.type)))
-        body = tree.body[0].body
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
         for node, after in zip(body, body[1:], strict=False):
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
                 if isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
-                    docs[f"{section}.{node.target.id}"] = " ".join(str(after.value.value).split())
+                    docs[node.target.id] = " ".join(str(after.value.value).split())
     return docs
+
+
+def field_docs() -> dict[str, str]:
+    """The docstring of every dotted key of the config tree."""
+    return {
+        f"{section}.{key}": doc for section, f in _fields(Config()).items() for key, doc in docstrings(f.type).items()
+    }
 
 
 def options_help(preset: str = "paper") -> str:

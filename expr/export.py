@@ -9,14 +9,16 @@ directory and without unpickling anything::
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from expr.atomic import atomic_path
+from expr.checkpoint import CheckpointError, export_head
+from expr.options import parse_options, positional
 from expr.runs import EXPORT_FORMAT, RunError, load_head, load_run, run_info  # noqa: F401 (load_head: documented here)
 
 
@@ -74,16 +76,50 @@ or `expr predict clip.mp4 --run path/to/this/folder --out predictions/`. `model.
 """
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(kw_only=True)
+class ExportOptions:
+    run_dir: str = positional()
+    """a run directory (its best head is exported)"""
+    out: str
+    """folder to write (replaced if it exists)"""
 
-    parser = argparse.ArgumentParser(prog="expr export", description="Export a run's best head as a model folder.")
-    parser.add_argument("run_dir")
-    parser.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_options(
+        ExportOptions, sys.argv[1:] if argv is None else argv, "expr export", "export", __doc__.split("\n\n")[0]
+    )
+    if overrides:
+        key = next(iter(overrides))
+        print(f"error: expr export writes the run as trained; it takes no config key (got --{key})", file=sys.stderr)
+        return 2
     try:
         out = export_run(args.run_dir, args.out)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {out}: config.json, model.safetensors, README.md (upload as a Hugging Face model repository)")
+    return 0
+
+
+@dataclass(kw_only=True)
+class ExportHeadOptions:
+    state_dir: str = positional()
+    """a resume state, a folder of RUN_DIR/states/ (DeepSpeed ZeRO states included)"""
+    out: str
+    """the safetensors file to write"""
+
+
+def main_head(argv: list[str] | None = None) -> int:
+    """``expr export-head STATE_DIR --out FILE``: one safetensors file of the head of a resume state."""
+    args, overrides = parse_options(
+        ExportHeadOptions, sys.argv[1:] if argv is None else argv, "expr export-head", "export_head", main_head.__doc__
+    )
+    try:
+        if overrides:
+            raise CheckpointError(f"expr export-head takes no config key (got --{next(iter(overrides))})")
+        path = export_head(args.state_dir, args.out)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {path}")
     return 0

@@ -13,22 +13,23 @@ features as a one-video store (``DIR/<video>_features/``).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from expr.atomic import atomic_path
-from expr.config import Config, ConfigError, apply_dict, resolve_device, split_overrides
+from expr.config import Config, ConfigError, apply_dict, resolve_device
 from expr.data.media import MediaError, decode_audio, iter_frames, probe
 from expr.data.store import FrameStore, VideoRecord, write_store
 from expr.evaluation import smooth_rows
 from expr.features.backbones import BACKBONE_KEYS, BackboneError, Backbones, backbone_options, clip_option
 from expr.features.faces import FaceDetector, FaceDetectorError, crop_face
 from expr.inference import predict_frames
+from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
 from expr.runs import RunError, load_head, run_options_help
 
@@ -207,38 +208,41 @@ def plot_timeline(probs, face, fps, classes, path: Path, title: str, has_audio: 
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(kw_only=True)
+class PredictOptions:
+    video: str = positional()
+    """the video file"""
+    run: str
+    """a run directory or a folder written by `expr export`"""
+    out: str
+    """output folder"""
+    clip: str | None = None
+    """CLIP weights, as expr prepare takes them (default: those of the model's training features; or
+    --backbones.clip / --backbones.clip_pretrained)"""
+    wav2vec2: str | None = None
+    """Wav2Vec2 weights (default: those of the model's training features; or --backbones.wav2vec2)"""
+    device: str = "auto"
+    """cuda, cpu or auto"""
+    no_progress: bool = False
+    """no progress bar"""
 
-    parser = argparse.ArgumentParser(
-        prog="expr predict",
-        description=__doc__.split("\n\n")[0],
-        epilog=run_options_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_options(
+        PredictOptions,
+        sys.argv[1:] if argv is None else argv,
+        "expr predict",
+        "predict",
+        __doc__.split("\n\n")[0],
+        run_options_help(),
     )
-    parser.add_argument("video")
-    parser.add_argument("--run", required=True, help="a run directory or a folder written by `expr export`")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--clip",
-        help="CLIP weights, as expr prepare takes them (default: those of the model's training features; "
-        "or --backbones.clip / --backbones.clip_pretrained)",
-    )
-    parser.add_argument(
-        "--wav2vec2", help="Wav2Vec2 weights (default: those of the model's training features; or --backbones.wav2vec2)"
-    )
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--no-progress", action="store_true")
     try:
-        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
         backbones = {k: overrides.pop(k) for k in BACKBONE_KEYS if k in overrides}
         apply_dict(Config(), backbones, "command line")
-    except ConfigError as e:
-        parser.error(str(e))
-    args = parser.parse_args(rest)
-    try:
         args.clip, args.wav2vec2 = backbone_options(backbones, args.clip, args.wav2vec2, "expr predict")
     except ConfigError as e:
-        parser.error(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)

@@ -14,7 +14,6 @@ summary; they never stop the run. A malformed annotation line stops it before an
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import atomic_path
-from expr.config import ABAW_CLASSES, Config, ConfigError, LossConfig, apply_dict, split_overrides
+from expr.config import ABAW_CLASSES, Config, ConfigError, LossConfig, apply_dict
 from expr.data.affwild2 import AnnotationError, LayoutError, crop_frames, discover, read_annotation, read_test_names
 from expr.data.folder import items_from_folder
 from expr.data.item import Item
@@ -44,6 +43,7 @@ from expr.features.backbones import (
     Backbones,
     backbone_options,
 )
+from expr.options import parse_options, positional
 
 logger = logging.getLogger("expr.prepare")
 
@@ -524,57 +524,73 @@ def _loud(message: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------- command line
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="expr prepare", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="layout", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--out", required=True, help="the feature store folder to write (CACHE)")
-    common.add_argument(
-        "--clip",
-        help="CLIP weights: MODEL/TAG of open_clip (default ViT-B-32/openai), a local checkpoint file, local-dir:DIR "
-        "(open_clip_config.json + weights), an hf-hub: "
-        "name, or 'random' (seeded random weights, smoke runs only); or --backbones.clip MODEL "
-        "--backbones.clip_pretrained TAG, as in training's config",
-    )
-    common.add_argument(
-        "--wav2vec2",
-        help="Wav2Vec2 weights: a hub name (default facebook/wav2vec2-base), a local directory, or 'random' (or "
-        "--backbones.wav2vec2)",
-    )
-    common.add_argument("--test-names", help="file with the organisers' test video names, one per line (no labels)")
-    common.add_argument("--device", default="auto", help="cuda, cpu or auto (default)")
-    common.add_argument("--batch-size", type=int, default=64, help="frames per CLIP forward (default 64)")
-    common.add_argument("--workers", type=int, default=4, help="threads decoding JPEG crops (default 4)")
-    common.add_argument("--chunk-seconds", type=float, default=30.0, help="Wav2Vec2 chunk length (default 30)")
-    common.add_argument("--context-seconds", type=float, default=2.0, help="Wav2Vec2 context each side (default 2)")
-    common.add_argument(
-        "--prompt-template",
-        help=f"text prompt of each class (default {LossConfig.prompt_template!r}; or --loss.prompt_template)",
-    )
-    common.add_argument(
-        "--media",
-        action="store_true",
-        help="also keep every face crop (JPEG) and audio track (16 kHz) in the store, for online training "
-        "(--data.mode online: frozen backbones in the loop, frame augmentation, per-window audio encoding)",
-    )
-    common.add_argument("--no-progress", action="store_true", help="no progress bar")
+@dataclass(kw_only=True)
+class PrepareOptions:
+    """Options of every layout."""
 
-    aff = sub.add_parser("affwild2", parents=[common], help="an Aff-Wild2 tree as distributed for the ABAW EXPR track")
-    aff.add_argument("root", help="the Aff-Wild2 folder")
-    aff.add_argument("--annotation-dir", help="annotation folder name under ROOT (default: detected)")
-    aff.add_argument("--crop-dirs", help="comma-separated crop folder names under ROOT (default: detected)")
-
-    folder = sub.add_parser("folder", parents=[common], help="a folder of videos or frame folders plus a label CSV")
-    folder.add_argument("root", help="folder holding <name>.mp4|avi|mov|mkv|webm and/or <name>/ frame folders")
-    folder.add_argument("--labels", required=True, help="CSV with columns video,label (per clip) or video,frame,label")
-    folder.add_argument("--classes", help="comma-separated class names (default: the 8 ABAW classes)")
-    folder.add_argument("--fps", type=float, default=None, help="frame rate of frame folders without a video")
-    folder.add_argument("--frame-base", type=int, default=1, help="number of the first frame image (default 1)")
-    folder.add_argument("--val-fraction", type=float, default=0.2, help="videos for validation without a split column")
-    return parser
+    out: str
+    """the feature store folder to write (CACHE)"""
+    clip: str | None = None
+    """CLIP weights: MODEL/TAG of open_clip (default ViT-B-32/openai), a local checkpoint file, local-dir:DIR
+    (open_clip_config.json + weights), an hf-hub: name, or 'random' (seeded random weights, smoke runs only); or
+    --backbones.clip MODEL --backbones.clip_pretrained TAG, as in training's config"""
+    wav2vec2: str | None = None
+    """Wav2Vec2 weights: a hub name (default facebook/wav2vec2-base), a local directory, or 'random' (or
+    --backbones.wav2vec2)"""
+    test_names: str | None = None
+    """file with the organisers' test video names, one per line (no labels)"""
+    device: str = "auto"
+    """cuda, cpu or auto"""
+    batch_size: int = 64
+    """frames per CLIP forward"""
+    workers: int = 4
+    """threads decoding JPEG crops"""
+    chunk_seconds: float = 30.0
+    """Wav2Vec2 chunk length in seconds"""
+    context_seconds: float = 2.0
+    """Wav2Vec2 context each side of a chunk, in seconds"""
+    prompt_template: str | None = None
+    """text prompt of each class (default 'A face expressing {emotion}'; or --loss.prompt_template)"""
+    media: bool = False
+    """also keep every face crop (JPEG) and audio track (16 kHz) in the store, for online training (--data.mode
+    online: frozen backbones in the loop, frame augmentation, per-window audio encoding)"""
+    no_progress: bool = False
+    """no progress bar"""
 
 
-def items_from_affwild2(args) -> tuple[list[Item], dict[str, Any], list[str]]:
+@dataclass(kw_only=True)
+class AffWild2Options(PrepareOptions):
+    root: str = positional()
+    """the Aff-Wild2 folder"""
+    annotation_dir: str | None = None
+    """annotation folder name under ROOT (default: detected)"""
+    crop_dirs: str | None = None
+    """comma-separated crop folder names under ROOT (default: detected)"""
+
+
+@dataclass(kw_only=True)
+class FolderOptions(PrepareOptions):
+    root: str = positional()
+    """folder holding <name>.mp4|avi|mov|mkv|webm and/or <name>/ frame folders"""
+    labels: str
+    """CSV with columns video,label (per clip) or video,frame,label"""
+    classes: str | None = None
+    """comma-separated class names (default: the 8 ABAW classes)"""
+    fps: float | None = None
+    """frame rate of frame folders without a video"""
+    frame_base: int = 1
+    """number of the first frame image"""
+    val_fraction: float = 0.2
+    """fraction of videos for validation when the CSV has no split column"""
+
+
+LAYOUTS = {
+    "affwild2": (AffWild2Options, "an Aff-Wild2 tree as distributed for the ABAW EXPR track"),
+    "folder": (FolderOptions, "a folder of videos or frame folders plus a label CSV"),
+}
+
+
+def items_from_affwild2(args: AffWild2Options) -> tuple[list[Item], dict[str, Any], list[str]]:
 
     test_names = read_test_names(args.test_names) if args.test_names else []
     crop_dirs = [c.strip() for c in args.crop_dirs.split(",")] if args.crop_dirs else None
@@ -600,10 +616,9 @@ def items_from_affwild2(args) -> tuple[list[Item], dict[str, Any], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    args, overrides = parse_options(LAYOUTS, argv, "expr prepare", "prepare", __doc__.split("\n\n")[0])
     try:  # the config's own keys for what it shares with training: backbones.* and loss.prompt_template
-        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
         apply_dict(Config(), overrides, "command line")  # a typo gets the config's suggestion
         other = sorted(set(overrides) - set(BACKBONE_KEYS) - {"loss.prompt_template"})
         if other:
@@ -611,7 +626,6 @@ def main(argv: list[str] | None = None) -> int:
                 f"config key '{other[0]}' does not shape a feature store: expr prepare takes "
                 f"{', '.join('--' + k for k in BACKBONE_KEYS)} and --loss.prompt_template"
             )
-        args = parser.parse_args(rest)
         backbones = {k: v for k, v in overrides.items() if k in BACKBONE_KEYS}
         args.clip, args.wav2vec2 = backbone_options(backbones, args.clip, args.wav2vec2, "expr prepare")
         if "loss.prompt_template" in overrides:
@@ -619,7 +633,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError("expr prepare: give the prompt once, as --prompt-template or --loss.prompt_template")
             args.prompt_template = str(overrides["loss.prompt_template"])
     except ConfigError as e:
-        parser.error(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     args.clip = args.clip or DEFAULT_CLIP
     args.wav2vec2 = args.wav2vec2 or DEFAULT_WAV2VEC2
     args.prompt_template = args.prompt_template or LossConfig.prompt_template
@@ -629,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
-        if args.layout == "affwild2":
+        if isinstance(args, AffWild2Options):
             items, source, classes = items_from_affwild2(args)
         else:
             items, source, classes = items_from_folder(args)

@@ -13,21 +13,22 @@ of the split would score. Every frame whose label is not -1 is scored, without a
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from expr.atomic import write_text
-from expr.config import SMOOTHING, ConfigError, resolve_device, split_overrides
+from expr.config import ConfigError, Smoothing, resolve_device
 from expr.data.source import open_store
 from expr.data.store import StoreError
 from expr.evaluation import frame_report, smooth_rows
 from expr.inference import predict_frames
+from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
 from expr.runs import RunError, legacy_overrides, load_run, run_options_help
 
@@ -194,27 +195,35 @@ def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(kw_only=True)
+class EvaluateOptions:
+    run_dir: str = positional()
+    """a run directory (with best/model.safetensors)"""
+    cache: str | None = None
+    """feature store (default: the one the run trained on; = --data.cache)"""
+    split: str = "validation"
+    """the split to score"""
+    stride: int | None = None
+    """frames between windows (= --data.eval_stride)"""
+    smoothing: Smoothing | None = None
+    """temporal post-processing (= --eval.smoothing)"""
+    width: int | None = None
+    """smoothing width in frames (= --eval.smoothing_width)"""
+    device: str = "auto"
+    """cuda, cpu or auto"""
+    out: str | None = None
+    """report folder (default RUN_DIR/eval/SPLIT)"""
 
-    parser = argparse.ArgumentParser(
-        prog="expr evaluate",
-        description=__doc__.split("\n\n")[0],
-        epilog=run_options_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_options(
+        EvaluateOptions,
+        sys.argv[1:] if argv is None else argv,
+        "expr evaluate",
+        "evaluate",
+        __doc__.split("\n\n")[0],
+        run_options_help(),
     )
-    parser.add_argument("run_dir", help="a run directory (with best/model.safetensors)")
-    parser.add_argument("--cache", help="feature store (default: the one the run trained on; = --data.cache)")
-    parser.add_argument("--split", default="validation", help="split to score (default validation)")
-    parser.add_argument("--stride", type=int, help="frames between windows (= --data.eval_stride)")
-    parser.add_argument("--smoothing", choices=SMOOTHING, help="post-processing (= --eval.smoothing)")
-    parser.add_argument("--width", type=int, help="smoothing width in frames (= --eval.smoothing_width)")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--out", help="report folder (default RUN_DIR/eval/SPLIT)")
-    try:
-        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        parser.error(str(e))
-    args = parser.parse_args(rest)
     try:
         evaluate_run(
             args.run_dir,

@@ -16,20 +16,21 @@ end takes the last frame's label.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from expr.atomic import atomic_path, write_text
-from expr.config import ABAW_CLASSES, SMOOTHING, ConfigError, resolve_device, split_overrides
+from expr.config import ABAW_CLASSES, ConfigError, Smoothing, resolve_device
 from expr.data.source import open_store
 from expr.data.store import StoreError
 from expr.evaluation import smooth_rows
 from expr.inference import predict_frames
+from expr.options import parse_options, positional
 from expr.runs import RunError, legacy_overrides, load_run, run_options_help
 
 
@@ -174,32 +175,35 @@ def validate_submission(path: str | Path, example: Example, fmt: str = "csv") ->
     return problems
 
 
-def main(argv: list[str] | None = None) -> int:
+@dataclass(kw_only=True)
+class SubmitOptions:
+    run_dir: str = positional()
+    """a run directory (its best head is used)"""
+    cache: str | None = None
+    """feature store holding the test videos (= --data.cache)"""
+    example: str
+    """the organisers' example prediction file"""
+    out: str
+    """the CSV to write (a folder with --format per-video)"""
+    format: Literal["csv", "per-video"] = "csv"
+    """csv: one file (current challenge format); per-video: <video>.txt files (older format)"""
+    smoothing: Smoothing | None = None
+    """temporal post-processing (= --eval.smoothing)"""
+    width: int | None = None
+    """smoothing width in frames (= --eval.smoothing_width)"""
+    device: str = "auto"
+    """cuda, cpu or auto"""
 
-    parser = argparse.ArgumentParser(
-        prog="expr submit",
-        description=__doc__.split("\n\n")[0],
-        epilog=run_options_help(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+
+def main(argv: list[str] | None = None) -> int:
+    args, overrides = parse_options(
+        SubmitOptions,
+        sys.argv[1:] if argv is None else argv,
+        "expr submit",
+        "submit",
+        __doc__.split("\n\n")[0],
+        run_options_help(),
     )
-    parser.add_argument("run_dir", help="a run directory (its best head is used)")
-    parser.add_argument("--cache", help="feature store holding the test videos (= --data.cache)")
-    parser.add_argument("--example", required=True, help="the organisers' example prediction file")
-    parser.add_argument("--out", required=True, help="the CSV to write (a folder with --format per-video)")
-    parser.add_argument(
-        "--format",
-        choices=["csv", "per-video"],
-        default="csv",
-        help="csv: one file (current challenge format); per-video: <video>.txt files (older format)",
-    )
-    parser.add_argument("--smoothing", choices=SMOOTHING, help="= --eval.smoothing")
-    parser.add_argument("--width", type=int, help="= --eval.smoothing_width")
-    parser.add_argument("--device", default="auto")
-    try:
-        rest, overrides = split_overrides(sys.argv[1:] if argv is None else argv)
-    except ConfigError as e:
-        parser.error(str(e))
-    args = parser.parse_args(rest)
     try:
         cfg, _ = load_run(args.run_dir, overrides)
         example = read_example(args.example, cfg.data.classes)

@@ -9,42 +9,58 @@ several workers (on one machine or many, with ``--storage postgresql://...``) sh
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from expr.config import ConfigError, parse_cli
+from expr.options import parse_options
 from expr.sweep.queue import open_study, storage_url
 from expr.sweep.report import write_report
 from expr.sweep.spec import STUDY_DIR, SweepError, load_study, study_files
 from expr.sweep.worker import work
 
 
-def parse(argv: list[str], prog: str = "expr sweep"):
+@dataclass(kw_only=True)
+class SweepOptions:
+    study: str
+    """a study name or a YAML file"""
+    n_trials: int | None = None
+    """search studies: the trial budget (default: the study's)"""
+    seeds: str = "42"
+    """comma-separated seeds; each setting runs once per seed"""
+    folds: int = 0
+    """k-fold cross-validation over videos (0: off)"""
+    storage: str | None = None
+    """Optuna storage URL (default: sqlite:///OUT/study.db)"""
+    out: str | None = None
+    """results folder (default sweeps/results/<study>)"""
+    report: bool = False
+    """only write the report of the study as it stands"""
+    run: str | None = None
+    """posthoc studies (smoothing): the finished run whose validation outputs to use"""
+    heartbeat: int = 30
+    """seconds between a trial's heartbeats"""
+
+
+def parse(argv: list[str], prog: str = "expr sweep") -> tuple[SweepOptions, dict]:
+    """(the sweep's options, config overrides for every trial: dotted options before or after ``--``)."""
     if "--" in argv:
         cut = argv.index("--")
-        argv, overrides = argv[:cut], argv[cut + 1 :]
+        argv, after = argv[:cut], argv[cut + 1 :]
     else:
-        overrides = []
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description=__doc__.split("\n\n")[0],
-        epilog=f"studies in {STUDY_DIR}: {', '.join(study_files())}. After --, config overrides for every trial in "
-        "`expr train`'s syntax (--section.key VALUE).",
+        after = []
+    epilog = (
+        f"studies in {STUDY_DIR}: {', '.join(study_files())}. Config overrides for every trial in `expr train`'s "
+        "syntax (--section.key VALUE), here or after --."
     )
-    parser.add_argument("--study", required=True, help="a study name or a YAML file")
-    parser.add_argument("--n-trials", type=int, help="search studies: the trial budget (default: the study's)")
-    parser.add_argument("--seeds", default="42", help="comma-separated seeds; each setting runs once per seed")
-    parser.add_argument("--folds", type=int, default=0, help="k-fold cross-validation over videos (0: off)")
-    parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
-    parser.add_argument("--out", help="results folder (default sweeps/results/<study>)")
-    parser.add_argument("--report", action="store_true", help="only write the report of the study as it stands")
-    parser.add_argument("--run", help="posthoc studies (smoothing): the finished run whose validation outputs to use")
-    parser.add_argument("--heartbeat", type=int, default=30, help="seconds between a trial's heartbeats")
-    args = parser.parse_args(argv)
-    return args, overrides
+    args, overrides = parse_options(SweepOptions, argv, prog, "sweep", __doc__.split("\n\n")[0], epilog)
+    given, files, preset, resume = parse_cli(after)
+    if files or preset or resume:
+        raise SweepError("after --, give config overrides only (--section.key VALUE)")
+    return args, {**overrides, **given}
 
 
 def main(argv: list[str] | None = None, results_root: Path | None = None, prog: str = "expr sweep") -> int:
@@ -55,20 +71,23 @@ def main(argv: list[str] | None = None, results_root: Path | None = None, prog: 
     import optuna
 
     argv = sys.argv[1:] if argv is None else argv
-    args, rest = parse(argv, prog)
+    try:
+        args, overrides = parse(argv, prog)
+    except (SweepError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     logging.getLogger("expr").setLevel(logging.INFO)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         study = load_study(args.study)
-        overrides, files, preset, resume = parse_cli(rest)
-        if files or preset or resume:
-            raise SweepError("after --, give config overrides only (--section.key VALUE)")
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         if args.folds == 1 or args.folds < 0:
             raise SweepError("--folds must be 0 (off) or at least 2")
         out = Path(args.out) if args.out else (results_root or Path("sweeps") / "results") / study.name
+        if args.report and args.storage is None and not (out / "study.db").is_file():
+            raise SweepError(f"{out}: no study here yet (no study.db); run it without --report first, or give --out")
         if not args.report:
             work(study, out, args.storage, seeds, args.folds, args.n_trials, overrides, args.run, args.heartbeat)
         if int(os.environ.get("RANK", 0)) != 0:
