@@ -12,9 +12,11 @@ DeepSpeed. ``expr export-head STATE_DIR --out head.safetensors`` turns either in
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,52 @@ from expr.config import ConfigError
 
 class CheckpointError(ValueError):
     """A state folder that holds no head weights; the message names the folder."""
+
+
+@dataclass
+class Progress:
+    """Where a run stands: saved with every resume state (``progress.json``) and restored by ``--resume``."""
+
+    epoch: int = 0
+    """The epoch in progress (0-based)."""
+    step_in_epoch: int = 0
+    """Optimizer steps done in it."""
+    global_step: int = 0
+    """Optimizer steps done in the run."""
+    skipped_steps: int = 0
+    """Optimizer steps skipped by fp16 loss scaling (overflow)."""
+    best: dict[str, Any] = field(default_factory=lambda: {"macro_f1": -1.0, "epoch": -1})
+    """The best validation frame macro-F1 so far and its epoch (1-based)."""
+    history: list[dict[str, Any]] = field(default_factory=list)
+    """Every finished epoch's metrics."""
+    epoch_sums: list[float] = field(default_factory=lambda: [0.0, 0.0])
+    """This process's (sum of window losses, windows) in the epoch in progress."""
+
+
+def save_progress(acc, run_dir: Path, progress: Progress, keep_last: int) -> None:
+    """A resume state of every rank with ``progress`` (each rank's ``epoch_sums`` gathered). Called by all ranks."""
+    from accelerate.utils import gather_object
+
+    saved = {k: v for k, v in dataclasses.asdict(progress).items() if k != "epoch_sums"}
+    saved["epoch_sums_per_rank"] = gather_object([progress.epoch_sums])
+    save_state(acc, run_dir / "states", f"step{progress.global_step:08d}", saved, keep_last)
+
+
+def resume_progress(acc, run_dir: Path, steps_per_epoch: int) -> Progress:
+    """Load the newest resume state of ``run_dir`` into ``acc``; the progress points at the next step to take (the
+    next epoch's first when the state was saved at an epoch's end). Called by all ranks."""
+    state, saved = latest_state(run_dir / "states", run_dir)
+    sums = saved.pop("epoch_sums_per_rank")
+    if len(sums) != acc.num_processes:  # before load_state, which fails obscurely on a mismatch
+        raise ConfigError(
+            f"--resume {run_dir}: the state was saved by {len(sums)} processes, this launch has "
+            f"{acc.num_processes}; resume with the same number of processes"
+        )
+    acc.load_state(str(state))
+    progress = Progress(**saved, epoch_sums=list(sums[acc.process_index]))
+    if progress.step_in_epoch >= steps_per_epoch:  # saved at the end of an epoch
+        progress.epoch, progress.step_in_epoch, progress.epoch_sums = progress.epoch + 1, 0, [0.0, 0.0]
+    return progress
 
 
 def save_state(acc, state_dir: Path, name: str, progress: dict[str, Any], keep_last: int) -> None:

@@ -40,7 +40,7 @@ if not torch.cuda.is_available():  # DeepSpeed picks its accelerator when first 
 from accelerate.logging import get_logger
 
 from expr.atomic import write_text
-from expr.checkpoint import latest_state, save_state
+from expr.checkpoint import Progress, resume_progress, save_progress
 from expr.config import Config, ConfigError, apply_dict, build_config, load_yaml, options_help, parse_cli, validate
 from expr.criterion import Criterion
 from expr.data.store import StoreError
@@ -119,13 +119,12 @@ class Trainer:
         self._build_model()
         if trackers:
             acc.init_trackers("expr", config=_flat_config(cfg))
-        self.start_epoch, self.skip_steps, self.global_step = 0, 0, 0
-        self.skipped_steps = 0  # optimizer steps skipped by fp16 loss scaling (overflow), for the log and final.json
-        self.best = {"macro_f1": -1.0, "epoch": -1}
-        self.history: list[dict[str, Any]] = []
-        self.epoch_sums = [0.0, 0.0]  # (sum of window losses, windows) in the current epoch, for resume
+        p = self.progress = resume_progress(acc, self.run_dir, self.steps_per_epoch) if resume_dir else Progress()
         if resume_dir:
-            self._resume()
+            if acc.is_main_process:  # rows written after the state was saved belong to work that will be redone
+                write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in p.history))
+            logger.info("resumed %s at epoch %d, step %d", run_dir, p.epoch + 1, p.step_in_epoch)
+        self.start_epoch, self.skip_steps = p.epoch, p.step_in_epoch
 
     @property
     def class_weights(self) -> torch.Tensor:
@@ -154,44 +153,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ checkpoint
     def save_state(self, epoch: int, step_in_epoch: int) -> None:
-        """Resume state of all ranks (:func:`expr.checkpoint.save_state`) with the trainer's progress."""
-        from accelerate.utils import gather_object
-
-        progress = {
-            "epoch": epoch,
-            "step_in_epoch": step_in_epoch,
-            "global_step": self.global_step,
-            "skipped_steps": self.skipped_steps,
-            "best": self.best,
-            "history": self.history,
-            "epoch_sums_per_rank": gather_object([self.epoch_sums]),  # each rank's running loss sums of this epoch
-        }
-        name = f"step{self.global_step:08d}"
-        save_state(self.accelerator, self.run_dir / "states", name, progress, self.cfg.train.keep_last_states)
-
-    def _resume(self) -> None:
-        acc = self.accelerator
-        state, progress = latest_state(self.run_dir / "states", self.run_dir)
-        sums = progress["epoch_sums_per_rank"]
-        if len(sums) != acc.num_processes:  # before load_state, which fails obscurely on a mismatch
-            raise ConfigError(
-                f"--resume {self.run_dir}: the state was saved by {len(sums)} processes, this launch has "
-                f"{acc.num_processes}; resume with the same number of processes"
-            )
-        acc.load_state(str(state))
-        self.global_step, self.skipped_steps = progress["global_step"], progress.get("skipped_steps", 0)
-        self.best, self.history = progress["best"], progress["history"]
-        self.epoch_sums = list(sums[acc.process_index])
-        if progress["step_in_epoch"] >= self.steps_per_epoch:  # saved at the end of an epoch
-            self.start_epoch, self.skip_steps, self.epoch_sums = progress["epoch"] + 1, 0, [0.0, 0.0]
-        else:
-            self.start_epoch, self.skip_steps = progress["epoch"], progress["step_in_epoch"]
-        if acc.is_main_process:
-            # Rows written after the state was saved belong to work that will be redone.
-            write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.history))
-            logger.info(
-                "resumed %s from %s: epoch %d, step %d", self.run_dir, state.name, self.start_epoch + 1, self.skip_steps
-            )
+        """Resume state of all ranks with the trainer's progress (:func:`expr.checkpoint.save_progress`)."""
+        self.progress.epoch, self.progress.step_in_epoch = epoch, step_in_epoch
+        save_progress(self.accelerator, self.run_dir, self.progress, self.cfg.train.keep_last_states)
 
     def save_best(self, epoch: int, metrics: dict[str, Any]) -> None:
         """The best head so far (:func:`expr.runs.write_best`); ZeRO-3 partitions are gathered on every rank."""
@@ -215,9 +179,9 @@ class Trainer:
             if len(set(checksums)) > 1:
                 logger.warning("parameters differ between ranks: %s", checksums)
             summary = {
-                "best": self.best,
-                "global_step": self.global_step,
-                "fp16_skipped_steps": self.skipped_steps,
+                "best": self.progress.best,
+                "global_step": self.progress.global_step,
+                "fp16_skipped_steps": self.progress.skipped_steps,
                 "num_processes": acc.num_processes,
                 "effective_batch": self.cfg.train.batch_size * acc.num_processes * self.cfg.train.grad_accum_steps,
                 "lr": self.lr,
@@ -261,7 +225,7 @@ class Trainer:
         state saved), None on its last step (validate, then stop); otherwise False."""
         from tqdm.auto import tqdm
 
-        cfg, acc = self.cfg, self.accelerator
+        cfg, acc, p = self.cfg, self.accelerator, self.progress
         self.model.train()
         skip = self.skip_steps if epoch == self.start_epoch else 0
         loader = (
@@ -273,7 +237,7 @@ class Trainer:
         loader.set_epoch(epoch)
         self.data.sampler.set_epoch(epoch)
         if not skip:
-            self.epoch_sums = [0.0, 0.0]
+            p.epoch_sums = [0.0, 0.0]
         step_in_epoch = skip
         desc = f"epoch {epoch + 1}/{cfg.train.epochs}"
         quiet = not acc.is_main_process
@@ -288,38 +252,34 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad()
             n = batch["label"].shape[0]
-            self.epoch_sums[0] += float(losses["loss"].detach()) * n
-            self.epoch_sums[1] += n
+            p.epoch_sums[0] += float(losses["loss"].detach()) * n
+            p.epoch_sums[1] += n
             if not acc.sync_gradients:
                 continue
-            self.global_step += 1
-            self.skipped_steps += bool(getattr(self.optimizer, "step_was_skipped", False))
+            p.global_step += 1
+            p.skipped_steps += bool(getattr(self.optimizer, "step_was_skipped", False))
             step_in_epoch += 1
             bar.update(1)
-            if self.global_step % cfg.train.log_every_steps == 0:
+            if p.global_step % cfg.train.log_every_steps == 0:
                 values = {f"train/{k}": float(v.detach()) for k, v in losses.items()}
-                values.update({"train/lr": self.scheduler.get_last_lr()[0], "train/skipped_steps": self.skipped_steps})
-                acc.log(values, step=self.global_step)
+                values.update({"train/lr": self.scheduler.get_last_lr()[0], "train/skipped_steps": p.skipped_steps})
+                acc.log(values, step=p.global_step)
                 bar.set_postfix(loss=f"{values['train/loss']:.3f}")
             every = cfg.train.checkpoint_every_steps
-            if every and self.global_step % every == 0 and step_in_epoch < self.steps_per_epoch:
+            if every and p.global_step % every == 0 and step_in_epoch < self.steps_per_epoch:
                 self.save_state(epoch, step_in_epoch)
-            if cfg.train.stop_after_steps and self.global_step >= cfg.train.stop_after_steps:
+            if cfg.train.stop_after_steps and p.global_step >= cfg.train.stop_after_steps:
                 bar.close()
                 if step_in_epoch < self.steps_per_epoch:
                     self.save_state(epoch, step_in_epoch)
-                    logger.info(
-                        "stopped after %d steps (train.stop_after_steps); resume with --resume %s",
-                        self.global_step,
-                        self.run_dir,
-                    )
+                    logger.info("stopped after %d steps; resume with --resume %s", p.global_step, self.run_dir)
                     return True
                 return None  # stopped on the epoch's last step: finish the epoch, then stop
         bar.close()
         return False
 
     def fit(self) -> dict[str, Any]:
-        cfg, acc = self.cfg, self.accelerator
+        cfg, acc, p = self.cfg, self.accelerator, self.progress
         stopped = False
         for epoch in range(self.start_epoch, cfg.train.epochs):
             t0 = time.time()
@@ -327,23 +287,23 @@ class Trainer:
             if outcome:  # stopped inside the epoch: its state is saved, nothing to validate
                 stopped = True
                 break
-            totals = acc.reduce(torch.tensor(self.epoch_sums, device=acc.device, dtype=torch.float64), reduction="sum")
+            totals = acc.reduce(torch.tensor(p.epoch_sums, device=acc.device, dtype=torch.float64), reduction="sum")
             metrics = {
                 "epoch": epoch + 1,
-                "step": self.global_step,
+                "step": p.global_step,
                 "train/loss": float(totals[0] / totals[1].clamp(min=1)),
             }
             metrics.update(self.evaluate())
             metrics["time/epoch_s"] = round(time.time() - t0, 2)
-            self.history.append(metrics)
-            improved = metrics["val/macro_f1"] > self.best["macro_f1"]
+            p.history.append(metrics)
+            improved = metrics["val/macro_f1"] > p.best["macro_f1"]
             if improved:
-                self.best = {"macro_f1": metrics["val/macro_f1"], "epoch": epoch + 1}
+                p.best = {"macro_f1": metrics["val/macro_f1"], "epoch": epoch + 1}
                 self.save_best(epoch + 1, metrics)
             if acc.is_main_process:
                 with open(self.run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(metrics) + "\n")
-            acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=self.global_step)
+            acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=p.global_step)
             logger.info("%s", epoch_line(metrics, cfg.train.epochs, improved))
             self.save_state(epoch, self.steps_per_epoch)
             if outcome is None:  # train.stop_after_steps reached on the epoch's last step
@@ -361,11 +321,11 @@ class Trainer:
             tracker.finish()
         return {
             "run_dir": str(self.run_dir),
-            "best_macro_f1": self.best["macro_f1"],
-            "best_epoch": self.best["epoch"],
-            "history": self.history,
+            "best_macro_f1": p.best["macro_f1"],
+            "best_epoch": p.best["epoch"],
+            "history": p.history,
             "stopped": stopped,
-            "completed": not stopped and len(self.history) == cfg.train.epochs,
+            "completed": not stopped and len(p.history) == cfg.train.epochs,
         }
 
 
