@@ -106,6 +106,13 @@ MUTATIONS = [
      'kwargs: dict[str, Any] = {"help": help_text, "default": default}',
      'kwargs: dict[str, Any] = {"default": default}',
      ["tests/test_options.py", "-k", "help"]),
+    ("enc-mean-pool", "pool=mean averages the patch tokens, not the class token", "expr/features/encoders.py",
+     "return tokens[:, prefix:].mean(1)", "return tokens.mean(1)", ["tests/test_encoders.py", "-k", "timm_outputs"]),
+    ("enc-layers", "layer=A-B averages hidden states A..B inclusive", "expr/features/encoders.py",
+     "for i in range(first, last + 1)", "for i in range(first, last)", ["tests/test_encoders.py", "-k", "layers"]),
+    ("enc-views", "test-time views are averaged", "expr/features/encoders.py",
+     "return (out / len(views)).astype(np.float16)", "return out.astype(np.float16)",
+     ["tests/test_encoders.py", "-k", "timm_outputs"]),
 ]  # fmt: skip
 
 
