@@ -17,7 +17,8 @@ import torch
 from common import Timer, machine, print_table
 
 from expr.data.item import Item
-from expr.features.backbones import AudioEncoder, VisualEncoder, load_clip, load_wav2vec2
+from expr.features.backbones import load_clip, load_wav2vec2
+from expr.features.encoders import AudioEncoder, open_clip_encoder
 from expr.prepare import extract_item
 
 
@@ -40,7 +41,7 @@ def main() -> None:
     from PIL import Image
 
     model, preprocess, _ = load_clip("ViT-B-32", "random", device)
-    visual = VisualEncoder(model, preprocess, args.batch)
+    visual = open_clip_encoder(model, preprocess, batch_size=args.batch)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(0)
@@ -53,7 +54,7 @@ def main() -> None:
         extract_item(item, visual, NoAudio())  # warm-up
         with Timer() as ours:
             extract_item(item, visual, NoAudio())
-        one = VisualEncoder(model, preprocess, 1)
+        one = open_clip_encoder(model, preprocess, batch_size=1)
         with Timer() as naive:
             for i in range(args.naive_frames):
                 with Image.open(crops[i]) as im:

@@ -83,6 +83,12 @@ class DataConfig:
     ``majority`` window's prediction is spread evenly over its frames."""
     classes: tuple[str, ...] = ABAW_CLASSES
     """Class names, in label-index order."""
+    visual: str | None = None
+    """The store's visual feature sets to train on, by name (``expr store info`` lists them), comma-separated:
+    several are concatenated per frame (``clip,dinov2``). None: the store's default (the first set it was prepared
+    with; ``clip`` for the paper's CLIP ViT-B/32)."""
+    audio: str | None = None
+    """The store's audio feature set to train on, by name. None: the store's default (``wav2vec2``)."""
     in_memory: bool = False
     """Copy the store's feature arrays into RAM (each process its own copy) instead of memory-mapping them (shared by
     all processes through the page cache; a full Aff-Wild2 store opens in seconds). See BENCHMARKS.md."""
@@ -116,9 +122,10 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     visual_dim: int = 512
-    """Width of the per-frame visual features (CLIP ViT-B/32 image embedding)."""
+    """Width of the per-frame visual features (512: CLIP ViT-B/32). Training sets it from the store's chosen sets
+    (``data.visual``); the run's config records it."""
     audio_dim: int = 768
-    """Width of the audio features (Wav2Vec2-Base hidden state)."""
+    """Width of the audio features (768: Wav2Vec2-Base). Training sets it from the store's chosen set."""
     dim: int = 512
     """Common width of both streams after the TCN / audio adapter."""
     tcn_blocks: int = 6
@@ -141,7 +148,8 @@ class ModelConfig:
     mlp_dropout: float = 0.3
     """Dropout after each hidden layer of the classifier MLP."""
     text_dim: int = 512
-    """Width of the CLIP text embeddings the pooled visual feature is projected to."""
+    """Width of the CLIP text embeddings the pooled visual feature is projected to. Training sets it from the
+    prompt embeddings it uses."""
     logit_scale_init: float = 2.6592
     """Initial log of the contrastive logit scale (CLIP's log(1/0.07))."""
     learnable_logit_scale: bool = True
@@ -158,6 +166,10 @@ class LossConfig:
     rescaled so the weighted mean over training windows is 1. Classes absent from training get weight 0."""
     prompt_template: str = "A face expressing {emotion}"
     """Text prompt per class; ``{emotion}`` is replaced by the lower-cased class name."""
+    text_set: str | None = None
+    """The store's open_clip feature set whose CLIP text tower encodes the prompts for the contrastive loss (needed
+    when the image sets are not CLIP, e.g. ``--data.visual dinov2 --loss.text_set clip``). None: the first open_clip
+    set among ``data.visual``, else the store's own prompt embeddings (from its first open_clip set)."""
     label_smoothing: float = 0.0
     """Label smoothing of the cross-entropy (not in the paper)."""
 

@@ -16,14 +16,46 @@ from expr.losses import class_weights, total_loss
 logger = get_logger("expr.criterion")  # main process only
 
 
-def prompt_embeddings(store, cfg: Config) -> torch.Tensor:
-    """[C, D] text embeddings of the class prompts (``loss.prompt_template``), encoded by the CLIP that made the
-    store's image features: the store's own embeddings, else its recorded CLIP, else (demo data)
-    ``backbones.clip`` / ``backbones.clip_pretrained``."""
-    text = store.text_embeddings(cfg.loss.prompt_template)
+def text_source(store, cfg: Config) -> tuple[str | None, str, str] | None:
+    """(open_clip set name or None, model, tag) of the CLIP that encodes the prompts: ``loss.text_set``, else the
+    first open_clip set among the chosen visual sets, else the store's first open_clip set, else the store's recorded
+    CLIP or (demo data) ``backbones.clip`` / ``clip_pretrained``; None when the store has no CLIP at all."""
+    sets = store.feature_sets
+    clips = [n for n, s in sets.items() if s.get("family") == "open_clip"]
+    name = cfg.loss.text_set
+    if name is not None and name not in clips:
+        raise ConfigError(
+            f"config key 'loss.text_set': the feature store {store.path} has no open_clip set '{name}' (its open_clip "
+            f"sets: {', '.join(clips) or 'none'}); add one with expr prepare --visual NAME=open_clip:MODEL@TAG"
+        )
+    name = name or next((n for n in store.visual_sets if n in clips), None) or (clips[0] if clips else None)
+    if name is not None:
+        spec = sets[name]
+        model = spec["model"]
+        return name, model, spec.get("weights") or ("local" if model.startswith("local-dir:") else "openai")
     recorded = store.meta.get("backbones", {})
-    clip = recorded.get("clip") if "clip_pretrained" in recorded else cfg.backbones.clip
-    clip_pretrained = recorded.get("clip_pretrained", cfg.backbones.clip_pretrained)
+    if "clip_pretrained" in recorded:
+        return None, recorded["clip"], recorded["clip_pretrained"]
+    if all(s.get("family") == "synthetic" for s in sets.values()):
+        return None, cfg.backbones.clip, cfg.backbones.clip_pretrained
+    return None
+
+
+def prompt_embeddings(store, cfg: Config) -> torch.Tensor:
+    """[C, D] text embeddings of the class prompts (``loss.prompt_template``) from the CLIP of :func:`text_source`:
+    the store's own when it made them, else encoded (and cached). ``model.text_dim`` follows their width. A store
+    without any CLIP gives zeros when the contrastive loss is off, and an error naming the fix when it is on."""
+    source = text_source(store, cfg)
+    if source is None:
+        if cfg.loss.contrastive_weight > 0:
+            raise ConfigError(
+                f"the contrastive loss needs CLIP text embeddings, and the feature store {store.path} has no open_clip "
+                f"set: add one (expr prepare ... --out {store.path} --visual clip=open_clip:ViT-B-32@openai) and "
+                f"pass --loss.text_set clip, or turn the loss off with --loss.contrastive_weight 0"
+            )
+        return torch.zeros(cfg.num_classes, cfg.model.text_dim)
+    name, clip, clip_pretrained = source
+    text = store.text_embeddings(cfg.loss.prompt_template, name)
     if text is None:
         text = text_embeddings(cfg.data.classes, cfg.loss.prompt_template, clip, clip_pretrained)
     if clip_pretrained == "random":
@@ -32,10 +64,8 @@ def prompt_embeddings(store, cfg: Config) -> torch.Tensor:
             "randomly initialised CLIP (fine for the demo and smoke runs, meaningless for real data)"
         )
     if int(text.shape[1]) != cfg.model.text_dim:
-        raise ConfigError(
-            f"config key 'model.text_dim' is {cfg.model.text_dim} but the feature store {store.path} has "
-            f"{int(text.shape[1])}-d text embeddings: pass --model.text_dim {int(text.shape[1])}"
-        )
+        logger.info("model.text_dim: %d (the prompt embeddings' width)", int(text.shape[1]))
+        cfg.model.text_dim = int(text.shape[1])
     return text
 
 

@@ -32,7 +32,8 @@ class RunData:
 
 
 def check_store(store, cfg: Config) -> None:
-    """The store must have the config's classes, feature widths and both training splits."""
+    """The store must have the config's classes and both training splits; the head's input widths follow the
+    store's chosen feature sets (``model.visual_dim`` / ``audio_dim`` are set from them)."""
     path = store.path
     if list(store.classes) != list(cfg.data.classes):
         raise ConfigError(
@@ -40,12 +41,9 @@ def check_store(store, cfg: Config) -> None:
             f"the feature store {path}: {store.classes}"
         )
     for key in ("visual_dim", "audio_dim"):
-        have = store.meta.get(key)
-        if have is not None and int(have) != getattr(cfg.model, key):
-            raise ConfigError(
-                f"config key 'model.{key}' is {getattr(cfg.model, key)} but the feature store {path} has "
-                f"{have}-d features: pass --model.{key} {have} (or prepare the store with the intended backbones)"
-            )
+        if getattr(cfg.model, key) != getattr(store, key):
+            logger.info("model.%s: %d (the store's %s features)", key, getattr(store, key), key.split("_")[0])
+            setattr(cfg.model, key, int(getattr(store, key)))
     recorded = store.meta.get("backbones", {})
     if "clip_pretrained" in recorded:  # a prepared store: its features (and prompts) come from the recorded encoders
         for key in ("clip", "clip_pretrained", "wav2vec2"):
@@ -84,6 +82,11 @@ def build_run_data(cfg: Config, acc) -> RunData:
     if not (np.asarray(val_windows["label"]) >= 0).any():
         raise ConfigError(f"no labelled validation windows in {store.path} (split 'validation')")
     encoders, collate = None, collate_batch
+    if d.mode == "online" and (store.visual_sets != ["clip"] or store.audio_set != "wav2vec2"):
+        raise ConfigError(
+            f"data.mode=online runs the store's CLIP and Wav2Vec2 (the sets clip and wav2vec2) inside training; the "
+            f"sets {', '.join(store.visual_sets)} / {store.audio_set} train in cached mode (data.mode=cached)"
+        )
     if d.mode == "online":
         # The encoders that made the store's features (and its text embeddings); never trained, never prepared.
         encoders, image_transform = store_encoders(store, acc.device)

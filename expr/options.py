@@ -11,7 +11,8 @@
 
 A field ``split`` is the option ``--split`` (underscores become hyphens: ``test_names`` is ``--test-names``) and
 also the dotted key ``--evaluate.split``, the grammar of ``expr train``'s config. A field without a default is
-required; ``bool`` fields default to False and are flags; ``Literal`` fields list their choices. Every other
+required; ``bool`` fields default to False and are flags; ``Literal`` fields list their choices; ``tuple[str, ...]``
+fields are repeatable options. Every other
 dotted option on the command line (``--data.eval_stride 5``) is returned as a config override for the command to
 apply (or refuse by name).
 """
@@ -62,7 +63,10 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> argparse.Argument
                 raise TypeError(f"{cls.__name__}.{f.name}: a flag must default to False")
             parser.add_argument(flag_name(f.name), action="store_true", dest=f.name, help=help_text)
             continue
-        if typing.get_origin(tp) is Literal:
+        if typing.get_origin(tp) is tuple:  # repeatable: --visual A --visual B
+            kwargs.update(action="append", default=None)
+            kwargs["help"] = docs.get(f.name, "") + " (repeatable)"
+        elif typing.get_origin(tp) is Literal:
             kwargs["choices"] = typing.get_args(tp)
         elif tp in (int, float):
             kwargs["type"] = tp
@@ -135,4 +139,6 @@ def parse_options(
             rest.append(flag_name(name))
     args = vars(parser.parse_args(rest))
     klass = cls[args.pop("_command")][0] if isinstance(cls, dict) else cls
+    tuples = {name for name, tp in typing.get_type_hints(klass).items() if typing.get_origin(tp) is tuple}
+    args = {k: tuple(v or ()) if k in tuples else v for k, v in args.items()}
     return klass(**args), dotted

@@ -28,6 +28,7 @@ from expr.data.store import FrameStore, VideoRecord, write_store
 from expr.evaluation import smooth_rows
 from expr.features.backbones import BACKBONE_KEYS, BackboneError, Backbones, backbone_options, clip_option
 from expr.features.faces import FaceDetector, FaceDetectorError, crop_face
+from expr.features.spec import parse_spec
 from expr.inference import predict_frames
 from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
@@ -38,6 +39,22 @@ logger = logging.getLogger("expr.predict")
 
 class PredictError(RuntimeError):
     """A video or model that cannot be used; the message says which and why."""
+
+
+def run_backbones(info: dict[str, Any], clip: str | None, wav2vec2: str | None, device: str) -> Backbones:
+    """The encoders of the feature sets the head was trained on: the paper's two from the recorded backbones (or
+    ``--clip`` / ``--wav2vec2``), any others from the specs their store recorded."""
+    sets = info.get("feature_sets") or {"visual": {"clip": {}}, "audio": {"wav2vec2": {}}}
+    if clip or wav2vec2 or (list(sets["visual"]) == ["clip"] and list(sets["audio"]) == ["wav2vec2"]):
+        return Backbones(*backbone_specs(info, clip, wav2vec2), device)
+    unknown = [n for group in sets.values() for n, s in group.items() if not s.get("spec")]
+    if unknown:
+        raise PredictError(f"the model's feature sets {', '.join(unknown)} do not record their encoders")
+    return Backbones(
+        device=device,
+        visual_sets={n: parse_spec(s["spec"]) for n, s in sets["visual"].items()},
+        audio_sets={n: parse_spec(s["spec"]) for n, s in sets["audio"].items()},
+    )
 
 
 def backbone_specs(info: dict[str, Any], clip: str | None, wav2vec2: str | None) -> tuple[str, str]:
@@ -66,7 +83,9 @@ def extract_video(path: Path, backbones, detector, progress: bool = True, media:
     from tqdm.auto import tqdm
 
     info = probe(path)
-    visual_enc, audio_enc = backbones.visual(), backbones.audio()
+    visual_encs = {name: backbones.visual(name) for name in backbones.visual_sets}
+    audio_name = next(iter(backbones.audio_sets))
+    audio_enc = backbones.audio(audio_name)
     crops, found, jpeg = [], [], []
     for frame in tqdm(iter_frames(path), total=info.num_frames, unit="frame", desc="faces", disable=not progress):
         hit = detector.detect(frame)
@@ -80,9 +99,10 @@ def extract_video(path: Path, backbones, detector, progress: bool = True, media:
             jpeg.append(buf.getvalue())
     T = len(found)
     face = np.array(found, bool)
-    visual = np.zeros((T, visual_enc.dim), np.float16)
-    if crops:
-        visual[face] = visual_enc.encode(crops)
+    visual = {name: np.zeros((T, enc.dim), np.float16) for name, enc in visual_encs.items()}
+    for name, enc in visual_encs.items():
+        if crops:
+            visual[name][face] = enc.encode(crops)
     warnings = []
     if not face.any():
         warnings.append(f"{path.name}: no face detected in any frame; the prediction uses the audio alone")
@@ -92,7 +112,7 @@ def extract_video(path: Path, backbones, detector, progress: bool = True, media:
     else:
         try:
             wave, start = decode_audio(path, video_start=info.start)
-            audio = audio_enc.encode(wave)
+            audio = {audio_name: audio_enc.encode(wave)}
             wave = wave.astype(np.float16)
         except MediaError as e:
             warnings.append(f"{e}; the prediction uses the faces alone")
@@ -123,8 +143,7 @@ def predict_video(
     model, info = load_head(run, overrides=overrides)
     cfg = info["cfg"]
     if backbones is None:
-        clip_spec, w2v_spec = backbone_specs(info, clip, wav2vec2)
-        backbones = Backbones(clip_spec, w2v_spec, device)
+        backbones = run_backbones(info, clip, wav2vec2, device)
     try:
         online = cfg.data.mode == "online"  # per-window audio and crops through the frozen encoders, as trained
         record, warnings = extract_video(video, backbones, FaceDetector(), progress, media=online)
@@ -132,20 +151,25 @@ def predict_video(
         raise PredictError(str(e)) from None
     for w in warnings:
         logger.warning("warning: %s", w)
-    if record.visual.shape[1] != cfg.model.visual_dim:
+    width = sum(v.shape[1] for v in record.visual_sets().values())
+    if width != cfg.model.visual_dim:
         raise PredictError(
-            f"the CLIP features are {record.visual.shape[1]}-d but the head expects {cfg.model.visual_dim}-d: use "
-            f"the backbones the model was trained with"
+            f"the image features are {width}-d but the head expects {cfg.model.visual_dim}-d: use the encoders the "
+            f"model was trained with"
         )
     out.mkdir(parents=True, exist_ok=True)
     meta = {
         "source": {"video": str(video.resolve())},
         "classes": list(cfg.data.classes),
         "backbones": backbones.identity(),
-        "audio_dim": cfg.model.audio_dim,
+        "sets": {
+            **{n: backbones.set_identity(n) for n in backbones.visual_sets},
+            **{n: {**backbones.set_identity(n), "dim": cfg.model.audio_dim} for n in backbones.audio_sets},
+        },
         "media": online,
     }
-    store = FrameStore(write_store(out / f"{video.stem}_features", [record], meta))
+    path = write_store(out / f"{video.stem}_features", [record], meta)
+    store = FrameStore(path, visual=list(backbones.visual_sets), audio=next(iter(backbones.audio_sets)))
     rows, probs = predict_frames(
         model,
         store,
@@ -169,7 +193,7 @@ def predict_video(
                 + "\n"
             )
     png = out / f"{video.stem}_timeline.png"
-    plot_timeline(probs, record.face, record.fps, classes, png, video.name, has_audio=record.audio is not None)
+    plot_timeline(probs, record.face, record.fps, classes, png, video.name, has_audio=record.has_audio)
     return {"csv": csv_path, "png": png, "frames": len(labels), "warnings": warnings, "labels": labels}
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -27,14 +28,22 @@ from typing import Any
 
 import numpy as np
 
-from expr.atomic import atomic_path
+from expr.atomic import atomic_path, write_text
 from expr.config import ABAW_CLASSES, Config, ConfigError, LossConfig, apply_dict
 from expr.data.affwild2 import AnnotationError, LayoutError, crop_frames, discover, read_annotation, read_test_names
 from expr.data.folder import items_from_folder
 from expr.data.item import Item
 from expr.data.media import MediaError, decode_audio, iter_frames, probe
 from expr.data.online import MediaStore
-from expr.data.store import FrameStore, StoreError, VideoRecord, write_store
+from expr.data.store import (
+    DEFAULT_AUDIO,
+    DEFAULT_VISUAL,
+    FrameStore,
+    StoreError,
+    VideoRecord,
+    add_sets,
+    write_store,
+)
 from expr.features.backbones import (
     BACKBONE_KEYS,
     DEFAULT_CLIP,
@@ -42,7 +51,11 @@ from expr.features.backbones import (
     BackboneError,
     Backbones,
     backbone_options,
+    clip_encoder_spec,
+    wav2vec2_encoder_spec,
 )
+from expr.features.encoders import EncoderError
+from expr.features.spec import EncoderSpec, SpecError, parse_named, parse_spec
 from expr.options import parse_options, positional
 
 logger = logging.getLogger("expr.prepare")
@@ -95,12 +108,22 @@ def _jpeg_bytes(image, short_side: int = 256) -> bytes:
     return buf.getvalue()
 
 
+def _named(encoders, default: str) -> dict[str, Any]:
+    """Encoders by set name; one encoder is the set ``default``."""
+    if encoders is None:
+        return {}
+    return encoders if isinstance(encoders, dict) else {default: encoders}
+
+
 def extract_item(
     item: Item, visual, audio, workers: int = 4, progress=None, media: bool = False
 ) -> tuple[dict[str, np.ndarray], Report]:
-    """Features of one item: ``visual`` [T, D] fp16, ``face`` [T], ``labels`` [T], ``audio`` [Ta, Da] fp16 (may be
-    empty), plus ``fps`` and ``audio_start``; and its :class:`Report`. With ``media`` also the face crops' bytes
-    (``jpeg`` concatenated, ``jpeg_offsets`` [T + 1]) and the 16 kHz audio (``wave`` fp16) for online mode."""
+    """Features of one item: ``visual.<set>`` [T, D] fp16 for each image encoder of ``visual`` (set name ->
+    encoder; one encoder is the set ``clip``), ``face`` [T], ``labels`` [T], ``audio.<set>`` [Ta, Da] fp16 (may be
+    empty) for each of ``audio`` (one encoder: ``wav2vec2``), plus ``fps`` and ``audio_start``; and its
+    :class:`Report`. With ``media`` also the face crops' bytes (``jpeg`` concatenated, ``jpeg_offsets`` [T + 1])
+    and the 16 kHz audio (``wave`` fp16) for online mode. Frames are decoded once for every encoder."""
+    visual, audio = _named(visual, DEFAULT_VISUAL), _named(audio, DEFAULT_AUDIO)
     report = Report()
     info = None
     if item.video is not None:
@@ -127,54 +150,40 @@ def extract_item(
                 f"{item.video.name} has {T}; aligned by frame index"
                 + (", extra annotation lines ignored" if len(item.labels) > T else ", missing frames unlabelled")
             )
-    vis = np.zeros((T, visual.dim), np.float16)
-    face = np.zeros(T, bool)
-    jpeg = [b""] * T
+    frames = _Frames(T, visual, progress, media)
     if item.crops is not None:
-        frames = sorted(i for i in item.crops if i < T)
-        if len(frames) < len(item.crops):
-            report.problems.append(f"{len(item.crops) - len(frames)} crops beyond the video's {T} frames ignored")
+        chosen = sorted(i for i in item.crops if i < T)
+        if len(chosen) < len(item.crops):
+            report.problems.append(f"{len(item.crops) - len(chosen)} crops beyond the video's {T} frames ignored")
         corrupt = []
-        step = max(visual.batch_size, 64)
+        step = max([e.batch_size for e in visual.values()] + [64])
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            for b in range(0, len(frames), step):
-                chunk = frames[b : b + step]
+            for b in range(0, len(chosen), step):
+                chunk = chosen[b : b + step]
                 loaded = list(pool.map(_load_image, [item.crops[i] for i in chunk]))
-                images = [im for im, _ in loaded]
-                ok = [(i, im) for i, im in zip(chunk, images, strict=True) if im is not None]
-                corrupt += [str(item.crops[i]) for i, im in zip(chunk, images, strict=True) if im is None]
-                if media:
-                    for i, (im, data) in zip(chunk, loaded, strict=True):
-                        jpeg[i] = data if im is not None else b""
-                if ok:
-                    idx = np.array([i for i, _ in ok])
-                    vis[idx] = visual.encode([im for _, im in ok])
-                    face[idx] = True
-                if progress is not None:
-                    progress(len(chunk))
+                corrupt += [str(item.crops[i]) for i, (im, _) in zip(chunk, loaded, strict=True) if im is None]
+                frames.add([(i, im, data) for i, (im, data) in zip(chunk, loaded, strict=True)])
         if corrupt:
             report.problems.append(f"{len(corrupt)} unreadable face crops masked: {', '.join(corrupt[:5])}")
     elif info is not None:
-        batch: list[tuple[int, Any]] = []
+        batch: list[tuple[int, Any, bytes]] = []
         try:
             from PIL import Image
 
             for i, frame in enumerate(iter_frames(item.video)):
                 if i >= T:
                     break
-                batch.append((i, Image.fromarray(frame)))
-                if media:
-                    jpeg[i] = _jpeg_bytes(batch[-1][1])
-                if len(batch) == visual.batch_size:
-                    _encode_into(visual, batch, vis, face, progress)
+                image = Image.fromarray(frame)
+                batch.append((i, image, _jpeg_bytes(image) if media else b""))
+                if len(batch) == 64:
+                    frames.add(batch)
                     batch = []
         except MediaError as e:
             report.problems.append(f"frames masked after a decoding error: {e}")
-        if batch:
-            _encode_into(visual, batch, vis, face, progress)
-    if not face.any():
+        frames.add(batch)
+    if not frames.face.any() and visual:
         report.problems.append("no face frames: the visual stream is masked")
-    audio_feats = np.zeros((0, audio.dim), np.float16)
+    feats = {name: np.zeros((0, enc.dim), np.float16) for name, enc in audio.items()}
     audio_start = 0.0
     wave_kept = np.zeros(0, np.float16)
     if info is None:
@@ -182,38 +191,81 @@ def extract_item(
             report.problems.append("no video: the audio stream is masked")
     elif not info.has_audio:
         report.problems.append(f"no audio track in {item.video.name}: the audio stream is masked")
-    else:
+    elif audio or media:
         try:
             wave, audio_start = decode_audio(item.video, video_start=info.start)
-            audio_feats = audio.encode(wave)
+            feats = {name: enc.encode(wave) for name, enc in audio.items()}
             if media:
                 wave_kept = wave.astype(np.float16)
             report.audio_seconds = len(wave) / 16_000
         except MediaError as e:
             report.problems.append(f"audio masked: {e}")
-    report.frames, report.faces, report.fps = T, int(face.sum()), float(fps)
+    report.frames, report.faces, report.fps = T, int(frames.face.sum()), float(fps)
+    rates = {float(enc.rate) for enc in audio.values()} or {50.0}
+    if len(rates) > 1:
+        raise PrepareError(f"audio sets {', '.join(audio)} have different frame rates {sorted(rates)}")
     arrays = {
-        "visual": vis,
-        "face": face,
+        **{f"visual.{name}": v for name, v in frames.features.items()},
+        "face": frames.face,
         "labels": labels,
-        "audio": audio_feats,
+        **{f"audio.{name}": a for name, a in feats.items()},
         "fps": np.float64(fps),
         "audio_start": np.float64(audio_start),
-        "audio_rate": np.float64(audio.rate),
+        "audio_rate": np.float64(rates.pop()),
     }
     if media:
-        arrays["jpeg"] = np.frombuffer(b"".join(jpeg), np.uint8)
-        arrays["jpeg_offsets"] = np.cumsum([0] + [len(b) for b in jpeg], dtype=np.int64)
+        arrays["jpeg"] = np.frombuffer(b"".join(frames.jpeg), np.uint8)
+        arrays["jpeg_offsets"] = np.cumsum([0] + [len(b) for b in frames.jpeg], dtype=np.int64)
         arrays["wave"] = wave_kept
     return arrays, report
 
 
-def _encode_into(visual, batch, vis, face, progress) -> None:
-    idx = np.array([i for i, _ in batch])
-    vis[idx] = visual.encode([im for _, im in batch])
-    face[idx] = True
-    if progress is not None:
-        progress(len(batch))
+class _Frames:
+    """One video's frames as they are decoded: every image encoder's features, the face mask, the kept crops."""
+
+    def __init__(self, T: int, visual: dict[str, Any], progress, media: bool):
+        self.visual, self.progress, self.media = visual, progress, media
+        self.features = {name: np.zeros((T, enc.dim), np.float16) for name, enc in visual.items()}
+        self.face = np.zeros(T, bool)
+        self.jpeg = [b""] * T
+
+    def add(self, batch: list[tuple[int, Any, bytes]]) -> None:
+        """(frame index, RGB image or None when unreadable, file bytes) of a batch of frames."""
+        ok = [(i, im) for i, im, _ in batch if im is not None]
+        if self.media:
+            for i, im, data in batch:
+                self.jpeg[i] = data if im is not None else b""
+        if ok:
+            idx = np.array([i for i, _ in ok])
+            for name, encoder in self.visual.items():
+                self.features[name][idx] = encoder.encode([im for _, im in ok])
+            self.face[idx] = True
+        if self.progress is not None and batch:
+            self.progress(len(batch))
+
+
+def extract_from_store(store, v: int, visual: dict[str, Any], audio: dict[str, Any], progress=None):
+    """New feature sets of video ``v`` of a store that keeps its face crops and audio (``media/``): nothing is
+    decoded again from the source files. Returns the ``visual.<set>`` / ``audio.<set>`` arrays."""
+    import io
+
+    from PIL import Image
+
+    media = MediaStore(store.path / "media")
+    f0, T = int(store.frame_offset[v]), int(store.num_frames[v])
+    frames = _Frames(T, visual, progress, media=False)
+    rows = [i for i in range(T) if store.face[f0 + i]]
+
+    def image(i: int):
+        return Image.open(io.BytesIO(bytes(media.jpeg(f0 + i)))).convert("RGB")
+
+    for b in range(0, len(rows), 64):
+        frames.add([(i, image(i), b"") for i in rows[b : b + 64]])
+    wave = np.asarray(media.wave(v), np.float32)
+    arrays = {f"visual.{name}": f for name, f in frames.features.items()}
+    for name, encoder in audio.items():
+        arrays[f"audio.{name}"] = encoder.encode(wave) if len(wave) else np.zeros((0, encoder.dim), np.float16)
+    return arrays
 
 
 # --------------------------------------------------------------------------------------------- parts
@@ -232,19 +284,24 @@ def save_part(out: Path, item: Item, arrays: dict[str, np.ndarray], report: Repo
     return path
 
 
-def load_part(path: Path):
+def _sets_of(z, prefix: str) -> dict[str, np.ndarray]:
+    return {k[len(prefix) :]: z[k] for k in z.files if k.startswith(prefix)}
 
+
+def load_part(path: Path):
     with np.load(path, allow_pickle=False) as z:
         meta = json.loads(str(z["meta"]))
-        audio = z["audio"]
+        if "face" not in z:  # only new feature sets of a video already in the store
+            return {"visual": _sets_of(z, "visual."), "audio": _sets_of(z, "audio.")}, meta["report"]
+        audio = _sets_of(z, "audio.")
         record = VideoRecord(
             name=meta["name"],
             split=meta["split"],
             fps=float(z["fps"]),
-            visual=z["visual"],
+            visual=_sets_of(z, "visual."),
             face=z["face"],
             labels=z["labels"],
-            audio=audio if len(audio) else None,
+            audio=audio if all(len(a) for a in audio.values()) else None,
             audio_rate=float(z["audio_rate"]),
             audio_start=float(z["audio_start"]),
         )
@@ -256,25 +313,28 @@ def load_part(path: Path):
 
 
 def _store_media(store):
-
     if store is None or not (store.path / "media" / "frames").is_dir():
         return None
     return MediaStore(store.path / "media")
 
 
-def _record_from_store(store, media, v: int):
-    """Video ``v`` of an existing store as a record (views into the loaded store), to write it again."""
-
+def _record_from_store(store, media, v: int, added: dict[str, dict[str, np.ndarray]] | None = None):
+    """Video ``v`` of an existing store as a record, every feature set of it (views into the loaded store) plus the
+    sets ``added`` for it, to write it again."""
     f0, n = store.frame_offset[v], store.num_frames[v]
-    a0, na = store.audio_offset[v], store.num_audio[v]
+    sets = store.feature_sets
+    visual = {name: store.video_features(name, v) for name, s in sets.items() if s["modality"] == "visual"}
+    audio = {name: store.video_features(name, v) for name, s in sets.items() if s["modality"] == "audio"}
+    visual.update((added or {}).get("visual", {}))
+    audio.update((added or {}).get("audio", {}))
     return VideoRecord(
         name=store.names[v],
         split=str(store.splits[v]),
         fps=float(store.fps[v]),
-        visual=store.visual[f0 : f0 + n],
+        visual=visual,
         face=store.face[f0 : f0 + n],
         labels=store.labels[f0 : f0 + n],
-        audio=store.audio[a0 : a0 + na] if na else None,
+        audio=audio if store.num_audio[v] else None,
         audio_rate=float(store.audio_rate[v]),
         audio_start=float(store.audio_start[v]),
         jpeg=[bytes(media.jpeg(int(r))) for r in range(f0, f0 + n)] if media else None,
@@ -284,6 +344,56 @@ def _record_from_store(store, media, v: int):
 
 # --------------------------------------------------------------------------------------------- the run
 SPLIT_ORDER = {"train": 0, "validation": 1, "test": 2}
+
+
+@dataclass
+class Plan:
+    """What a run of prepare adds to the store at ``out``: every set the store will have (name -> modality and
+    spec), the sets new to it, and which sets each video still needs."""
+
+    sets: dict[str, tuple[str, EncoderSpec]]
+    new_sets: list[str]
+    todo: list[tuple[Item, list[str]]]
+    existing: Any
+
+    def identity(self) -> dict[str, Any]:
+        return {n: {"modality": m, **spec.identity()} for n, (m, spec) in self.sets.items()}
+
+
+def plan_work(out: Path, items: Sequence[Item], backbones: Backbones, classes, media: bool) -> Plan:
+    """Check the request against the store at ``out`` (if any) and list the work: a requested set that exists with
+    another provenance is an error (never overwritten), a set the store has is reused, and videos new to the store
+    need every set of the store (their specs come from its provenance)."""
+    existing = FrameStore(out) if (out / "store.json").is_file() else None
+    sets = dict(backbones.specs())
+    if existing is not None:
+        if list(existing.classes) != list(classes):
+            raise PrepareError(f"{out} was prepared with classes {existing.classes}, not {list(classes)}")
+        _check_media(out / "store.json", bool(existing.meta.get("media", False)), media)
+        for name, info in existing.feature_sets.items():
+            recorded = info.get("spec")
+            if name in sets and recorded != str(sets[name][1]):
+                raise PrepareError(
+                    f"{out} has a feature set '{name}' made by {recorded or 'an unrecorded encoder'}; this run asks "
+                    f"for {sets[name][1]}. A set is never overwritten: give the new one another name "
+                    f"(--{sets[name][0]} OTHER={sets[name][1]}), or use another --out"
+                )
+            if name not in sets:
+                sets[name] = (info["modality"], parse_spec(recorded) if recorded else None)
+    in_store = set(existing.names) if existing is not None else set()
+    new_sets = [n for n in sets if existing is None or n not in existing.feature_sets]
+    todo = []
+    for item in items:
+        needed = new_sets if item.name in in_store else list(sets)
+        if item.name not in in_store and any(sets[n][1] is None for n in needed):
+            missing = [n for n in needed if sets[n][1] is None]
+            raise PrepareError(
+                f"{out}: adding video {item.name} needs the feature sets {', '.join(missing)}, whose encoders the "
+                f"store does not record; prepare the videos into a new --out"
+            )
+        if needed and not _part_path(out, item.name).is_file():
+            todo.append((item, needed))
+    return Plan(sets, new_sets, todo, existing)
 
 
 def prepare(
@@ -299,14 +409,13 @@ def prepare(
     media: bool = False,
 ) -> dict[str, Any]:
     """Extract every item not yet done into ``out`` and assemble the store; returns the summary (also printed and
-    stored in ``store.json``). ``stop_after`` stops after that many newly extracted videos without assembling (for
-    tests of interrupted runs). ``media`` also keeps every face crop and audio track in the store for online
-    training (``data.mode=online``)."""
-    from safetensors.torch import save_file
+    stored in ``store.json``). On an existing store, new videos are added (with every set of the store) and new
+    feature sets are added for its videos (from its kept face crops and audio when it has them). ``stop_after``
+    stops after that many newly extracted videos without assembling (for tests of interrupted runs). ``media`` also
+    keeps every face crop and audio track in the store for online training (``data.mode=online``)."""
     from tqdm.auto import tqdm
 
     out = Path(out)
-    identity = backbones.identity()
     names = [it.name for it in items]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -315,108 +424,192 @@ def prepare(
     if (staging / "store.json").is_file():  # a run killed while moving the assembled store into place
         logger.info("finishing the interrupted assembly of %s", out)
         _swap_in(staging, out)
-    existing = None
-    if (out / "store.json").is_file():
-        existing = FrameStore(out)
-        _check_identity(out / "store.json", existing.meta.get("backbones", {}), identity, existing.classes, classes)
-        _check_media(out / "store.json", bool(existing.meta.get("media", False)), media)
-    id_path = out / PARTS / "backbones.json"
-    has_parts = any(p for p in (out / PARTS).glob("*.npz") if not p.name.startswith("."))
-    if id_path.is_file() and has_parts:
-        recorded = json.loads(id_path.read_text())
-        _check_identity(id_path, recorded["backbones"], identity, recorded["classes"], classes)
-        _check_media(id_path, bool(recorded.get("media", False)), media)
-    if identity["random_weights"]:
-        _loud(
-            "RANDOM BACKBONE WEIGHTS: features of randomly initialised CLIP/Wav2Vec2 (smoke runs only); the cache "
-            "records it in store.json"
+    plan = plan_work(out, items, backbones, classes, media)
+    existing = plan.existing
+    _check_parts(out, plan, classes, media)
+    specs = [spec for _, spec in plan.sets.values() if spec is not None]
+    if any(spec.random for spec in specs):
+        random = [n for n, (_, s) in plan.sets.items() if s is not None and s.random]
+        _loud(f"RANDOM BACKBONE WEIGHTS ({', '.join(random)}): smoke runs only; the store records it in store.json")
+    needed = sorted({n for _, sets in plan.todo for n in sets})
+    encoders = _Encoders(backbones, plan)
+    if plan.todo:  # load the weights before writing anything: a missing checkpoint must not leave a cache behind
+        encoders.load(needed)
+        write_text(
+            out / PARTS / "plan.json",
+            json.dumps({"sets": plan.identity(), "classes": list(classes), "media": media}, indent=2),
         )
-    in_store = set(existing.names) if existing is not None else set()
-    todo = [it for it in items if it.name not in in_store and not _part_path(out, it.name).is_file()]
-    if todo:  # load the weights before writing anything: a missing checkpoint must not leave a cache behind
-        backbones.visual(), backbones.audio()
-        id_path.parent.mkdir(parents=True, exist_ok=True)
-        id_path.write_text(json.dumps({"backbones": identity, "classes": list(classes), "media": media}, indent=2))
-    skipped = len(items) - len(todo)
-    if skipped:
+    skipped = len(items) - len(plan.todo)
+    if skipped and existing is None:
         logger.info("%d of %d videos already extracted in %s: skipped", skipped, len(items), out)
-    total_frames = sum(_frame_hint(it) for it in todo)
-    bar = tqdm(total=len(todo), unit="video", disable=not progress or not todo, desc="extracting", dynamic_ncols=True)
+    media_of_store = _store_media(existing)
+    index = {n: v for v, n in enumerate(existing.names)} if existing is not None else {}
+    bar = tqdm(total=len(plan.todo), unit="video", disable=not progress or not plan.todo, dynamic_ncols=True)
     t0, done_frames = time.perf_counter(), [0]
 
     def tick(n: int) -> None:
         done_frames[0] += n
         bar.set_postfix_str(f"{done_frames[0] / max(time.perf_counter() - t0, 1e-9):.0f} frames/s", refresh=False)
 
-    for count, item in enumerate(todo):
+    for count, (item, sets) in enumerate(plan.todo):
         if stop_after is not None and count >= stop_after:
             bar.close()
             return {"stopped_after": count}
         bar.set_description_str(f"extracting {item.name}"[:40])
-        arrays, report = extract_item(item, backbones.visual(), backbones.audio(), workers, tick, media)
+        visual, audio = encoders.pick(sets)
+        if item.name in index and media_of_store is not None:  # new sets from the store's own crops and audio
+            arrays, report = extract_from_store(existing, index[item.name], visual, audio, tick), Report()
+        else:
+            arrays, report = extract_item(item, visual, audio, workers, tick, media and item.name not in index)
+            if item.name in index:  # a video of the store: keep only its new sets
+                arrays = {k: v for k, v in arrays.items() if k.startswith(("visual.", "audio."))}
         save_part(out, item, arrays, report)
         for problem in report.problems:
             tqdm.write(f"{item.name}: {problem}", file=sys.stderr)
         bar.update(1)
     bar.close()
-    if todo:
-        logger.info("extracted %d videos (%d frames) in %.0f s", len(todo), total_frames, time.perf_counter() - t0)
+    if plan.todo:
+        seconds = time.perf_counter() - t0
+        logger.info("extracted %d videos (%d frames) in %.0f s", len(plan.todo), done_frames[0], seconds)
+    summary = assemble(out, staging, plan, encoders, classes, prompt_template, source, media)
+    _print_summary(out, summary, plan)
+    return summary
 
-    # Assemble: videos already in the store, plus every finished part, in (split, name) order, streamed one video at
-    # a time into the store writer (a full Aff-Wild2 store is larger than memory).
+
+class _Encoders:
+    """The encoders of a plan by set name: the run's own, or (for sets of the store) built from their recorded
+    specs, with the run's device and batch settings."""
+
+    def __init__(self, backbones: Backbones, plan: Plan):
+        extra_visual = {n: s for n, (m, s) in plan.sets.items() if m == "visual" and n not in backbones.visual_sets}
+        extra_audio = {n: s for n, (m, s) in plan.sets.items() if m == "audio" and n not in backbones.audio_sets}
+        backbones.visual_sets = {**backbones.visual_sets, **extra_visual}
+        backbones.audio_sets = {**backbones.audio_sets, **extra_audio}
+        self.backbones, self.plan = backbones, plan
+
+    def load(self, names) -> None:
+        self.backbones.load_all(names)
+
+    def pick(self, names) -> tuple[dict[str, Any], dict[str, Any]]:
+        b = self.backbones
+        return (
+            {n: b.visual(n) for n in names if n in b.visual_sets},
+            {n: b.audio(n) for n in names if n in b.audio_sets},
+        )
+
+
+def _part_features(parts: dict[str, Path], videos: list[str], modality: str, name: str):
+    """Set ``name``'s features of each of ``videos`` from their parts, one at a time."""
+    for video in videos:
+        yield load_part(parts[video])[0][modality][name]
+
+
+def _check_parts(out: Path, plan: Plan, classes, media: bool) -> None:
+    """Parts left by an interrupted run must come from the same request."""
+    path = out / PARTS / "plan.json"
+    has_parts = any(p for p in (out / PARTS).glob("*.npz") if not p.name.startswith("."))
+    if not (path.is_file() and has_parts):
+        return
+    recorded = json.loads(path.read_text())
+    theirs = {n: s.get("spec") for n, s in recorded["sets"].items()}
+    ours = {n: str(spec) if spec is not None else None for n, (_, spec) in plan.sets.items()}
+    if theirs != ours:
+        raise PrepareError(
+            f"{path}: an interrupted run left videos extracted with other feature sets ({theirs}); this run asks for "
+            f"{ours}. Run the same command to continue it, or use another --out"
+        )
+    if list(recorded["classes"]) != list(classes):
+        raise PrepareError(f"{path} was prepared with classes {list(recorded['classes'])}, not {list(classes)}")
+    _check_media(path, bool(recorded.get("media", False)), media)
+
+
+def assemble(out: Path, staging: Path, plan: Plan, encoders: _Encoders, classes, prompt_template, source, media):
+    """Put the finished parts into the store: new sets of the store's videos are added beside the others; new
+    videos mean writing the store again (streamed one video at a time: a full Aff-Wild2 store is larger than
+    memory), in (split, name) order."""
+    from safetensors.torch import save_file
+
+    existing = plan.existing
+    in_store = set(existing.names) if existing is not None else set()
+    parts = {}
+    for path in sorted((out / PARTS).glob("*.npz")):
+        if not path.name.startswith("."):
+            with np.load(path, allow_pickle=False) as z:
+                parts[json.loads(str(z["meta"]))["name"]] = path
+    new_videos = [n for n in parts if n not in in_store]
+    missing = [n for n in (existing.names if existing is not None and plan.new_sets else []) if n not in parts]
+    if missing:
+        raise PrepareError(
+            f"{out}: new feature sets ({', '.join(plan.new_sets)}) need every video of the store; {len(missing)} are "
+            f"not in this run's list ({', '.join(missing[:5])}): run it over the same videos"
+        )
     reports = dict(existing.meta.get("report", {}).get("videos", {})) if existing is not None else {}
+    backbones = encoders.backbones
+    if existing is not None and not new_videos:
+        if not plan.new_sets:
+            logger.info("%s is up to date", out)
+            return existing.meta.get("report", {}).get("summary") or {}
+        added = {}
+        for name in plan.new_sets:
+            modality, spec = plan.sets[name]
+            info = {"modality": modality, **spec.identity()}
+            info["dim"] = (backbones.visual(name) if modality == "visual" else backbones.audio(name)).dim
+            if modality == "audio":
+                info["rate"] = backbones.audio(name).rate
+            added[name] = (info, _part_features(parts, existing.names, modality, name))
+        add_sets(out, added)
+        shutil.rmtree(out / PARTS, ignore_errors=True)
+        logger.info("added feature sets %s to %s", ", ".join(plan.new_sets), out)
+        return existing.meta.get("report", {}).get("summary") or {}
     sources: list[tuple[str, str, Any]] = []
     if existing is not None:
         sources += [(str(existing.splits[v]), name, v) for v, name in enumerate(existing.names)]
-    part_names = set()
-    for path in sorted((out / PARTS).glob("*.npz")):
-        if path.name.startswith("."):
-            continue
-        with np.load(path, allow_pickle=False) as z:
-            part = json.loads(str(z["meta"]))
-        if part["name"] in in_store:
-            continue
-        sources.append((part["split"], part["name"], path))
-        reports[part["name"]] = part["report"]
-        part_names.add(part["name"])
+    for name in new_videos:
+        record, report = load_part(parts[name])
+        sources.append((record.split, name, parts[name]))
+        reports[name] = report
     sources.sort(key=lambda s: (SPLIT_ORDER.get(s[0], 3), s[1]))
-    if existing is not None and not part_names and (out / "text.safetensors").is_file():
-        logger.info("%s is up to date", out)
-        summary = existing.meta.get("report", {}).get("summary") or {}
-    else:
-        stats = _Summary(reports)
-        media_of_store = _store_media(existing)
+    stats = _Summary(reports)
+    media_of_store = _store_media(existing)
 
-        def records():
-            for _, _, where in sources:
-                if isinstance(where, Path):
-                    record = load_part(where)[0]
-                else:
-                    record = _record_from_store(existing, media_of_store, where)
-                stats.add(record)
-                yield record
+    def records():
+        for _, name, where in sources:
+            if isinstance(where, Path):
+                record = load_part(where)[0]
+            else:
+                added = load_part(parts[name])[0] if name in parts else None
+                record = _record_from_store(existing, media_of_store, where, added)
+            stats.add(record)
+            yield record
 
-        def meta() -> dict[str, Any]:
-            return {
-                "source": source or {},
-                "classes": list(classes),
-                "prompt_template": prompt_template,
-                "backbones": identity,
-                "media": media,
-                "report": {"summary": stats.result(), "videos": reports},
-            }
+    def meta() -> dict[str, Any]:
+        sets = {}
+        for name, (modality, spec) in plan.sets.items():
+            recorded = existing.feature_sets.get(name, {}) if existing is not None else {}
+            sets[name] = {"modality": modality, **(spec.identity() if spec is not None else {}), **recorded}
+            if name not in recorded and modality == "audio":
+                sets[name]["dim"] = backbones.audio(name).dim
+        return {
+            "source": source or {},
+            "classes": list(classes),
+            "prompt_template": prompt_template,
+            "backbones": existing.meta.get("backbones", {}) if existing is not None else backbones.identity(),
+            "sets": sets,
+            "text_set": backbones.text_set(),
+            "media": media,
+            "report": {"summary": stats.result(), "videos": reports},
+        }
 
+    write_store(staging, records(), meta)
+    if backbones.text_set() is not None:
         text = backbones.text(classes, prompt_template)
-        write_store(staging, records(), meta)
         save_file(
             {"text": text.contiguous()},
             str(staging / "text.safetensors"),
-            metadata={"template": prompt_template, "classes": json.dumps(list(classes))},
+            metadata={"template": prompt_template, "classes": json.dumps(list(classes)), "set": backbones.text_set()},
         )
-        _swap_in(staging, out)
-        summary = stats.result()
-    _print_summary(out, summary)
-    return summary
+    _swap_in(staging, out)
+    return stats.result()
 
 
 def _swap_in(staging: Path, out: Path) -> None:
@@ -445,19 +638,6 @@ def _frame_hint(item: Item) -> int:
     return len(item.crops) if item.crops else 0
 
 
-def _check_identity(where: Path, recorded: dict, identity: dict, recorded_classes, classes) -> None:
-    keys = ("clip", "clip_pretrained", "wav2vec2")
-    if any(recorded.get(k) != identity[k] for k in keys):
-        was = ", ".join(f"{k}={recorded.get(k)}" for k in keys)
-        now = ", ".join(f"{k}={identity[k]}" for k in keys)
-        raise PrepareError(
-            f"{where} was prepared with other backbones ({was}); this run asks for {now}. Use another --out, or the "
-            f"same --clip/--wav2vec2 to continue it"
-        )
-    if list(recorded_classes) != list(classes):
-        raise PrepareError(f"{where} was prepared with classes {list(recorded_classes)}, not {list(classes)}")
-
-
 def _check_media(where: Path, recorded: bool, media: bool) -> None:
     if recorded != media:
         raise PrepareError(
@@ -480,7 +660,7 @@ class _Summary:
         self.frames += len(record.labels)
         self.labelled += int((np.asarray(record.labels) >= 0).sum())
         self.faces += int(np.asarray(record.face).sum())
-        if record.audio is None:
+        if not record.has_audio:
             self.no_audio.append(record.name)
 
     def result(self) -> dict[str, Any]:
@@ -499,19 +679,22 @@ class _Summary:
         }
 
 
-def _print_summary(out: Path, s: dict[str, Any]) -> None:
-    videos = ", ".join(f"{k} {v}" for k, v in s["videos"].items() if v)
-    lines = [
-        f"feature store: {out}",
-        f"  videos: {videos}; frames {s['frames']} (labelled {s['labelled_frames']}, with a face {s['face_frames']})",
-    ]
+def _print_summary(out: Path, s: dict[str, Any], plan: Plan | None = None) -> None:
+    lines = [f"feature store: {out}"]
+    if s:
+        videos = ", ".join(f"{k} {v}" for k, v in s["videos"].items() if v)
+        counts = f"frames {s['frames']} (labelled {s['labelled_frames']}, with a face {s['face_frames']})"
+        lines.append(f"  videos: {videos}; {counts}")
+    if plan is not None:
+        sets = ", ".join(f"{n} ({m}{', new' if n in plan.new_sets else ''})" for n, (m, _) in plan.sets.items())
+        lines.append(f"  feature sets: {sets}")
     for key, what in (
         ("no_audio", "without audio (masked)"),
         ("unreadable_video", "with an unreadable video"),
         ("corrupt_crops", "with corrupt face crops (masked)"),
         ("frame_count_mismatch", "whose annotation and video frame counts differ (aligned by index)"),
     ):
-        if s[key]:
+        if s.get(key):
             names = ", ".join(s[key][:8]) + (" ..." if len(s[key]) > 8 else "")
             lines.append(f"  {len(s[key])} videos {what}: {names}")
     lines.append(f"  details per video: {out / 'store.json'} (report.videos); train with --data.cache {out}")
@@ -549,6 +732,15 @@ class PrepareOptions:
     """Wav2Vec2 chunk length in seconds"""
     context_seconds: float = 2.0
     """Wav2Vec2 context each side of a chunk, in seconds"""
+    visual: tuple[str, ...] = ()
+    """a visual feature set, NAME=SPEC: SPEC is FAMILY:MODEL[@WEIGHTS][,key=value ...] with FAMILY open_clip, timm
+    or hf (e.g. dinov2=timm:vit_large_patch14_dinov2.lvd142m, clip=open_clip:ViT-B-32@openai,
+    effnet=timm:efficientnet_b0@random, dino=hf:facebook/dinov2-base,pool=mean); docs/data.md lists the options.
+    Default: the set clip (--clip). On an existing store, a new name adds a set beside the others"""
+    audio: tuple[str, ...] = ()
+    """an audio feature set, NAME=SPEC with SPEC hf:MODEL[@WEIGHTS][,layer=last|N|A-B] (e.g.
+    wavlm=hf:microsoft/wavlm-base-plus, hubert=hf:facebook/hubert-large-ll60k,layer=12-18). Default: the set
+    wav2vec2 (--wav2vec2)"""
     prompt_template: str | None = None
     """text prompt of each class (default 'A face expressing {emotion}'; or --loss.prompt_template)"""
     media: bool = False
@@ -615,6 +807,30 @@ def items_from_affwild2(args: AffWild2Options) -> tuple[list[Item], dict[str, An
     return items, source, list(ABAW_CLASSES)
 
 
+def feature_sets(args: PrepareOptions, clip_given: bool, wav2vec2_given: bool):
+    """(visual sets, audio sets) by name from ``--visual`` / ``--audio NAME=SPEC``; ``--clip`` / ``--wav2vec2`` are
+    the sets ``clip`` / ``wav2vec2``, and the defaults when neither form names a set of the modality."""
+    out = []
+    for modality, given, default, flag in (
+        ("visual", args.visual, (DEFAULT_VISUAL, clip_encoder_spec(args.clip)), "--clip" if clip_given else ""),
+        (
+            "audio",
+            args.audio,
+            (DEFAULT_AUDIO, wav2vec2_encoder_spec(args.wav2vec2)),
+            "--wav2vec2" if wav2vec2_given else "",
+        ),
+    ):
+        sets = dict(parse_named(text, modality) for text in given)
+        if len(sets) < len(given):
+            raise SpecError(f"--{modality}: a set name is given twice")
+        if flag and default[0] in sets:
+            raise SpecError(f"{flag} is the set '{default[0]}'; --{modality} names it too: give it once")
+        if flag or not sets:
+            sets = {default[0]: default[1], **sets}
+        out.append(sets)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, overrides = parse_options(LAYOUTS, argv, "expr prepare", "prepare", __doc__.split("\n\n")[0])
@@ -635,6 +851,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    clip_given, wav2vec2_given = args.clip is not None, args.wav2vec2 is not None
     args.clip = args.clip or DEFAULT_CLIP
     args.wav2vec2 = args.wav2vec2 or DEFAULT_WAV2VEC2
     args.prompt_template = args.prompt_template or LossConfig.prompt_template
@@ -644,13 +861,19 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
+        backbones = Backbones(
+            args.clip,
+            args.wav2vec2,
+            args.device,
+            args.batch_size,
+            args.chunk_seconds,
+            args.context_seconds,
+            *feature_sets(args, clip_given, wav2vec2_given),
+        )
         if isinstance(args, AffWild2Options):
             items, source, classes = items_from_affwild2(args)
         else:
             items, source, classes = items_from_folder(args)
-        backbones = Backbones(
-            args.clip, args.wav2vec2, args.device, args.batch_size, args.chunk_seconds, args.context_seconds
-        )
         prepare(
             items,
             args.out,
@@ -662,7 +885,16 @@ def main(argv: list[str] | None = None) -> int:
             not args.no_progress,
             media=args.media,
         )
-    except (AnnotationError, LayoutError, BackboneError, PrepareError, StoreError, OSError) as e:
+    except (
+        AnnotationError,
+        LayoutError,
+        BackboneError,
+        EncoderError,
+        SpecError,
+        PrepareError,
+        StoreError,
+        OSError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

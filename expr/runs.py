@@ -145,6 +145,16 @@ def load_head(path: str | Path, device: str = "cpu", overrides: dict[str, Any] |
     return build_head(cfg, weights).to(device), info
 
 
+def chosen_sets(store_meta: dict[str, Any], cfg) -> dict[str, dict[str, dict]]:
+    """The feature sets a head was trained on (``data.visual`` / ``data.audio``, or the store's defaults), with the
+    provenance its store recorded: ``{"visual": {name: info}, "audio": {name: info}}``."""
+    sets = store_meta.get("sets") or {}
+    default = store_meta.get("default_visual") or ["clip"]
+    visual = cfg.data.visual.split(",") if cfg.data.visual else [default] if isinstance(default, str) else default
+    audio = cfg.data.audio or store_meta.get("default_audio") or "wav2vec2"
+    return {"visual": {n.strip(): sets.get(n.strip(), {}) for n in visual}, "audio": {audio: sets.get(audio, {})}}
+
+
 def run_info(run_dir: Path, cfg) -> dict[str, Any]:
     """What a user of the head needs to know, from a run directory."""
     head = run_dir / "best" / "head.json"
@@ -164,6 +174,7 @@ def run_info(run_dir: Path, cfg) -> dict[str, Any]:
             "wav2vec2": cfg.backbones.wav2vec2,
         },
         "features": {"visual_dim": cfg.model.visual_dim, "audio_dim": cfg.model.audio_dim, "audio_rate": 50.0},
+        "feature_sets": chosen_sets(store, cfg),
         "validation": {"macro_f1": best.get("val/macro_f1"), "epoch": best.get("epoch")},
         "trained_on": {"store": store.get("path"), "source": store.get("source")},
         "config": cfg.to_dict(),

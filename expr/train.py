@@ -109,13 +109,14 @@ class Trainer:
         cfg.train.output_dir = str(self.run_dir)
         if acc.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.save(self.run_dir / "config.yaml")
         acc.wait_for_everyone()
         set_seed(cfg.train.seed)
         self.data = build_run_data(cfg, acc)
         self.store, self.encoders = self.data.store, self.data.encoders
         with acc.main_process_first():  # the main process caches the prompts' text embeddings first
             self.criterion = Criterion.for_store(self.store, cfg)
+        if acc.is_main_process:  # the store has set the head's input widths
+            cfg.save(self.run_dir / "config.yaml")
         self._build_model()
         if trackers:
             acc.init_trackers("expr", config=_flat_config(cfg))

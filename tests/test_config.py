@@ -130,7 +130,9 @@ def test_a_backbone_override_a_prepared_store_cannot_honour_is_an_error():
     store = SimpleNamespace(
         path="cache/x",
         classes=list(ABAW_CLASSES),
-        meta={"visual_dim": 512, "audio_dim": 768, "backbones": recorded},
+        meta={"backbones": recorded},
+        visual_dim=512,
+        audio_dim=768,
         videos_in=lambda split: np.arange(2),
     )
     check_store(store, build_config({"data.cache": "cache/x"}))  # defaults: fine

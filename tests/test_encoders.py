@@ -124,11 +124,12 @@ def test_hf_vision_from_a_local_folder_matches_the_model(tmp_path):
 
 
 def test_open_clip_spec_gives_todays_clip_features():
-    from expr.features.backbones import VisualEncoder, load_clip
+    from expr.features.backbones import load_clip
+    from expr.features.encoders import open_clip_encoder
 
     images = faces(2)
     model, preprocess, _ = load_clip("ViT-B-32", "random")
-    today = VisualEncoder(model, preprocess).encode(images)
+    today = open_clip_encoder(model, preprocess).encode(images)
     np.testing.assert_array_equal(load_image_encoder(parse_spec("open_clip:ViT-B-32@random")).encode(images), today)
 
 

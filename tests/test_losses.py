@@ -103,3 +103,31 @@ def test_total_loss_combines_with_lambda():
     expected_cls = torch.nn.functional.cross_entropy(logits, labels, weight=w)
     assert parts["loss_cls"].item() == pytest.approx(expected_cls.item())
     assert "loss_con" not in total_loss(logits, emb, scale, labels, text, w, 0.0)
+
+
+def test_the_prompts_clip_is_named_or_found_and_its_absence_is_an_error_only_when_needed():
+    """loss.text_set picks an open_clip set; by default the first among the chosen visual sets, else the store's;
+    a store without any CLIP is an error naming the fix when the contrastive loss is on, zeros when it is off."""
+    from types import SimpleNamespace
+
+    from expr.config import ConfigError, build_config
+    from expr.criterion import prompt_embeddings, text_source
+
+    clip = {"modality": "visual", "family": "open_clip", "model": "ViT-B-32", "weights": "random"}
+    big = {"modality": "visual", "family": "open_clip", "model": "ViT-L-14", "weights": "laion2b_s32b_b82k"}
+    dino = {"modality": "visual", "family": "timm", "model": "vit_large_patch14_dinov2.lvd142m"}
+
+    def store(sets, chosen):
+        return SimpleNamespace(path="cache/x", feature_sets=sets, visual_sets=chosen, meta={})
+
+    cfg = build_config({"data.cache": "cache/x"})
+    assert text_source(store({"clip": clip, "dino": dino}, ["dino"]), cfg) == ("clip", "ViT-B-32", "random")
+    assert text_source(store({"clip": clip, "big": big}, ["big"]), cfg) == ("big", "ViT-L-14", "laion2b_s32b_b82k")
+    named = build_config({"data.cache": "cache/x", "loss.text_set": "clip"})
+    assert text_source(store({"clip": clip, "big": big}, ["big"]), named)[0] == "clip"
+    with pytest.raises(ConfigError, match="no open_clip set 'clip' \\(its open_clip sets: none\\)"):
+        text_source(store({"dino": dino}, ["dino"]), named)
+    with pytest.raises(ConfigError, match="--loss.contrastive_weight 0"):
+        prompt_embeddings(store({"dino": dino}, ["dino"]), cfg)
+    off = build_config({"data.cache": "cache/x", "loss.contrastive_weight": 0.0})
+    assert prompt_embeddings(store({"dino": dino}, ["dino"]), off).shape == (8, 512)

@@ -21,8 +21,10 @@ from mediatree import (
 )
 
 from expr.data.media import decode_audio, probe
-from expr.data.store import FrameStore
-from expr.features.backbones import AudioEncoder, BackboneError, Backbones, VisualEncoder, load_wav2vec2
+from expr.data.store import FrameStore, StoreError
+from expr.features.backbones import BackboneError, Backbones, load_wav2vec2
+from expr.features.encoders import AudioEncoder, open_clip_encoder
+from expr.features.spec import parse_spec
 from expr.prepare import PrepareError, extract_item, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,8 +63,8 @@ class EnergyEncoder:
 def small_backbones(audio=None) -> Backbones:
     b = Backbones(clip="random", wav2vec2="random")
     b._clip = small_clip()
-    b._visual = VisualEncoder(b._clip[0], b._clip[1], batch_size=16)
-    b._audio = audio or AudioEncoder(*small_wav2vec2(), chunk_seconds=0.5, context_seconds=0.2)
+    b._encoders["clip"] = open_clip_encoder(b._clip[0], b._clip[1], b.visual_sets["clip"], batch_size=16)
+    b._encoders["wav2vec2"] = audio or AudioEncoder(*small_wav2vec2(), chunk_seconds=0.5, context_seconds=0.2)
     return b
 
 
@@ -223,7 +225,7 @@ def test_audio_frames_map_to_frame_times_within_one_wav2vec2_step(tree):
         if item.name not in bursts:
             continue
         arrays, _ = extract_item(item, small_backbones().visual(), EnergyEncoder())
-        energy = arrays["audio"][:, 0].astype(np.float32)
+        energy = arrays["audio.wav2vec2"][:, 0].astype(np.float32)
         j = np.flatnonzero(energy > 0.5 * energy.max())[0]
         centre = float(arrays["audio_start"]) + (320 * j + 200) / 16_000
         assert abs(centre - bursts[item.name]) <= 1 / 50, item.name
@@ -256,8 +258,8 @@ def test_interrupted_extraction_resumes_without_redoing_finished_videos(tree, pr
     prepare(items[:-1], out, small_backbones(), classes, progress=False)
     assert calls == []
     other = small_backbones()
-    other.wav2vec2 = "facebook/wav2vec2-base"
-    with pytest.raises(PrepareError, match="other backbones"):
+    other.audio_sets = {"wav2vec2": parse_spec("hf:facebook/wav2vec2-base")}
+    with pytest.raises(PrepareError, match="feature set 'wav2vec2' made by hf:facebook/wav2vec2-base@random"):
         prepare(items, out, other, classes, progress=False)
 
 
@@ -388,7 +390,10 @@ def test_prepare_then_train_from_the_command_line(tree, tmp_path):
     assert "RANDOM BACKBONE WEIGHTS" in done.stderr
     assert "1 videos without audio (masked): mute" in done.stdout
     store = FrameStore(out)
-    assert store.meta["visual_dim"] == 512 and store.meta["audio_dim"] == 768
+    assert store.visual_dim == 512 and store.audio_dim == 768
+    sets = store.feature_sets
+    assert sets["clip"]["spec"] == "open_clip:ViT-B-32@random" and sets["clip"]["random_weights"] is True
+    assert sets["wav2vec2"]["spec"] == "hf:facebook/wav2vec2-base@random" and sets["wav2vec2"]["rate"] == 50.0
     run_dir = tmp_path / "run"
     train = [
         sys.executable,
@@ -453,3 +458,91 @@ def test_a_kill_while_the_store_is_moved_into_place_is_finished_by_the_next_run(
     np.testing.assert_array_equal(
         store.labels[store.frame_rows([v])], store.labels[store.frame_rows([store.names.index("a")])]
     )
+
+
+# ------------------------------------------------------------------------------------------- feature sets
+TINY_VIT = "timm:vit_small_patch14_dinov2@random,img_size=28,depth=1,embed_dim=32,num_heads=2"
+TINY_WAVLM = (
+    "hf:microsoft/wavlm-base-plus@random,num_hidden_layers=1,hidden_size=32,num_attention_heads=2,"
+    "intermediate_size=64,conv_dim=[16, 16, 16, 16, 16, 16, 16],num_conv_pos_embeddings=16,layer=0-1"
+)
+
+
+def test_a_new_feature_set_is_added_beside_the_others_and_never_overwritten(prepared, tree, tmp_path, monkeypatch):
+    """A second run with another encoder adds a set without touching the existing ones or extracting them again;
+    training selects sets by name (several visual sets concatenated per frame); a name that exists with another
+    provenance is refused; videos added later get every set of the store."""
+    import expr.prepare as prep
+
+    root, _ = tree
+    items, source, classes = affwild2_items(root)
+    out = tmp_path / "store"
+    shutil.copytree(prepared[0], out)
+    before = {p: p.stat().st_mtime_ns for p in (out / "sets").rglob("*.arrow")}
+    calls = []
+    real = prep.extract_item
+    monkeypatch.setattr(
+        prep, "extract_item", lambda item, *a, **k: calls.append((item.name, a[:2])) or real(item, *a, **k)
+    )
+    more = small_backbones()
+    more.visual_sets = {"dino": parse_spec(TINY_VIT, "visual")}
+    more.audio_sets = {"wavlm": parse_spec(TINY_WAVLM, "audio")}
+    prep.prepare(items, out, more, classes, source=source, progress=False)
+    assert len(calls) == len(items) and all(set(v) == {"dino"} and set(a) == {"wavlm"} for _, (v, a) in calls)
+    assert before == {p: p.stat().st_mtime_ns for p in before}  # the clip and wav2vec2 sets are untouched
+    store = FrameStore(out)
+    assert store.visual_sets == ["clip"] and store.audio_set == "wav2vec2"  # the defaults stay the defaults
+    sets = store.feature_sets
+    assert sets["dino"]["dim"] == 32 and sets["dino"]["spec"] == TINY_VIT and sets["wavlm"]["modality"] == "audio"
+    both = FrameStore(out, visual="clip,dino", audio="wavlm")
+    assert both.visual_dim == store.visual_dim + 32 and both.visual.shape == (len(store.face), both.visual_dim)
+    rows = store.frame_rows([0])
+    np.testing.assert_array_equal(both.visual[rows][:, : store.visual_dim], store.visual[rows])
+    np.testing.assert_array_equal(both.visual[rows][:, store.visual_dim :], both.set_array("dino")[rows])
+    assert both.audio_dim == 32 and (both.num_audio - store.num_audio).tolist() == [0] * len(store.names)
+    mute = store.names.index("mute")
+    assert both.num_audio[mute] == 0 and both.face[rows].any()
+    with pytest.raises(StoreError, match="no visual feature set 'dinov2' \\(it has clip, dino\\)"):
+        FrameStore(out, visual="dinov2")
+    again = small_backbones()
+    again.visual_sets = {"dino": parse_spec(TINY_VIT + ",pool=mean", "visual")}
+    with pytest.raises(PrepareError, match="'dino' made by .*never overwritten"):
+        prep.prepare(items, out, again, classes, progress=False)
+    # A video added later is extracted with every set of the store, from the specs the store records.
+    calls.clear()
+    extra = affwild2_items(root)[0][0]
+    extra.name = "a_again"
+    prep.prepare([*items, extra], out, small_backbones(), classes, source=source, progress=False)
+    assert [(n, set(v), set(a)) for n, (v, a) in calls] == [("a_again", {"clip", "dino"}, {"wav2vec2", "wavlm"})]
+    grown = FrameStore(out, visual="clip,dino", audio="wavlm")
+    a, b = grown.names.index("a"), grown.names.index("a_again")
+    np.testing.assert_allclose(grown.visual[grown.frame_rows([b])], grown.visual[grown.frame_rows([a])], atol=1e-3)
+
+
+def test_new_sets_of_a_store_with_media_come_from_its_own_crops_and_audio(tree, tmp_path, monkeypatch):
+    import expr.prepare as prep
+
+    root, _ = tree
+    items, source, classes = affwild2_items(root, test=False)
+    out = tmp_path / "store"
+    prep.prepare(items, out, small_backbones(), classes, source=source, progress=False, media=True)
+    monkeypatch.setattr(prep, "extract_item", lambda *a, **k: pytest.fail("decoded the source again"))
+    more = small_backbones()
+    more.visual_sets = {"dino": parse_spec(TINY_VIT, "visual")}
+    prep.prepare(items, out, more, classes, source=source, progress=False, media=True)
+    store = FrameStore(out, visual="dino")
+    assert store.visual_dim == 32 and not store.visual[~store.face].any() and store.visual[store.face].any()
+
+
+def test_feature_set_options_on_the_command_line(tmp_path, capsys):
+    from expr.prepare import main
+
+    base = ["affwild2", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main([*base, "--visual", "timm:efficientnet_b0"]) == 2
+    assert "expected NAME=SPEC" in capsys.readouterr().err
+    assert main([*base, "--clip", "random", "--visual", "clip=timm:resnet18@random"]) == 2
+    assert "--clip is the set 'clip'; --visual names it too" in capsys.readouterr().err
+    assert main([*base, "--audio", "w=timm:resnet18"]) == 2
+    assert "audio encoders come from Hugging Face" in capsys.readouterr().err
+    assert main([*base, "--visual", "a=timm:resnet18,pool=max"]) == 2
+    assert "pool=max is not one of" in capsys.readouterr().err

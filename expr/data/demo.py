@@ -29,7 +29,7 @@ import numpy as np
 from expr.config import ABAW_CLASSES
 from expr.data.store import VideoRecord, write_store
 
-DEMO_VERSION = 1
+DEMO_VERSION = 2  # 2: store format 2 (named feature sets)
 CLASS_FREQ = np.array([0.26, 0.08, 0.06, 0.06, 0.20, 0.10, 0.09, 0.15])  # ABAW order; Neutral, Happiness frequent
 GROUP = np.array([0, 1, 1, 3, 2, 0, 2, 3])  # visual group of each class
 PERIOD = np.array([0, 0, 0, 20.0, 20.0, 0, 2.5, 2.5])  # oscillation period in frames (0: static)
@@ -132,6 +132,7 @@ def ensure_demo_store(num_videos: int = 40, seed: int = 0, path: str | Path | No
         "source": "demo",
         "classes": list(ABAW_CLASSES),
         "backbones": {"clip": "none (synthetic features)", "wav2vec2": "none (synthetic features)"},
+        "sets": {"clip": {"family": "synthetic"}, "wav2vec2": {"family": "synthetic"}},
         "note": "synthetic demo data; not a benchmark of emotion recognition",
         "demo": {"version": DEMO_VERSION, "num_videos": num_videos, "seed": seed, "id": digest},
     }

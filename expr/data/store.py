@@ -2,33 +2,39 @@
 
 A store is a directory of Hugging Face ``datasets`` saved with ``save_to_disk`` plus a JSON header:
 
-- ``frames/``: one row per video frame, in video order: ``video`` (int32 index into ``videos``), ``visual``
-  (fp16 [visual_dim] frozen-CLIP embedding; zeros where no face), ``face`` (bool: a face crop exists), ``label``
-  (int16 class index, ``-1`` = ignore, e.g. unannotated frames and test videos).
-- ``audio/``: one row per audio feature frame, in video order: ``video``, ``audio`` (fp16 [audio_dim] Wav2Vec2
-  hidden state).
+- ``frames/``: one row per video frame, in video order: ``video`` (int32 index into ``videos``), ``face`` (bool: a
+  face crop exists), ``label`` (int16 class index, ``-1`` = ignore, e.g. unannotated frames and test videos).
 - ``videos/``: one row per video: ``name``, ``split`` (``train`` / ``validation`` / ``test``), ``fps`` (the
-  video's real frame rate), ``num_frames``, ``frame_offset`` (first row in ``frames``), ``num_audio``,
-  ``audio_offset`` (first row in ``audio``), ``audio_rate`` (audio feature frames per second, 50 for Wav2Vec2),
-  ``audio_start`` (time in seconds of audio frame 0 relative to video frame 0).
-- ``store.json``: format version, feature widths, class names, backbones used and where the data came from.
+  video's real frame rate), ``num_frames``, ``frame_offset`` (first row in ``frames``), ``audio_start`` (time in
+  seconds of the audio's first sample relative to video frame 0).
+- ``sets/<NAME>/``: one named feature set, one column ``feature`` (fp16 [dim]). A visual set has one row per
+  frame (aligned with ``frames``; zeros where no face); an audio set one row per audio feature frame, video after
+  video (``counts`` in the header: rows per video; 0 without an audio track).
+- ``store.json``: format version, class names, where the data came from, and ``sets``: for each set its modality,
+  width, audio rate and provenance (encoder family, model, weights, options, random or real weights); the default
+  sets (``default_visual``, ``default_audio``: the first ones written) and the byte size of every data file.
 
-Frame i of a video starts at time i / fps; audio frame j at ``audio_start + j / audio_rate``. So any window of
-frames maps to its span of audio frames (:meth:`FrameStore.audio_span`).
+Frame i of a video starts at time i / fps; audio frame j at ``audio_start + j / rate``. So any window of frames maps
+to its span of audio frames (:meth:`FrameStore.audio_span`). Training picks sets by name (``data.visual``: one or
+several, concatenated per frame; ``data.audio``: one). Stores of format 1 (one ``visual`` column in ``frames`` and
+an ``audio/`` folder: the sets ``clip`` and ``wav2vec2``) are still read.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from expr.atomic import atomic_path
+from expr.atomic import atomic_path, write_text
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+DEFAULT_VISUAL, DEFAULT_AUDIO = "clip", "wav2vec2"  # the set names of a record's plain arrays, and of format 1
 SPLITS = ("train", "validation", "test")
 SIDES = ("_left", "_right")  # person tracks of one video: <video>_left, <video>_right
 
@@ -39,32 +45,37 @@ class StoreError(ValueError):
 
 @dataclass
 class VideoRecord:
-    """One video's frames and audio, as the store writer receives them."""
+    """One video's frames and audio, as the store writer receives them. ``visual`` and ``audio`` map feature set
+    names to arrays; a plain array is the set ``clip`` (visual) or ``wav2vec2`` (audio)."""
 
     name: str
     split: str
     fps: float
-    visual: np.ndarray  # [T, visual_dim] float (stored fp16)
+    visual: dict[str, np.ndarray] | np.ndarray  # set -> [T, dim] float (stored fp16)
     face: np.ndarray  # [T] bool
     labels: np.ndarray  # [T] int, -1 = ignore
-    audio: np.ndarray | None  # [Ta, audio_dim] or None when the video has no audio track
-    audio_rate: float = 50.0
+    audio: dict[str, np.ndarray] | np.ndarray | None  # set -> [Ta, dim]; None or {} when the video has no audio
+    audio_rate: float = 50.0  # audio feature frames per second (of every audio set)
     audio_start: float = 0.0
     jpeg: list[bytes] | None = None  # [T] face crop files' bytes (b"" without a face), for online mode
     wave: np.ndarray | None = None  # [S] fp16 16 kHz mono samples (empty without audio), for online mode
 
+    def visual_sets(self) -> dict[str, np.ndarray]:
+        return self.visual if isinstance(self.visual, dict) else {DEFAULT_VISUAL: self.visual}
 
-VIDEO_COLUMNS = (
-    "name",
-    "split",
-    "fps",
-    "num_frames",
-    "frame_offset",
-    "num_audio",
-    "audio_offset",
-    "audio_rate",
-    "audio_start",
-)
+    def audio_sets(self) -> dict[str, np.ndarray]:
+        """Set name -> [Ta, dim]; empty when the video has no audio track."""
+        if self.audio is None:
+            return {}
+        sets = self.audio if isinstance(self.audio, dict) else {DEFAULT_AUDIO: self.audio}
+        return {} if any(a is None or len(a) == 0 for a in sets.values()) else sets
+
+    @property
+    def has_audio(self) -> bool:
+        return bool(self.audio_sets())
+
+
+VIDEO_COLUMNS = ("name", "split", "fps", "num_frames", "frame_offset", "audio_start")
 
 
 class _ArrowFile:
@@ -119,6 +130,8 @@ class _RawColumn:
         self.file = open(path, "wb")  # noqa: SIM115 - closed in column()
 
     def append(self, array: np.ndarray) -> None:
+        if not array.size:
+            return
         self.file.write(memoryview(np.ascontiguousarray(array, np.float16)).cast("B"))
         self.rows += len(array)
 
@@ -158,53 +171,38 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
 
     datasets.disable_progress_bars()
     files = {"jpeg": _ArrowFile(tmp / "media" / "frames"), "wave": _ArrowFile(tmp / "media" / "audio")}
-    visual_raw, audio_raw = _RawColumn(tmp / ".visual.f16"), _RawColumn(tmp / ".audio.f16")
-    small: dict[str, list[np.ndarray]] = {"video": [], "face": [], "label": [], "audio_video": []}
+    sets = _SetWriter(tmp, path)
+    small: dict[str, list[np.ndarray]] = {"video": [], "face": [], "label": []}
     rows: dict[str, list] = {k: [] for k in VIDEO_COLUMNS}
-    visual_dim = audio_dim = None
     media = None
-    frame_offset = audio_offset = 0
+    frame_offset = 0
     for v in videos:
         if v.split not in SPLITS:
             raise StoreError(f"video '{v.name}': split '{v.split}' is not one of {SPLITS}")
-        n = len(v.visual)
-        if not (len(v.face) == len(v.labels) == n):
+        n = len(v.face)
+        if len(v.labels) != n or any(len(x) != n for x in v.visual_sets().values()):
             raise StoreError(f"video '{v.name}': visual, face and labels lengths differ")
-        if visual_dim is None:
-            visual_dim = v.visual.shape[1]
-        elif v.visual.shape[1] != visual_dim:
-            raise StoreError(f"video '{v.name}': {v.visual.shape[1]}-d visual features, the others are {visual_dim}-d")
         has_media = v.jpeg is not None and v.wave is not None
         if media is None:
             media = has_media
         elif has_media != media:
             raise StoreError(f"{path}: some videos have face crops and audio for online mode, others not ({v.name})")
-        na = 0 if v.audio is None else len(v.audio)
-        values = (v.name, v.split, float(v.fps), n, frame_offset, na, audio_offset, v.audio_rate, v.audio_start)
+        sets.add(v, len(rows["name"]))
+        values = (v.name, v.split, float(v.fps), n, frame_offset, float(v.audio_start))
         for key, value in zip(VIDEO_COLUMNS, values, strict=True):
-            rows[key].append(float(value) if key in ("audio_rate", "audio_start") else value)
+            rows[key].append(value)
         small["video"].append(np.full(n, len(rows["name"]) - 1, np.int32))
         small["face"].append(np.asarray(v.face, bool))
         small["label"].append(np.asarray(v.labels, np.int16))
-        visual_raw.append(v.visual)
-        if na:
-            if audio_dim is None:
-                audio_dim = v.audio.shape[1]
-            elif v.audio.shape[1] != audio_dim:
-                raise StoreError(f"video '{v.name}': {v.audio.shape[1]}-d audio features, the others are {audio_dim}-d")
-            small["audio_video"].append(np.full(na, len(rows["name"]) - 1, np.int32))
-            audio_raw.append(v.audio)
         if media:
             if len(v.jpeg) != n:
                 raise StoreError(f"video '{v.name}': {len(v.jpeg)} face crops for {n} frames")
             files["jpeg"].write(pa.table({"jpeg": pa.array(v.jpeg, pa.binary())}))
             files["wave"].write(pa.table({"wave": pa.array([np.asarray(v.wave, np.float16).tobytes()], pa.binary())}))
         frame_offset += n
-        audio_offset += na
     if not rows["name"]:
         raise StoreError(f"{path}: no videos to write")
-    meta = meta() if callable(meta) else meta
-    audio_dim = audio_dim or int(meta.get("audio_dim", 768))
+    meta = dict(meta() if callable(meta) else meta)
 
     def cat(key: str, dtype) -> np.ndarray:
         return np.concatenate(small[key]) if small[key] else np.zeros(0, dtype)
@@ -212,25 +210,162 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
     frames = pa.table(
         {
             "video": pa.array(cat("video", np.int32)),
-            "visual": visual_raw.column(visual_dim),
             "face": pa.array(cat("face", bool)),
             "label": pa.array(cat("label", np.int16)),
         }
     )
-    audio = pa.table({"video": pa.array(cat("audio_video", np.int32)), "audio": audio_raw.column(audio_dim)})
-    for name, table in (("frames", frames), ("audio", audio)):
-        out = _ArrowFile(tmp / name)
-        out.write(table)  # one record batch: the feature column is one contiguous buffer in the file
-        out.save(None)
-    del frames, audio
-    visual_raw.path.unlink()
-    audio_raw.path.unlink()
+    out = _ArrowFile(tmp / "frames")
+    out.write(frames)
+    out.save(None)
+    provenance = meta.pop("sets", {})
+    header_sets = sets.finish(provenance, len(rows["name"]))
     if media:
         files["jpeg"].save(None)
         files["wave"].save(None)
     datasets.Dataset.from_dict(rows).save_to_disk(str(tmp / "videos"), num_shards=1)
-    header = {"format_version": FORMAT_VERSION, "visual_dim": int(visual_dim), "audio_dim": int(audio_dim), **meta}
-    (tmp / "store.json").write_text(json.dumps(header, indent=2))
+    header = {
+        "format_version": FORMAT_VERSION,
+        **meta,
+        "sets": header_sets,
+        "default_visual": [sets.visual_names[0]],
+        "default_audio": sets.audio_names[0] if sets.audio_names else None,
+    }
+    write_header(tmp, header)
+
+
+class _SetWriter:
+    """The feature sets of the videos being written: one flat fp16 file per set, appended video by video, saved as
+    ``sets/<name>/`` at the end. Every video has the same visual sets; every video with audio the same audio sets."""
+
+    def __init__(self, tmp: Path, path: Path):
+        self.tmp, self.path = tmp, path
+        self.raw: dict[str, _RawColumn] = {}
+        self.dims: dict[str, int] = {}
+        self.visual_names: list[str] = []
+        self.audio_names: list[str] = []
+        self.counts: dict[str, list[int]] = {}
+        self.rate: float | None = None
+
+    def _append(self, name: str, array: np.ndarray, video: str) -> None:
+        if name not in self.raw:
+            self.raw[name] = _RawColumn(self.tmp / f".{name}.f16")
+            self.dims[name] = int(array.shape[1])
+        elif array.shape[1] != self.dims[name]:
+            dim = self.dims[name]
+            raise StoreError(f"video '{video}': {array.shape[1]}-d '{name}' features, the others are {dim}-d")
+        self.raw[name].append(array)
+
+    def add(self, v: VideoRecord, index: int) -> None:
+        visual, audio = v.visual_sets(), v.audio_sets()
+        names = list(visual)
+        if not self.visual_names:
+            if not names:
+                raise StoreError(f"video '{v.name}': no visual features")
+            self.visual_names = names
+        elif names != self.visual_names:
+            raise StoreError(f"video '{v.name}': visual sets {names}, the others have {self.visual_names}")
+        for name in names:
+            self._append(name, visual[name], v.name)
+        if audio:
+            if not self.audio_names:
+                self.audio_names = list(audio)
+                self.counts = {name: [0] * index for name in self.audio_names}
+                self.rate = float(v.audio_rate)
+            elif list(audio) != self.audio_names:
+                raise StoreError(f"video '{v.name}': audio sets {list(audio)}, the others have {self.audio_names}")
+            elif float(v.audio_rate) != self.rate:
+                raise StoreError(f"video '{v.name}': audio at {v.audio_rate} frames/s, the others at {self.rate}")
+            for name in self.audio_names:
+                self._append(name, audio[name], v.name)
+        for name in self.audio_names:
+            self.counts[name].append(len(audio[name]) if audio else 0)
+
+    def finish(self, provenance: dict[str, dict], num_videos: int) -> dict[str, dict]:
+        """Write every set's folder; returns the header's ``sets``. Audio sets that no video had (``provenance``
+        names them with their ``dim``) are written empty."""
+        for name, info in provenance.items():
+            if info.get("modality") == "audio" and name not in self.audio_names:
+                self.audio_names.append(name)
+                self.counts[name] = [0] * num_videos
+                self.dims[name] = int(info["dim"])
+                self.raw[name] = _RawColumn(self.tmp / f".{name}.f16")
+        out = {}
+        for name in self.visual_names + self.audio_names:
+            info = {"modality": "visual" if name in self.visual_names else "audio", "dim": self.dims[name]}
+            if info["modality"] == "audio":
+                info["rate"] = self.rate or float(provenance.get(name, {}).get("rate", 50.0))
+                info["counts"] = self.counts[name]
+            out[name] = {**info, **{k: v for k, v in provenance.get(name, {}).items() if k not in info}}
+            write_set_column(self.tmp / "sets" / name, self.raw[name].column(self.dims[name]))
+            self.raw[name].path.unlink()
+        return out
+
+
+def add_sets(path: str | Path, sets: dict[str, tuple[dict[str, Any], Any]]) -> None:
+    """Add feature sets to the store at ``path``: name -> (info: modality and provenance, an iterable of each video's
+    [rows, dim] array in the store's video order). Each set's folder is written aside and renamed into place, then
+    the header names it; the other sets are never touched. A set that exists is an error."""
+    import shutil
+
+    path = Path(path)
+    header = json.loads((path / "store.json").read_text())
+    if header.get("format_version") != FORMAT_VERSION:
+        raise StoreError(f"{path}: a format-{header.get('format_version')} store takes no new feature sets; prepare "
+                         f"it again into a new --out with this version of expr")  # fmt: skip
+    num_frames = datasets_column_sum(path / "videos", "num_frames")
+    for name, (info, arrays) in sets.items():
+        if name in header["sets"]:
+            raise StoreError(f"{path}: feature set '{name}' exists; choose another name")
+        tmp = path / "sets" / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        raw, counts, dim = _RawColumn(tmp / ".raw.f16"), [], None
+        for array in arrays:
+            dim = dim or int(array.shape[1])
+            raw.append(array)
+            counts.append(len(array))
+        dim = dim or int(info["dim"])
+        if info["modality"] == "visual" and sum(counts) != num_frames:
+            raise StoreError(f"{path}: set '{name}' has {sum(counts)} rows for {num_frames} frames")
+        write_set_column(tmp / "data", raw.column(dim))
+        raw.path.unlink()
+        os.replace(tmp / "data", path / "sets" / name)
+        shutil.rmtree(tmp, ignore_errors=True)
+        entry = {"modality": info["modality"], "dim": dim}
+        if info["modality"] == "audio":
+            entry.update(rate=float(info.get("rate", 50.0)), counts=counts)
+        header["sets"][name] = {**entry, **{k: v for k, v in info.items() if k not in entry}}
+    write_header(path, {k: v for k, v in header.items() if k != "files"})
+
+
+def datasets_column_sum(folder: Path, column: str) -> int:
+    import datasets
+
+    return int(sum(datasets.load_from_disk(str(folder))[column]))
+
+
+def write_set_column(folder: Path, column) -> None:
+    """One feature set's folder: a ``datasets`` folder with the column ``feature`` as one record batch."""
+    import pyarrow as pa
+
+    out = _ArrowFile(folder)
+    out.write(pa.table({"feature": column}))  # one record batch: the column is one contiguous buffer in the file
+    out.save(None)
+
+
+def data_files(root: Path) -> dict[str, int]:
+    """Byte size of every data file of a store (relative path -> size), as the header records them."""
+    return {
+        str(p.relative_to(root)): p.stat().st_size
+        for p in sorted(root.rglob("*.arrow"))
+        if not any(part.startswith(".") for part in p.relative_to(root).parts)
+    }
+
+
+def write_header(root: Path, header: dict[str, Any]) -> None:
+    """``store.json`` with the sizes of the data files as they are now (checked when the store is opened)."""
+    header = {**header, "files": data_files(root)}
+    write_text(root / "store.json", json.dumps(header, indent=2))
 
 
 class RowChunks:
@@ -297,10 +432,34 @@ def video_name(annotation_name: str) -> str:
     return annotation_name
 
 
-class FrameStore:
-    """A store as flat numpy arrays (features memory-mapped, the rest in memory), with per-video offsets."""
+class ConcatColumns:
+    """Several feature sets' [N, d_i] arrays of the same rows, indexed as one [N, sum d_i] array (concatenated per
+    row at gather time, never copied whole)."""
 
-    def __init__(self, path: str | Path, in_memory: bool = False):
+    def __init__(self, arrays: list):
+        self.arrays = arrays
+        self.shape = (len(arrays[0]), sum(a.shape[1] for a in arrays))
+        self.dtype = arrays[0].dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        return np.concatenate([a[index] for a in self.arrays], axis=-1)
+
+
+class FrameStore:
+    """A store as flat numpy arrays (features memory-mapped, the rest in memory), with per-video offsets, reading
+    the feature sets it is asked for: ``visual`` (one name, a comma-separated list or a sequence, concatenated per
+    frame) and ``audio`` (one name); None: the store's defaults."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        in_memory: bool = False,
+        visual: str | list[str] | tuple[str, ...] | None = None,
+        audio: str | None = None,
+    ):
         """``in_memory``: copy the feature arrays into RAM (faster first-touch random gathers, one copy per process)
         instead of mapping the store's files (opens in seconds, shared by every process through the page cache)."""
         import datasets
@@ -310,49 +469,118 @@ class FrameStore:
         if not header_path.is_file():
             raise StoreError(f"{self.path}: not a feature store (no store.json). Create one with `expr prepare`.")
         self.meta: dict[str, Any] = json.loads(header_path.read_text())
-        if self.meta.get("format_version") != FORMAT_VERSION:
+        version = self.meta.get("format_version")
+        if version not in READABLE_VERSIONS:
             raise StoreError(
-                f"{self.path}: store format {self.meta.get('format_version')} is not the supported "
-                f"format {FORMAT_VERSION}; prepare it again with this version of expr"
+                f"{self.path}: store format {version} is not one this version of expr reads "
+                f"({', '.join(map(str, READABLE_VERSIONS))}); prepare it again with this version of expr"
             )
+        check_files(self.path, self.meta)
         try:
             frames = datasets.load_from_disk(str(self.path / "frames")).data.table
-            audio = datasets.load_from_disk(str(self.path / "audio")).data.table
-            videos = datasets.load_from_disk(str(self.path / "videos"))
+            videos = datasets.load_from_disk(str(self.path / "videos")).to_dict()
         except FileNotFoundError as e:
             raise StoreError(f"{self.path}: incomplete feature store ({e})") from None
-        self.visual = _fixed_to_numpy(frames.column("visual"), self.meta["visual_dim"])  # [N, 512] fp16
         self.face = frames.column("face").to_numpy().astype(bool)  # [N]
         self.labels = frames.column("label").to_numpy().astype(np.int64)  # [N]
-        self.audio = _fixed_to_numpy(audio.column("audio"), self.meta["audio_dim"])  # [Na, 768] fp16
+        self.names: list[str] = videos["name"]
+        self.splits = np.array(videos["split"])
+        self.fps = np.asarray(videos["fps"], np.float64)
+        self.num_frames = np.asarray(videos["num_frames"], np.int64)
+        self.frame_offset = np.asarray(videos["frame_offset"], np.int64)
+        self.audio_start = np.asarray(videos["audio_start"], np.float64)
+        if version == 1:
+            self.sets, columns = _format1_sets(self.path, self.meta, frames, videos)
+        else:
+            self.sets, columns = self.meta["sets"], {}
+        self._arrays: dict[str, Any] = dict(columns)
+        self.visual_sets = self._chosen(visual, "visual")
+        audio_names = self._chosen(audio, "audio")
+        self.audio_set = audio_names[0] if audio_names else None
+        arrays = [self.set_array(n) for n in self.visual_sets]
+        self.visual = arrays[0] if len(arrays) == 1 else ConcatColumns(arrays)  # [N, visual_dim] fp16
+        self.visual_dim = sum(int(self.sets[n]["dim"]) for n in self.visual_sets)
+        if self.audio_set is None:  # a store without any audio set: every video without audio
+            self.audio, self.audio_dim = np.zeros((0, 1), np.float16), 1
+            counts, rate = np.zeros(len(self.names), np.int64), 50.0
+        else:
+            info = self.sets[self.audio_set]
+            self.audio = self.set_array(self.audio_set)  # [Na, audio_dim] fp16
+            self.audio_dim = int(info["dim"])
+            counts, rate = np.asarray(info["counts"], np.int64), float(info["rate"])
+        self.num_audio = counts
+        self.audio_offset = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.audio_rate = np.full(len(self.names), rate)
         if in_memory:
-            self.visual, self.audio = _in_ram(self.visual), _in_ram(self.audio)
-        v = videos.to_dict()
-        self.names: list[str] = v["name"]
-        self.splits = np.array(v["split"])
-        self.fps = np.asarray(v["fps"], np.float64)
-        self.num_frames = np.asarray(v["num_frames"], np.int64)
-        self.frame_offset = np.asarray(v["frame_offset"], np.int64)
-        self.num_audio = np.asarray(v["num_audio"], np.int64)
-        self.audio_offset = np.asarray(v["audio_offset"], np.int64)
-        self.audio_rate = np.asarray(v["audio_rate"], np.float64)
-        self.audio_start = np.asarray(v["audio_start"], np.float64)
+            self.visual = ConcatColumns([_in_ram(a) for a in arrays]) if len(arrays) > 1 else _in_ram(self.visual)
+            self.audio = _in_ram(self.audio)
         self.split_tag = ""  # names a re-split (k-fold) in window index keys
+
+    def _chosen(self, names, modality: str) -> list[str]:
+        """The set names asked for (validated), or the store's defaults."""
+        if names is None:
+            default = self.meta.get(f"default_{modality}")
+            chosen = [default] if isinstance(default, str) else list(default or [])
+            if not chosen:
+                chosen = [n for n, s in self.sets.items() if s["modality"] == modality][:1]
+        else:
+            chosen = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+        have = sorted(n for n, s in self.sets.items() if s["modality"] == modality)
+        for name in chosen:
+            if name not in have:
+                raise StoreError(
+                    f"{self.path}: no {modality} feature set '{name}' (it has {', '.join(have) or 'none'}); add it "
+                    f"with `expr prepare ... --out {self.path} --{modality} {name}=FAMILY:MODEL` or pick one of these"
+                )
+        if modality == "audio" and len(chosen) > 1:
+            raise StoreError(f"data.audio: one audio set, not {len(chosen)} ({', '.join(chosen)})")
+        return chosen
+
+    def set_array(self, name: str):
+        """The [rows, dim] fp16 array of feature set ``name`` (memory-mapped; opened once)."""
+        if name not in self._arrays:
+            self._arrays[name] = self._set_array(name)
+        return self._arrays[name]
+
+    def video_features(self, name: str, v: int) -> np.ndarray:
+        """Set ``name``'s rows of video ``v``: [num_frames, dim] (visual) or [count, dim] (audio)."""
+        info = self.sets[name]
+        if info["modality"] == "visual":
+            first, count = self.frame_offset[v], self.num_frames[v]
+        else:
+            counts = np.asarray(info["counts"], np.int64)
+            first, count = int(counts[:v].sum()), int(counts[v])
+        return self.set_array(name)[first : first + count]
+
+    def _set_array(self, name: str):
+        import datasets
+
+        try:
+            table = datasets.load_from_disk(str(self.path / "sets" / name)).data.table
+        except FileNotFoundError as e:
+            raise StoreError(f"{self.path}: feature set '{name}' is missing its folder ({e})") from None
+        return _fixed_to_numpy(table.column("feature"), int(self.sets[name]["dim"]))
+
+    @property
+    def feature_sets(self) -> dict[str, dict[str, Any]]:
+        """Every set of the store: modality, width, rate (audio) and provenance."""
+        return self.sets
 
     @property
     def classes(self) -> list[str]:
         return list(self.meta["classes"])
 
-    def text_embeddings(self, template: str):
+    def text_embeddings(self, template: str, set_name: str | None = None):
         """The class prompts' CLIP text embeddings stored by ``expr prepare`` (``text.safetensors``), or None when
-        the store has none or they were made with another prompt template."""
+        the store has none, or they were made with another prompt template or (``set_name``) another set's CLIP."""
         path = self.path / "text.safetensors"
         if not path.is_file():
             return None
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
-            if (f.metadata() or {}).get("template") != template:
+            meta = f.metadata() or {}
+            if meta.get("template") != template or (set_name and meta.get("set", DEFAULT_VISUAL) != set_name):
                 return None
             return f.get_tensor("text")
 
@@ -384,6 +612,49 @@ class FrameStore:
         """First audio frame (relative to the video's audio) and audio frame count of frame windows
         (:func:`audio_overlap` at each video's frame rate, ``audio_start`` and ``audio_rate``)."""
         return audio_overlap(start, length, self.fps[video], self.audio_start[video], self.audio_rate[video])
+
+
+def check_files(root: Path, meta: dict[str, Any]) -> None:
+    """Every data file the header lists must exist with its recorded size: a truncated or missing file (a copy cut
+    short, a full disk) is named here, before a reader fails deep inside Arrow."""
+    for rel, size in meta.get("files", {}).items():
+        path = root / rel
+        if not path.is_file():
+            raise StoreError(f"{root}: damaged store: {rel} is missing; copy the store again or re-run expr prepare")
+        if path.stat().st_size != size:
+            raise StoreError(
+                f"{root}: damaged store: {rel} has {path.stat().st_size} bytes, {size} were written; copy the store "
+                f"again, or re-run expr prepare into a new --out"
+            )
+
+
+def _format1_sets(path: Path, meta: dict[str, Any], frames, videos) -> tuple[dict, dict]:
+    """A format-1 store's features as the sets ``clip`` (the ``visual`` column of ``frames``) and ``wav2vec2``
+    (``audio/``)."""
+    import datasets
+
+    audio = datasets.load_from_disk(str(path / "audio")).data.table
+    b = meta.get("backbones", {})
+    sets = {
+        DEFAULT_VISUAL: {"modality": "visual", "dim": int(meta["visual_dim"])},
+        DEFAULT_AUDIO: {
+            "modality": "audio",
+            "dim": int(meta["audio_dim"]),
+            "rate": float(videos["audio_rate"][0]) if videos["audio_rate"] else 50.0,
+            "counts": list(videos["num_audio"]),
+        },
+    }
+    if "clip_pretrained" in b:  # the encoder specs (expr.features.spec) of the recorded backbones
+        clip = b["clip"] if b["clip"].startswith("local-dir:") else f"{b['clip']}@{b['clip_pretrained']}"
+        w2v = "facebook/wav2vec2-base@random" if b["wav2vec2"] == "random" else b["wav2vec2"]
+        sets[DEFAULT_VISUAL]["spec"], sets[DEFAULT_AUDIO]["spec"] = f"open_clip:{clip}", f"hf:{w2v}"
+    columns = {
+        DEFAULT_VISUAL: _fixed_to_numpy(frames.column("visual"), int(meta["visual_dim"])),
+        DEFAULT_AUDIO: _fixed_to_numpy(audio.column("audio"), int(meta["audio_dim"])),
+    }
+    meta.setdefault("default_visual", [DEFAULT_VISUAL])
+    meta.setdefault("default_audio", DEFAULT_AUDIO)
+    return sets, columns
 
 
 def audio_overlap(start, length, fps, audio_start, rate) -> tuple[np.ndarray, np.ndarray]:

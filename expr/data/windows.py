@@ -241,7 +241,7 @@ class WindowDataset(torch.utils.data.Dataset):
             audio = s.audio[arows]  # [B, Ta, Da]
             audio = np.where(audio_mask[..., None], audio, np.float16(0))
         else:
-            audio = np.zeros((len(idx), ta, s.meta["audio_dim"]), np.float16)
+            audio = np.zeros((len(idx), ta, s.audio_dim), np.float16)
         return {
             "visual": torch.from_numpy(np.ascontiguousarray(visual)),
             "visual_mask": torch.from_numpy(visual_mask),

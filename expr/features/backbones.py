@@ -12,15 +12,17 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from expr.atomic import atomic_path
 from expr.config import BackboneConfig, ConfigError, resolve_device
+from expr.data.store import DEFAULT_AUDIO, DEFAULT_VISUAL
+from expr.features.encoders import load_audio_encoder, load_image_encoder
+from expr.features.spec import EncoderSpec
 
 RANDOM = "random"
 DEFAULT_CLIP = "ViT-B-32/openai"
@@ -160,79 +162,6 @@ def load_wav2vec2(name: str = "facebook/wav2vec2-base", device: str | torch.devi
     return model.to(device).eval().requires_grad_(False), normalize
 
 
-class VisualEncoder:
-    """Frozen CLIP image encoder over face crops: open_clip's own preprocessing, batched, fp16 on GPU.
-
-    ``encode`` returns the raw ``encode_image`` output ([N, 512] for ViT-B/32, not L2-normalised) as fp16."""
-
-    def __init__(self, model, preprocess, batch_size: int = 64):
-        self.model, self.preprocess, self.batch_size = model, preprocess, batch_size
-        self.device = next(model.parameters()).device
-        if self.device.type == "cuda":
-            self.model.half()
-        self.dtype = next(model.parameters()).dtype
-        self.dim = int(model.visual.output_dim)
-
-    @torch.no_grad()
-    def encode(self, images) -> np.ndarray:
-        out = np.zeros((len(images), self.dim), np.float16)
-        for i in range(0, len(images), self.batch_size):
-            batch = torch.stack([self.preprocess(im) for im in images[i : i + self.batch_size]])
-            emb = self.model.encode_image(batch.to(self.device, self.dtype, non_blocking=True))
-            out[i : i + len(batch)] = emb.float().cpu().numpy()
-        return out
-
-
-def conv_geometry(config) -> tuple[int, int]:
-    """(samples between Wav2Vec2 output frames, samples one output frame sees) of a Wav2Vec2 config's conv stack:
-    (320, 400) for Wav2Vec2-Base."""
-    stride, receptive = 1, 1
-    for kernel, step in zip(config.conv_kernel, config.conv_stride, strict=True):
-        receptive += (int(kernel) - 1) * stride
-        stride *= int(step)
-    return stride, receptive
-
-
-class AudioEncoder:
-    """Frozen Wav2Vec2 over a whole audio track, in overlapping chunks so a long video never runs out of memory.
-
-    The track (16 kHz mono) is cut into chunks of ``chunk_seconds``; each chunk is encoded with ``context_seconds``
-    of extra audio on both sides and keeps only the output frames of its own span, so every output frame sees at
-    least ``context_seconds`` of context on each side (or the track's edge). Output frame j covers samples
-    [320 j, 320 j + 400): 50 frames per second, the same count as encoding the whole track at once."""
-
-    def __init__(self, model, normalize: bool = True, chunk_seconds: float = 30.0, context_seconds: float = 2.0):
-        self.model, self.normalize = model, normalize
-        self.device = next(model.parameters()).device
-        if self.device.type == "cuda":
-            self.model.half()
-        self.dtype = next(model.parameters()).dtype
-        self.dim = int(model.config.hidden_size)
-        self.stride, self.receptive = conv_geometry(model.config)
-        self.chunk = max(1, round(chunk_seconds * 16_000 / self.stride))  # output frames per chunk
-        self.context = max(0, round(context_seconds * 16_000 / self.stride))
-        self.rate = 16_000 / self.stride  # output frames per second
-
-    def num_frames(self, num_samples: int) -> int:
-        return int(self.model._get_feat_extract_output_lengths(torch.tensor(num_samples)).item()) if num_samples else 0
-
-    @torch.no_grad()
-    def encode(self, wave) -> np.ndarray:
-        wave = np.asarray(wave, np.float32)
-        if self.normalize:
-            wave = (wave - wave.mean()) / np.sqrt(wave.var() + 1e-7)
-        total = self.num_frames(len(wave))
-        out = np.zeros((max(total, 0), self.dim), np.float16)
-        for c0 in range(0, total, self.chunk):
-            c1 = min(total, c0 + self.chunk)
-            f0, f1 = max(0, c0 - self.context), min(total, c1 + self.context)
-            s0, s1 = f0 * self.stride, min(len(wave), (f1 - 1) * self.stride + self.receptive)
-            x = torch.from_numpy(wave[s0:s1])[None].to(self.device, self.dtype)
-            hidden = self.model(x).last_hidden_state[0].float().cpu().numpy()
-            out[c0:c1] = hidden[c0 - f0 : c1 - f0]
-        return out
-
-
 def clip_option(clip: str, clip_pretrained: str) -> str:
     """The ``--clip`` value (``expr prepare``'s MODEL/TAG form) of a config's or a store record's ``clip`` and
     ``clip_pretrained``: the inverse of :meth:`Backbones.clip_spec`, the one place the two spellings meet."""
@@ -269,9 +198,42 @@ def backbone_options(overrides: dict[str, Any], clip: str | None, wav2vec2: str 
     return clip, wav2vec2
 
 
+def clip_encoder_spec(clip: str) -> EncoderSpec:
+    """The encoder spec of a ``--clip`` value (``MODEL/TAG``, a checkpoint file, ``local-dir:DIR``, ``random``)."""
+    model, tag = clip_model_tag(clip)
+    return EncoderSpec("open_clip", model, None if tag == "local" else tag)
+
+
+def wav2vec2_encoder_spec(wav2vec2: str) -> EncoderSpec:
+    """The encoder spec of a ``--wav2vec2`` value (a hub name, a local folder, ``random``)."""
+    if wav2vec2 == RANDOM:
+        return EncoderSpec("hf", "facebook/wav2vec2-base", RANDOM)
+    return EncoderSpec("hf", wav2vec2)
+
+
+def clip_tag(spec: EncoderSpec) -> str:
+    """The open_clip pretrained tag of an open_clip spec: its weights, ``local`` for a local-dir model, else
+    ``openai``."""
+    return spec.weights or ("local" if spec.model.startswith("local-dir:") else "openai")
+
+
+def clip_model_tag(clip: str) -> tuple[str, str]:
+    """(open_clip model name, pretrained tag / checkpoint path / ``random``) of a ``--clip`` value."""
+    if clip.startswith("local-dir:"):  # a folder with open_clip_config.json and weights
+        return clip, "local"
+    if clip == RANDOM or Path(clip).expanduser().is_file() or clip.startswith("hf-hub:"):
+        return "ViT-B-32", clip
+    if "/" in clip:
+        model, tag = clip.split("/", 1)
+        return model, tag
+    return "ViT-B-32", clip
+
+
 @dataclass
 class Backbones:
-    """The frozen encoders of one preparation (``expr prepare``, ``expr predict``), loaded on first use."""
+    """The frozen encoders of one preparation (``expr prepare``, ``expr predict``) by feature set name, loaded on
+    first use. ``clip`` and ``wav2vec2`` (the ``--clip`` / ``--wav2vec2`` values) give the paper's sets ``clip`` and
+    ``wav2vec2``; ``visual_sets`` / ``audio_sets`` (``--visual NAME=SPEC``, ``--audio NAME=SPEC``) replace them."""
 
     clip: str = DEFAULT_CLIP
     wav2vec2: str = DEFAULT_WAV2VEC2
@@ -279,51 +241,80 @@ class Backbones:
     batch_size: int = 64
     chunk_seconds: float = 30.0
     context_seconds: float = 2.0
-    _clip: Any = None
-    _visual: Any = None
-    _audio: Any = None
+    visual_sets: dict[str, EncoderSpec] | None = None
+    audio_sets: dict[str, EncoderSpec] | None = None
+    _encoders: dict[str, Any] = field(default_factory=dict)
+    _clip: Any = None  # (model, preprocess, tokenizer) of the CLIP that encodes the class prompts
+
+    def __post_init__(self):
+        if self.visual_sets is None:
+            self.visual_sets = {DEFAULT_VISUAL: clip_encoder_spec(self.clip)}
+        if self.audio_sets is None:
+            self.audio_sets = {DEFAULT_AUDIO: wav2vec2_encoder_spec(self.wav2vec2)}
 
     def clip_spec(self) -> tuple[str, str]:
-        """(open_clip model name, pretrained tag / checkpoint path / ``random``)."""
-        spec = self.clip
-        if spec.startswith("local-dir:"):  # a folder with open_clip_config.json and weights
-            return spec, "local"
-        if spec == "random" or Path(spec).expanduser().is_file() or spec.startswith("hf-hub:"):
-            return "ViT-B-32", spec
-        if "/" in spec:
-            model, tag = spec.split("/", 1)
-            return model, tag
-        return "ViT-B-32", spec
+        """(open_clip model name, pretrained tag / checkpoint path / ``random``) of ``clip``."""
+        return clip_model_tag(self.clip)
+
+    def specs(self) -> dict[str, tuple[str, EncoderSpec]]:
+        """Every set: name -> (modality, spec)."""
+        return {
+            **{n: ("visual", s) for n, s in self.visual_sets.items()},
+            **{n: ("audio", s) for n, s in self.audio_sets.items()},
+        }
+
+    def set_identity(self, name: str) -> dict[str, Any]:
+        modality, spec = self.specs()[name]
+        return {"modality": modality, **spec.identity()}
 
     def identity(self) -> dict[str, Any]:
-        model, tag = self.clip_spec()
-        return {
-            "clip": model,
-            "clip_pretrained": tag,
-            "wav2vec2": self.wav2vec2,
-            "random_weights": "random" in (tag, self.wav2vec2),
-        }
+        """What the store records: every set's provenance, and (for the paper's two sets) the ``backbones`` keys of
+        training's config that name them."""
+        out: dict[str, Any] = {"sets": {n: self.set_identity(n) for n in self.specs()}}
+        out["random_weights"] = any(s.random for _, s in self.specs().values())
+        clip, w2v = self.visual_sets.get(DEFAULT_VISUAL), self.audio_sets.get(DEFAULT_AUDIO)
+        if clip is not None and clip.family == "open_clip":
+            out["clip"], out["clip_pretrained"] = clip.model, clip_tag(clip)
+        if w2v is not None and w2v.family == "hf":
+            out["wav2vec2"] = RANDOM if w2v.random else w2v.model
+        return out
 
     def _device(self):
         return torch.device(resolve_device(self.device))
 
+    def text_set(self) -> str | None:
+        """The first open_clip visual set: its text tower encodes the class prompts."""
+        return next((n for n, s in self.visual_sets.items() if s.family == "open_clip"), None)
+
     def load_clip(self):
+        """(model, preprocess, tokenizer) of the text set's CLIP."""
         if self._clip is None:
-            model, tag = self.clip_spec()
-            self._clip = load_clip(model, tag, self._device())
+            name = self.text_set()
+            if name is None:
+                raise BackboneError("no open_clip set among the visual sets: nothing encodes the class prompts")
+            spec = self.visual_sets[name]
+            self._clip = load_clip(spec.model, clip_tag(spec), self._device())
         return self._clip
 
-    def visual(self):
-        if self._visual is None:
-            model, preprocess, _ = self.load_clip()
-            self._visual = VisualEncoder(model, preprocess, self.batch_size)
-        return self._visual
+    def visual(self, name: str | None = None):
+        """The image encoder of set ``name`` (default: the first visual set)."""
+        name = name or next(iter(self.visual_sets))
+        if name not in self._encoders:
+            self._encoders[name] = load_image_encoder(self.visual_sets[name], self._device(), self.batch_size)
+        return self._encoders[name]
 
-    def audio(self):
-        if self._audio is None:
-            model, normalize = load_wav2vec2(self.wav2vec2, self._device())
-            self._audio = AudioEncoder(model, normalize, self.chunk_seconds, self.context_seconds)
-        return self._audio
+    def audio(self, name: str | None = None):
+        """The audio encoder of set ``name`` (default: the first audio set)."""
+        name = name or next(iter(self.audio_sets))
+        if name not in self._encoders:
+            spec = self.audio_sets[name]
+            self._encoders[name] = load_audio_encoder(spec, self._device(), self.chunk_seconds, self.context_seconds)
+        return self._encoders[name]
+
+    def load_all(self, names=None) -> None:
+        """Load the encoders of ``names`` (default: every set) now: a missing checkpoint fails before any work."""
+        for name in names if names is not None else self.specs():
+            (self.visual if name in self.visual_sets else self.audio)(name)
 
     def text(self, classes: Sequence[str], template: str):
         model, _, tokenizer = self.load_clip()

@@ -169,8 +169,8 @@ def load_open_clip(spec: EncoderSpec, device) -> ImageEncoder:
                 raise unavailable(spec, e, f"open_clip.create_model('{spec.model}', pretrained='{tag}')") from None
     model = model.to(device).eval().requires_grad_(False)
     if spec.pool == "pooled":
-        forward = model.encode_image
-    elif spec.pool == "mean" and hasattr(model.visual, "transformer"):
+        return open_clip_encoder(model, preprocess, spec)
+    if spec.pool == "mean" and hasattr(model.visual, "transformer"):
         model.visual.output_tokens = True
 
         def forward(x):
@@ -179,6 +179,14 @@ def load_open_clip(spec: EncoderSpec, device) -> ImageEncoder:
     else:
         raise SpecError(f"encoder '{spec}': open_clip towers give pool=pooled, or pool=mean for ViT towers")
     return ImageEncoder(spec, model, lambda images: torch.stack([preprocess(im) for im in images]), forward)
+
+
+def open_clip_encoder(model, preprocess, spec: EncoderSpec | None = None, batch_size: int = 64) -> ImageEncoder:
+    """An open_clip model in memory as an :class:`ImageEncoder`: its projected image embedding (``encode_image``;
+    512-d for ViT-B/32, not L2-normalised) after open_clip's own transform."""
+    spec = spec or EncoderSpec("open_clip", "in-memory")
+    to_batch = lambda images: torch.stack([preprocess(im) for im in images])  # noqa: E731
+    return ImageEncoder(spec, model, to_batch, model.encode_image, batch_size)
 
 
 def load_timm(spec: EncoderSpec, device) -> ImageEncoder:
@@ -341,8 +349,8 @@ class AudioEncoder:
     encoding the whole track at once. Whisper's encoder reads 30 s windows of log-mel frames: a chunk and its
     context are kept within 30 s and padded to it, and the frames of the real audio are kept."""
 
-    def __init__(self, model, spec: EncoderSpec | None = None, normalize: bool = True, chunk_seconds: float = 30.0,
-                 context_seconds: float = 2.0, mel=None):  # fmt: skip
+    def __init__(self, model, normalize: bool = True, chunk_seconds: float = 30.0, context_seconds: float = 2.0,
+                 spec: EncoderSpec | None = None, mel=None):  # fmt: skip
         self.model, self.spec, self.normalize, self.mel = model, spec, normalize, mel
         self.device = next(model.parameters()).device
         if self.device.type == "cuda":
@@ -433,4 +441,4 @@ def load_audio_encoder(spec: EncoderSpec, device: str | torch.device = "cpu", ch
     if mel is None:
         model = _hf_model(spec, config)
     model = model.to(device).eval().requires_grad_(False)
-    return AudioEncoder(model, spec, normalize, chunk_seconds, context_seconds, mel)
+    return AudioEncoder(model, normalize, chunk_seconds, context_seconds, spec, mel)

@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from expr.data.store import StoreError
-from expr.features.backbones import conv_geometry, load_clip, load_wav2vec2, split_preprocess
+from expr.features.backbones import load_clip, load_wav2vec2, split_preprocess
+from expr.features.encoders import conv_geometry
 
 
 class FrozenEncoders(nn.Module):
