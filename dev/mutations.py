@@ -113,6 +113,18 @@ MUTATIONS = [
     ("enc-views", "test-time views are averaged", "expr/features/encoders.py",
      "return (out / len(views)).astype(np.float16)", "return out.astype(np.float16)",
      ["tests/test_encoders.py", "-k", "timm_outputs"]),
+    ("set-overwrite", "a feature set is never overwritten by another encoder", "expr/prepare.py",
+     "if name in sets and recorded != str(sets[name][1]):", "if False:",
+     ["tests/test_prepare.py", "-k", "new_feature_set"]),
+    ("set-concat", "several visual sets are concatenated per frame", "expr/data/store.py",
+     "self.visual = arrays[0] if len(arrays) == 1 else ConcatColumns(arrays)", "self.visual = arrays[0]",
+     ["tests/test_prepare.py", "-k", "new_feature_set"]),
+    ("store-size", "a truncated data file is named when the store opens", "expr/data/store.py",
+     "        if path.stat().st_size != size:\n            raise", "        if False:\n            raise",
+     ["tests/test_store_info.py", "-k", "truncated"]),
+    ("store-checksum", "--verify compares every file's SHA-256", "expr/data/store.py",
+     'elif isinstance(entry, dict) and sha256(path) != entry["sha256"]:', "elif False:",
+     ["tests/test_store_info.py", "-k", "verify"]),
 ]  # fmt: skip
 
 

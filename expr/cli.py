@@ -9,7 +9,8 @@ USAGE = """usage: expr COMMAND [OPTIONS]
 commands:
   train    train the fusion head (options: --config FILE, --preset NAME, --resume RUN_DIR, --section.key VALUE);
            for several processes: `accelerate launch -m expr train ...` (or `accelerate launch expr/train.py ...`)
-  prepare  extract frozen CLIP/Wav2Vec2 features into a feature store:
+  prepare  extract frozen encoder features into a feature store (CLIP + Wav2Vec2 by default; any open_clip, timm
+           or Hugging Face encoder with --visual / --audio NAME=FAMILY:MODEL[@WEIGHTS]):
            `expr prepare affwild2 ROOT --out CACHE` or `expr prepare folder ROOT --labels LABELS.csv --out CACHE`
            (`expr prepare affwild2 --help` lists the options)
   evaluate RUN_DIR [--cache CACHE] [--split validation]
@@ -22,6 +23,8 @@ commands:
            the best head as a model folder (config.json, model.safetensors, README.md model card; Hub layout)
   sweep    --study NAME [--seeds 42,43] [--folds 5] [--out DIR] [-- CONFIG OVERRIDES]
            an ablation study (Optuna): window, xattn, tcn_depth, lambda, smoothing, full, or a YAML file
+  store    info STORE [--verify]
+           a feature store's sets (encoder, width), videos, frames and problems; --verify checks every data file
   export-head STATE_DIR --out FILE
            one safetensors file of the head from a resume state (RUN_DIR/states/stepN), DeepSpeed ZeRO included
 
@@ -37,6 +40,7 @@ COMMANDS = {
     "export": "expr.export",
     "sweep": "expr.sweep.command",
     "export-head": "expr.export:main_head",
+    "store": "expr.store_info",
 }
 
 

@@ -245,3 +245,61 @@ def test_features_are_memory_mapped_and_columns_longer_than_one_arrow_array_read
     b = WindowDataset(split, build_windows(split, "train", 30)).__getitems__(batch)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def write_format1(path, videos, classes):
+    """A store in the layout of format 1 (a ``visual`` column in ``frames/``, an ``audio/`` folder)."""
+    import json
+
+    import datasets
+    import pyarrow as pa
+
+    def fixed(rows, dim):
+        flat = np.concatenate([np.asarray(r, np.float16).reshape(-1) for r in rows])
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
+
+    vis = [v.visual for v in videos]
+    aud = [v.audio for v in videos if v.audio is not None]
+    n = [len(v.face) for v in videos]
+    na = [len(v.audio) if v.audio is not None else 0 for v in videos]
+    frames = pa.table({
+        "video": pa.array(np.repeat(np.arange(len(videos)), n).astype(np.int32)),
+        "visual": fixed(vis, vis[0].shape[1]),
+        "face": pa.array(np.concatenate([v.face for v in videos])),
+        "label": pa.array(np.concatenate([v.labels for v in videos]).astype(np.int16)),
+    })  # fmt: skip
+    audio = pa.table({"video": pa.array(np.repeat(np.arange(len(videos)), na).astype(np.int32)),
+                      "audio": fixed(aud, aud[0].shape[1])})  # fmt: skip
+    datasets.Dataset(frames).save_to_disk(str(path / "frames"))
+    datasets.Dataset(audio).save_to_disk(str(path / "audio"))
+    datasets.Dataset.from_dict({
+        "name": [v.name for v in videos], "split": [v.split for v in videos], "fps": [v.fps for v in videos],
+        "num_frames": n, "frame_offset": np.concatenate([[0], np.cumsum(n)[:-1]]).tolist(), "num_audio": na,
+        "audio_offset": np.concatenate([[0], np.cumsum(na)[:-1]]).tolist(), "audio_rate": [50.0] * len(videos),
+        "audio_start": [v.audio_start for v in videos],
+    }).save_to_disk(str(path / "videos"))  # fmt: skip
+    header = {"format_version": 1, "visual_dim": int(vis[0].shape[1]), "audio_dim": int(aud[0].shape[1]),
+              "classes": classes, "backbones": {"clip": "ViT-B-32", "clip_pretrained": "openai",
+                                                "wav2vec2": "facebook/wav2vec2-base"}}  # fmt: skip
+    (path / "store.json").write_text(json.dumps(header))
+    return path
+
+
+def test_a_format1_store_reads_as_the_sets_clip_and_wav2vec2(tmp_path):
+    """Stores written before feature sets existed still train: their columns are the sets clip and wav2vec2, the
+    encoders they record are the sets' specs (so new videos can be added), and they take no new set in place."""
+    from expr.data.store import add_sets
+
+    store, a, b = tiny_store(tmp_path)
+    old = FrameStore(write_format1(tmp_path / "old", [a, b], ["x", "y", "z"]))
+    assert old.visual_sets == ["clip"] and old.audio_set == "wav2vec2"
+    np.testing.assert_array_equal(old.visual[:], store.visual[:])
+    np.testing.assert_array_equal(old.audio[:], store.audio[:])
+    assert old.num_audio.tolist() == store.num_audio.tolist() == [100, 0]
+    assert old.feature_sets["clip"]["spec"] == "open_clip:ViT-B-32@openai"
+    assert old.feature_sets["wav2vec2"]["spec"] == "hf:facebook/wav2vec2-base"
+    batch = WindowDataset(old, build_windows(old, "train", 10)).__getitems__([0, 3])
+    same = WindowDataset(store, build_windows(store, "train", 10)).__getitems__([0, 3])
+    assert all(torch.equal(batch[k], same[k]) for k in batch)
+    with pytest.raises(StoreError, match="format-1 store takes no new feature sets"):
+        add_sets(old.path, {"dino": ({"modality": "visual"}, iter([]))})

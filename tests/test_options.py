@@ -64,6 +64,7 @@ def command_options():
     from expr.predict import PredictOptions
     from expr.prepare import AffWild2Options, FolderOptions
     from expr.report import EvaluateOptions
+    from expr.store_info import StoreInfoOptions
     from expr.submit import SubmitOptions
     from expr.sweep.command import SweepOptions
 
@@ -76,6 +77,7 @@ def command_options():
         ("sweep", [], SweepOptions),
         ("prepare", ["affwild2"], AffWild2Options),
         ("prepare", ["folder"], FolderOptions),
+        ("store", ["info"], StoreInfoOptions),
     ]
 
 

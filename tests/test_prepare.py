@@ -504,6 +504,16 @@ def test_a_new_feature_set_is_added_beside_the_others_and_never_overwritten(prep
     assert both.num_audio[mute] == 0 and both.face[rows].any()
     with pytest.raises(StoreError, match="no visual feature set 'dinov2' \\(it has clip, dino\\)"):
         FrameStore(out, visual="dinov2")
+    # Training on two visual sets and the new audio set: the head's widths follow the store, the run records them.
+    from expr.config import Config, load_yaml
+    from expr.train import config_from_argv, run
+
+    args = ["--data.cache", str(out), "--data.visual", "clip,dino", "--data.audio", "wavlm", "--data.window", "10"]
+    args += ["--train.epochs", "1", "--train.batch_size", "8", "--train.log_with", "none"]
+    cfg, _ = config_from_argv([*args, "--train.output_dir", str(tmp_path / "run")])
+    assert run(cfg)["completed"]
+    saved = Config.from_dict(load_yaml(tmp_path / "run" / "config.yaml"), "config.yaml")
+    assert (saved.model.visual_dim, saved.model.audio_dim, saved.model.text_dim) == (both.visual_dim, 32, 16)
     again = small_backbones()
     again.visual_sets = {"dino": parse_spec(TINY_VIT + ",pool=mean", "visual")}
     with pytest.raises(PrepareError, match="'dino' made by .*never overwritten"):

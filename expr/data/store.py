@@ -335,7 +335,7 @@ def add_sets(path: str | Path, sets: dict[str, tuple[dict[str, Any], Any]]) -> N
         if info["modality"] == "audio":
             entry.update(rate=float(info.get("rate", 50.0)), counts=counts)
         header["sets"][name] = {**entry, **{k: v for k, v in info.items() if k not in entry}}
-    write_header(path, {k: v for k, v in header.items() if k != "files"})
+    write_header(path, header)
 
 
 def datasets_column_sum(folder: Path, column: str) -> int:
@@ -353,19 +353,54 @@ def write_set_column(folder: Path, column) -> None:
     out.save(None)
 
 
-def data_files(root: Path) -> dict[str, int]:
-    """Byte size of every data file of a store (relative path -> size), as the header records them."""
-    return {
-        str(p.relative_to(root)): p.stat().st_size
-        for p in sorted(root.rglob("*.arrow"))
-        if not any(part.startswith(".") for part in p.relative_to(root).parts)
-    }
+def sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_files(root: Path, previous: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Every data file of a store (relative path -> bytes, SHA-256, modification time), as the header records them;
+    a file ``previous`` lists with the same size and modification time keeps its recorded checksum (adding a feature
+    set does not read the others again)."""
+    out = {}
+    for p in sorted(root.rglob("*.arrow")):
+        rel = str(p.relative_to(root))
+        if any(part.startswith(".") for part in p.relative_to(root).parts):
+            continue
+        stat = p.stat()
+        old = (previous or {}).get(rel)
+        if isinstance(old, dict) and old.get("bytes") == stat.st_size and old.get("mtime_ns") == stat.st_mtime_ns:
+            out[rel] = old
+        else:
+            out[rel] = {"bytes": stat.st_size, "sha256": sha256(p), "mtime_ns": stat.st_mtime_ns}
+    return out
 
 
 def write_header(root: Path, header: dict[str, Any]) -> None:
-    """``store.json`` with the sizes of the data files as they are now (checked when the store is opened)."""
-    header = {**header, "files": data_files(root)}
+    """``store.json`` with the sizes and checksums of the data files as they are now (sizes are checked when the
+    store is opened, checksums by ``expr store info --verify``)."""
+    header = {**header, "files": data_files(root, header.get("files"))}
     write_text(root / "store.json", json.dumps(header, indent=2))
+
+
+def verify_files(root: Path, meta: dict[str, Any]) -> list[str]:
+    """The data files that differ from what the header recorded (missing, another size, another SHA-256)."""
+    problems = []
+    for rel, entry in meta.get("files", {}).items():
+        path = root / rel
+        size = entry["bytes"] if isinstance(entry, dict) else entry
+        if not path.is_file():
+            problems.append(f"{rel}: missing")
+        elif path.stat().st_size != size:
+            problems.append(f"{rel}: {path.stat().st_size} bytes, {size} were written")
+        elif isinstance(entry, dict) and sha256(path) != entry["sha256"]:
+            problems.append(f"{rel}: SHA-256 differs from the one recorded when it was written")
+    return problems
 
 
 class RowChunks:
@@ -617,8 +652,9 @@ class FrameStore:
 def check_files(root: Path, meta: dict[str, Any]) -> None:
     """Every data file the header lists must exist with its recorded size: a truncated or missing file (a copy cut
     short, a full disk) is named here, before a reader fails deep inside Arrow."""
-    for rel, size in meta.get("files", {}).items():
+    for rel, entry in meta.get("files", {}).items():
         path = root / rel
+        size = entry["bytes"] if isinstance(entry, dict) else entry
         if not path.is_file():
             raise StoreError(f"{root}: damaged store: {rel} is missing; copy the store again or re-run expr prepare")
         if path.stat().st_size != size:
