@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import atomic_path, write_text
-from expr.config import ABAW_CLASSES, Config, ConfigError, LossConfig, apply_dict
+from expr.config import ABAW_CLASSES, Config, ConfigError, LossConfig, apply_dict, resolve_device
 from expr.data.affwild2 import AnnotationError, LayoutError, crop_frames, discover, read_annotation, read_test_names
 from expr.data.folder import items_from_folder
 from expr.data.item import Item
@@ -413,45 +413,97 @@ def prepare(
     feature sets are added for its videos (from its kept face crops and audio when it has them). ``stop_after``
     stops after that many newly extracted videos without assembling (for tests of interrupted runs). ``media`` also
     keeps every face crop and audio track in the store for online training (``data.mode=online``)."""
-    from tqdm.auto import tqdm
-
     out = Path(out)
     names = [it.name for it in items]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise PrepareError(f"video names appear twice: {', '.join(dup[:10])}")
     staging = out.with_name(out.name + ".assembling")
-    if (staging / "store.json").is_file():  # a run killed while moving the assembled store into place
-        logger.info("finishing the interrupted assembly of %s", out)
-        _swap_in(staging, out)
+    job = Job.current(backbones)
+    if job.rank == 0:
+        if (staging / "store.json").is_file():  # killed while moving the assembled store into place
+            logger.info("finishing the interrupted assembly of %s", out)
+            _swap_in(staging, out)
+        for old in (out / PARTS).glob(".progress-*.json"):  # the progress of an earlier, killed job
+            old.unlink()
+    job.wait()
     plan = plan_work(out, items, backbones, classes, media)
-    existing = plan.existing
     _check_parts(out, plan, classes, media)
-    specs = [spec for _, spec in plan.sets.values() if spec is not None]
-    if any(spec.random for spec in specs):
-        random = [n for n, (_, s) in plan.sets.items() if s is not None and s.random]
+    random = [n for n, (_, s) in plan.sets.items() if s is not None and s.random]
+    if random and job.rank == 0:
         _loud(f"RANDOM BACKBONE WEIGHTS ({', '.join(random)}): smoke runs only; the store records it in store.json")
-    needed = sorted({n for _, sets in plan.todo for n in sets})
     encoders = _Encoders(backbones, plan)
     if plan.todo:  # load the weights before writing anything: a missing checkpoint must not leave a cache behind
-        encoders.load(needed)
-        write_text(
-            out / PARTS / "plan.json",
-            json.dumps({"sets": plan.identity(), "classes": list(classes), "media": media}, indent=2),
-        )
+        encoders.load(sorted({n for _, sets in plan.todo for n in sets}))
+        if job.rank == 0:
+            write_text(
+                out / PARTS / "plan.json",
+                json.dumps({"sets": plan.identity(), "classes": list(classes), "media": media}, indent=2),
+            )
     skipped = len(items) - len(plan.todo)
-    if skipped and existing is None:
+    if skipped and plan.existing is None and job.rank == 0:
         logger.info("%d of %d videos already extracted in %s: skipped", skipped, len(items), out)
+    done = extract_all(out, plan, encoders, job, workers, progress and job.rank == 0, stop_after, media)
+    job.wait()  # every process's videos are in their parts
+    if done is not None:
+        return done
+    if job.rank != 0:
+        return {"rank": job.rank}
+    summary = assemble(out, staging, plan, encoders, classes, prompt_template, source, media)
+    _print_summary(out, summary, plan)
+    return summary
+
+
+@dataclass
+class Job:
+    """The processes of one preparation: under ``accelerate launch`` each extracts every ``world``-th video of the
+    work list on its own device and writes its parts; the main process assembles the store."""
+
+    rank: int = 0
+    world: int = 1
+    state: Any = None
+
+    @classmethod
+    def current(cls, backbones: Backbones) -> Job:
+        if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+            return cls()
+        from accelerate import PartialState
+
+        state = PartialState(cpu=resolve_device(backbones.device) == "cpu")
+        if backbones.device == "auto":
+            backbones.device = str(state.device)  # this process's GPU, not cuda:0 for everyone
+        return cls(state.process_index, state.num_processes, state)
+
+    def wait(self) -> None:
+        if self.state is not None:
+            self.state.wait_for_everyone()
+
+
+def extract_all(out: Path, plan: Plan, encoders, job: Job, workers: int, progress: bool, stop_after, media: bool):
+    """Extract this process's share of ``plan.todo`` into parts. The main process's progress bar counts the videos
+    and frames of every process (each writes its totals to ``.parts/.progress-<rank>.json``). Returns
+    ``{"stopped_after": n}`` when ``stop_after`` stopped it, else None."""
+    from tqdm.auto import tqdm
+
+    existing = plan.existing
     media_of_store = _store_media(existing)
     index = {n: v for v, n in enumerate(existing.names)} if existing is not None else {}
+    mine = plan.todo[job.rank :: job.world]
     bar = tqdm(total=len(plan.todo), unit="video", disable=not progress or not plan.todo, dynamic_ncols=True)
-    t0, done_frames = time.perf_counter(), [0]
+    t0, frames = time.perf_counter(), [0]
+
+    def totals() -> tuple[int, int]:
+        if job.world == 1:
+            return bar.n, frames[0]
+        counts = [json.loads(p.read_text()) for p in (out / PARTS).glob(".progress-*.json")]
+        return sum(c["videos"] for c in counts), sum(c["frames"] for c in counts)
 
     def tick(n: int) -> None:
-        done_frames[0] += n
-        bar.set_postfix_str(f"{done_frames[0] / max(time.perf_counter() - t0, 1e-9):.0f} frames/s", refresh=False)
+        frames[0] += n
+        rate = totals()[1] / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix_str(f"{rate:.0f} frames/s" + (f" ({job.world} processes)" if job.world > 1 else ""), False)
 
-    for count, (item, sets) in enumerate(plan.todo):
+    for count, (item, sets) in enumerate(mine):
         if stop_after is not None and count >= stop_after:
             bar.close()
             return {"stopped_after": count}
@@ -466,14 +518,18 @@ def prepare(
         save_part(out, item, arrays, report)
         for problem in report.problems:
             tqdm.write(f"{item.name}: {problem}", file=sys.stderr)
-        bar.update(1)
+        if job.world > 1:
+            mine_done = {"videos": count + 1, "frames": frames[0]}
+            write_text(out / PARTS / f".progress-{job.rank}.json", json.dumps(mine_done))
+            bar.n = totals()[0]
+            bar.refresh()
+        else:
+            bar.update(1)
     bar.close()
-    if plan.todo:
+    if mine:
         seconds = time.perf_counter() - t0
-        logger.info("extracted %d videos (%d frames) in %.0f s", len(plan.todo), done_frames[0], seconds)
-    summary = assemble(out, staging, plan, encoders, classes, prompt_template, source, media)
-    _print_summary(out, summary, plan)
-    return summary
+        logger.info("extracted %d videos (%d frames) in %.0f s", len(mine), frames[0], seconds)
+    return None
 
 
 class _Encoders:

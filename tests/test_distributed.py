@@ -107,3 +107,41 @@ def test_expr_evaluate_on_two_processes_matches_one(small_run, tmp_path):
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     two = json.loads((tmp_path / "two" / "report.json").read_text())
     assert two["frames"] == one["frames"] and two["metrics"] == one["metrics"]
+
+
+def test_expr_prepare_on_two_processes_equals_one(tmp_path, capsys):
+    """`accelerate launch -m expr prepare`: each process extracts every other video into its parts, the main process
+    assembles; the store equals a one-process run's, and a second launch finds nothing to do."""
+    import numpy as np
+    import torch
+    from mediatree import affwild2_tree
+
+    from expr.data.store import FrameStore
+    from expr.prepare import main
+
+    root = tmp_path / "aw"
+    affwild2_tree(root)
+    tiny = "timm:vit_small_patch14_dinov2@random,img_size=28,depth=1,embed_dim=32,num_heads=2"
+    w2v = "hf:facebook/wav2vec2-base@random,num_hidden_layers=1"
+    args = ["affwild2", str(root), "--visual", f"v={tiny}", "--audio", f"a={w2v}", "--no-progress"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each launched process runs: the same float reductions, bit for bit
+    try:
+        assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    cmd = accelerate_cmd() + [
+        "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "expr", "prepare", *args,
+        "--out", str(tmp_path / "two"),
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    one, two = FrameStore(tmp_path / "one"), FrameStore(tmp_path / "two")
+    assert one.names == two.names and one.num_audio.tolist() == two.num_audio.tolist()
+    np.testing.assert_array_equal(one.visual, two.visual)
+    np.testing.assert_array_equal(one.audio, two.audio)
+    np.testing.assert_array_equal(one.labels, two.labels)
+    assert not (tmp_path / "two" / ".parts").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0 and "up to date" in again.stdout + again.stderr

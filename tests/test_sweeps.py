@@ -249,3 +249,29 @@ def test_the_optuna_adapter_works_on_the_pinned_optuna(tmp_path):
     assert trial.suggest_int("x", 0, 5) == 3
     study.tell(trial, 0.5)
     assert [t.value for t in study.get_trials(deepcopy=False)] == [0.5]
+
+
+def test_the_backbones_study_runs_every_feature_set_of_the_store(tmp_path):
+    """`--study backbones`: a grid over the store's visual x audio sets, reported like the other studies."""
+    import numpy as np
+
+    from expr.config import ABAW_CLASSES
+    from expr.data.demo import generate_videos
+    from expr.data.store import write_store
+
+    videos = generate_videos(12, seed=0)
+    rng = np.random.default_rng(0)
+    for v in videos:  # a second, uninformative visual set beside the demo's own
+        v.visual = {"clip": v.visual, "noise": rng.standard_normal((len(v.face), 8))}
+    synthetic = {n: {"family": "synthetic"} for n in ("clip", "noise", "wav2vec2")}
+    store = write_store(tmp_path / "store", videos, {"classes": list(ABAW_CLASSES), "sets": synthetic})
+    assert load_study("backbones").params == {"data.visual": "from_store", "data.audio": "from_store"}
+    out = tmp_path / "out"
+    cmd = RUN + ["--study", "backbones", "--out", str(out)] + TINY[:1] + ["--data.cache", str(store)] + TINY[3:]
+    cmd += ["--train.epochs", "1", "--train.lr", "3e-4", "--backbones.clip_pretrained", "random"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert sorted((r["data.visual"], r["data.audio"]) for r in rows) == [("clip", "wav2vec2"), ("noise", "wav2vec2")]
+    report = (out / "report.md").read_text()
+    assert "| data.visual | data.audio | macro-F1 |" in report and "\n| noise | wav2vec2 | 0." in report

@@ -15,11 +15,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from expr.config import ConfigError, parse_cli
+from expr.config import ConfigError, build_config, parse_cli
+from expr.data.source import open_store
+from expr.data.store import StoreError
 from expr.options import parse_options
 from expr.sweep.queue import open_study, storage_url
 from expr.sweep.report import write_report
-from expr.sweep.spec import STUDY_DIR, SweepError, load_study, study_files
+from expr.sweep.spec import FROM_STORE, STUDY_DIR, SweepError, load_study, resolve_store_axes, study_files
 from expr.sweep.worker import work
 
 
@@ -82,6 +84,8 @@ def main(argv: list[str] | None = None, results_root: Path | None = None, prog: 
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     try:
         study = load_study(args.study)
+        if FROM_STORE in study.params.values():
+            study = resolve_store_axes(study, open_store(build_config(overrides)))
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         if args.folds == 1 or args.folds < 0:
             raise SweepError("--folds must be 0 (off) or at least 2")
@@ -94,7 +98,7 @@ def main(argv: list[str] | None = None, results_root: Path | None = None, prog: 
             return 0  # a multi-process worker: the main process writes the report
         handle, _ = open_study(study, out, args.storage, seeds, args.folds, args.heartbeat)
         report = write_report(handle, study, out)
-    except (SweepError, ConfigError, ValueError) as e:
+    except (SweepError, ConfigError, StoreError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(report.read_text())

@@ -5,6 +5,7 @@ works)::
     type: grid                       # grid | search | posthoc
     params:                          # grid: lists of values; search: {choices: [...]} or {low, high, log}
       data.window: [10, 15, 30, 60]
+      data.visual: from_store        # grid: every visual (data.visual) or audio (data.audio) set of the store
     overrides: {}                    # config values for every trial
     n_trials: 30                     # search only: the trial budget
     sampler: tpe                     # search only: tpe | random
@@ -13,6 +14,7 @@ works)::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ import yaml
 from expr.config import all_keys
 
 STUDY_DIR = Path(__file__).resolve().parent / "studies"
+FROM_STORE = "from_store"  # a grid axis over the feature sets of the study's store
+STORE_AXES = {"data.visual": "visual", "data.audio": "audio"}
 REPEAT_KEYS = ("train.seed", "data.fold")
 
 
@@ -56,6 +60,19 @@ class Study:
                         q["data.fold"] = fold
                     out.append(q)
         return out
+
+
+def resolve_store_axes(study: Study, store) -> Study:
+    """``study`` with every ``from_store`` axis replaced by the names of the store's feature sets of that modality
+    (each set alone, in the store's order)."""
+    params = dict(study.params)
+    for key, modality in STORE_AXES.items():
+        if params.get(key) == FROM_STORE:
+            names = [n for n, s in store.feature_sets.items() if s["modality"] == modality]
+            if not names:
+                raise SweepError(f"{store.path}: no {modality} feature sets for the study's {key} axis")
+            params[key] = names
+    return dataclasses.replace(study, params=params)
 
 
 def study_files(folder: Path = STUDY_DIR) -> dict[str, Path]:
@@ -95,6 +112,10 @@ def load_study(name_or_path: str, folder: Path = STUDY_DIR) -> Study:
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise SweepError(f"{path}: '{key}' is not a config key.{hint}")
     for key, values in params.items():
+        if values == FROM_STORE:
+            if kind != "grid" or key not in STORE_AXES:
+                raise SweepError(f"{path}: params.{key}: {FROM_STORE} is for data.visual / data.audio of a grid study")
+            continue
         if kind in ("grid", "posthoc") and not (isinstance(values, list) and values):
             raise SweepError(f"{path}: params.{key} must be a non-empty list of values for a {kind} study")
         if kind == "search" and not (
