@@ -96,3 +96,30 @@ def test_a_demo_trained_model_asks_for_backbones(small_run, tmp_path):
     video = clip_from_photo(tmp_path / "a.mp4", "astronaut", audio=False)
     with pytest.raises(PredictError, match="--clip and --wav2vec2"):
         predict_video(video, small_run["run_dir"], tmp_path / "out", progress=False)
+
+
+def test_predict_runs_the_encoders_of_the_feature_sets_the_head_was_trained_on(tmp_path):
+    """A head trained on other sets than the paper's (here a timm ViT and a WavLM-shaped model, recorded in the store
+    by spec) predicts a raw video with those same encoders, found from the run alone."""
+    from mediatree import affwild2_tree
+
+    from expr.predict import predict_video
+    from expr.prepare import main as prepare
+    from expr.train import config_from_argv, run
+
+    root = tmp_path / "aw"
+    affwild2_tree(root)
+    vit = "timm:vit_small_patch14_dinov2@random,img_size=28,depth=1,embed_dim=32,num_heads=2"
+    wavlm = "hf:microsoft/wavlm-base-plus@random,num_hidden_layers=1"
+    store = tmp_path / "store"
+    args = ["affwild2", str(root), "--out", str(store), "--visual", f"vit={vit}", "--audio", f"wavlm={wavlm}"]
+    assert prepare([*args, "--no-progress"]) == 0
+    train = ["--data.cache", str(store), "--data.window", "10", "--train.epochs", "1", "--train.log_with", "none"]
+    train += ["--loss.contrastive_weight", "0", "--train.output_dir", str(tmp_path / "run")]
+    cfg, _ = config_from_argv(train)
+    run(cfg)
+    video = clip_from_photo(tmp_path / "a.mp4", "astronaut")
+    result = predict_video(video, tmp_path / "run", tmp_path / "out", progress=False)
+    assert len(list(csv.DictReader(open(result["csv"])))) == 12
+    features = tmp_path / "out" / "a_features" / "store.json"
+    assert '"spec": "' + vit + '"' in features.read_text()
