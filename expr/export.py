@@ -85,13 +85,8 @@ class ExportOptions:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, overrides = parse_options(
-        ExportOptions, sys.argv[1:] if argv is None else argv, "expr export", "export", __doc__.split("\n\n")[0]
-    )
-    if overrides:
-        key = next(iter(overrides))
-        print(f"error: expr export writes the run as trained; it takes no config key (got --{key})", file=sys.stderr)
-        return 2
+    argv = sys.argv[1:] if argv is None else argv
+    args, _ = parse_options(ExportOptions, argv, "expr export", "export", __doc__.split("\n\n")[0], config_keys=False)
     try:
         out = export_run(args.run_dir, args.out)
     except RunError as e:
@@ -111,12 +106,10 @@ class ExportHeadOptions:
 
 def main_head(argv: list[str] | None = None) -> int:
     """``expr export-head STATE_DIR --out FILE``: one safetensors file of the head of a resume state."""
-    args, overrides = parse_options(
-        ExportHeadOptions, sys.argv[1:] if argv is None else argv, "expr export-head", "export_head", main_head.__doc__
-    )
+    argv = sys.argv[1:] if argv is None else argv
+    doc = main_head.__doc__
+    args, _ = parse_options(ExportHeadOptions, argv, "expr export-head", "export_head", doc, config_keys=False)
     try:
-        if overrides:
-            raise CheckpointError(f"expr export-head takes no config key (got --{next(iter(overrides))})")
         path = export_head(args.state_dir, args.out)
     except CheckpointError as e:
         print(f"error: {e}", file=sys.stderr)

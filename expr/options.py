@@ -91,11 +91,13 @@ def parse_options(
     section: str,
     description: str | None = None,
     epilog: str | None = None,
+    config_keys: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """(an instance of ``cls``, the other dotted options as config overrides) from ``argv``.
 
     ``cls`` may map sub-command names to (dataclass, help) (``expr prepare affwild2 | folder``). ``--SECTION.key``
-    is the same as ``--key``. Mistakes exit with argparse's usage message naming the option."""
+    is the same as ``--key``. ``config_keys`` False: the command takes no other dotted key. Mistakes exit with
+    argparse's usage message naming the option."""
     grammar = f"Each option above is also --{section}.<name> (e.g. --{section}.{_example(cls)}), as in expr train."
     parser = argparse.ArgumentParser(
         prog=prog,
@@ -137,6 +139,8 @@ def parse_options(
             rest += [flag_name(name), value]
         elif value.lower() == "true":
             rest.append(flag_name(name))
+    if dotted and not config_keys:
+        parser.error(f"{prog} takes no config key (got --{next(iter(dotted))})")
     args = vars(parser.parse_args(rest))
     klass = cls[args.pop("_command")][0] if isinstance(cls, dict) else cls
     tuples = {name for name, tp in typing.get_type_hints(klass).items() if typing.get_origin(tp) is tuple}

@@ -42,6 +42,7 @@ from expr.data.store import (
     StoreError,
     VideoRecord,
     add_sets,
+    problem_lines,
     write_store,
 )
 from expr.features.backbones import (
@@ -744,15 +745,7 @@ def _print_summary(out: Path, s: dict[str, Any], plan: Plan | None = None) -> No
     if plan is not None:
         sets = ", ".join(f"{n} ({m}{', new' if n in plan.new_sets else ''})" for n, (m, _) in plan.sets.items())
         lines.append(f"  feature sets: {sets}")
-    for key, what in (
-        ("no_audio", "without audio (masked)"),
-        ("unreadable_video", "with an unreadable video"),
-        ("corrupt_crops", "with corrupt face crops (masked)"),
-        ("frame_count_mismatch", "whose annotation and video frame counts differ (aligned by index)"),
-    ):
-        if s.get(key):
-            names = ", ".join(s[key][:8]) + (" ..." if len(s[key]) > 8 else "")
-            lines.append(f"  {len(s[key])} videos {what}: {names}")
+    lines += problem_lines(s)
     lines.append(f"  details per video: {out / 'store.json'} (report.videos); train with --data.cache {out}")
     print("\n".join(lines))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from expr.data.store import FrameStore, StoreError, verify_files
+from expr.data.store import FrameStore, StoreError, problem_lines, verify_files
 from expr.options import parse_options, positional
 
 
@@ -53,16 +53,7 @@ def describe(store: FrameStore) -> str:
     text = meta.get("text_set") or ("clip" if (store.path / "text.safetensors").is_file() else "none")
     lines.append(f"  defaults: visual {default}, audio {meta.get('default_audio')}; prompt embeddings from {text}")
     lines.append(f"  media (face crops and audio for online mode): {'yes' if meta.get('media') else 'no'}")
-    summary = (meta.get("report") or {}).get("summary") or {}
-    for key, what in (
-        ("no_audio", "without audio"),
-        ("unreadable_video", "with an unreadable video"),
-        ("corrupt_crops", "with corrupt face crops"),
-        ("frame_count_mismatch", "whose annotation and video frame counts differ"),
-    ):
-        if summary.get(key):
-            names = summary[key]
-            lines.append(f"  {len(names)} videos {what}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
+    lines += problem_lines((meta.get("report") or {}).get("summary") or {})
     files = meta.get("files", {})
     size = sum(_bytes(v) for v in files.values())
     lines.append(f"  data files: {len(files)}, {size / 1e9:.2f} GB")
@@ -78,10 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] != "info":
         print("usage: expr store info STORE [--verify]", file=sys.stderr)
         return 2 if argv and argv[0] not in ("-h", "--help") else 0
-    args, overrides = parse_options(StoreInfoOptions, argv[1:], "expr store info", "store", __doc__.split("\n\n")[0])
-    if overrides:
-        print(f"error: expr store info takes no config key (got --{next(iter(overrides))})", file=sys.stderr)
-        return 2
+    doc = __doc__.split("\n\n")[0]
+    args, _ = parse_options(StoreInfoOptions, argv[1:], "expr store info", "store", doc, config_keys=False)
     try:
         store = FrameStore(args.store)
         print(describe(store))

@@ -97,3 +97,9 @@ def test_every_command_help_lists_each_option_with_its_docstring(capsys, command
         name = f.name.upper() if f.metadata.get("positional") else "--" + f.name.replace("_", "-")
         assert name in out, name
         assert textwrap.shorten(docs[f.name], 40, placeholder="") in out, f.name
+
+
+def test_a_command_without_config_keys_refuses_one_by_name(capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_options(Demo, ["RUN", "--out", "o", "--model.dim", "3"], "expr demo", "demo", config_keys=False)
+    assert e.value.code == 2 and "expr demo takes no config key (got --model.dim)" in capsys.readouterr().err

@@ -649,6 +649,24 @@ class FrameStore:
         return audio_overlap(start, length, self.fps[video], self.audio_start[video], self.audio_rate[video])
 
 
+PROBLEMS = (
+    ("no_audio", "without audio (masked)"),
+    ("unreadable_video", "with an unreadable video"),
+    ("corrupt_crops", "with corrupt face crops (masked)"),
+    ("frame_count_mismatch", "whose annotation and video frame counts differ (aligned by index)"),
+)
+
+
+def problem_lines(summary: dict[str, Any]) -> list[str]:
+    """One line per kind of problem in a store's report summary: how many videos, and the first names."""
+    lines = []
+    for key, what in PROBLEMS:
+        names = summary.get(key) or []
+        if names:
+            lines.append(f"  {len(names)} videos {what}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
+    return lines
+
+
 def check_files(root: Path, meta: dict[str, Any]) -> None:
     """Every data file the header lists must exist with its recorded size: a truncated or missing file (a copy cut
     short, a full disk) is named here, before a reader fails deep inside Arrow."""
