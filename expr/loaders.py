@@ -40,6 +40,7 @@ def check_store(store, cfg: Config) -> None:
             f"config key 'data.classes' {list(cfg.data.classes)} does not match the classes of "
             f"the feature store {path}: {store.classes}"
         )
+    cfg.data.visual, cfg.data.audio = ",".join(store.visual_sets), store.audio_set  # recorded in the run's config
     for key in ("visual_dim", "audio_dim"):
         if getattr(cfg.model, key) != getattr(store, key):
             logger.info("model.%s: %d (the store's %s features)", key, getattr(store, key), key.split("_")[0])

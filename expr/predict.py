@@ -24,11 +24,12 @@ import numpy as np
 from expr.atomic import atomic_path
 from expr.config import Config, ConfigError, apply_dict, resolve_device
 from expr.data.media import MediaError, decode_audio, iter_frames, probe
-from expr.data.store import FrameStore, VideoRecord, write_store
+from expr.data.store import FrameStore, StoreError, VideoRecord, write_store
 from expr.evaluation import smooth_rows
 from expr.features.backbones import BACKBONE_KEYS, BackboneError, Backbones, backbone_options, clip_option
+from expr.features.encoders import EncoderError
 from expr.features.faces import FaceDetector, FaceDetectorError, crop_face
-from expr.features.spec import parse_spec
+from expr.features.spec import SpecError, parse_spec
 from expr.inference import predict_frames
 from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
@@ -42,12 +43,14 @@ class PredictError(RuntimeError):
 
 
 def run_backbones(info: dict[str, Any], clip: str | None, wav2vec2: str | None, device: str) -> Backbones:
-    """The encoders of the feature sets the head was trained on: the paper's two from the recorded backbones (or
-    ``--clip`` / ``--wav2vec2``), any others from the specs their store recorded."""
+    """The encoders of the feature sets the head was trained on, from the specs their store recorded (options such as
+    views and layers included); ``--clip`` / ``--wav2vec2``, or the recorded backbones of a store without specs,
+    for the paper's two."""
     sets = info.get("feature_sets") or {"visual": {"clip": {}}, "audio": {"wav2vec2": {}}}
-    if clip or wav2vec2 or (list(sets["visual"]) == ["clip"] and list(sets["audio"]) == ["wav2vec2"]):
-        return Backbones(*backbone_specs(info, clip, wav2vec2), device)
     unknown = [n for group in sets.values() for n, s in group.items() if not s.get("spec")]
+    paper = list(sets["visual"]) == ["clip"] and list(sets["audio"]) == ["wav2vec2"]
+    if clip or wav2vec2 or (paper and unknown):
+        return Backbones(*backbone_specs(info, clip, wav2vec2), device)
     if unknown:
         raise PredictError(f"the model's feature sets {', '.join(unknown)} do not record their encoders")
     return Backbones(
@@ -282,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             not args.no_progress,
             overrides=overrides,
         )
-    except (PredictError, RunError, BackboneError, FaceDetectorError, ConfigError) as e:
+    except (PredictError, RunError, BackboneError, EncoderError, SpecError, StoreError, FaceDetectorError,
+            ConfigError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {result['csv']} ({result['frames']} frames) and {result['png']}")

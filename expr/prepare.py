@@ -14,6 +14,7 @@ summary; they never stop the run. A malformed annotation line stops it before an
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -368,6 +369,8 @@ def plan_work(out: Path, items: Sequence[Item], backbones: Backbones, classes, m
     existing = FrameStore(out) if (out / "store.json").is_file() else None
     sets = dict(backbones.specs())
     if existing is not None:
+        have = {s["modality"] for s in existing.feature_sets.values()}
+        sets = {n: (m, s) for n, (m, s) in sets.items() if not (n in backbones.implicit and m in have)}
         if list(existing.classes) != list(classes):
             raise PrepareError(f"{out} was prepared with classes {existing.classes}, not {list(classes)}")
         _check_media(out / "store.json", bool(existing.meta.get("media", False)), media)
@@ -430,6 +433,7 @@ def prepare(
     job.wait()
     plan = plan_work(out, items, backbones, classes, media)
     _check_parts(out, plan, classes, media)
+    job.wait()  # every process has its work list before any writes a part
     random = [n for n, (_, s) in plan.sets.items() if s is not None and s.random]
     if random and job.rank == 0:
         _loud(f"RANDOM BACKBONE WEIGHTS ({', '.join(random)}): smoke runs only; the store records it in store.json")
@@ -470,7 +474,8 @@ class Job:
             return cls()
         from accelerate import PartialState
 
-        state = PartialState(cpu=resolve_device(backbones.device) == "cpu")
+        # A long timeout: a process with one long video left keeps the others waiting at the final barrier.
+        state = PartialState(cpu=resolve_device(backbones.device) == "cpu", timeout=datetime.timedelta(hours=12))
         if backbones.device == "auto":
             backbones.device = str(state.device)  # this process's GPU, not cuda:0 for everyone
         return cls(state.process_index, state.num_processes, state)
@@ -605,6 +610,7 @@ def assemble(out: Path, staging: Path, plan: Plan, encoders: _Encoders, classes,
     if existing is not None and not new_videos:
         if not plan.new_sets:
             logger.info("%s is up to date", out)
+            shutil.rmtree(out / PARTS, ignore_errors=True)  # parts of a run killed after its store was complete
             return existing.meta.get("report", {}).get("summary") or {}
         added = {}
         for name in plan.new_sets:
@@ -634,7 +640,8 @@ def assemble(out: Path, staging: Path, plan: Plan, encoders: _Encoders, classes,
             if isinstance(where, Path):
                 record = load_part(where)[0]
             else:
-                added = load_part(parts[name])[0] if name in parts else None
+                added = load_part(parts[name])[0] if name in parts and plan.new_sets else None
+                added = added if isinstance(added, dict) else None  # a full part left by a killed run: stale
                 record = _record_from_store(existing, media_of_store, where, added)
             stats.add(record)
             yield record
@@ -857,9 +864,10 @@ def items_from_affwild2(args: AffWild2Options) -> tuple[list[Item], dict[str, An
 
 
 def feature_sets(args: PrepareOptions, clip_given: bool, wav2vec2_given: bool):
-    """(visual sets, audio sets) by name from ``--visual`` / ``--audio NAME=SPEC``; ``--clip`` / ``--wav2vec2`` are
-    the sets ``clip`` / ``wav2vec2``, and the defaults when neither form names a set of the modality."""
-    out = []
+    """(visual sets, audio sets, the names of defaults nobody asked for) by name from ``--visual`` / ``--audio
+    NAME=SPEC``; ``--clip`` / ``--wav2vec2`` are the sets ``clip`` / ``wav2vec2``, and the defaults when neither form
+    names a set of the modality (on an existing store with sets of that modality, an unasked default is dropped)."""
+    out, implicit = [], []
     for modality, given, default, flag in (
         ("visual", args.visual, (DEFAULT_VISUAL, clip_encoder_spec(args.clip)), "--clip" if clip_given else ""),
         (
@@ -874,10 +882,15 @@ def feature_sets(args: PrepareOptions, clip_given: bool, wav2vec2_given: bool):
             raise SpecError(f"--{modality}: a set name is given twice")
         if flag and default[0] in sets:
             raise SpecError(f"{flag} is the set '{default[0]}'; --{modality} names it too: give it once")
+        if not flag and not sets:
+            implicit.append(default[0])
         if flag or not sets:
             sets = {default[0]: default[1], **sets}
         out.append(sets)
-    return out
+    both = set(out[0]) & set(out[1])
+    if both:
+        raise SpecError(f"feature set names are shared by images and audio: {', '.join(sorted(both))}; rename one")
+    return (*out, tuple(implicit))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,5 +176,8 @@ def test_unknown_models_and_missing_weights_are_one_line():
         load_image_encoder(parse_spec("timm:resnet18@/nowhere/model.safetensors"))
     with pytest.raises(EncoderError, match="folder not found"):
         load_audio_encoder(parse_spec("hf:/nowhere/wavlm"))
+    with pytest.raises(EncoderError, match="open_clip:ViT-B-99@random': RuntimeError") as err:
+        load_image_encoder(parse_spec("open_clip:ViT-B-99@random"))
+    assert "\n" not in str(err.value)
     with pytest.raises(EncoderError, match="random weights need the model's architecture"):
         load_audio_encoder(parse_spec("hf:someone/mystery-model@random"))

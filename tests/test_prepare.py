@@ -258,7 +258,7 @@ def test_interrupted_extraction_resumes_without_redoing_finished_videos(tree, pr
     prepare(items[:-1], out, small_backbones(), classes, progress=False)
     assert calls == []
     other = small_backbones()
-    other.audio_sets = {"wav2vec2": parse_spec("hf:facebook/wav2vec2-base")}
+    other.audio_sets, other.implicit = {"wav2vec2": parse_spec("hf:facebook/wav2vec2-base")}, ("clip",)
     with pytest.raises(PrepareError, match="feature set 'wav2vec2' made by hf:facebook/wav2vec2-base@random"):
         prepare(items, out, other, classes, progress=False)
 
@@ -514,6 +514,7 @@ def test_a_new_feature_set_is_added_beside_the_others_and_never_overwritten(prep
     assert run(cfg)["completed"]
     saved = Config.from_dict(load_yaml(tmp_path / "run" / "config.yaml"), "config.yaml")
     assert (saved.model.visual_dim, saved.model.audio_dim, saved.model.text_dim) == (both.visual_dim, 32, 16)
+    assert (saved.data.visual, saved.data.audio) == ("clip,dino", "wavlm")  # the sets used, not "the defaults"
     again = small_backbones()
     again.visual_sets = {"dino": parse_spec(TINY_VIT + ",pool=mean", "visual")}
     with pytest.raises(PrepareError, match="'dino' made by .*never overwritten"):
@@ -522,11 +523,16 @@ def test_a_new_feature_set_is_added_beside_the_others_and_never_overwritten(prep
     calls.clear()
     extra = affwild2_items(root)[0][0]
     extra.name = "a_again"
-    prep.prepare([*items, extra], out, small_backbones(), classes, source=source, progress=False)
+    prep.prepare([*items, extra], out, more, classes, source=source, progress=False)  # sets listed in another order
     assert [(n, set(v), set(a)) for n, (v, a) in calls] == [("a_again", {"clip", "dino"}, {"wav2vec2", "wavlm"})]
     grown = FrameStore(out, visual="clip,dino", audio="wavlm")
     a, b = grown.names.index("a"), grown.names.index("a_again")
     np.testing.assert_allclose(grown.visual[grown.frame_rows([b])], grown.visual[grown.frame_rows([a])], atol=1e-3)
+    # Naming only a visual set keeps the store's own audio sets (the default wav2vec2 is not asked for).
+    shutil.copytree(prepared[0], tmp_path / "store2")  # its wav2vec2 set has random weights, the default has not
+    cli = ["affwild2", str(root), "--test-names", str(root / "test_names.txt"), "--no-progress"]
+    assert prep.main([*cli, "--out", str(tmp_path / "store2"), "--visual", f"dino2={TINY_VIT}"]) == 0
+    assert set(FrameStore(tmp_path / "store2").feature_sets) == {"clip", "wav2vec2", "dino2"}
 
 
 def test_new_sets_of_a_store_with_media_come_from_its_own_crops_and_audio(tree, tmp_path, monkeypatch):
@@ -556,3 +562,7 @@ def test_feature_set_options_on_the_command_line(tmp_path, capsys):
     assert "audio encoders come from Hugging Face" in capsys.readouterr().err
     assert main([*base, "--visual", "a=timm:resnet18,pool=max"]) == 2
     assert "pool=max is not one of" in capsys.readouterr().err
+    assert main([*base, "--visual", "a=timm:resnet18@random", "--audio", "a=hf:x@random"]) == 2
+    assert "feature set names are shared by images and audio: a" in capsys.readouterr().err
+    assert main([*base, "--visual", "..=timm:resnet18@random"]) == 2
+    assert "starts with a letter or digit" in capsys.readouterr().err

@@ -50,7 +50,12 @@ def test_info_of_a_missing_store_is_one_line(tmp_path, capsys):
 
 
 def test_header_records_every_data_file(store):
+    from expr.data.store import data_files
+
+    (store / "windows" / "v2-train").mkdir(parents=True)
+    (store / "windows" / "v2-train" / "data-00000-of-00001.arrow").write_bytes(b"a cache, not data")
+    assert not any(f.startswith("windows") for f in data_files(store))
     files = json.loads((store / "store.json").read_text())["files"]
-    arrow = {str(p.relative_to(store)) for p in store.rglob("*.arrow")}
+    arrow = {str(p.relative_to(store)) for p in store.rglob("*.arrow") if p.parts[-3] != "windows"}
     assert set(files) == arrow and {"sets/clip/data-00000-of-00001.arrow", "frames/data-00000-of-00001.arrow"} <= arrow
     assert all(len(v["sha256"]) == 64 and v["bytes"] == (store / f).stat().st_size for f, v in files.items())

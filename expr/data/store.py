@@ -262,16 +262,16 @@ class _SetWriter:
             if not names:
                 raise StoreError(f"video '{v.name}': no visual features")
             self.visual_names = names
-        elif names != self.visual_names:
+        elif set(names) != set(self.visual_names):
             raise StoreError(f"video '{v.name}': visual sets {names}, the others have {self.visual_names}")
-        for name in names:
+        for name in self.visual_names:
             self._append(name, visual[name], v.name)
         if audio:
             if not self.audio_names:
                 self.audio_names = list(audio)
                 self.counts = {name: [0] * index for name in self.audio_names}
                 self.rate = float(v.audio_rate)
-            elif list(audio) != self.audio_names:
+            elif set(audio) != set(self.audio_names):
                 raise StoreError(f"video '{v.name}': audio sets {list(audio)}, the others have {self.audio_names}")
             elif float(v.audio_rate) != self.rate:
                 raise StoreError(f"video '{v.name}': audio at {v.audio_rate} frames/s, the others at {self.rate}")
@@ -329,6 +329,7 @@ def add_sets(path: str | Path, sets: dict[str, tuple[dict[str, Any], Any]]) -> N
             raise StoreError(f"{path}: set '{name}' has {sum(counts)} rows for {num_frames} frames")
         write_set_column(tmp / "data", raw.column(dim))
         raw.path.unlink()
+        shutil.rmtree(path / "sets" / name, ignore_errors=True)  # left by a run killed before its header named it
         os.replace(tmp / "data", path / "sets" / name)
         shutil.rmtree(tmp, ignore_errors=True)
         entry = {"modality": info["modality"], "dim": dim}
@@ -353,6 +354,9 @@ def write_set_column(folder: Path, column) -> None:
     out.save(None)
 
 
+DATA_FOLDERS = ("frames", "videos", "sets", "media")
+
+
 def sha256(path: Path) -> str:
     import hashlib
 
@@ -370,8 +374,9 @@ def data_files(root: Path, previous: dict[str, Any] | None = None) -> dict[str, 
     out = {}
     for p in sorted(root.rglob("*.arrow")):
         rel = str(p.relative_to(root))
-        if any(part.startswith(".") for part in p.relative_to(root).parts):
-            continue
+        parts = p.relative_to(root).parts
+        if parts[0] not in DATA_FOLDERS or any(part.startswith(".") for part in parts):
+            continue  # window indexes (windows/) are caches, not data
         stat = p.stat()
         old = (previous or {}).get(rel)
         if isinstance(old, dict) and old.get("bytes") == stat.st_size and old.get("mtime_ns") == stat.st_mtime_ns:

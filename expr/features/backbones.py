@@ -243,14 +243,19 @@ class Backbones:
     context_seconds: float = 2.0
     visual_sets: dict[str, EncoderSpec] | None = None
     audio_sets: dict[str, EncoderSpec] | None = None
+    implicit: tuple[str, ...] = ()
+    """Sets that are only defaults (nobody named them): an existing store with sets of their modality keeps its
+    own instead."""
     _encoders: dict[str, Any] = field(default_factory=dict)
     _clip: Any = None  # (model, preprocess, tokenizer) of the CLIP that encodes the class prompts
 
     def __post_init__(self):
         if self.visual_sets is None:
             self.visual_sets = {DEFAULT_VISUAL: clip_encoder_spec(self.clip)}
+            self.implicit = (*self.implicit, DEFAULT_VISUAL)
         if self.audio_sets is None:
             self.audio_sets = {DEFAULT_AUDIO: wav2vec2_encoder_spec(self.wav2vec2)}
+            self.implicit = (*self.implicit, DEFAULT_AUDIO)
 
     def clip_spec(self) -> tuple[str, str]:
         """(open_clip model name, pretrained tag / checkpoint path / ``random``) of ``clip``."""

@@ -202,7 +202,8 @@ def load_timm(spec: EncoderSpec, device) -> ImageEncoder:
         with seeded(spec.random), _quiet():
             extra = {"checkpoint_path": str(local)} if local is not None else {}
             pretrained = not spec.random and local is None
-            model = timm.create_model(spec.model, pretrained=pretrained, num_classes=0, **extra, **kwargs)
+            name = f"{spec.model}.{spec.weights}" if pretrained and spec.weights else spec.model  # a timm tag
+            model = timm.create_model(name, pretrained=pretrained, num_classes=0, **extra, **kwargs)
     except Exception as e:  # noqa: BLE001 - offline hub lookups fail in many ways
         if spec.random or local is not None:
             raise EncoderError(f"encoder '{spec}': {e}") from None
@@ -286,7 +287,8 @@ def _hf_model(spec: EncoderSpec, config):
             return transformers.AutoModel.from_config(config)
     try:
         load = transformers.AutoModel.from_pretrained
-        return cached_first(lambda name, **kw: load(name, config=config, **kw), source, local)
+        revision = {} if local or spec.weights is None else {"revision": spec.weights}  # a hub branch, tag or commit
+        return cached_first(lambda name, **kw: load(name, config=config, **revision, **kw), source, local)
     except Exception as e:  # noqa: BLE001
         raise unavailable(spec, e, f"huggingface-cli download {spec.model}") from None
 
@@ -320,9 +322,24 @@ def load_hf_image(spec: EncoderSpec, device) -> ImageEncoder:
     return ImageEncoder(spec, model, to_batch, forward)
 
 
+@contextlib.contextmanager
+def _named_errors(spec: EncoderSpec):
+    """Any other failure while building an encoder (a wrong constructor option, a model that is no image or speech
+    encoder) as one line naming the spec."""
+    try:
+        yield
+    except (EncoderError, SpecError):
+        raise
+    except Exception as e:  # noqa: BLE001 - library errors come in every type
+        raise EncoderError(
+            f"encoder '{spec}': {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        ) from None
+
+
 def load_image_encoder(spec: EncoderSpec, device: str | torch.device = "cpu", batch_size: int = 64) -> ImageEncoder:
     loaders = {"open_clip": load_open_clip, "timm": load_timm, "hf": load_hf_image}
-    encoder = loaders[spec.family](spec, torch.device(device))
+    with _named_errors(spec):
+        encoder = loaders[spec.family](spec, torch.device(device))
     encoder.batch_size = batch_size
     return encoder
 
@@ -412,6 +429,11 @@ class AudioEncoder:
 
 def load_audio_encoder(spec: EncoderSpec, device: str | torch.device = "cpu", chunk_seconds: float = 30.0,
                        context_seconds: float = 2.0) -> AudioEncoder:  # fmt: skip
+    with _named_errors(spec):
+        return _load_audio_encoder(spec, device, chunk_seconds, context_seconds)
+
+
+def _load_audio_encoder(spec: EncoderSpec, device, chunk_seconds: float, context_seconds: float) -> AudioEncoder:
     import transformers
 
     config = hf_config(spec)

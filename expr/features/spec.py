@@ -194,6 +194,9 @@ def parse_named(text: str, modality: str) -> tuple[str, EncoderSpec]:
     name = name.strip()
     if not eq or not name:
         raise SpecError(f"--{modality} '{text}': expected NAME=SPEC, e.g. dinov2=timm:vit_base_patch14_dinov2.lvd142m")
-    if not all(c.isalnum() or c in "-_." for c in name):
-        raise SpecError(f"--{modality} '{text}': a feature set name uses letters, digits, '-', '_' and '.' only")
+    if not (name[0].isalnum() and all(c.isalnum() or c in "-_." for c in name)):
+        raise SpecError(
+            f"--{modality} '{text}': a feature set name starts with a letter or digit and uses letters, digits, '-', "
+            f"'_' and '.' only"
+        )
     return name, parse_spec(spec, modality)
