@@ -10,7 +10,8 @@ import torch
 from accelerate.logging import get_logger
 
 from expr.config import Config, ConfigError
-from expr.features.backbones import text_embeddings
+from expr.features.backbones import clip_tag, text_embeddings
+from expr.features.spec import EncoderSpec
 from expr.losses import class_weights, total_loss
 
 logger = get_logger("expr.criterion")  # main process only
@@ -30,9 +31,8 @@ def text_source(store, cfg: Config) -> tuple[str | None, str, str] | None:
         )
     name = name or next((n for n in store.visual_sets if n in clips), None) or (clips[0] if clips else None)
     if name is not None:
-        spec = sets[name]
-        model = spec["model"]
-        return name, model, spec.get("weights") or ("local" if model.startswith("local-dir:") else "openai")
+        spec = EncoderSpec("open_clip", sets[name]["model"], sets[name].get("weights"))
+        return name, spec.model, clip_tag(spec)
     recorded = store.meta.get("backbones", {})
     if "clip_pretrained" in recorded:
         return None, recorded["clip"], recorded["clip_pretrained"]
