@@ -24,6 +24,7 @@ import torch
 
 from expr.atomic import atomic_path, write_text
 from expr.config import ConfigError
+from expr.models.tuning import trainable_keys
 
 
 class CheckpointError(ValueError):
@@ -69,7 +70,7 @@ def resume_progress(acc, run_dir: Path, steps_per_epoch: int) -> Progress:
             f"--resume {run_dir}: the state was saved by {len(sums)} processes, this launch has "
             f"{acc.num_processes}; resume with the same number of processes"
         )
-    acc.load_state(str(state))
+    acc.load_state(str(state), **_partial_load(acc))
     progress = Progress(**saved, epoch_sums=list(sums[acc.process_index]))
     if progress.step_in_epoch >= steps_per_epoch:  # saved at the end of an epoch
         progress.epoch, progress.step_in_epoch, progress.epoch_sums = progress.epoch + 1, 0, [0.0, 0.0]
@@ -83,7 +84,12 @@ def save_state(acc, state_dir: Path, name: str, progress: dict[str, Any], keep_l
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp))
+    handle = acc.register_save_state_pre_hook(_keep_trainable(acc))
+    try:
+        partial = _deepspeed(acc) and any(_pretrained(acc, m) for m in acc._models)
+        acc.save_state(str(tmp), **({"exclude_frozen_parameters": True} if partial else {}))
+    finally:
+        handle.remove()
     acc.wait_for_everyone()
     if acc.is_main_process:
         (tmp / "progress.json").write_text(json.dumps(progress))
@@ -94,6 +100,34 @@ def save_state(acc, state_dir: Path, name: str, progress: dict[str, Any], keep_l
         for old in kept[: max(0, len(kept) - keep_last)]:
             shutil.rmtree(old, ignore_errors=True)
     acc.wait_for_everyone()
+
+
+def _deepspeed(acc) -> bool:
+    return acc.state.deepspeed_plugin is not None
+
+
+def _pretrained(acc, model) -> bool:
+    return bool(getattr(acc.unwrap_model(model), "pretrained", ()))
+
+
+def _keep_trainable(acc):
+    """A save-state hook: models with pretrained parts (a tuned encoder) keep only what trains
+    (:func:`expr.models.tuning.trainable_keys`); the base weights are reloaded from their source on resume."""
+
+    def hook(models, weights, output_dir):
+        for i, (model, state) in enumerate(zip(models, weights, strict=False)):
+            if _pretrained(acc, model):
+                keep = trainable_keys(acc.unwrap_model(model))
+                weights[i] = {k: v for k, v in state.items() if k.removeprefix("module.") in keep}
+
+    return hook
+
+
+def _partial_load(acc) -> dict[str, Any]:
+    """``load_state`` options for states that hold only the trainable part of a model (see :func:`_keep_trainable`)."""
+    if not any(_pretrained(acc, m) for m in acc._models):
+        return {}
+    return {"load_module_strict": False} if _deepspeed(acc) else {"strict": False}
 
 
 def latest_state(state_dir: Path, run_dir: Path) -> tuple[Path, dict[str, Any]]:

@@ -13,6 +13,9 @@ commands:
            or Hugging Face encoder with --visual / --audio NAME=FAMILY:MODEL[@WEIGHTS]):
            `expr prepare affwild2 ROOT --out CACHE` or `expr prepare folder ROOT --labels LABELS.csv --out CACHE`
            (`expr prepare affwild2 --help` lists the options)
+  finetune --data.cache STORE --finetune.backbone SPEC --finetune.method lora|last_n|full|frozen [...]
+           stage I: tune an image encoder as a frame classifier on the store's face crops (prepared with --media);
+           then `expr prepare ... --visual NAME=finetuned:RUN_DIR` adds its features as a set for `expr train`
   evaluate RUN_DIR [--cache CACHE] [--split validation]
            frame-level macro-F1, per-class F1, confusion matrix (JSON, Markdown, PNG into RUN_DIR/eval/SPLIT)
   submit   RUN_DIR --example EXAMPLE.csv --out FILE.csv [--cache CACHE] [--format csv|per-video]
@@ -34,6 +37,7 @@ commands:
 COMMANDS = {
     "train": "expr.train",
     "prepare": "expr.prepare",
+    "finetune": "expr.finetune",
     "evaluate": "expr.report",
     "submit": "expr.submit",
     "predict": "expr.predict",

@@ -225,6 +225,45 @@ class TrainConfig:
 
 
 @dataclass
+class FinetuneConfig:
+    backbone: str | None = None
+    """``expr finetune``: the image encoder to adapt, as an encoder spec (as ``expr prepare --visual`` takes it, e.g.
+    ``timm:vit_large_patch14_dinov2.lvd142m``). None: the spec of the store's first visual set (``data.visual``)."""
+    method: Literal["frozen", "full", "last_n", "lora"] = "frozen"
+    """How the image encoder trains: ``frozen`` (``expr finetune``: a linear probe; online mode: the paper's frozen
+    encoder), ``full`` (every weight), ``last_n`` (its last ``last_n`` blocks and the layers after them) or
+    ``lora`` (low-rank adapters through peft; the base weights stay as loaded)."""
+    last_n: int = 2
+    """``method=last_n``: blocks (transformer layers, CNN stages) trained from the top."""
+    lora_rank: int = 8
+    """``method=lora``: rank of each adapter."""
+    lora_alpha: float = 16.0
+    """``method=lora``: adapter scaling numerator (the update is scaled by lora_alpha / lora_rank)."""
+    lora_dropout: float = 0.0
+    """``method=lora``: dropout on the adapters' input."""
+    lora_targets: tuple[str, ...] = ()
+    """``method=lora``: names (or name suffixes) of the modules that get adapters. Empty: every linear layer of the
+    tower (timm, Hugging Face), or in_proj, out_proj (attention), c_fc and c_proj (MLP) of open_clip towers."""
+    lr: float | None = None
+    """Peak learning rate of the encoder's trained weights (the head keeps ``train.lr``). None: ``train.lr``."""
+    layer_decay: float = 1.0
+    """Layer-wise learning-rate decay: block i of n trains at lr x layer_decay^(n - i), the embeddings at
+    layer_decay^(n + 1), the layers after the last block at lr (1.0: one rate for the whole encoder)."""
+    grad_checkpointing: bool = False
+    """Recompute the encoder's activations in the backward pass (less memory, about a third more compute)."""
+    audio_method: Literal["frozen", "last_n", "lora"] = "frozen"
+    """Online mode: how the audio encoder (Wav2Vec2) trains, with the same ``last_n`` and ``lora_*`` settings."""
+    frames_per_epoch: int = 0
+    """``expr finetune``: training frames drawn per epoch (Aff-Wild2 has 2.6 M); 0: every labelled face frame."""
+    balanced: bool = True
+    """``expr finetune``: draw training frames class-balanced (each class equally likely) instead of uniformly."""
+    val_frames: int = 0
+    """``expr finetune``: validation frames scored per epoch, evenly spaced over the validation videos; 0: all."""
+    dropout: float = 0.0
+    """``expr finetune``: dropout before the frame classifier."""
+
+
+@dataclass
 class EvalConfig:
     smoothing: Smoothing = "none"
     """Temporal post-processing of frame predictions (shared by training's validation, ``evaluate``, ``submit`` and
@@ -241,6 +280,7 @@ class Config:
     backbones: BackboneConfig = field(default_factory=BackboneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> Config:
@@ -273,6 +313,13 @@ PRESETS: dict[str, dict[str, Any]] = {
         "train.warmup_ratio": 0.05,
         "data.eval_stride": 10,  # validation at stride 3 would take longer than training on a laptop CPU
         "backbones.clip_pretrained": "random",
+    },
+    # `expr finetune` (stage I): a few epochs; the new linear classifier learns fast, the encoder slowly.
+    "finetune": {
+        "train.lr": 1e-3,
+        "finetune.lr": 1e-4,
+        "train.epochs": 5,
+        "train.warmup_ratio": 0.05,
     },
 }
 
@@ -505,6 +552,12 @@ def validate(cfg: Config) -> None:
         (cfg.train.batch_size >= 1, "train.batch_size", "must be at least 1"),
         (cfg.train.grad_accum_steps >= 1, "train.grad_accum_steps", "must be at least 1"),
         (0.0 <= cfg.train.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)"),
+        (cfg.finetune.last_n >= 1, "finetune.last_n", "must be at least 1"),
+        (cfg.finetune.lora_rank >= 1, "finetune.lora_rank", "must be at least 1"),
+        (0.0 < cfg.finetune.layer_decay <= 1.0, "finetune.layer_decay", "must be in (0, 1]"),
+        (cfg.finetune.lr is None or cfg.finetune.lr > 0, "finetune.lr", "must be positive"),
+        (cfg.finetune.frames_per_epoch >= 0, "finetune.frames_per_epoch", "must be 0 (all) or more"),
+        (cfg.finetune.val_frames >= 0, "finetune.val_frames", "must be 0 (all) or more"),
     ]
     for ok, key, msg in checks:
         if not ok:

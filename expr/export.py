@@ -39,6 +39,69 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
     return out
 
 
+def export_tuned(run_dir: str | Path, out: str | Path, merge: bool = False) -> Path:
+    """An ``expr finetune`` run's tuned encoder and frame classifier: ``model.safetensors`` (what trained: adapters
+    or unfrozen blocks, and the classifier; with ``merge``, the full encoder weights with the adapters merged in),
+    ``tuning.json`` (the base encoder's spec and its tuning), ``config.json`` (the run's config) and a model card.
+    ``finetuned:OUT`` names it as an encoder (``expr prepare --visual``);
+    :func:`expr.models.frame.load_frame_classifier` loads it."""
+    from expr.checkpoint import save_head
+    from expr.features.encoders import TUNED_INFO, tuned_folder
+    from expr.models.frame import load_frame_classifier
+    from expr.models.tuning import merged_state
+
+    run_dir, out = Path(run_dir), Path(out)
+    try:
+        folder = tuned_folder(run_dir)
+        model, info = load_frame_classifier(run_dir)
+    except Exception as e:  # noqa: BLE001 - EncoderError, SpecError, TuningError: one line naming the run
+        raise ExportError(f"{run_dir}: {e}") from None
+    info = {**info, "merged": bool(merge or info.get("merged"))}
+    with atomic_path(out) as tmp:
+        tmp.mkdir()
+        if merge:
+            state = {f"encoder.{k}": v for k, v in merged_state(model.encoder).items()}
+            state.update({f"classifier.{k}": v for k, v in model.classifier.state_dict().items()})
+            save_head(state, tmp / "model.safetensors", {"merged": "true", "backbone": info["backbone"]})
+        else:
+            shutil.copyfile(folder / "model.safetensors", tmp / "model.safetensors")
+        (tmp / TUNED_INFO).write_text(json.dumps(info, indent=2))
+        saved = run_dir / "config.yaml"
+        if saved.is_file():
+            import yaml
+
+            (tmp / "config.json").write_text(json.dumps(yaml.safe_load(saved.read_text()), indent=2))
+        (tmp / "README.md").write_text(tuned_card(info))
+    return out
+
+
+def tuned_card(info: dict[str, Any]) -> str:
+    t = info["tuning"]
+    how = "adapters merged into the full encoder weights" if info["merged"] else "only the weights that trained"
+    return f"""---
+library_name: expr
+tags:
+- facial-expression-recognition
+- abaw
+---
+
+# expr tuned image encoder
+
+`{info["backbone"]}` tuned as a frame classifier by `expr finetune` ({t["method"]}); `model.safetensors` holds
+{how} (keys `encoder.*`) and the linear classifier (`classifier.*`) over {", ".join(info["classes"])}.
+The base weights are not included: they load from the spec above. Validation frame macro-F1
+{info["val/macro_f1"]:.4f} (epoch {info["epoch"]}); features are {info["dim"]}-d.
+
+```
+expr prepare affwild2 ROOT --out STORE --visual tuned=finetuned:path/to/this/folder
+```
+```python
+from expr.models.frame import load_frame_classifier
+model, info = load_frame_classifier("path/to/this/folder")   # logits = model(pixels)
+```
+"""
+
+
 def model_card(info: dict[str, Any]) -> str:
     b = info["backbones"]
     f1 = info["validation"]["macro_f1"]
@@ -82,12 +145,22 @@ class ExportOptions:
     """a run directory (its best head is exported)"""
     out: str
     """folder to write (replaced if it exists)"""
+    merge: bool = False
+    """an `expr finetune` run: merge its LoRA adapters into full encoder weights (default: the adapters or unfrozen
+    blocks alone, which need the base weights to load)"""
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, _ = parse_options(ExportOptions, argv, "expr export", "export", __doc__.split("\n\n")[0], config_keys=False)
     try:
+        if (Path(args.run_dir) / "best" / "tuning.json").is_file():
+            out = export_tuned(args.run_dir, args.out, args.merge)
+            kind = "merged encoder weights" if args.merge else "trained weights only; the base loads from its spec"
+            print(f"wrote {out}: tuning.json, model.safetensors ({kind}), config.json, README.md")
+            return 0
+        if args.merge:
+            raise ExportError(f"--merge: {args.run_dir} is not an `expr finetune` run (it has no tuned encoder)")
         out = export_run(args.run_dir, args.out)
     except RunError as e:
         print(f"error: {e}", file=sys.stderr)

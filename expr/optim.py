@@ -41,7 +41,8 @@ def scaled_lr(train: TrainConfig, num_processes: int) -> float:
     return train.lr * {"none": 1.0, "linear": float(factor), "sqrt": math.sqrt(factor)}[train.scale_lr]
 
 
-def build_optimizer(model: torch.nn.Module, train: TrainConfig, lr: float, total_steps: int):
-    """(AdamW, its cosine schedule over ``total_steps`` optimizer steps)."""
-    optimizer = torch.optim.AdamW(param_groups(model, train.weight_decay), lr=lr)
+def build_optimizer(model: torch.nn.Module, train: TrainConfig, lr: float, total_steps: int, groups=None):
+    """(AdamW, its cosine schedule over ``total_steps`` optimizer steps). ``groups``: parameter groups with their own
+    learning rates (default: :func:`param_groups` of ``model`` at ``lr``); the schedule scales each alike."""
+    optimizer = torch.optim.AdamW(groups or param_groups(model, train.weight_decay), lr=lr)
     return optimizer, cosine_schedule(optimizer, total_steps, train.warmup_ratio, train.min_lr_ratio)

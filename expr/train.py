@@ -111,13 +111,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
         set_seed(cfg.train.seed)
-        self.data = build_run_data(cfg, acc)
-        self.store, self.encoders = self.data.store, self.data.encoders
-        with acc.main_process_first():  # the main process caches the prompts' text embeddings first
-            self.criterion = Criterion.for_store(self.store, cfg)
-        if acc.is_main_process:  # the store has set the head's input widths
-            cfg.save(self.run_dir / "config.yaml")
-        self._build_model()
+        self._setup()
         if trackers:
             acc.init_trackers("expr", config=_flat_config(cfg))
         p = self.progress = resume_progress(acc, self.run_dir, self.steps_per_epoch) if resume_dir else Progress()
@@ -127,6 +121,24 @@ class Trainer:
             logger.info("resumed %s at epoch %d, step %d", run_dir, p.epoch + 1, p.step_in_epoch)
         self.start_epoch, self.skip_steps = p.epoch, p.step_in_epoch
 
+    def _setup(self) -> None:
+        """Data, loss, model, optimizer and schedule (prepared), and the resolved config saved in the run."""
+        cfg, acc = self.cfg, self.accelerator
+        self.data = build_run_data(cfg, acc)
+        self.store, self.encoders = self.data.store, self.data.encoders
+        with acc.main_process_first():  # the main process caches the prompts' text embeddings first
+            self.criterion = Criterion.for_store(self.store, cfg)
+        if acc.is_main_process:  # the store has set the head's input widths
+            cfg.save(self.run_dir / "config.yaml")
+        self._build_model()
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The losses of a batch (``loss`` is optimised, all are logged)."""
+        return self.criterion(self._forward(batch), batch)
+
+    def epoch_line(self, metrics: dict[str, Any], improved: bool) -> str:
+        return epoch_line(metrics, self.cfg.train.epochs, improved)
+
     @property
     def class_weights(self) -> torch.Tensor:
         return self.criterion.class_weights
@@ -135,13 +147,7 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         model = FusionHead(cfg.model, cfg.num_classes)
         num_params = count_parameters(model)  # before prepare: ZeRO-3 partitions the module in place
-        sync_deepspeed_config(acc, cfg)
-        self.lr = scaled_lr(cfg.train, acc.num_processes)
-        self.steps_per_epoch = math.ceil(len(self.data.train_loader) / cfg.train.grad_accum_steps)
-        optimizer, scheduler = build_optimizer(model, cfg.train, self.lr, self.steps_per_epoch * cfg.train.epochs)
-        self.model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = acc.prepare(
-            model, optimizer, self.data.train_loader, self.data.val_loader, scheduler
-        )
+        self._prepare(model)
         self.criterion.to(acc.device)
         t, n = cfg.train, acc.num_processes
         logger.info(
@@ -150,6 +156,20 @@ class Trainer:
             f"{t.batch_size * n * t.grad_accum_steps} ({t.batch_size} per device x {n} processes x "
             f"{t.grad_accum_steps} accumulation); lr {self.lr:.3g} (train.scale_lr={t.scale_lr}); "
             f"{self.steps_per_epoch * t.epochs} optimizer steps"
+        )
+
+    def _prepare(self, model: torch.nn.Module, groups: Callable[[float], list[dict]] | None = None) -> None:
+        """The optimizer (``groups(lr)``: its parameter groups; default: every trainable parameter at the run's
+        learning rate) and schedule of ``model``, and all of them prepared with the loaders."""
+        cfg, acc = self.cfg, self.accelerator
+        sync_deepspeed_config(acc, cfg)
+        self.lr = scaled_lr(cfg.train, acc.num_processes)
+        self.steps_per_epoch = math.ceil(len(self.data.train_loader) / cfg.train.grad_accum_steps)
+        optimizer, scheduler = build_optimizer(
+            model, cfg.train, self.lr, self.steps_per_epoch * cfg.train.epochs, groups(self.lr) if groups else None
+        )
+        self.model, self.optimizer, self.train_loader, self.val_loader, self.scheduler = acc.prepare(
+            model, optimizer, self.data.train_loader, self.data.val_loader, scheduler
         )
 
     # ------------------------------------------------------------------------------------------ checkpoint
@@ -245,7 +265,7 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=desc, disable=quiet, leave=False, dynamic_ncols=True)
         for batch in loader:
             with acc.accumulate(self.model):
-                losses = self.criterion(self._forward(batch), batch)
+                losses = self.loss(batch)
                 acc.backward(losses["loss"])
                 if acc.sync_gradients and cfg.train.max_grad_norm:
                     acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
@@ -305,7 +325,7 @@ class Trainer:
                 with open(self.run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(metrics) + "\n")
             acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=p.global_step)
-            logger.info("%s", epoch_line(metrics, cfg.train.epochs, improved))
+            logger.info("%s", self.epoch_line(metrics, improved))
             self.save_state(epoch, self.steps_per_epoch)
             if outcome is None:  # train.stop_after_steps reached on the epoch's last step
                 stopped = True
@@ -335,8 +355,10 @@ def run(cfg: Config, resume_dir: str | None = None, on_epoch_end: EpochCallback 
     return Trainer(cfg, resume_dir=resume_dir, on_epoch_end=on_epoch_end).fit()
 
 
-def config_from_argv(argv: list[str]) -> tuple[Config, str | None]:
-    """The resolved config of a command line; with ``--resume RUN_DIR`` the run's saved config plus overrides."""
+def config_from_argv(argv: list[str], default_preset: str | None = None) -> tuple[Config, str | None]:
+    """The resolved config of a command line; with ``--resume RUN_DIR`` the run's saved config plus overrides.
+    ``default_preset``: the preset when the command line names none (default: ``demo`` without a data cache, else
+    ``paper``)."""
     overrides, files, preset, resume = parse_cli(argv)
     if resume:
         saved = Path(resume) / "config.yaml"
@@ -350,7 +372,7 @@ def config_from_argv(argv: list[str]) -> tuple[Config, str | None]:
         apply_dict(cfg, overrides, "command line")
         validate(cfg)
         return cfg, resume
-    return build_config(overrides, files, preset), None
+    return build_config(overrides, files, preset or default_preset), None
 
 
 def main(argv: list[str] | None = None) -> int:

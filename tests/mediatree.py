@@ -145,7 +145,7 @@ SMALL_WAV2VEC2 = dict(
 )
 
 
-def small_backbone_dirs(root: Path) -> tuple[str, str]:
+def small_backbone_dirs(root: Path, clip_layers: int = 1) -> tuple[str, str]:
     """A small CLIP as an open_clip ``local-dir:`` folder and a small Wav2Vec2 as a ``save_pretrained`` folder: the
     real loading code of both libraries, on models of the real classes that run in milliseconds. Returns the
     ``--clip`` and ``--wav2vec2`` arguments."""
@@ -156,7 +156,7 @@ def small_backbone_dirs(root: Path) -> tuple[str, str]:
     from safetensors.torch import save_file
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    vision, text = SMALL_CLIP_VISION, SMALL_CLIP_TEXT
+    vision, text = {**SMALL_CLIP_VISION, "layers": clip_layers}, SMALL_CLIP_TEXT
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         clip = open_clip.CLIP(16, open_clip.CLIPVisionCfg(**vision), open_clip.CLIPTextCfg(**text))

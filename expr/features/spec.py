@@ -7,6 +7,8 @@
     hf:facebook/dinov2-large,pool=mean            a Hugging Face ``transformers`` vision encoder, mean of patch tokens
     hf:facebook/wavlm-base-plus,layer=6-9         a speech encoder, mean of hidden layers 6..9
     hf:/models/hubert-large                       a local ``save_pretrained`` folder
+    finetuned:runs/stage1                         the image encoder that ``expr finetune`` tuned in that run (its
+                                                  best epoch; base model, pooling and adapters as the run recorded)
 
 WEIGHTS: a tag (open_clip), a local file or folder, or ``random``; omitted: the family's default weights of MODEL.
 Options after commas:
@@ -31,8 +33,8 @@ import ast
 from dataclasses import dataclass, field
 from typing import Any
 
-FAMILIES = ("open_clip", "timm", "hf")
-IMAGE_FAMILIES = ("open_clip", "timm", "hf")
+FAMILIES = ("open_clip", "timm", "hf", "finetuned")
+IMAGE_FAMILIES = ("open_clip", "timm", "hf", "finetuned")
 AUDIO_FAMILIES = ("hf",)
 POOLS = ("pooled", "cls", "mean")
 RANDOM = "random"
@@ -172,6 +174,12 @@ def parse_spec(text: str, modality: str | None = None) -> EncoderSpec:
             raise SpecError(f"encoder spec '{text}': option '{key}' given twice")
         options.append((key, _value(key, value.strip(), text)))
     spec = EncoderSpec(family, model, weights or None, tuple(options))
+    if family == "finetuned":
+        if weights or any(k not in ("flip", "scales") for k, _ in options):
+            raise SpecError(
+                f"encoder spec '{text}': finetuned:RUN_DIR takes its base model, weights and pooling from the run; "
+                f"only flip and scales may be added"
+            )
     if modality == "audio":
         if family not in AUDIO_FAMILIES:
             raise SpecError(

@@ -1,0 +1,273 @@
+"""Which weights of a pretrained encoder train: none (frozen), all (full), the last N blocks, or LoRA adapters
+(through ``peft``); their learning rates (layer-wise decay); gradient checkpointing; and the state that a checkpoint
+of a tuned encoder holds (only what trains, never the base weights, which are reloaded from their source).
+
+The encoder's *tower* is the part that tunes: the vision tower of an open_clip model (its text tower never does),
+the whole model otherwise. Its *blocks* are the longest run of same-type layers (transformer layers, CNN stages):
+``blocks.N`` of a timm ViT, ``transformer.resblocks.N`` of open_clip, ``encoder.layer.N`` of Hugging Face models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from expr.config import FinetuneConfig
+
+METHODS = ("frozen", "full", "last_n", "lora")
+# Parameters outside the blocks that come before them (the embedding), by a part of their name; every other
+# parameter outside the blocks (final norm, projection) comes after them.
+EMBEDDING_NAMES = ("embed", "cls_token", "class_embedding", "positional", "conv1", "ln_pre", "patch", "stem",
+                   "reg_token", "register_tokens", "mask_token", "feature_extractor", "feature_projection",
+                   "masked_spec")  # fmt: skip
+# open_clip towers attend through nn.MultiheadAttention; under LoRA it becomes a LinearAttention (same weights), whose
+# in_proj / out_proj are plain linear layers.
+OPEN_CLIP_TARGETS = ("in_proj", "out_proj", "c_fc", "c_proj")
+
+
+class TuningError(ValueError):
+    """A tuning setting that does not fit the encoder; the message names the setting."""
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How one encoder trains (a config's ``finetune`` section, for the image or the audio encoder)."""
+
+    method: str = "frozen"
+    last_n: int = 2
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ()
+    grad_checkpointing: bool = False
+
+    @classmethod
+    def image(cls, cfg: FinetuneConfig) -> Tuning:
+        return cls(cfg.method, *_shared(cfg))
+
+    @classmethod
+    def audio(cls, cfg: FinetuneConfig) -> Tuning:
+        return cls(cfg.audio_method, *_shared(cfg))
+
+    @property
+    def trains(self) -> bool:
+        return self.method != "frozen"
+
+    def describe(self) -> dict:
+        """What an export or a run's ``tuning.json`` records of it."""
+        out = {"method": self.method}
+        if self.method == "last_n":
+            out["last_n"] = self.last_n
+        if self.method == "lora":
+            out.update(rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout,
+                       targets=list(self.lora_targets))  # fmt: skip
+        return out
+
+
+def _shared(cfg: FinetuneConfig) -> tuple:
+    return (cfg.last_n, cfg.lora_rank, cfg.lora_alpha, cfg.lora_dropout, tuple(cfg.lora_targets),
+            cfg.grad_checkpointing)  # fmt: skip
+
+
+def tower(model: nn.Module, family: str) -> nn.Module:
+    """The part of an encoder that tunes: an open_clip model's vision tower, any other model whole."""
+    return model.visual if family == "open_clip" else model
+
+
+def blocks(module: nn.Module) -> tuple[str, list[nn.Module]]:
+    """(dotted name, layers) of the module's blocks: the ModuleList (or Sequential of two or more children) of
+    children of one type that holds the most parameters."""
+    best, best_size = ("", []), -1
+    for name, child in module.named_modules():
+        if not isinstance(child, (nn.ModuleList, nn.Sequential)) or len(child) < (
+            1 if isinstance(child, nn.ModuleList) else 2
+        ):
+            continue
+        layers = list(child)
+        if len({type(m) for m in layers}) != 1:
+            continue
+        size = sum(p.numel() for p in child.parameters())
+        if size > best_size:
+            best, best_size = (name, layers), size
+    if best_size <= 0:
+        raise TuningError(f"{type(module).__name__} has no list of blocks to tune (finetune.method=last_n needs one)")
+    return best
+
+
+def layer_ids(module: nn.Module) -> tuple[dict[str, int], int]:
+    """({parameter name: layer id}, number of blocks n): 0 for the embedding, i + 1 for block i, n + 1 for the layers
+    after the blocks. LoRA parameters take the layer of the weight they adapt."""
+    prefix, layers = blocks(module)
+    n = len(layers)
+    ids = {}
+    for name, _ in module.named_parameters():
+        if prefix and name.startswith(prefix + "."):
+            ids[name] = int(name[len(prefix) + 1 :].split(".")[0]) + 1
+        elif any(key in name for key in EMBEDDING_NAMES):
+            ids[name] = 0
+        else:
+            ids[name] = n + 1
+    return ids, n
+
+
+def apply(model: nn.Module, family: str, tuning: Tuning) -> nn.Module:
+    """Set which of ``model``'s weights train (in place; LoRA adapters are injected into its tower) and return the
+    model. Every weight outside the tower stays frozen."""
+    if tuning.method not in METHODS:
+        raise TuningError(f"finetune.method '{tuning.method}' is not one of {', '.join(METHODS)}")
+    model.requires_grad_(False)
+    part = tower(model, family)
+    if tuning.method == "full":
+        part.requires_grad_(True)
+    elif tuning.method == "last_n":
+        ids, n = layer_ids(part)
+        if tuning.last_n > n:
+            raise TuningError(f"finetune.last_n={tuning.last_n}, but {type(part).__name__} has {n} blocks")
+        for name, p in part.named_parameters():
+            p.requires_grad_(ids[name] > n - tuning.last_n)
+    elif tuning.method == "lora":
+        _inject_lora(part, family, tuning)
+    if tuning.grad_checkpointing and tuning.trains:
+        enable_checkpointing(part)
+    return model
+
+
+def _inject_lora(part: nn.Module, family: str, tuning: Tuning) -> None:
+    from peft import LoraConfig, inject_adapter_in_model
+
+    targets = list(tuning.lora_targets) or (list(OPEN_CLIP_TARGETS) if family == "open_clip" else "all-linear")
+    config = LoraConfig(
+        r=tuning.lora_rank, lora_alpha=tuning.lora_alpha, lora_dropout=tuning.lora_dropout, target_modules=targets
+    )
+    linear_attention(part)
+    try:
+        inject_adapter_in_model(config, part)
+    except ValueError as e:  # peft: "Target modules {...} not found in the base model"
+        names = sorted({n.split(".")[-1] for n, m in part.named_modules() if isinstance(m, nn.Linear)})
+        raise TuningError(
+            f"finetune.lora_targets {targets}: {str(e).splitlines()[0]} (linear layers of this model: "
+            f"{', '.join(names[:12])})"
+        ) from None
+    for name, p in part.named_parameters():
+        p.requires_grad_("lora_" in name)
+
+
+class LinearAttention(nn.Module):
+    """A self-attention ``nn.MultiheadAttention`` with its input and output projections as ``nn.Linear`` layers
+    (sharing its weights), so LoRA adapts them as it adapts any linear layer. peft's own support of
+    ``nn.MultiheadAttention`` merges the adapter into the base weights for every forward and out again, which drifts
+    the frozen weights by rounding; this keeps them bit-identical. Same call and outputs as the module it replaces
+    (``need_weights=False``)."""
+
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
+            raise TuningError("LoRA on attention supports plain self-attention (nn.MultiheadAttention defaults)")
+        d = mha.embed_dim
+        self.num_heads, self.batch_first, self.dropout = mha.num_heads, mha.batch_first, mha.dropout
+        self.in_proj = nn.Linear(d, 3 * d, bias=mha.in_proj_bias is not None)
+        self.in_proj.weight = mha.in_proj_weight
+        if mha.in_proj_bias is not None:
+            self.in_proj.bias = mha.in_proj_bias
+        self.out_proj = mha.out_proj
+
+    def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None, key_padding_mask=None, **_):
+        if (key is not None and key is not query) or (value is not None and value is not query):
+            raise TuningError("LinearAttention: self-attention only (query, key and value one tensor)")
+        if key_padding_mask is not None or need_weights:
+            raise TuningError("LinearAttention: no key_padding_mask, no attention weights")
+        x = query if self.batch_first else query.transpose(0, 1)
+        b, n, d = x.shape
+        q, k, v = self.in_proj(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+        if attn_mask is not None and attn_mask.dtype != torch.bool:
+            attn_mask = attn_mask.to(q.dtype)
+        p = self.dropout if self.training else 0.0
+        out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+        out = self.out_proj(out.transpose(1, 2).reshape(b, n, d))
+        return (out if self.batch_first else out.transpose(0, 1)), None
+
+
+def linear_attention(part: nn.Module) -> None:
+    """Every ``nn.MultiheadAttention`` of ``part`` as a :class:`LinearAttention` (in place)."""
+    for name, module in list(part.named_modules()):
+        if isinstance(module, nn.MultiheadAttention):
+            parent, _, attr = name.rpartition(".")
+            setattr(part.get_submodule(parent) if parent else part, attr, LinearAttention(module))
+
+
+def enable_checkpointing(part: nn.Module) -> None:
+    """Gradient checkpointing of a tower (timm and open_clip: ``set_grad_checkpointing``; transformers:
+    ``gradient_checkpointing_enable``)."""
+    if hasattr(part, "set_grad_checkpointing"):
+        part.set_grad_checkpointing(True)
+    elif hasattr(part, "gradient_checkpointing_enable"):
+        part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        raise TuningError(f"finetune.grad_checkpointing: {type(part).__name__} does not support it")
+
+
+def param_groups(part: nn.Module, prefix: str, lr: float, layer_decay: float, weight_decay: float) -> list[dict]:
+    """Optimizer groups of a tower's trainable parameters, named as in the full model (``prefix`` + name): one
+    learning rate per layer (``lr x layer_decay^(n + 1 - id)``), weight decay on matrices only."""
+    ids, n = layer_ids(part) if layer_decay != 1.0 else ({}, 0)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in part.named_parameters():
+        if not p.requires_grad:
+            continue
+        layer = ids.get(name, n + 1)
+        decay = p.ndim >= 2
+        group = groups.setdefault(
+            (layer, decay),
+            {"params": [], "lr": lr * layer_decay ** (n + 1 - layer), "weight_decay": weight_decay if decay else 0.0,
+             "name": f"{prefix}layer{layer}"},
+        )  # fmt: skip
+        group["params"].append(p)
+    return list(groups.values())
+
+
+def tuned_keys(module: nn.Module) -> set[str]:
+    """The state-dict keys of a pretrained module that training changes: its trainable parameters and the buffers
+    of the layers that own one (a trained block's batch-norm statistics)."""
+    keys = set()
+    for prefix, layer in module.named_modules():
+        own = [(n, p) for n, p in layer.named_parameters(recurse=False)]
+        trains = any(p.requires_grad for _, p in own)
+        names = [n for n, p in own if p.requires_grad]
+        if trains:
+            names += [n for n, _ in layer.named_buffers(recurse=False)]
+        keys |= {f"{prefix}.{n}" if prefix else n for n in names}
+    return keys & set(module.state_dict().keys())
+
+
+def trainable_keys(model: nn.Module) -> set[str]:
+    """The state-dict keys a checkpoint of ``model`` holds: every key, less the pretrained parts' (the submodules
+    named in ``model.pretrained``) keys that training does not change (:func:`tuned_keys`); those are reloaded from
+    their source."""
+    keys = set(model.state_dict().keys())
+    for part in getattr(model, "pretrained", ()):
+        sub = model.get_submodule(part)
+        keys -= {f"{part}.{k}" for k in set(sub.state_dict().keys()) - tuned_keys(sub)}
+    return keys
+
+
+def merged_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The full weights of ``model`` with its LoRA adapters merged into the weights they adapt, under the base
+    model's own keys (in place: the model keeps the merged weights)."""
+    from peft.tuners.lora import LoraLayer
+
+    for m in model.modules():
+        if isinstance(m, LoraLayer) and not m.merged:
+            m.merge()
+    state = {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if "lora_" not in k}
+    for name, m in model.named_modules():  # a LinearAttention's input projection under nn.MultiheadAttention's keys
+        if isinstance(m, LinearAttention):
+            for kind in ("weight", "bias"):
+                if f"{name}.in_proj.{kind}" in state:
+                    state[f"{name}.in_proj_{kind}"] = state.pop(f"{name}.in_proj.{kind}")
+    return state
+
+
+__all__ = ["Tuning", "TuningError", "apply", "blocks", "layer_ids", "param_groups", "trainable_keys", "tuned_keys",
+           "merged_state", "tower", "LinearAttention"]  # fmt: skip
