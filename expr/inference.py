@@ -26,16 +26,18 @@ def predict_frames(
     videos: np.ndarray | None = None,
     mode: str = "cached",
     num_workers: int | None = None,
+    encoders=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frame probabilities of every video of ``split`` (or of ``videos`` among them): (frame rows, [rows, C]), by
     step 1 of :mod:`expr.evaluation`'s path (``label_rule``: the run's ``data.label_frame``; frames without a face
     filled from the nearest face frame). ``mode="online"`` runs the store's frozen encoders on its face crops and
-    audio, as an online-trained head saw."""
+    audio, as an online-trained head saw (``encoders``: (encoders, image transform) of the run, see
+    :func:`expr.runs.run_encoders`; default: the store's frozen ones)."""
     windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True)
     videos = store.videos_in(split) if videos is None else np.asarray(videos)
     model = model.to(device)
     if mode == "online":
-        encoders, image_transform = store_encoders(store, device)
+        encoders, image_transform = encoders or store_encoders(store, device)
         data = OnlineWindowDataset(store, windows, image_transform, augment=False)
         mine = np.flatnonzero(np.isin(data.video, videos))
         batches = torch.utils.data.DataLoader(

@@ -16,6 +16,7 @@ from expr.data.online import OnlineWindowDataset, collate_online
 from expr.data.source import open_store
 from expr.data.windows import EpochSampler, WindowDataset, collate_batch, load_or_build_windows
 from expr.models.online import store_encoders
+from expr.models.tuning import Tuning
 
 logger = logging.getLogger("expr.loaders")
 
@@ -88,9 +89,15 @@ def build_run_data(cfg: Config, acc) -> RunData:
             f"data.mode=online runs the store's CLIP and Wav2Vec2 (the sets clip and wav2vec2) inside training; the "
             f"sets {', '.join(store.visual_sets)} / {store.audio_set} train in cached mode (data.mode=cached)"
         )
+    tuning = (Tuning.image(cfg.finetune), Tuning.audio(cfg.finetune))
+    if d.mode != "online" and any(t.trains for t in tuning):
+        raise ConfigError(
+            "config keys 'finetune.method' / 'finetune.audio_method' train an encoder inside `expr train`, which "
+            "needs data.mode=online (a store prepared with --media); for the two-stage recipe run `expr finetune`"
+        )
     if d.mode == "online":
-        # The encoders that made the store's features (and its text embeddings); never trained, never prepared.
-        encoders, image_transform = store_encoders(store, acc.device)
+        # The encoders that made the store's features (and its text embeddings): frozen, or tuned with the head.
+        encoders, image_transform = store_encoders(store, acc.device, tuning)
         train_set = OnlineWindowDataset(store, train_windows, image_transform, d.augment, cfg.train.seed, d.label_frame)
         val_set = OnlineWindowDataset(store, val_windows, image_transform, augment=False)
         collate = collate_online

@@ -33,7 +33,7 @@ from expr.features.spec import SpecError, parse_spec
 from expr.inference import predict_frames
 from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
-from expr.runs import RunError, load_head, run_options_help
+from expr.runs import RunError, load_head, run_encoders, run_options_help
 
 logger = logging.getLogger("expr.predict")
 
@@ -182,6 +182,7 @@ def predict_video(
         device=device,
         label_rule=cfg.data.label_frame,
         mode=cfg.data.mode,
+        encoders=run_encoders(run, cfg, store, device),
     )
     probs = smooth_rows(rows, probs, store.num_frames, store.frame_offset, cfg.eval.smoothing, cfg.eval.smoothing_width)
     labels = probs.argmax(1)

@@ -30,7 +30,7 @@ from expr.evaluation import frame_report, smooth_rows
 from expr.inference import predict_frames
 from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
-from expr.runs import RunError, legacy_overrides, load_run, run_options_help
+from expr.runs import RunError, legacy_overrides, load_run, run_encoders, run_options_help
 
 
 class EvaluateError(RunError):
@@ -81,6 +81,7 @@ def evaluate_run(
         label_rule=cfg.data.label_frame,
         videos=videos[rank::world],
         mode=cfg.data.mode,
+        encoders=run_encoders(run_dir, cfg, store, device),
     )
     if world > 1:
         parts = gather_object([(rows, probs)])

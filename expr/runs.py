@@ -28,6 +28,9 @@ from expr.config import Config, ConfigError, apply_dict, field_docs, load_yaml, 
 from expr.models.fusion import FusionHead
 
 EXPORT_FORMAT = 1
+TUNED_ENCODERS = "encoders.safetensors"
+"""Beside the head of an online run whose encoders trained (``best/``, and its export): their trained weights only
+(LoRA adapters or unfrozen blocks, under :class:`~expr.models.online.FrozenEncoders`' keys)."""
 # What a command reading a finished run (evaluate, submit, predict) may change in the run's config: where its data is
 # and how window predictions become frame labels. Every other key shaped the trained head or its training.
 RUN_OVERRIDES = (
@@ -143,6 +146,30 @@ def load_head(path: str | Path, device: str = "cpu", overrides: dict[str, Any] |
         raise RunError(f"{path}: neither an exported model (config.json + model.safetensors) nor a run directory")
     info["cfg"] = cfg
     return build_head(cfg, weights).to(device), info
+
+
+def run_encoders(path: str | Path, cfg: Config, store, device):
+    """The encoders an online-trained head runs on (``None`` for a cached-mode head), with the PIL preprocessing:
+    the store's frozen CLIP and Wav2Vec2, tuned with the run's trained weights when its encoders trained
+    (``finetune.method`` / ``finetune.audio_method``). ``path``: a run directory or an export."""
+    if cfg.data.mode != "online":
+        return None
+    from expr.models.online import store_encoders
+    from expr.models.tuning import Tuning, tuned_keys
+
+    tuning = (Tuning.image(cfg.finetune), Tuning.audio(cfg.finetune))
+    if not any(t.trains for t in tuning):
+        return store_encoders(store, device)
+    path = Path(path)
+    weights = next((w for w in (path / "best" / TUNED_ENCODERS, path / TUNED_ENCODERS) if w.is_file()), None)
+    if weights is None:
+        raise RunError(f"{path}: its encoders trained, but their weights ({TUNED_ENCODERS}) are missing")
+    encoders, transform = store_encoders(store, "cpu", tuning)
+    state = load_file(str(weights))
+    if set(state) != tuned_keys(encoders):
+        raise RunError(f"{weights}: the weights do not fit the encoders tuned as the run's config says")
+    encoders.load_state_dict(state, strict=False)
+    return encoders.requires_grad_(False).to(device), transform
 
 
 def chosen_sets(store_meta: dict[str, Any], cfg) -> dict[str, dict[str, dict]]:

@@ -31,7 +31,7 @@ from expr.data.store import StoreError
 from expr.evaluation import smooth_rows
 from expr.inference import predict_frames
 from expr.options import parse_options, positional
-from expr.runs import RunError, legacy_overrides, load_run, run_options_help
+from expr.runs import RunError, legacy_overrides, load_run, run_encoders, run_options_help
 
 
 class SubmissionError(ValueError):
@@ -91,6 +91,7 @@ def frame_labels(
     device = resolve_device(device)
     method, width = cfg.eval.smoothing, cfg.eval.smoothing_width
     wanted = np.array([store.names.index(v) for v in videos], np.int64)
+    encoders = run_encoders(run_dir, cfg, store, device)
     out = {}
     for split in sorted(set(store.splits[wanted].tolist())):  # only the example's videos are predicted
         mine = wanted[store.splits[wanted] == split]
@@ -104,6 +105,7 @@ def frame_labels(
             label_rule=cfg.data.label_frame,
             videos=mine,
             mode=cfg.data.mode,
+            encoders=encoders,
         )
         labels = smooth_rows(rows, probs, store.num_frames, store.frame_offset, method, width).argmax(1)
         for v in mine:

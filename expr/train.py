@@ -40,7 +40,7 @@ if not torch.cuda.is_available():  # DeepSpeed picks its accelerator when first 
 from accelerate.logging import get_logger
 
 from expr.atomic import write_text
-from expr.checkpoint import Progress, resume_progress, save_progress
+from expr.checkpoint import Progress, resume_progress, save_head, save_progress
 from expr.config import Config, ConfigError, apply_dict, build_config, load_yaml, options_help, parse_cli, validate
 from expr.criterion import Criterion
 from expr.data.store import StoreError
@@ -56,8 +56,11 @@ from expr.features.backbones import BackboneError
 from expr.inference import validation_metrics
 from expr.loaders import build_run_data
 from expr.models.fusion import FusionHead, count_parameters
-from expr.optim import build_optimizer, scaled_lr
-from expr.runs import new_run_dir, write_best
+from expr.models.online import OnlineModel
+from expr.models.tuning import param_groups as encoder_groups
+from expr.models.tuning import trainable_keys
+from expr.optim import build_optimizer, param_groups, scaled_lr
+from expr.runs import TUNED_ENCODERS, new_run_dir, write_best
 
 logger = get_logger("expr.train")  # main process only, unless a call says otherwise
 
@@ -88,6 +91,9 @@ def epoch_line(metrics: dict[str, Any], epochs: int, improved: bool) -> str:
 
 class Trainer:
     """One training run. Construct, then :meth:`fit`."""
+
+    tuned = False
+    """Online mode with trainable encoders: the prepared model is an :class:`~expr.models.online.OnlineModel`."""
 
     def __init__(self, cfg: Config, resume_dir: str | None = None, on_epoch_end: EpochCallback | None = None):
         from accelerate.utils import set_seed
@@ -147,7 +153,12 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         model = FusionHead(cfg.model, cfg.num_classes)
         num_params = count_parameters(model)  # before prepare: ZeRO-3 partitions the module in place
-        self._prepare(model)
+        groups = None
+        if self.encoders is not None and self.encoders.trains:  # tuned encoders train inside the prepared module
+            model, groups = OnlineModel(self.encoders, model), self._tuned_groups(self.encoders, model)
+            num_params = count_parameters(model)
+            self.encoders, self.tuned = None, True
+        self._prepare(model, groups)
         self.criterion.to(acc.device)
         t, n = cfg.train, acc.num_processes
         logger.info(
@@ -157,6 +168,20 @@ class Trainer:
             f"{t.grad_accum_steps} accumulation); lr {self.lr:.3g} (train.scale_lr={t.scale_lr}); "
             f"{self.steps_per_epoch * t.epochs} optimizer steps"
         )
+
+    def _tuned_groups(self, encoders, head) -> Callable[[float], list[dict]]:
+        """Optimizer groups of a tuned online run: the head at the run's learning rate, the encoders' trained
+        weights at ``finetune.lr`` with layer-wise decay."""
+        f, wd = self.cfg.finetune, self.cfg.train.weight_decay
+        factor = (f.lr or self.cfg.train.lr) / self.cfg.train.lr
+
+        def groups(lr: float) -> list[dict]:
+            out = param_groups(head, wd)
+            for name in ("clip_visual", "wav2vec2"):
+                out += encoder_groups(getattr(encoders, name), f"encoders.{name}.", lr * factor, f.layer_decay, wd)
+            return out
+
+        return groups
 
     def _prepare(self, model: torch.nn.Module, groups: Callable[[float], list[dict]] | None = None) -> None:
         """The optimizer (``groups(lr)``: its parameter groups; default: every trainable parameter at the run's
@@ -182,6 +207,13 @@ class Trainer:
         """The best head so far (:func:`expr.runs.write_best`); ZeRO-3 partitions are gathered on every rank."""
         state = self.accelerator.get_state_dict(self.model)
         if self.accelerator.is_main_process:
+            encoders = None
+            if self.tuned:  # the head as always; the encoders' trained weights beside it
+                keep = trainable_keys(self.accelerator.unwrap_model(self.model))
+                encoders = {
+                    k[len("encoders.") :]: v for k, v in state.items() if k.startswith("encoders.") and k in keep
+                }
+                state = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
             info = {
                 "epoch": epoch,
                 "val/macro_f1": metrics["val/macro_f1"],
@@ -191,6 +223,8 @@ class Trainer:
             }
             rows, probs = self.last_frame_probs
             write_best(self.run_dir, state, info, rows, probs, self.store.labels[rows])
+            if encoders is not None:
+                save_head(encoders, self.run_dir / "best" / TUNED_ENCODERS)
 
     def _write_summary(self) -> None:
         """``final.json``: best result, process layout, and a parameter checksum from every rank (they must agree)."""
@@ -214,6 +248,10 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- training
     def _forward(self, batch: dict[str, torch.Tensor]):
         """The head on a batch; in online mode the frozen encoders first turn crops and audio into features."""
+        if self.tuned:
+            return self.model(
+                batch["pixels"], batch["visual_mask"], batch["wave"], batch["wave_mask"], batch.get("wave_length")
+            )
         if self.encoders is not None:
             batch = self.encoders.encode_batch(batch)
         dtype = next(self.model.parameters()).dtype

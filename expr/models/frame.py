@@ -12,7 +12,7 @@ from torch import nn
 
 from expr.features.encoders import ImageEncoder, load_image_encoder, load_tuned
 from expr.features.spec import EncoderSpec, parse_spec
-from expr.models.tuning import Tuning, apply, tower
+from expr.models.tuning import Tuning, apply, set_mode, tower
 
 
 class FrameClassifier(nn.Module):
@@ -30,17 +30,10 @@ class FrameClassifier(nn.Module):
         self.classifier = nn.Linear(encoder.dim, num_classes)
 
     def train(self, mode: bool = True):
-        """Frozen weights keep their eval behaviour: a frozen encoder stays in eval mode, and under LoRA its
-        batch-norm statistics stay as loaded."""
+        """The classifier trains; the encoder's frozen weights keep their eval behaviour (:func:`set_mode`)."""
         super().train(mode)
-        part = tower(self.encoder, self.family)
         self.encoder.eval()
-        if mode and self.tuning.trains:
-            part.train()
-            if self.tuning.method == "lora":
-                for m in part.modules():
-                    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                        m.eval()
+        set_mode(tower(self.encoder, self.family), self.tuning, mode)
         return self
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:

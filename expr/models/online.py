@@ -1,8 +1,10 @@
-"""Online mode's frozen encoders: CLIP's image tower and Wav2Vec2 run inside the training step, turning a batch of
-decoded face crops and raw audio into the same features the cache holds, for the same :class:`FusionHead`.
+"""Online mode's encoders: CLIP's image tower and Wav2Vec2 run inside the training step, turning a batch of decoded
+face crops and raw audio into the same features the cache holds, for the same :class:`FusionHead`.
 
-The encoders are never trained: they live outside the module that accelerate/DeepSpeed prepare, so they are not in
-the optimizer, not wrapped by DDP and not partitioned by ZeRO; on a GPU they run in fp16.
+Frozen (the paper's design), they live outside the module that accelerate/DeepSpeed prepare, so they are not in the
+optimizer, not wrapped by DDP and not partitioned by ZeRO; on a GPU they run in fp16. Tuned (``finetune.method`` /
+``finetune.audio_method``: LoRA adapters or the last blocks), they train with the head inside one
+:class:`OnlineModel`, in fp32 under the run's mixed precision; its checkpoints hold only what trains.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from torch import nn
 from expr.data.store import StoreError
 from expr.features.backbones import load_clip, load_wav2vec2, split_preprocess
 from expr.features.encoders import conv_geometry
+from expr.models.tuning import Tuning, apply, set_mode
 
 
 class FrozenEncoders(nn.Module):
@@ -46,9 +49,28 @@ class FrozenEncoders(nn.Module):
         self.visual_dim = int(clip_visual.output_dim)
         self.audio_dim = int(wav2vec2.config.hidden_size)
         self.audio_stride, self.audio_receptive = conv_geometry(wav2vec2.config)
+        self.tuning = (Tuning(), Tuning())
 
-    def train(self, mode: bool = True):  # frozen: always in eval mode (no dropout, fixed norms)
-        return super().train(False)
+    @property
+    def trains(self) -> bool:
+        return any(t.trains for t in self.tuning)
+
+    def tune(self, image: Tuning, audio: Tuning) -> FrozenEncoders:
+        """Make the image tower and/or Wav2Vec2 trainable as ``image`` / ``audio`` say (in place). A tuned
+        Wav2Vec2 drops no layers and masks no time steps: its features stay those that inference computes."""
+        self.tuning = (image, audio)
+        apply(self.clip_visual, "open_clip", image)
+        apply(self.wav2vec2, "hf", audio)
+        if audio.trains:
+            self.wav2vec2.config.layerdrop, self.wav2vec2.config.apply_spec_augment = 0.0, False
+        return self
+
+    def train(self, mode: bool = True):
+        """Frozen weights keep their eval behaviour (no dropout, fixed norms); see :func:`set_mode`."""
+        super().train(False)
+        set_mode(self.clip_visual, self.tuning[0], mode)
+        set_mode(self.wav2vec2, self.tuning[1], mode)
+        return self
 
     @property
     def dtype(self) -> torch.dtype:
@@ -62,25 +84,30 @@ class FrozenEncoders(nn.Module):
         )
         return {**batch, "visual": visual, "audio": audio, "audio_mask": audio_mask}
 
-    @torch.no_grad()
     def forward(self, pixels, visual_mask, wave, wave_mask, wave_length=None):
+        with torch.set_grad_enabled(self.trains and torch.is_grad_enabled()):
+            return self._encode(pixels, visual_mask, wave, wave_mask, wave_length)
+
+    def _encode(self, pixels, visual_mask, wave, wave_mask, wave_length=None):
         device, dtype = self.mean.device, self.dtype
         B, T = visual_mask.shape
-        visual = torch.zeros((B * T, self.visual_dim), dtype=torch.float16, device=device)
+        out_dtype = torch.float32 if self.trains else torch.float16  # tuned: gradients flow through the features
+        visual = torch.zeros((B * T, self.visual_dim), dtype=out_dtype, device=device)
         keep = visual_mask.reshape(-1).to(device)
         images = pixels.reshape(B * T, *pixels.shape[2:])[keep.to(pixels.device)].to(device, non_blocking=True)
         out = []
         for i in range(0, len(images), self.image_batch):
             x = (images[i : i + self.image_batch].float() / 255.0 - self.mean) / self.std
-            out.append(self.clip_visual(x.to(dtype)).to(torch.float16))
+            out.append(self.clip_visual(x.to(dtype)).to(out_dtype))
         if out:
-            visual[keep] = torch.cat(out)
+            visual = visual.index_put((keep,), torch.cat(out))
         audio, audio_mask = self.encode_audio(wave, wave_mask, wave_length)
         return visual.view(B, T, self.visual_dim), audio, audio_mask
 
     def encode_audio(self, wave, wave_mask, wave_length=None):
         """Wav2Vec2 features [B, Ta, Da] fp16 and their mask [B, Ta] of each window's own audio (see the class)."""
         device, dtype = self.mean.device, self.dtype
+        out_dtype = torch.float32 if self.trains else torch.float16
         wave = wave.to(device, torch.float32, non_blocking=True)
         wave_mask = wave_mask.to(device, non_blocking=True)
         B, L = wave.shape
@@ -95,11 +122,11 @@ class FrozenEncoders(nn.Module):
                 mu = (w * mf).sum(1, keepdim=True) / count
                 var = (((w - mu) * mf) ** 2).sum(1, keepdim=True) / count
                 w = (w - mu) / torch.sqrt(var + 1e-7)
-            hidden = self.wav2vec2((w * mf).to(dtype)).last_hidden_state.to(torch.float16)  # [b, Ta, Da]
+            hidden = self.wav2vec2((w * mf).to(dtype)).last_hidden_state.to(out_dtype)  # [b, Ta, Da]
             centre = torch.arange(hidden.shape[1], device=device) * self.audio_stride + self.audio_receptive // 2
             parts[length] = (rows, hidden, m[:, centre.clamp(max=length - 1)])
         ta = max(h.shape[1] for _, h, _ in parts.values())
-        audio = torch.zeros((B, ta, self.audio_dim), dtype=torch.float16, device=device)
+        audio = torch.zeros((B, ta, self.audio_dim), dtype=out_dtype, device=device)
         audio_mask = torch.zeros((B, ta), dtype=torch.bool, device=device)
         for rows, hidden, mask in parts.values():
             audio[rows, : hidden.shape[1]] = hidden * mask.unsqueeze(-1).to(hidden.dtype)
@@ -107,30 +134,52 @@ class FrozenEncoders(nn.Module):
         return audio, audio_mask
 
 
-def load_encoders(clip: str, clip_pretrained: str, wav2vec2: str, device) -> tuple[FrozenEncoders, object]:
-    """The frozen encoders of a store's recorded backbones on ``device`` (fp16 on a GPU), and the PIL part of
-    open_clip's preprocessing for the data-loading workers."""
+def load_encoders(
+    clip: str, clip_pretrained: str, wav2vec2: str, device, tuning: tuple[Tuning, Tuning] | None = None
+) -> tuple[FrozenEncoders, object]:
+    """The encoders of a store's recorded backbones on ``device`` (frozen: fp16 on a GPU; ``tuning``: made trainable
+    as it says, fp32), and the PIL part of open_clip's preprocessing for the data-loading workers."""
 
     model, preprocess, _ = load_clip(clip, clip_pretrained, "cpu")
     image_transform, mean, std = split_preprocess(preprocess)
     w2v, normalize = load_wav2vec2(wav2vec2, "cpu")
     encoders = FrozenEncoders(model.visual, mean, std, w2v, normalize)
     del model  # the text tower is not needed: the prompts' embeddings come from the store
+    if tuning is not None:
+        encoders.tune(*tuning)
     device = torch.device(device)
     encoders = encoders.to(device)
-    if device.type == "cuda":
+    if device.type == "cuda" and not encoders.trains:
         encoders.clip_visual.half()
         encoders.wav2vec2.half()
     return encoders, image_transform
 
 
-def store_encoders(store, device) -> tuple[FrozenEncoders, object]:
+def store_encoders(store, device, tuning: tuple[Tuning, Tuning] | None = None) -> tuple[FrozenEncoders, object]:
     """:func:`load_encoders` of the backbones a store was prepared with (``store.json``)."""
 
     recorded = store.meta.get("backbones", {})
     if "clip_pretrained" not in recorded or "wav2vec2" not in recorded:
         raise StoreError(f"{store.path}: store.json does not say which backbones made it; prepare it with expr prepare")
-    return load_encoders(recorded["clip"], recorded["clip_pretrained"], recorded["wav2vec2"], device)
+    return load_encoders(recorded["clip"], recorded["clip_pretrained"], recorded["wav2vec2"], device, tuning)
 
 
-__all__ = ["FrozenEncoders", "load_encoders", "store_encoders"]
+class OnlineModel(nn.Module):
+    """Tuned encoders and the head as one module (what accelerate prepares when an encoder trains):
+    ``forward(pixels, visual_mask, wave, wave_mask, wave_length) -> FusionOutput``. Only what trains is saved:
+    ``pretrained`` names the encoders (:func:`expr.models.tuning.trainable_keys`)."""
+
+    pretrained = ("encoders",)
+
+    def __init__(self, encoders: FrozenEncoders, head: nn.Module):
+        super().__init__()
+        self.encoders, self.head = encoders, head
+
+    def forward(self, pixels, visual_mask, wave, wave_mask, wave_length=None):
+        visual, audio, audio_mask = self.encoders(pixels, visual_mask, wave, wave_mask, wave_length)
+        dtype = next(self.head.parameters()).dtype  # fp16 / bf16 under DeepSpeed, else fp32 (autocast does the rest)
+        dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
+        return self.head(visual.to(dtype), visual_mask.to(visual.device), audio.to(dtype), audio_mask)
+
+
+__all__ = ["FrozenEncoders", "OnlineModel", "load_encoders", "store_encoders"]

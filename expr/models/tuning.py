@@ -72,8 +72,20 @@ def _shared(cfg: FinetuneConfig) -> tuple:
 
 
 def tower(model: nn.Module, family: str) -> nn.Module:
-    """The part of an encoder that tunes: an open_clip model's vision tower, any other model whole."""
-    return model.visual if family == "open_clip" else model
+    """The part of an encoder that tunes: an open_clip model's vision tower, any other model (or a vision tower
+    alone) whole."""
+    return model.visual if family == "open_clip" and hasattr(model, "visual") else model
+
+
+def set_mode(part: nn.Module, tuning: Tuning, training: bool) -> None:
+    """Train or eval mode of a tower: frozen and LoRA-adapted towers keep the eval behaviour of their base weights
+    (no dropout, fixed norm statistics, no layer drop); only LoRA's own dropout trains. Fully or partly trained
+    towers train as a whole."""
+    part.train(training and tuning.method in ("full", "last_n"))
+    if training and tuning.method == "lora":
+        for name, m in part.named_modules():
+            if name.endswith("lora_dropout"):
+                m.train()
 
 
 def blocks(module: nn.Module) -> tuple[str, list[nn.Module]]:
@@ -270,4 +282,4 @@ def merged_state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 __all__ = ["Tuning", "TuningError", "apply", "blocks", "layer_ids", "param_groups", "trainable_keys", "tuned_keys",
-           "merged_state", "tower", "LinearAttention"]  # fmt: skip
+           "merged_state", "tower", "set_mode", "LinearAttention"]  # fmt: skip
