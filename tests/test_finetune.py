@@ -3,6 +3,7 @@ crops whose class evidence a frozen random encoder does not expose (tests/faceta
 feature set for stage II, and its export."""
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from expr.models.frame import load_frame_classifier
 from expr.prepare import main as prepare_main
 
 CLS = str(CLASSES)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -266,3 +268,57 @@ def test_encoder_tuning_outside_online_mode_is_refused(face_store, tmp_path):
     store, _ = face_store
     with pytest.raises(Exception, match="data.mode=online"):
         Trainer(_online(store, tmp_path / "x", "lora", **{"data.mode": "cached"}))
+
+
+def test_tuned_encoders_keep_the_eval_behaviour_of_their_frozen_weights(face_store):
+    from expr.models.online import store_encoders
+    from expr.models.tuning import Tuning
+
+    store, _ = face_store
+    lora = Tuning("lora", lora_dropout=0.1)
+    encoders, _ = store_encoders(FrameStore(store, visual="clip"), "cpu", (lora, lora))
+    encoders.train()
+    dropouts = [(n, m) for n, m in encoders.named_modules() if isinstance(m, torch.nn.Dropout)]
+    assert any("lora_dropout" in n for n, _ in dropouts) and any("lora_dropout" not in n for n, _ in dropouts)
+    assert all(m.training == ("lora_dropout" in n) for n, m in dropouts)  # only LoRA's own dropout trains
+    encoders, _ = store_encoders(FrameStore(store, visual="clip"), "cpu", (Tuning(), Tuning("last_n", last_n=1)))
+    encoders.train()
+    assert encoders.wav2vec2.encoder.layers[-1].training and encoders.wav2vec2.config.layerdrop == 0.0
+
+
+@pytest.mark.parametrize("launcher, command", [("ddp", "finetune"), ("zero2", "train")])
+def test_tuning_on_two_processes_resumes_and_keeps_ranks_identical(face_store, tmp_path, launcher, command):
+    """Stage I under DDP, and online LoRA under DeepSpeed ZeRO-2 (trainable encoder parameters inside the engine;
+    frozen ones left out of its checkpoints), on 2 CPU processes: killed mid-run, resumed, ranks identical."""
+    from conftest import accelerate_cmd
+    from test_distributed import free_port
+
+    store, _ = face_store
+    mode = ["--multi_gpu"] if launcher == "ddp" else ["--config_file", "accelerate_configs/deepspeed_zero2.yaml"]
+    cfg = _online(store, tmp_path / "run", "lora", **{"train.epochs": 2, "data.num_workers": 1})
+    keys = ["data.cache", "data.classes", "train.lr", "finetune.method", "finetune.lr"]
+    if command == "train":
+        keys += ["data.mode", "data.augment", "data.window", "data.stride", "data.eval_stride", "model.tcn_blocks",
+                 "model.dim", "model.heads", "model.mlp_hidden", "train.batch_size"]  # fmt: skip
+    args = [a for k in keys for a in (f"--{k}", repr(_value(cfg, k)))]
+    args += ["--train.epochs", "2", "--train.log_with", "none", "--data.num_workers", "1"]
+    run_dir = tmp_path / "run"
+
+    def launch(extra):
+        port = ["--main_process_port", str(free_port())]
+        cmd = accelerate_cmd() + ["launch", *mode, "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+               "no", "--dynamo_backend", "no", *port, "-m", "expr", command, *extra]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+
+    launch([*args, "--train.output_dir", str(run_dir), "--train.stop_after_steps", "5"])
+    launch(["--resume", str(run_dir), "--train.log_with", "none"])
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["num_processes"] == 2 and len(set(final["param_checksum_per_rank"])) == 1
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (run_dir / "best" / ("tuning.json" if command == "finetune" else "encoders.safetensors")).is_file()
+
+
+def _value(cfg, key):
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
