@@ -322,3 +322,41 @@ def test_tuning_on_two_processes_resumes_and_keeps_ranks_identical(face_store, t
 def _value(cfg, key):
     section, name = key.split(".")
     return getattr(getattr(cfg, section), name)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    import open_clip
+    from mediatree import SMALL_CLIP_TEXT, SMALL_CLIP_VISION, SMALL_WAV2VEC2
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+
+    from expr.models.tuning import Tuning, apply
+
+    def grads(build, family, x, checkpointing):
+        torch.manual_seed(0)
+        model = apply(build(), family, Tuning("lora", grad_checkpointing=checkpointing, lora_dropout=0.0))
+        torch.manual_seed(1)
+        for n, p in model.named_parameters():  # non-zero adapters, so every LoRA weight gets a gradient
+            if "lora_B" in n:
+                p.data.normal_()
+        model.train()
+        on = any(
+            getattr(m, "grad_checkpointing", False) or getattr(m, "gradient_checkpointing", False)
+            for m in model.modules()
+        )
+        assert on == checkpointing
+        out = model(x)
+        (out if torch.is_tensor(out) else out.last_hidden_state).square().sum().backward()
+        return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+
+    vision = {**SMALL_CLIP_VISION, "layers": 2}
+
+    def clip():
+        return open_clip.CLIP(16, open_clip.CLIPVisionCfg(**vision), open_clip.CLIPTextCfg(**SMALL_CLIP_TEXT)).visual
+
+    def w2v():
+        return Wav2Vec2Model(Wav2Vec2Config(**SMALL_WAV2VEC2, layerdrop=0.0, apply_spec_augment=False))
+
+    for build, family, x in ((clip, "open_clip", torch.randn(2, 3, 32, 32)), (w2v, "hf", torch.randn(2, 4000))):
+        plain, checkpointed = grads(build, family, x, False), grads(build, family, x, True)
+        assert plain.keys() == checkpointed.keys() and plain
+        assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-5) for k in plain)

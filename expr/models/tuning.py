@@ -214,6 +214,8 @@ def enable_checkpointing(part: nn.Module) -> None:
     ``gradient_checkpointing_enable``)."""
     if hasattr(part, "set_grad_checkpointing"):
         part.set_grad_checkpointing(True)
+    elif hasattr(part, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+        part.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     elif hasattr(part, "gradient_checkpointing_enable"):
         part.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     else:
