@@ -127,6 +127,15 @@ def test_tuned_encoder_beats_the_frozen_one_in_stage_one_and_stage_two(face_stor
         scores[name] = run(cfg)["best_macro_f1"]
     # Measured: stage I frozen 0.19, LoRA 0.76; stage II on the frozen CLIP 0.46, on the tuned encoder 1.00.
     assert scores["tuned"] > scores["clip"] + 0.3, scores
+    # expr predict on a raw video rebuilds the tuned set from its spec (the stage I run), as the head was trained
+    from test_predict import clip_from_photo
+
+    from expr.predict import predict_video
+
+    video = clip_from_photo(tmp_path / "a.mp4", "astronaut")
+    result = predict_video(video, tmp_path / "tuned", tmp_path / "out", progress=False)
+    assert len(result["labels"]) == 12
+    assert f'"spec": "finetuned:{tmp_path / "lora"}"' in (tmp_path / "out" / "a_features" / "store.json").read_text()
 
 
 def test_tuned_features_and_exports_give_the_same_outputs(face_store, tmp_path):
@@ -236,8 +245,20 @@ def test_online_lora_trains_with_the_head_and_beats_the_frozen_encoder(face_stor
     assert saved and all("lora_" in k for k in saved)
     head = load_file(str(tmp_path / "lora" / "best" / "model.safetensors"))
     assert all(not k.startswith(("head.", "encoders.")) for k in head)  # the head alone, as every run writes it
-    # evaluate runs the tuned encoders and reproduces training's metric
+    # evaluate runs the tuned encoders and reproduces training's metric; predict and export carry them
     assert evaluate_run(tmp_path / "lora", device="cpu")["metrics"]["macro_f1"] == pytest.approx(lora, abs=1e-6)
+    from test_predict import clip_from_photo
+
+    from expr.export import main as export_main
+    from expr.predict import predict_video
+
+    assert export_main([str(tmp_path / "lora"), "--out", str(tmp_path / "export")]) == 0
+    assert (tmp_path / "export" / "encoders.safetensors").is_file()
+    video = clip_from_photo(tmp_path / "a.mp4", "astronaut")
+    a = predict_video(video, tmp_path / "lora", tmp_path / "p1", progress=False)
+    b = predict_video(video, tmp_path / "export", tmp_path / "p2", progress=False)
+    assert (tmp_path / "p1" / "a.csv").read_text() == (tmp_path / "p2" / "a.csv").read_text()
+    assert len(a["labels"]) == len(b["labels"]) == 12
 
 
 def test_online_lora_resume_after_a_kill_equals_the_uninterrupted_run(face_store, tmp_path):
