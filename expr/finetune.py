@@ -31,17 +31,16 @@ from expr.config import ConfigError, default_num_workers, options_help
 from expr.data.frames import FrameDataset, FrameSampler, labelled_face_rows, spread
 from expr.data.online import MediaStore
 from expr.data.source import open_store
-from expr.data.store import StoreError
-from expr.distributed import exit_process, leave_process_group
-from expr.features.encoders import TUNED_INFO, EncoderError
+from expr.distributed import exit_process
+from expr.features.encoders import TUNED_INFO
 from expr.features.spec import SpecError, parse_spec
 from expr.loaders import RunData
 from expr.metrics import classification_report
 from expr.models.frame import FrameClassifier, build_frame_classifier
-from expr.models.tuning import Tuning, TuningError, param_groups, tower, trainable_keys
+from expr.models.tuning import Tuning, param_groups, tower, trainable_keys
 from expr.optim import param_groups as head_groups
 from expr.runs import write_best
-from expr.train import Trainer, config_from_argv
+from expr.train import Trainer, launch
 
 logger = logging.getLogger("expr.finetune")
 
@@ -194,28 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         print("Options (defaults of the finetune preset):\n")
         print(options_help("finetune"))
         return 0
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
-    logging.getLogger("expr").setLevel(logging.INFO)
-    try:
-        cfg, resume = config_from_argv(argv, default_preset="finetune")
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from accelerate import PartialState
-
-    try:
-        result = run(cfg, resume_dir=resume)
-        is_main = PartialState().is_main_process
-    except (ConfigError, StoreError, EncoderError, SpecError, TuningError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        leave_process_group()
-    if is_main:
+    code, result = launch(argv, FinetuneTrainer, default_preset="finetune")
+    if result is not None:
         run_dir = result["run_dir"]
         print(f"best val/macro_f1 {result['best_macro_f1']:.4f} (frames) at epoch {result['best_epoch']}; run: "
               f"{run_dir}\nnext: expr prepare ... --visual tuned=finetuned:{run_dir}")  # fmt: skip
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -53,12 +53,14 @@ from expr.distributed import (
     sync_deepspeed_config,
 )
 from expr.features.backbones import BackboneError
+from expr.features.encoders import EncoderError
+from expr.features.spec import SpecError
 from expr.inference import validation_metrics
 from expr.loaders import build_run_data
 from expr.models.fusion import FusionHead, count_parameters
 from expr.models.online import OnlineModel
+from expr.models.tuning import TuningError, trainable_keys
 from expr.models.tuning import param_groups as encoder_groups
-from expr.models.tuning import trainable_keys
 from expr.optim import build_optimizer, param_groups, scaled_lr
 from expr.runs import TUNED_ENCODERS, new_run_dir, write_best
 
@@ -421,29 +423,36 @@ def main(argv: list[str] | None = None) -> int:
         print("Options (defaults of the paper preset; without data.cache the demo preset applies):\n")
         print(options_help())
         return 0
+    code, result = launch(argv, Trainer)
+    if result is not None:
+        print(
+            f"best val/macro_f1 {result['best_macro_f1']:.4f} at epoch {result['best_epoch']}; run: {result['run_dir']}"
+        )
+    return code
+
+
+def launch(argv: list[str], trainer: type[Trainer], default_preset: str | None = None):
+    """A training command's body: parse ``argv``, fit ``trainer`` (or resume), and turn the errors a user can fix
+    into one line. Returns (exit code, the result dict on the main process, else None)."""
     # Our own messages at INFO; libraries (open_clip logs through the root logger) only from WARNING up.
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
     logging.getLogger("expr").setLevel(logging.INFO)
     try:
-        cfg, resume = config_from_argv(argv)
+        cfg, resume = config_from_argv(argv, default_preset)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 2, None
     from accelerate import PartialState
 
     try:
-        result = run(cfg, resume_dir=resume)
+        result = trainer(cfg, resume_dir=resume).fit()
         is_main = PartialState().is_main_process
-    except (ConfigError, StoreError, BackboneError) as e:
+    except (ConfigError, StoreError, BackboneError, EncoderError, SpecError, TuningError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 2, None
     finally:
         leave_process_group()  # entry point only: run() may be called again
-    if is_main:
-        print(
-            f"best val/macro_f1 {result['best_macro_f1']:.4f} at epoch {result['best_epoch']}; run: {result['run_dir']}"
-        )
-    return 0
+    return 0, result if is_main else None
 
 
 if __name__ == "__main__":

@@ -180,6 +180,11 @@ def test_clear_errors(face_store, tmp_path, small_store, capsys):
         == 2
     )
     assert "finetune.lora_targets" in capsys.readouterr().err
+    from expr.train import main as train_main
+
+    online = ["--data.cache", str(store), "--data.mode", "online", "--finetune.method", "last_n"]
+    assert train_main([*online, "--finetune.last_n", "9", "--train.output_dir", str(tmp_path / "y"), *base[2:]]) == 2
+    assert "finetune.last_n=9, but VisionTransformer has 2 blocks" in capsys.readouterr().err
     assert finetune_main(["--data.cache", str(store), *base, "--finetune.methd", "lora"]) == 2
     assert "finetune.method" in capsys.readouterr().err  # a typo gets a suggestion
     with pytest.raises(Exception, match="not an `expr finetune` run|neither"):
