@@ -145,6 +145,16 @@ MUTATIONS = [
     ("tune-eval-mode", "tuned encoders keep the eval behaviour of their frozen weights", "expr/models/tuning.py",
      'part.train(training and tuning.method in ("full", "last_n"))', "part.train(training)",
      ["tests/test_finetune.py", "-k", "eval_behaviour"]),
+    ("tune-gc", "checkpointing layers of an eval-mode (LoRA) tower are told they train", "expr/models/tuning.py",
+     "m.training = True  # this module alone", "m.training = False  # this module alone",
+     ["tests/test_finetune.py", "-k", "checkpointing"]),
+    ("tune-cnn-blocks", "a CNN's stages are its blocks; what precedes them is the embedding", "expr/models/tuning.py",
+     "if len(run) >= 2 or (container and len(run) == len(children)):", "if container and len(run) == len(children):",
+     ["tests/test_finetune.py", "-k", "cnn"]),
+    ("tune-frozen-bn", "frozen batch norms keep their statistics under last_n", "expr/models/tuning.py",
+     "not any(p.requires_grad for p in m.parameters()):\n                m.eval()",
+     "not any(p.requires_grad for p in m.parameters()):\n                pass",
+     ["tests/test_finetune.py", "-k", "cnn"]),
 ]  # fmt: skip
 
 

@@ -172,6 +172,10 @@ def save_head(state: dict[str, torch.Tensor], out: str | Path, metadata: dict[st
 
 
 def export_head(state_dir: str | Path, out: str | Path) -> Path:
-    """Write the head of ``state_dir`` to ``out`` as fp32 safetensors."""
-    state = {k: v.float() for k, v in head_state_dict(state_dir).items()}
+    """Write the head of ``state_dir`` to ``out`` as fp32 safetensors (of an online run whose encoders trained: its
+    ``head.*`` part; the encoders' weights are in ``best/encoders.safetensors``)."""
+    state = head_state_dict(state_dir)
+    if any(k.startswith("head.") for k in state):
+        state = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
+    state = {k: v.float() for k, v in state.items()}
     return save_head(state, out, {"source": str(Path(state_dir).resolve())})

@@ -554,6 +554,7 @@ def validate(cfg: Config) -> None:
         (0.0 <= cfg.train.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)"),
         (cfg.finetune.last_n >= 1, "finetune.last_n", "must be at least 1"),
         (cfg.finetune.lora_rank >= 1, "finetune.lora_rank", "must be at least 1"),
+        (0.0 <= cfg.finetune.lora_dropout < 1.0, "finetune.lora_dropout", "must be in [0, 1)"),
         (0.0 < cfg.finetune.layer_decay <= 1.0, "finetune.layer_decay", "must be in (0, 1]"),
         (cfg.finetune.lr is None or cfg.finetune.lr > 0, "finetune.lr", "must be positive"),
         (cfg.finetune.frames_per_epoch >= 0, "finetune.frames_per_epoch", "must be 0 (all) or more"),

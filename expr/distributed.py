@@ -15,13 +15,18 @@ def make_accelerator(cfg: Config, project_dir: str | None, trackers: list[str]):
     """The run's Accelerator. Without CUDA, processes started by the multi-GPU launcher are told to use the CPU
     (gloo), or accelerate falls back to one process per launch; DeepSpeed without CUDA gets a gloo group."""
     from accelerate import Accelerator
-    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs, ProjectConfiguration
 
     deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false") == "true"
     no_cuda = not torch.cuda.is_available()
+    handlers = [InitProcessGroupKwargs(backend="gloo")] if deepspeed and no_cuda else []
+    if cfg.finetune.method != "frozen" or cfg.finetune.audio_method != "frozen":
+        # A tuned encoder's weights can miss a step's graph (a batch without a face skips the image tower; a pooling
+        # that leaves the projection out): DDP must not wait for their gradients.
+        handlers.append(DistributedDataParallelKwargs(find_unused_parameters=True))
     acc = Accelerator(
         cpu=no_cuda and not deepspeed,  # cpu=True would silently drop DeepSpeed
-        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if deepspeed and no_cuda else [],
+        kwargs_handlers=handlers,
         gradient_accumulation_steps=cfg.train.grad_accum_steps,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=project_dir or ".", logging_dir=None),

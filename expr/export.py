@@ -80,6 +80,11 @@ def export_tuned(run_dir: str | Path, out: str | Path, merge: bool = False) -> P
 def tuned_card(info: dict[str, Any]) -> str:
     t = info["tuning"]
     how = "adapters merged into the full encoder weights" if info["merged"] else "only the weights that trained"
+    base = (
+        "Loading builds the base encoder from the spec above (its weights must be here) and replaces all of them."
+        if info["merged"]
+        else "The base weights are not included: they load from the spec above."
+    )
     return f"""---
 library_name: expr
 tags:
@@ -91,7 +96,7 @@ tags:
 
 `{info["backbone"]}` tuned as a frame classifier by `expr finetune` ({t["method"]}); `model.safetensors` holds
 {how} (keys `encoder.*`) and the linear classifier (`classifier.*`) over {", ".join(info["classes"])}.
-The base weights are not included: they load from the spec above. Validation frame macro-F1
+{base} Validation frame macro-F1
 {info["val/macro_f1"]:.4f} (epoch {info["epoch"]}); features are {info["dim"]}-d.
 
 ```

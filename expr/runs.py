@@ -123,6 +123,12 @@ def load_run(run_dir: str | Path, overrides: dict[str, Any] | None = None) -> tu
     cfg_path, weights = run_dir / "config.yaml", run_dir / "best" / "model.safetensors"
     if not cfg_path.is_file():
         raise RunError(f"{run_dir}: not a run directory ({cfg_path.name} is missing)")
+    if (run_dir / "best" / "tuning.json").is_file():
+        raise RunError(
+            f"{run_dir} is an `expr finetune` run (a tuned frame encoder, no temporal head): add its features to a "
+            f"store with `expr prepare ... --visual NAME=finetuned:{run_dir}` and train a head on them (`expr train "
+            f"--data.visual NAME`)"
+        )
     if not weights.is_file():
         raise RunError(f"{run_dir}: no trained head yet ({weights} is missing; it is written after an epoch)")
     cfg = Config.from_dict(load_yaml(cfg_path), str(cfg_path))

@@ -159,8 +159,12 @@ def test_tuned_features_and_exports_give_the_same_outputs(face_store, tmp_path):
         out = tmp_path / f"export-{merge}"
         assert export_main([str(tmp_path / "run"), "--out", str(out), *(["--merge"] if merge else [])]) == 0
         exported = load_file(str(out / "model.safetensors"))
-        assert any(".base_layer." not in k and "lora_" not in k for k in exported)
-        assert any("lora_" in k for k in exported) != merge
+        encoder_keys = [k for k in exported if k.startswith("encoder.")]
+        if merge:  # full weights under the base model's own keys
+            assert not any("lora_" in k or ".base_layer." in k or ".in_proj." in k for k in encoder_keys)
+            assert len(encoder_keys) > 20
+        else:  # what trained only
+            assert encoder_keys and all("lora_" in k for k in encoder_keys)
         again, _ = load_frame_classifier(out)
         with torch.no_grad():
             assert torch.allclose(again(pixels), logits, atol=1e-5)
@@ -187,6 +191,11 @@ def test_clear_errors(face_store, tmp_path, small_store, capsys):
     assert "finetune.last_n=9, but VisionTransformer has 2 blocks" in capsys.readouterr().err
     assert finetune_main(["--data.cache", str(store), *base, "--finetune.methd", "lora"]) == 2
     assert "finetune.method" in capsys.readouterr().err  # a typo gets a suggestion
+    from expr.report import main as evaluate_main
+
+    FinetuneTrainer(_cfg(store, tmp_path / "s1", **{"train.epochs": 1})).fit()
+    assert evaluate_main([str(tmp_path / "s1")]) == 2
+    assert "is an `expr finetune` run" in capsys.readouterr().err  # not a head: the message says what to do
     with pytest.raises(Exception, match="not an `expr finetune` run|neither"):
         from expr.features.encoders import load_image_encoder
         from expr.features.spec import parse_spec
@@ -278,6 +287,13 @@ def test_online_lora_resume_after_a_kill_equals_the_uninterrupted_run(face_store
     state = load_file(str(next((tmp_path / "killed" / "states").glob("step*")) / "model.safetensors"))
     assert all(k.startswith("head.") or "lora_" in k for k in state)  # the state holds what trains, no base weight
     assert any("wav2vec2" in k for k in state)
+    from expr.checkpoint import export_head
+    from expr.models.fusion import FusionHead
+
+    state_dir = next((tmp_path / "killed" / "states").glob("step*"))
+    FusionHead(run_config(tmp_path / "killed").model, 4).load_state_dict(
+        load_file(str(export_head(state_dir, tmp_path / "head.safetensors")))
+    )  # export-head of a tuned run's state: the head alone
     assert train_main(["--resume", str(tmp_path / "killed"), "--train.log_with", "none"]) == 0
     rows = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(full["history"], rows, strict=True):
@@ -355,7 +371,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     from mediatree import SMALL_CLIP_TEXT, SMALL_CLIP_VISION, SMALL_WAV2VEC2
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from expr.models.tuning import Tuning, apply
+    from expr.models.tuning import Tuning, apply, set_mode
 
     def grads(build, family, x, checkpointing):
         torch.manual_seed(0)
@@ -364,14 +380,15 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         for n, p in model.named_parameters():  # non-zero adapters, so every LoRA weight gets a gradient
             if "lora_B" in n:
                 p.data.normal_()
-        model.train()
-        on = any(
-            getattr(m, "grad_checkpointing", False) or getattr(m, "gradient_checkpointing", False)
-            for m in model.modules()
-        )
-        assert on == checkpointing
+        set_mode(model, Tuning("lora", grad_checkpointing=checkpointing), True)  # as training sets it
+        # Count calls of the first module within the first layer (transformers checkpoints a layer's forward inside
+        # its hooks; a recomputation may stop early, after the last tensor it needs: a pre-hook sees it start).
+        first = next(m for n, m in model.named_modules() if n.endswith(("resblocks.0.ln_1", "layers.0.attention")))
+        calls = []
+        first.register_forward_pre_hook(lambda *_: calls.append(1))
         out = model(x)
         (out if torch.is_tensor(out) else out.last_hidden_state).square().sum().backward()
+        assert len(calls) == (2 if checkpointing else 1)  # checkpointed: the layer runs again in the backward pass
         return {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
 
     vision = {**SMALL_CLIP_VISION, "layers": 2}
@@ -386,3 +403,43 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         plain, checkpointed = grads(build, family, x, False), grads(build, family, x, True)
         assert plain.keys() == checkpointed.keys() and plain
         assert all(torch.allclose(plain[k], checkpointed[k], atol=1e-5) for k in plain)
+
+
+def run_config(run_dir):
+    from expr.config import Config, load_yaml
+
+    return Config.from_dict(load_yaml(Path(run_dir) / "config.yaml"), "run")
+
+
+def test_last_n_on_a_cnn_trains_its_last_stage_and_keeps_frozen_batch_norms_fixed():
+    import timm
+
+    from expr.models.tuning import Tuning, apply, layer_ids, set_mode
+
+    torch.manual_seed(0)
+    model = apply(timm.create_model("resnet18", num_classes=0), "timm", Tuning("last_n", last_n=1))
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained and all(n.startswith("layer4.") for n in trained)
+    ids, n = layer_ids(model)
+    assert n == 4 and ids["conv1.weight"] == ids["bn1.weight"] == 0 and ids["layer1.0.conv1.weight"] == 1
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    set_mode(model, Tuning("last_n", last_n=1), True)
+    model(torch.randn(2, 3, 64, 64))
+    moved = {k for k, v in model.state_dict().items() if "running" in k and not torch.equal(before[k], v)}
+    assert moved and all(k.startswith("layer4.") for k in moved)  # frozen stages' statistics stay as loaded
+
+
+@pytest.mark.parametrize("mask", ["none", "bool", "float", "per_head"])
+def test_linear_attention_equals_multihead_attention(mask):
+    from expr.models.tuning import LinearAttention
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    x = torch.randn(2, 5, 16)
+    masks = {"none": None, "bool": torch.rand(5, 5) > 0.7, "float": torch.randn(5, 5),
+             "per_head": torch.rand(2 * 4, 5, 5) > 0.7}  # fmt: skip
+    m = masks[mask]
+    if m is not None and m.dtype == torch.bool:
+        m[..., 0] = False  # every query keeps one key
+    expected = mha(x, x, x, need_weights=False, attn_mask=m)[0]
+    assert torch.allclose(LinearAttention(mha)(x, x, x, need_weights=False, attn_mask=m)[0], expected, atol=1e-6)

@@ -173,6 +173,10 @@ def parse_spec(text: str, modality: str | None = None) -> EncoderSpec:
         if key in (k for k, _ in options):
             raise SpecError(f"encoder spec '{text}': option '{key}' given twice")
         options.append((key, _value(key, value.strip(), text)))
+    if family == "finetuned":  # recorded as an absolute path: commands run from elsewhere find the run too
+        import os
+
+        model = os.path.abspath(os.path.expanduser(model))
     spec = EncoderSpec(family, model, weights or None, tuple(options))
     if family == "finetuned":
         if weights or any(k not in ("flip", "scales") for k, _ in options):

@@ -37,10 +37,13 @@ class FrameClassifier(nn.Module):
         return self
 
     def features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self._features(pixels).float()
+        """The pooled feature [B, D] (float32), the input cast to the encoder's weights (half under DeepSpeed fp16)."""
+        dtype = next(self.encoder.parameters()).dtype
+        return self._features(pixels.to(dtype)).float()
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.features(pixels)))
+        features = self.dropout(self.features(pixels))
+        return self.classifier(features.to(self.classifier.weight.dtype))
 
 
 def build_frame_classifier(spec: EncoderSpec, tuning: Tuning, num_classes: int, dropout: float = 0.0):

@@ -78,49 +78,68 @@ def tower(model: nn.Module, family: str) -> nn.Module:
 
 
 def set_mode(part: nn.Module, tuning: Tuning, training: bool) -> None:
-    """Train or eval mode of a tower: frozen and LoRA-adapted towers keep the eval behaviour of their base weights
-    (no dropout, fixed norm statistics, no layer drop); only LoRA's own dropout trains. Fully or partly trained
-    towers train as a whole."""
-    part.train(training and tuning.method in ("full", "last_n"))
+    """Train or eval mode of a tower. Frozen and LoRA-adapted towers keep the eval behaviour of their base weights
+    (no dropout, fixed norm statistics, no layer drop); only LoRA's own dropout trains, and layers that checkpoint
+    activations are told they train (transformers checkpoints only then). Fully or partly trained towers train,
+    except the batch norms of frozen layers, whose statistics stay as loaded."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    if tuning.method in ("full", "last_n"):
+        part.train(training)
+        for m in part.modules():
+            if isinstance(m, _BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                m.eval()
+        return
+    part.eval()
     if training and tuning.method == "lora":
         for name, m in part.named_modules():
             if name.endswith("lora_dropout"):
                 m.train()
+            elif tuning.grad_checkpointing and getattr(m, "gradient_checkpointing", False):
+                m.training = True  # this module alone (its forward asks); its children keep their eval behaviour
 
 
-def blocks(module: nn.Module) -> tuple[str, list[nn.Module]]:
-    """(dotted name, layers) of the module's blocks: the ModuleList (or Sequential of two or more children) of
-    children of one type that holds the most parameters."""
-    best, best_size = ("", []), -1
-    for name, child in module.named_modules():
-        if not isinstance(child, (nn.ModuleList, nn.Sequential)) or len(child) < (
-            1 if isinstance(child, nn.ModuleList) else 2
-        ):
-            continue
-        layers = list(child)
-        if len({type(m) for m in layers}) != 1:
-            continue
-        size = sum(p.numel() for p in child.parameters())
-        if size > best_size:
-            best, best_size = (name, layers), size
-    if best_size <= 0:
+def blocks(module: nn.Module) -> tuple[list[str], int]:
+    """(the dotted names of the module's blocks, in order; how many parameters they hold): the longest-weighted run
+    of consecutive children of one type, in a ModuleList / Sequential (transformer layers) or directly under one
+    module (a ResNet's layer1 .. layer4), that holds the most parameters."""
+    best, best_size = [], 0
+    for name, parent in module.named_modules():
+        children = list(parent.named_children())
+        container = isinstance(parent, (nn.ModuleList, nn.Sequential))
+        start = 0
+        for i in range(1, len(children) + 1):  # runs of consecutive children of one type
+            if i < len(children) and type(children[i][1]) is type(children[start][1]):
+                continue
+            run = children[start:i]
+            if len(run) >= 2 or (container and len(run) == len(children)):
+                size = sum(p.numel() for _, c in run for p in c.parameters())
+                if size > best_size:
+                    best, best_size = [f"{name}.{n}" if name else n for n, _ in run], size
+            start = i
+    if not best:
         raise TuningError(f"{type(module).__name__} has no list of blocks to tune (finetune.method=last_n needs one)")
-    return best
+    return best, best_size
 
 
 def layer_ids(module: nn.Module) -> tuple[dict[str, int], int]:
-    """({parameter name: layer id}, number of blocks n): 0 for the embedding, i + 1 for block i, n + 1 for the layers
-    after the blocks. LoRA parameters take the layer of the weight they adapt."""
-    prefix, layers = blocks(module)
-    n = len(layers)
+    """({parameter name: layer id}, number of blocks n): i + 1 for block i; 0 for what comes before the blocks (the
+    embedding), n + 1 for what comes after them (final norm, projection), by the order the modules are registered
+    in; parameters held directly by a module that contains the blocks go by name (class token, positional
+    embedding: 0; a projection: n + 1). LoRA parameters take the layer of the weight they adapt."""
+    names, _ = blocks(module)
+    n = len(names)
+    order = {name: i for i, (name, _) in enumerate(module.named_modules())}
     ids = {}
-    for name, _ in module.named_parameters():
-        if prefix and name.startswith(prefix + "."):
-            ids[name] = int(name[len(prefix) + 1 :].split(".")[0]) + 1
-        elif any(key in name for key in EMBEDDING_NAMES):
-            ids[name] = 0
+    for pname, _ in module.named_parameters():
+        owner = pname.rpartition(".")[0]
+        block = next((i for i, b in enumerate(names) if owner == b or owner.startswith(b + ".")), None)
+        if block is not None:
+            ids[pname] = block + 1
+        elif owner == "" or names[0].startswith(owner + "."):  # held by a module that contains the blocks
+            ids[pname] = 0 if any(key in pname for key in EMBEDDING_NAMES) else n + 1
         else:
-            ids[name] = n + 1
+            ids[pname] = 0 if order[owner] < order[names[0]] else n + 1
     return ids, n
 
 
@@ -193,8 +212,10 @@ class LinearAttention(nn.Module):
         x = query if self.batch_first else query.transpose(0, 1)
         b, n, d = x.shape
         q, k, v = self.in_proj(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
-        if attn_mask is not None and attn_mask.dtype != torch.bool:
-            attn_mask = attn_mask.to(q.dtype)
+        if attn_mask is not None:  # nn.MultiheadAttention: True = masked, [L, S] or [B * heads, L, S]
+            if attn_mask.dim() == 3:
+                attn_mask = attn_mask.view(b, self.num_heads, *attn_mask.shape[1:])
+            attn_mask = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask.to(q.dtype)  # SDPA: True = attend
         p = self.dropout if self.training else 0.0
         out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
         out = self.out_proj(out.transpose(1, 2).reshape(b, n, d))
