@@ -443,3 +443,36 @@ def test_linear_attention_equals_multihead_attention(mask):
         m[..., 0] = False  # every query keeps one key
     expected = mha(x, x, x, need_weights=False, attn_mask=m)[0]
     assert torch.allclose(LinearAttention(mha)(x, x, x, need_weights=False, attn_mask=m)[0], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        "timm:vit_small_patch14_dinov2@random,img_size=28,depth=2,embed_dim=32,num_heads=2",
+        "hf:facebook/dinov2-small@random,image_size=28,patch_size=14,num_hidden_layers=2,hidden_size=32,num_attention_heads=2,mlp_ratio=2",
+        "timm:resnet18@random",
+    ],
+    ids=["timm-vit", "hf-dinov2", "timm-resnet"],
+)
+def test_every_family_tunes_and_becomes_a_feature_set(face_store, tmp_path, backbone):
+    """Stage I with LoRA (ViTs) or the last stage (a CNN) on timm and Hugging Face models, then its encoder by spec."""
+    from PIL import Image
+
+    from expr.features.encoders import load_image_encoder
+    from expr.features.spec import parse_spec
+
+    store, _ = face_store
+    method = "last_n" if "resnet" in backbone else "lora"
+    cfg = _cfg(
+        store, tmp_path / "r", method, **{"train.epochs": 1, "finetune.backbone": backbone, "finetune.last_n": 1}
+    )
+    trainer = FinetuneTrainer(cfg)
+    trained = [n for n, p in trainer.model.named_parameters() if p.requires_grad and n.startswith("encoder.")]
+    assert trained and all(("lora_" in n) if method == "lora" else ".layer4." in n or "layer4." in n for n in trained)
+    assert trainer.fit()["completed"]
+    model, info = load_frame_classifier(tmp_path / "r")
+    encoder = load_image_encoder(parse_spec(f"finetuned:{tmp_path / 'r'}", "visual"))
+    images = [Image.new("RGB", (40, 40), (i * 40, 90, 200 - i * 30)) for i in range(3)]
+    with torch.no_grad():
+        expected = model.features(encoder.to_batch(images)).numpy()
+    assert encoder.dim == info["dim"] and np.allclose(encoder.encode(images).astype(np.float32), expected, atol=2e-2)
