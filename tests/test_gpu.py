@@ -59,3 +59,34 @@ def test_online_mode_runs_fp16_encoders_on_the_gpu(tmp_path):
         tmp_path,
     )  # fmt: skip
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("config", ["single_gpu", "deepspeed_zero2"])
+@pytest.mark.parametrize("command", ["finetune", "train"])
+def test_tuned_encoders_train_in_half_precision_on_the_gpu(tmp_path, config, command):
+    """Stage I (`expr finetune`, LoRA) and online LoRA (`expr train --data.mode online`) under fp16 autocast and under
+    DeepSpeed ZeRO-2 with fp16 weights: they train, validate and write only what trains."""
+    from facetask import CLASSES, face_task
+    from mediatree import small_backbone_dirs
+
+    from expr.prepare import main as prepare_main
+
+    clip, w2v = small_backbone_dirs(tmp_path / "weights", clip_layers=2)
+    csv = face_task(tmp_path / "tree")
+    store = tmp_path / "store"
+    assert prepare_main(["folder", str(tmp_path / "tree"), "--labels", str(csv), "--out", str(store), "--clip", clip,
+                         "--wav2vec2", w2v, "--media", "--fps", "10", "--classes", ",".join(CLASSES),
+                         "--no-progress"]) == 0  # fmt: skip
+    run_dir = tmp_path / "run"
+    args = ["--data.cache", str(store), "--data.classes", repr(CLASSES), "--finetune.method", "lora",
+            "--train.epochs", "2", "--train.batch_size", "8", "--train.output_dir", str(run_dir),
+            "--train.log_with", "none"]  # fmt: skip
+    if command == "train":
+        args += ["--data.mode", "online", "--data.window", "6", "--data.stride", "2", "--model.dim", "32",
+                 "--model.heads", "2", "--finetune.audio_method", "lora"]  # fmt: skip
+    _launch(["--config_file", f"accelerate_configs/{config}.yaml", "--num_processes", "1", "-m", "expr", command,
+             *args], tmp_path)  # fmt: skip
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["train/loss"] == r["train/loss"] for r in rows)  # finite, no NaN
+    best = run_dir / "best" / ("tuning.json" if command == "finetune" else "encoders.safetensors")
+    assert best.is_file()
