@@ -152,9 +152,13 @@ MUTATIONS = [
      "if len(run) >= 2 or (container and len(run) == len(children)):", "if container and len(run) == len(children):",
      ["tests/test_finetune.py", "-k", "cnn"]),
     ("tune-frozen-bn", "frozen batch norms keep their statistics under last_n", "expr/models/tuning.py",
-     "not any(p.requires_grad for p in m.parameters()):\n                m.eval()",
-     "not any(p.requires_grad for p in m.parameters()):\n                pass",
+     "not any(p.requires_grad for p in m.parameters()):\n                    m.eval()",
+     "not any(p.requires_grad for p in m.parameters()):\n                    pass",
      ["tests/test_finetune.py", "-k", "cnn"]),
+    ("tune-gc-layerdrop", "only checkpointing layers, not the encoder (layer drop), are told they train",
+     "expr/models/tuning.py",
+     "return isinstance(m, GradientCheckpointingLayer) and bool(getattr(m, \"gradient_checkpointing\", False))",
+     "return bool(getattr(m, \"gradient_checkpointing\", False))", ["tests/test_finetune.py", "-k", "checkpointing"]),
 ]  # fmt: skip
 
 

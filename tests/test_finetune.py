@@ -397,7 +397,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         return open_clip.CLIP(16, open_clip.CLIPVisionCfg(**vision), open_clip.CLIPTextCfg(**SMALL_CLIP_TEXT)).visual
 
     def w2v():
-        return Wav2Vec2Model(Wav2Vec2Config(**SMALL_WAV2VEC2, layerdrop=0.0, apply_spec_augment=False))
+        return Wav2Vec2Model(Wav2Vec2Config(**SMALL_WAV2VEC2, layerdrop=0.5))  # checkpointing must not drop layers
 
     for build, family, x in ((clip, "open_clip", torch.randn(2, 3, 32, 32)), (w2v, "hf", torch.randn(2, 4000))):
         plain, checkpointed = grads(build, family, x, False), grads(build, family, x, True)
@@ -409,6 +409,15 @@ def run_config(run_dir):
     from expr.config import Config, load_yaml
 
     return Config.from_dict(load_yaml(Path(run_dir) / "config.yaml"), "run")
+
+
+def test_a_convnext_has_four_stages():
+    import timm
+
+    from expr.models.tuning import layer_ids
+
+    ids, n = layer_ids(timm.create_model("convnext_tiny", num_classes=0))
+    assert n == 4 and ids["stem.0.weight"] == 0 and ids["stages.3.blocks.0.conv_dw.weight"] == 4
 
 
 def test_last_n_on_a_cnn_trains_its_last_stage_and_keeps_frozen_batch_norms_fixed():
@@ -443,6 +452,9 @@ def test_linear_attention_equals_multihead_attention(mask):
         m[..., 0] = False  # every query keeps one key
     expected = mha(x, x, x, need_weights=False, attn_mask=m)[0]
     assert torch.allclose(LinearAttention(mha)(x, x, x, need_weights=False, attn_mask=m)[0], expected, atol=1e-6)
+    if mask == "none":  # unbatched [L, E], as nn.MultiheadAttention takes it
+        q = x[0]
+        assert torch.allclose(LinearAttention(mha)(q, q, q)[0], mha(q, q, q, need_weights=False)[0], atol=1e-6)
 
 
 @pytest.mark.parametrize(

@@ -79,31 +79,46 @@ def tower(model: nn.Module, family: str) -> nn.Module:
 
 def set_mode(part: nn.Module, tuning: Tuning, training: bool) -> None:
     """Train or eval mode of a tower. Frozen and LoRA-adapted towers keep the eval behaviour of their base weights
-    (no dropout, fixed norm statistics, no layer drop); only LoRA's own dropout trains, and layers that checkpoint
-    activations are told they train (transformers checkpoints only then). Fully or partly trained towers train,
-    except the batch norms of frozen layers, whose statistics stay as loaded."""
+    (no dropout, fixed norm statistics, no layer drop); only LoRA's own dropout trains, and transformers layers that
+    checkpoint activations are told they train (they checkpoint only then; their submodules keep eval behaviour).
+    Fully or partly trained towers train; under ``last_n`` the batch norms of frozen blocks keep their statistics
+    (dropout and drop-path stay active there, as in the usual partial fine-tuning)."""
     from torch.nn.modules.batchnorm import _BatchNorm
 
     if tuning.method in ("full", "last_n"):
         part.train(training)
-        for m in part.modules():
-            if isinstance(m, _BatchNorm) and not any(p.requires_grad for p in m.parameters()):
-                m.eval()
+        if tuning.method == "last_n":
+            trained = [n for n, p in part.named_parameters() if p.requires_grad]
+            for name, m in part.named_modules():
+                parent = name.rpartition(".")[0]
+                block_trains = bool(parent) and any(t.startswith(parent + ".") for t in trained)
+                if isinstance(m, _BatchNorm) and not block_trains and not any(p.requires_grad for p in m.parameters()):
+                    m.eval()
         return
     part.eval()
     if training and tuning.method == "lora":
         for name, m in part.named_modules():
             if name.endswith("lora_dropout"):
                 m.train()
-            elif tuning.grad_checkpointing and getattr(m, "gradient_checkpointing", False):
+            elif tuning.grad_checkpointing and _checkpointing_layer(m):
                 m.training = True  # this module alone (its forward asks); its children keep their eval behaviour
+
+
+def _checkpointing_layer(m: nn.Module) -> bool:
+    """A transformers layer that checkpoints its own forward (not an encoder, whose training flag would also turn on
+    layer drop)."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:  # older transformers: the encoder checkpoints its layers
+        return bool(getattr(m, "gradient_checkpointing", False))
+    return isinstance(m, GradientCheckpointingLayer) and bool(getattr(m, "gradient_checkpointing", False))
 
 
 def blocks(module: nn.Module) -> tuple[list[str], int]:
     """(the dotted names of the module's blocks, in order; how many parameters they hold): the longest-weighted run
     of consecutive children of one type, in a ModuleList / Sequential (transformer layers) or directly under one
     module (a ResNet's layer1 .. layer4), that holds the most parameters."""
-    best, best_size = [], 0
+    runs: list[tuple[list[str], int]] = []
     for name, parent in module.named_modules():
         children = list(parent.named_children())
         container = isinstance(parent, (nn.ModuleList, nn.Sequential))
@@ -114,12 +129,14 @@ def blocks(module: nn.Module) -> tuple[list[str], int]:
             run = children[start:i]
             if len(run) >= 2 or (container and len(run) == len(children)):
                 size = sum(p.numel() for _, c in run for p in c.parameters())
-                if size > best_size:
-                    best, best_size = [f"{name}.{n}" if name else n for n, _ in run], size
+                runs.append(([f"{name}.{n}" if name else n for n, _ in run], size))
             start = i
-    if not best:
+    if not runs or max(size for _, size in runs) <= 0:
         raise TuningError(f"{type(module).__name__} has no list of blocks to tune (finetune.method=last_n needs one)")
-    return best, best_size
+    # The run holding the most parameters; among runs holding nearly as many (a ConvNeXt's [stem, stages] against
+    # its stages), the one with the most blocks.
+    largest = max(size for _, size in runs)
+    return max((r for r in runs if r[1] >= 0.9 * largest), key=lambda r: (len(r[0]), r[1]))
 
 
 def layer_ids(module: nn.Module) -> tuple[dict[str, int], int]:
@@ -138,6 +155,10 @@ def layer_ids(module: nn.Module) -> tuple[dict[str, int], int]:
             ids[pname] = block + 1
         elif owner == "" or names[0].startswith(owner + "."):  # held by a module that contains the blocks
             ids[pname] = 0 if any(key in pname for key in EMBEDDING_NAMES) else n + 1
+        elif owner.endswith("encoder.layer_norm") and getattr(
+            getattr(module, "config", None), "do_stable_layer_norm", 0
+        ):
+            ids[pname] = n + 1  # wav2vec2-large style: registered before the layers, applied after them
         else:
             ids[pname] = 0 if order[owner] < order[names[0]] else n + 1
     return ids, n
@@ -204,17 +225,22 @@ class LinearAttention(nn.Module):
             self.in_proj.bias = mha.in_proj_bias
         self.out_proj = mha.out_proj
 
-    def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None, key_padding_mask=None, **_):
+    def forward(self, query, key=None, value=None, need_weights=False, attn_mask=None, key_padding_mask=None,
+                average_attn_weights=True, is_causal=False):  # fmt: skip
         if (key is not None and key is not query) or (value is not None and value is not query):
             raise TuningError("LinearAttention: self-attention only (query, key and value one tensor)")
-        if key_padding_mask is not None or need_weights:
-            raise TuningError("LinearAttention: no key_padding_mask, no attention weights")
+        if key_padding_mask is not None or need_weights or is_causal:
+            raise TuningError("LinearAttention: no key_padding_mask, attention weights or is_causal")
+        if query.dim() == 2:  # unbatched [L, E]
+            return self(query.unsqueeze(1 if not self.batch_first else 0), attn_mask=attn_mask)[0].squeeze(
+                1 if not self.batch_first else 0
+            ), None
         x = query if self.batch_first else query.transpose(0, 1)
         b, n, d = x.shape
         q, k, v = self.in_proj(x).view(b, n, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
         if attn_mask is not None:  # nn.MultiheadAttention: True = masked, [L, S] or [B * heads, L, S]
             if attn_mask.dim() == 3:
-                attn_mask = attn_mask.view(b, self.num_heads, *attn_mask.shape[1:])
+                attn_mask = attn_mask.reshape(b, self.num_heads, *attn_mask.shape[1:])
             attn_mask = ~attn_mask if attn_mask.dtype == torch.bool else attn_mask.to(q.dtype)  # SDPA: True = attend
         p = self.dropout if self.training else 0.0
         out = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
