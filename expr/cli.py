@@ -18,6 +18,8 @@ commands:
            then `expr prepare ... --visual NAME=finetuned:RUN_DIR` adds its features as a set for `expr train`
   evaluate RUN_DIR [--cache CACHE] [--split validation]
            frame-level macro-F1, per-class F1, confusion matrix (JSON, Markdown, PNG into RUN_DIR/eval/SPLIT)
+  ensemble RUN_DIR RUN_DIR [...] --out DIR [--split validation] [--weights equal|fit]
+           several runs' frame probabilities averaged (equal or fitted weights), scored beside each member
   submit   RUN_DIR --example EXAMPLE.csv --out FILE.csv [--cache CACHE] [--format csv|per-video]
            the challenge prediction file for the test videos, validated against the organisers' example
   predict  VIDEO --run RUN_DIR --out DIR
@@ -39,6 +41,7 @@ COMMANDS = {
     "prepare": "expr.prepare",
     "finetune": "expr.finetune",
     "evaluate": "expr.report",
+    "ensemble": "expr.ensemble",
     "submit": "expr.submit",
     "predict": "expr.predict",
     "export": "expr.export",

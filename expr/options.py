@@ -63,7 +63,9 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> argparse.Argument
                 raise TypeError(f"{cls.__name__}.{f.name}: a flag must default to False")
             parser.add_argument(flag_name(f.name), action="store_true", dest=f.name, help=help_text)
             continue
-        if typing.get_origin(tp) is tuple:  # repeatable: --visual A --visual B
+        if typing.get_origin(tp) is tuple and f.metadata.get("positional"):  # several: RUN [RUN ...]
+            kwargs["nargs"] = "+" if required else "*"
+        elif typing.get_origin(tp) is tuple:  # repeatable: --visual A --visual B
             kwargs.update(action="append", default=None)
             kwargs["help"] = docs.get(f.name, "") + " (repeatable)"
         elif typing.get_origin(tp) is Literal:
@@ -72,7 +74,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> argparse.Argument
             kwargs["type"] = tp
         if f.metadata.get("positional"):
             if not required:
-                kwargs["nargs"] = "?"
+                kwargs.setdefault("nargs", "?")
             parser.add_argument(f.name, metavar=f.name.upper(), **kwargs)
         else:
             parser.add_argument(flag_name(f.name), dest=f.name, required=required, metavar=f.name.upper(), **kwargs)
