@@ -175,7 +175,7 @@ def export_head(state_dir: str | Path, out: str | Path) -> Path:
     """Write the head of ``state_dir`` to ``out`` as fp32 safetensors (of an online run whose encoders trained: its
     ``head.*`` part; the encoders' weights are in ``best/encoders.safetensors``)."""
     state = head_state_dict(state_dir)
-    if any(k.startswith("classifier.") for k in state) and not any(k.startswith("head.") for k in state):
+    if state and all(k.startswith(("encoder.", "classifier.")) for k in state):  # FrameClassifier's keys only
         raise CheckpointError(
             f"{state_dir}: a state of an `expr finetune` run (a tuned frame encoder, no fusion head); export the run "
             f"with `expr export RUN_DIR --out DIR`"

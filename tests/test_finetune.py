@@ -108,6 +108,10 @@ def test_stage_one_resume_after_a_kill_equals_the_uninterrupted_run(face_store, 
         assert a["val/macro_f1"] == pytest.approx(b["val/macro_f1"], abs=1e-9)
     w1, w2 = (load_file(str(tmp_path / r / "best" / "model.safetensors")) for r in ("full", "killed"))
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+    from expr.checkpoint import CheckpointError, export_head
+
+    with pytest.raises(CheckpointError, match="expr export RUN_DIR"):  # a stage I state holds no fusion head
+        export_head(next((tmp_path / "killed" / "states").glob("step*")), tmp_path / "head.safetensors")
 
 
 def test_tuned_encoder_beats_the_frozen_one_in_stage_one_and_stage_two(face_store, tmp_path, capsys):
