@@ -7,6 +7,9 @@ Weights: ``equal``, or ``fit`` on the split itself by greedy selection with repl
 from the best member, then repeatedly add the member whose addition raises macro-F1 most; the weights are the
 selection counts. The fitted ensemble never scores below its best member on that split, which is also why its
 score there is optimistic: fit on validation, judge on other data. Members must agree on classes, split and frames.
+
+``expr submit DIR --example F --out F`` takes the ensemble folder like a run directory (the members' weighted frame
+probabilities on the test videos).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from expr.evaluation import frame_report
 from expr.metrics import classification_report
 from expr.options import parse_options, positional
 from expr.report import evaluate_run, write_report
-from expr.runs import RunError
+from expr.runs import ENSEMBLE, RunError
 
 
 class EnsembleError(RunError):
@@ -110,7 +113,7 @@ def ensemble(
     write_text(where / "members.md", "\n".join(lines) + "\n")
     info = {"members": [{"run": str(Path(r["run"]).resolve()), "weight": r["weight"]} for r in table],
             "weights": weights, "fitted_on": split if weights == "fit" else None, "classes": classes}  # fmt: skip
-    write_text(out / "ensemble.json", json.dumps(info, indent=2))
+    write_text(out / ENSEMBLE, json.dumps(info, indent=2))
     return report
 
 

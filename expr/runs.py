@@ -178,6 +178,22 @@ def run_encoders(path: str | Path, cfg: Config, store, device):
     return encoders.requires_grad_(False).to(device), transform
 
 
+ENSEMBLE = "ensemble.json"
+"""The file that makes a folder an ensemble of runs (``expr ensemble``): ``members`` [{run, weight}], ``classes``."""
+
+
+def ensemble_members(path: str | Path) -> list[tuple[str, float]] | None:
+    """(run, weight) of every member when ``path`` is an ensemble folder, else None."""
+    info = Path(path) / ENSEMBLE
+    if not info.is_file():
+        return None
+    members = json.loads(info.read_text())["members"]
+    missing = [m["run"] for m in members if not (Path(m["run"]) / "config.yaml").is_file()]
+    if missing:
+        raise RunError(f"{info}: member {missing[0]} is not a run directory (moved or deleted?)")
+    return [(m["run"], float(m["weight"])) for m in members]
+
+
 def chosen_sets(store_meta: dict[str, Any], cfg) -> dict[str, dict[str, dict]]:
     """The feature sets a head was trained on (``data.visual`` / ``data.audio``, or the store's defaults), with the
     provenance its store recorded: ``{"visual": {name: info}, "audio": {name: info}}``."""

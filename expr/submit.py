@@ -31,7 +31,7 @@ from expr.data.store import StoreError
 from expr.evaluation import smooth_rows
 from expr.inference import predict_frames
 from expr.options import parse_options, positional
-from expr.runs import RunError, legacy_overrides, load_run, run_encoders, run_options_help
+from expr.runs import RunError, ensemble_members, legacy_overrides, load_run, run_encoders, run_options_help
 
 
 class SubmissionError(ValueError):
@@ -76,8 +76,24 @@ def frame_labels(
     run_dir, cache, videos: list[str], smoothing=None, width=None, device="auto", overrides=None
 ) -> dict[str, np.ndarray]:
     """Per video: the label of every decoded frame (see the module docstring for how). ``overrides``: as for
-    :func:`expr.runs.load_run`; ``cache``, ``smoothing`` and ``width`` set data.cache and eval.smoothing(_width)."""
+    :func:`expr.runs.load_run`; ``cache``, ``smoothing`` and ``width`` set data.cache and eval.smoothing(_width).
+    ``run_dir`` may be an ensemble folder (``expr ensemble``): its members' probabilities, weighted."""
+    probs = frame_probs(run_dir, cache, videos, smoothing, width, device, overrides)
+    return {v: p.argmax(1) for v, p in probs.items()}
 
+
+def frame_probs(
+    run_dir, cache, videos: list[str], smoothing=None, width=None, device="auto", overrides=None
+) -> dict[str, np.ndarray]:
+    """Per video: the (smoothed) class probabilities of every decoded frame, [frames, C]; of an ensemble folder the
+    weighted mean of its members' (each smoothed as its run says, unless ``smoothing`` is given)."""
+    members = ensemble_members(run_dir)
+    if members is not None:
+        out: dict[str, np.ndarray] = {}
+        for run, weight in members:
+            for v, p in frame_probs(run, cache, videos, smoothing, width, device, overrides).items():
+                out[v] = out.get(v, 0.0) + weight * p
+        return out
     cfg, model = load_run(run_dir, legacy_overrides(overrides, cache, smoothing=smoothing, width=width))
     store = open_store(cfg)
     if list(store.classes) != list(cfg.data.classes):
@@ -107,11 +123,11 @@ def frame_labels(
             mode=cfg.data.mode,
             encoders=encoders,
         )
-        labels = smooth_rows(rows, probs, store.num_frames, store.frame_offset, method, width).argmax(1)
+        smoothed = smooth_rows(rows, probs, store.num_frames, store.frame_offset, method, width)
         for v in mine:
             a = int(store.frame_offset[v])
             at = (rows >= a) & (rows < a + int(store.num_frames[v]))
-            out[store.names[v]] = labels[at]
+            out[store.names[v]] = smoothed[at]
     return out
 
 
@@ -180,7 +196,7 @@ def validate_submission(path: str | Path, example: Example, fmt: str = "csv") ->
 @dataclass(kw_only=True)
 class SubmitOptions:
     run_dir: str = positional()
-    """a run directory (its best head is used)"""
+    """a run directory (its best head is used), or an ensemble folder (expr ensemble)"""
     cache: str | None = None
     """feature store holding the test videos (= --data.cache)"""
     example: str
@@ -207,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         run_options_help(),
     )
     try:
-        cfg, _ = load_run(args.run_dir, overrides)
+        members = ensemble_members(args.run_dir)
+        cfg, _ = load_run(members[0][0] if members else args.run_dir, overrides)
         example = read_example(args.example, cfg.data.classes)
         labels = frame_labels(
             args.run_dir, args.cache, example.videos(), args.smoothing, args.width, args.device, overrides

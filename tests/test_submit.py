@@ -121,3 +121,36 @@ def test_export_is_a_self_contained_model_folder_that_loads_like_the_run(small_r
     args = (batch["visual"].float(), batch["visual_mask"], batch["audio"].float(), batch["audio_mask"])
     with torch.no_grad():
         assert torch.equal(exported(*args).logits, original(*args).logits)
+
+
+def test_submit_takes_an_ensemble_folder_like_a_run(small_run, test_store, tmp_path):
+    """`expr submit ENSEMBLE`: its members' weighted frame probabilities; two identical members give the run's file."""
+    import json
+
+    from expr.config import build_config
+    from expr.ensemble import main as ensemble_main
+    from expr.submit import frame_probs
+    from expr.train import run
+
+    store, videos = test_store
+    ex = tmp_path / "example.csv"
+    ex.write_text(HEADER + "\n" + "\n".join(f"test_0/{i:05d}.jpg,0" for i in range(1, 40)) + "\n")
+    run_dir = small_run["run_dir"]
+    assert ensemble_main([run_dir, run_dir, "--out", str(tmp_path / "same"), "--device", "cpu"]) == 0
+    for folder, name in ((run_dir, "run.csv"), (tmp_path / "same", "ensemble.csv")):
+        assert main([str(folder), "--cache", str(store), "--example", str(ex), "--out", str(tmp_path / name)]) == 0
+    assert (tmp_path / "run.csv").read_text() == (tmp_path / "ensemble.csv").read_text()
+    # Two different members, weights 0.25 / 0.75: the mean of their probabilities, weighted.
+    values = {"data.demo_videos": 12, "model.tcn_blocks": 1, "train.epochs": 1, "train.seed": 7}
+    other = build_config(
+        {**values, "train.output_dir": str(tmp_path / "other"), "train.log_with": "none"}, preset="demo"
+    )
+    run(other)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    members = [{"run": run_dir, "weight": 0.25}, {"run": str(tmp_path / "other"), "weight": 0.75}]
+    (mixed / "ensemble.json").write_text(json.dumps({"members": members}))
+    a, b = (frame_probs(r, str(store), ["test_0", "test_1"], device="cpu") for r in (run_dir, tmp_path / "other"))
+    both = frame_probs(mixed, str(store), ["test_0", "test_1"], device="cpu")
+    assert not np.allclose(a["test_1"], b["test_1"])
+    assert all(np.allclose(both[v], 0.25 * a[v] + 0.75 * b[v], atol=1e-6) for v in ("test_0", "test_1"))
