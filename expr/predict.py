@@ -33,7 +33,7 @@ from expr.features.spec import SpecError, parse_spec
 from expr.inference import predict_frames
 from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
-from expr.runs import RunError, load_head, run_encoders, run_options_help
+from expr.runs import RunError, ensemble_members, load_head, run_encoders, run_options_help
 
 logger = logging.getLogger("expr.predict")
 
@@ -136,13 +136,48 @@ def predict_video(
     backbones=None,
     overrides: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Predict every frame of ``video`` with the head of ``run`` (a run directory or an exported folder); ``overrides``
-    of its config as for :func:`expr.runs.load_run` (e.g. ``eval.smoothing``)."""
+    """Predict every frame of ``video`` with the head of ``run`` (a run directory, an exported folder, or an ensemble
+    folder of ``expr ensemble``: its members' weighted probabilities); ``overrides`` of its config as for
+    :func:`expr.runs.load_run` (e.g. ``eval.smoothing``)."""
 
     video, out = Path(video), Path(out)
     if not video.is_file():
         raise PredictError(f"{video}: no such file")
     device = resolve_device(device)
+    members = ensemble_members(run)
+    if members is None:
+        record, probs, warnings, cfg = video_probs(video, run, out, clip, wav2vec2, device, progress, backbones,
+                                                   overrides)  # fmt: skip
+    else:  # each member on its own encoders (its features under out/members/)
+        parts = [
+            video_probs(video, member, out / "members" / f"{i:02d}", clip, wav2vec2, device, progress, None, overrides)
+            for i, (member, _) in enumerate(members)
+        ]
+        record, _, warnings, cfg = parts[0]
+        for (member, _), part in zip(members[1:], parts[1:], strict=True):
+            if list(part[3].data.classes) != list(cfg.data.classes):
+                raise PredictError(f"{member}: classes {list(part[3].data.classes)} differ from the first member's")
+        probs = sum(weight * part[1] for (_, weight), part in zip(members, parts, strict=True))
+    labels = probs.argmax(1)
+    classes = list(cfg.data.classes)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / f"{video.stem}.csv"
+    with atomic_path(csv_path) as tmp, open(tmp, "w") as f:
+        f.write("frame,time_s,face,label,label_name," + ",".join(f"p_{c}" for c in classes) + "\n")
+        for i, (lab, p) in enumerate(zip(labels, probs, strict=True)):
+            f.write(
+                f"{i},{i / record.fps:.3f},{int(record.face[i])},{lab},{classes[lab]},"
+                + ",".join(f"{x:.4f}" for x in p)
+                + "\n"
+            )
+    png = out / f"{video.stem}_timeline.png"
+    plot_timeline(probs, record.face, record.fps, classes, png, video.name, has_audio=record.has_audio)
+    return {"csv": csv_path, "png": png, "frames": len(labels), "warnings": warnings, "labels": labels}
+
+
+def video_probs(video: Path, run, out: Path, clip, wav2vec2, device: str, progress: bool, backbones, overrides):
+    """(the video's record, its frame probabilities [T, C] smoothed as the run says, warnings, the run's config) of
+    one run or exported head; the extracted features are kept under ``out``."""
     model, info = load_head(run, overrides=overrides)
     cfg = info["cfg"]
     if backbones is None:
@@ -185,20 +220,7 @@ def predict_video(
         encoders=run_encoders(run, cfg, store, device),
     )
     probs = smooth_rows(rows, probs, store.num_frames, store.frame_offset, cfg.eval.smoothing, cfg.eval.smoothing_width)
-    labels = probs.argmax(1)
-    classes = list(cfg.data.classes)
-    csv_path = out / f"{video.stem}.csv"
-    with atomic_path(csv_path) as tmp, open(tmp, "w") as f:
-        f.write("frame,time_s,face,label,label_name," + ",".join(f"p_{c}" for c in classes) + "\n")
-        for i, (lab, p) in enumerate(zip(labels, probs, strict=True)):
-            f.write(
-                f"{i},{i / record.fps:.3f},{int(record.face[i])},{lab},{classes[lab]},"
-                + ",".join(f"{x:.4f}" for x in p)
-                + "\n"
-            )
-    png = out / f"{video.stem}_timeline.png"
-    plot_timeline(probs, record.face, record.fps, classes, png, video.name, has_audio=record.has_audio)
-    return {"csv": csv_path, "png": png, "frames": len(labels), "warnings": warnings, "labels": labels}
+    return record, probs, warnings, cfg
 
 
 def plot_timeline(probs, face, fps, classes, path: Path, title: str, has_audio: bool) -> None:

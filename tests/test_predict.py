@@ -123,3 +123,25 @@ def test_predict_runs_the_encoders_of_the_feature_sets_the_head_was_trained_on(t
     assert len(list(csv.DictReader(open(result["csv"])))) == 12
     features = tmp_path / "out" / "a_features" / "store.json"
     assert '"spec": "' + vit + '"' in features.read_text()
+
+
+def test_predict_takes_an_ensemble_folder_like_a_run(small_run, tmp_path):
+    import json
+
+    from expr.predict import predict_video
+
+    video = clip_from_photo(tmp_path / "a.mp4", "astronaut", audio=False)
+    run = small_run["run_dir"]
+    ensemble = tmp_path / "ens"
+    ensemble.mkdir()
+    members = [{"run": run, "weight": 0.5}, {"run": run, "weight": 0.5}]
+    (ensemble / "ensemble.json").write_text(json.dumps({"members": members}))
+    kw = dict(clip="random", wav2vec2="random", progress=False, device="cpu")
+    one = predict_video(video, run, tmp_path / "one", **kw)
+    both = predict_video(video, ensemble, tmp_path / "both", **kw)
+    assert (tmp_path / "both" / "members" / "01").is_dir()  # each member's own features
+    rows = lambda r: list(csv.DictReader(open(r["csv"])))  # noqa: E731
+    assert [r["label"] for r in rows(one)] == [r["label"] for r in rows(both)]
+    assert all(
+        abs(float(a["p_Neutral"]) - float(b["p_Neutral"])) < 2e-4 for a, b in zip(rows(one), rows(both), strict=True)
+    )
