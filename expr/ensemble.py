@@ -8,8 +8,8 @@ from the best member, then repeatedly add the member whose addition raises macro
 selection counts. The fitted ensemble never scores below its best member on that split, which is also why its
 score there is optimistic: fit on validation, judge on other data. Members must agree on classes, split and frames.
 
-``expr submit DIR --example F --out F`` takes the ensemble folder like a run directory (the members' weighted frame
-probabilities on the test videos).
+``expr submit DIR --example F --out F`` and ``expr predict VIDEO --run DIR`` take the ensemble folder like a run
+directory (the members' weighted frame probabilities).
 """
 
 from __future__ import annotations
