@@ -18,8 +18,12 @@ commands:
            then `expr prepare ... --visual NAME=finetuned:RUN_DIR` adds its features as a set for `expr train`
   evaluate RUN_DIR [--cache CACHE] [--split validation]
            frame-level macro-F1, per-class F1, confusion matrix (JSON, Markdown, PNG into RUN_DIR/eval/SPLIT)
-  ensemble RUN_DIR RUN_DIR [...] --out DIR [--split validation] [--weights equal|fit]
-           several runs' frame probabilities averaged (equal or fitted weights), scored beside each member
+  ensemble RUN_DIR RUN_DIR [...] --out DIR [--weights equal|fit] [--calibrate]   or   --study SWEEP_DIR --out DIR
+           several runs' (or a k-fold study's best setting's) frame probabilities averaged, scored beside each member,
+           the steps tabled (best run, ensemble, + calibration, + smoothing); submit and predict take DIR as a run
+  calibrate RUN_OR_ENSEMBLE [--split validation] [--groups 5]
+           per-class decision offsets for macro-F1 fitted on a labelled split, reported in-sample and cross-fitted;
+           evaluate, submit and predict apply them
   submit   RUN_DIR --example EXAMPLE.csv --out FILE.csv [--cache CACHE] [--format csv|per-video]
            the challenge prediction file for the test videos, validated against the organisers' example
   predict  VIDEO --run RUN_DIR --out DIR
@@ -42,6 +46,7 @@ COMMANDS = {
     "finetune": "expr.finetune",
     "evaluate": "expr.report",
     "ensemble": "expr.ensemble",
+    "calibrate": "expr.calibrate",
     "submit": "expr.submit",
     "predict": "expr.predict",
     "export": "expr.export",

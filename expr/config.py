@@ -270,6 +270,13 @@ class EvalConfig:
     ``predict``): ``mean`` = moving average of class probabilities, ``mode`` = sliding-window vote of frame labels."""
     smoothing_width: int = 0
     """Frames in the smoothing window (0 or 1: none). Metrics are reported with and without it."""
+    calibrate: bool = True
+    """Apply the run's decision calibration (``calibration.json``, fitted by ``expr calibrate``: per-class offsets of
+    the log-probabilities, before smoothing) in ``evaluate``, ``submit`` and ``predict``; false ignores it."""
+    flip: bool = False
+    """Online mode: test-time views. Every window is also predicted on its horizontally mirrored face crops and the
+    two probabilities averaged (validation, ``evaluate``, ``submit``, ``predict``). Cached mode: extract with an
+    encoder spec's ``flip=1`` instead."""
 
 
 @dataclass

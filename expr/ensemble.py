@@ -1,19 +1,25 @@
-"""``expr ensemble RUN RUN [RUN ...] --out DIR [--split validation] [--weights equal|fit]``: several runs (or
-exported heads) as one model on a labelled split. Each member's frame probabilities come from ``expr evaluate``'s
-own path (its window length, feature sets, mode and encoders; written under ``DIR/members/``); the ensemble's are
-their weighted mean, scored and reported like a run (``DIR/eval/SPLIT/``), with a table of every member beside it.
+"""``expr ensemble RUN RUN [RUN ...] --out DIR [--split validation] [--weights equal|fit] [--calibrate]``, or
+``expr ensemble --study SWEEP_DIR --out DIR``: several runs (or exported heads) as one model. Each member's frame
+probabilities come from ``expr evaluate``'s own path (its window length, feature sets, mode and encoders; written
+under ``DIR/members/``); the ensemble's are the weighted mean of the members' raw probabilities, then its own
+decision (calibration, smoothing), scored and reported like a run (``DIR/eval/SPLIT/``) with a table of every
+member and of the steps from the best run to the submission (``members.md``).
 
 Weights: ``equal``, or ``fit`` on the split itself by greedy selection with replacement (Caruana et al. 2004): start
 from the best member, then repeatedly add the member whose addition raises macro-F1 most; the weights are the
 selection counts. The fitted ensemble never scores below its best member on that split, which is also why its
 score there is optimistic: fit on validation, judge on other data. Members must agree on classes, split and frames.
 
-``expr submit DIR --example F --out F`` and ``expr predict VIDEO --run DIR`` take the ensemble folder like a run
-directory (the members' weighted frame probabilities).
+``--study``: the runs of a k-fold study's best setting, every fold. Each validated on its own fold, so the ensemble
+is scored out of fold (every pooled video by the models that did not train on it); for the test set all vote.
+
+``expr submit DIR --example F --out F``, ``expr predict VIDEO --run DIR`` and ``expr calibrate DIR`` take the
+ensemble folder like a run directory.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from dataclasses import dataclass
@@ -23,11 +29,14 @@ from typing import Any, Literal
 import numpy as np
 
 from expr.atomic import write_text
-from expr.evaluation import frame_report
+from expr.calibrate import calibrate as calibrate_folder
+from expr.config import ConfigError, Smoothing
+from expr.data.store import StoreError
+from expr.evaluation import Decision
 from expr.metrics import classification_report
 from expr.options import parse_options, positional
-from expr.report import evaluate_run, write_report
-from expr.runs import ENSEMBLE, RunError
+from expr.report import decision_metrics, evaluate_run, save_frame_probs, write_report
+from expr.runs import CALIBRATION, ENSEMBLE, RunError
 
 
 class EnsembleError(RunError):
@@ -50,83 +59,222 @@ def greedy_weights(probs: list[np.ndarray], labels: np.ndarray, classes, rounds:
     return counts / counts.sum()
 
 
-def ensemble(
-    runs: list[str | Path], out: str | Path, split: str = "validation", weights: str = "equal",
-    cache: str | None = None, device: str = "auto",
-) -> dict[str, Any]:  # fmt: skip
-    """Evaluate every member on ``split``, combine, write ``out/ensemble.json`` and ``out/eval/SPLIT/``; returns the
-    ensemble's report."""
-    if len(runs) < 2:
-        raise EnsembleError("an ensemble needs two or more runs")
-    if weights not in ("equal", "fit"):
-        raise EnsembleError(f"--weights {weights}: choose equal or fit")
-    out = Path(out)
+@dataclass
+class Member:
+    run: str
+    report: dict[str, Any]
+    rows: np.ndarray
+    probs: np.ndarray  # raw frame probabilities (before the run's calibration and smoothing)
+    labels: np.ndarray
+    geometry: tuple[np.ndarray, np.ndarray]  # the store's num_frames, frame_offset
+
+    def final_f1(self) -> float:
+        """Macro-F1 after the run's own decision (calibration, smoothing), as it would submit."""
+        r = self.report
+        return float((r["smoothed_metrics"] or r["calibrated_metrics"] or r["metrics"])["macro_f1"])
+
+
+def study_runs(study: str | Path) -> list[str]:
+    """The run directories of a study's best setting (highest mean macro-F1 over its seeds and folds), from the
+    ``results.csv`` that ``expr sweep`` writes."""
+    table = Path(study) / "results.csv"
+    if not table.is_file():
+        raise EnsembleError(f"{table} not found: --study takes the --out folder of an `expr sweep` (it writes it)")
+    with open(table, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("state") == "complete" and r.get("run_dir")]
+    if not rows:
+        raise EnsembleError(f"{table}: no complete trial with a run directory")
+    fixed = {"trial", "state", "macro_f1", "best_epoch", "run_dir", "train.seed", "data.fold"}
+    keys = [k for k in rows[0] if k not in fixed and not k.startswith("f1/")]
+    settings: dict[tuple, list[dict[str, str]]] = {}
+    for r in rows:
+        settings.setdefault(tuple(r[k] for k in keys), []).append(r)
+    best = max(settings.values(), key=lambda rs: np.mean([float(r["macro_f1"]) for r in rs]))
+    return [r["run_dir"] for r in sorted(best, key=lambda r: int(r["trial"]))]
+
+
+def evaluate_members(runs, out: Path, split: str, cache, device) -> list[Member]:
     members = []
     for i, run in enumerate(runs):
         where = out / "members" / f"{i:02d}-{Path(run).name}"
         report = evaluate_run(run, cache=cache, split=split, device=device, out_dir=where)
         data = np.load(where / "frame_probs.npz")
-        members.append((str(run), report, data["rows"], data["probs"].astype(np.float32), data["labels"]))
+        geometry = (data["num_frames"], data["frame_offset"])
+        members.append(Member(str(run), report, data["rows"], data["probs"].astype(np.float64), data["labels"],
+                              geometry))  # fmt: skip
     first = members[0]
-    classes = list(first[1]["metrics"]["per_class_f1"])  # the run's classes, in order
-    for run, report, rows, _, _ in members[1:]:
-        theirs = list(report["metrics"]["per_class_f1"])
+    classes = list(first.report["metrics"]["per_class_f1"])  # the run's classes, in order
+    for m in members[1:]:
+        theirs = list(m.report["metrics"]["per_class_f1"])
         if theirs != classes:
-            raise EnsembleError(f"{run}: classes {theirs} differ from {first[0]}'s {classes}")
-        if report["store"] != first[1]["store"] or not np.array_equal(rows, first[2]):
+            raise EnsembleError(f"{m.run}: classes {theirs} differ from {first.run}'s {classes}")
+        if m.report["store"] != first.report["store"]:
             raise EnsembleError(
-                f"{run}: its frames of split '{split}' ({report['store']}) are not {first[0]}'s ({first[1]['store']}); "
-                f"members must be evaluated on the same store (--cache)"
+                f"{m.run}: evaluated on {m.report['store']}, not {first.report['store']} like {first.run}; members "
+                f"must be evaluated on the same store (--cache)"
             )
-    labels = first[4]
-    probs = [m[3] for m in members]
-    w = greedy_weights(probs, labels, classes) if weights == "fit" else np.full(len(probs), 1.0 / len(probs))
-    combined = sum(wi * p for wi, p in zip(w, probs, strict=True))
-    metrics = frame_report(labels, combined, classes)
-    table = [
-        {"run": run, "weight": float(wi), "macro_f1": float(report["metrics"]["macro_f1"])}
-        for (run, report, *_), wi in zip(members, w, strict=True)
-    ]
-    best = max(table, key=lambda r: r["macro_f1"])
+    return members
+
+
+def same_split(members: list[Member], split: str, weights: str, classes) -> tuple[np.ndarray, ...]:
+    """Members scored on the same frames: (rows, weighted probabilities, labels, weights)."""
+    first = members[0]
+    for m in members[1:]:
+        if not np.array_equal(m.rows, first.rows):
+            raise EnsembleError(f"{m.run}: its frames of split '{split}' are not {first.run}'s")
+    probs = [m.probs for m in members]
+    w = greedy_weights(probs, first.labels, classes) if weights == "fit" else np.full(len(probs), 1 / len(probs))
+    return first.rows, sum(wi * p for wi, p in zip(w, probs, strict=True)), first.labels, w
+
+
+def out_of_fold(members: list[Member]) -> tuple[np.ndarray, ...]:
+    """Members of a k-fold study, each scored on its own validation fold: (rows, out-of-fold probabilities: each
+    fold's frames by the mean of the members that validated on it, labels, fold of each row, weights: equal)."""
+    ks = {m.report["folds"]["k"] for m in members}
+    if len(ks) > 1:
+        raise EnsembleError(f"the members come from different k-fold splits (k = {sorted(ks)})")
+    k = ks.pop()
+    by_fold: dict[int, list[Member]] = {}
+    for m in members:
+        by_fold.setdefault(m.report["folds"]["fold"], []).append(m)
+    missing = sorted(set(range(k)) - set(by_fold))
+    if missing:
+        raise EnsembleError(f"no member validated on fold(s) {missing} of {k}: add their runs (every fold is needed)")
+    parts = []
+    for fold, group in sorted(by_fold.items()):
+        for m in group[1:]:
+            if not np.array_equal(m.rows, group[0].rows):
+                raise EnsembleError(f"{m.run}: its validation fold {fold} is not {group[0].run}'s (another store?)")
+        probs = sum(m.probs for m in group) / len(group)
+        parts.append((group[0].rows, probs, group[0].labels, np.full(len(group[0].rows), fold)))
+    rows, probs, labels, folds = (np.concatenate(x) for x in zip(*parts, strict=True))
+    order = np.argsort(rows, kind="stable")
+    return rows[order], probs[order], labels[order], folds[order], np.full(len(members), 1 / len(members))
+
+
+def ensemble(
+    runs: list[str | Path], out: str | Path, split: str = "validation", weights: str = "equal",
+    cache: str | None = None, device: str = "auto", smoothing: str | None = None, width: int | None = None,
+    calibrate: bool = False, groups: int = 5,
+) -> dict[str, Any]:  # fmt: skip
+    """Evaluate every member on ``split``, combine, write ``out/ensemble.json`` and ``out/eval/SPLIT/`` (and
+    ``out/calibration.json`` with ``calibrate``); returns the ensemble's report."""
+    if len(runs) < 2:
+        raise EnsembleError("an ensemble needs two or more runs")
+    if weights not in ("equal", "fit"):
+        raise EnsembleError(f"--weights {weights}: choose equal or fit")
+    out = Path(out)
+    members = evaluate_members(runs, out, split, cache, device)
+    classes = list(members[0].report["metrics"]["per_class_f1"])
+    folded = [m.report.get("folds") is not None for m in members]
+    extra = {}
+    if all(folded):
+        if weights == "fit":
+            raise EnsembleError("the models of a k-fold study validate on different videos: --weights equal only")
+        rows, probs, labels, extra["groups"], w = out_of_fold(members)
+    elif any(folded):
+        raise EnsembleError("some members come from a k-fold study and some do not: they do not share a split")
+    else:
+        rows, probs, labels, w = same_split(members, split, weights, classes)
+    own = {(m.report["smoothing"]["method"], m.report["smoothing"]["width"]) for m in members}
+    if smoothing is None and len(own) > 1:
+        raise EnsembleError(f"the members smooth differently ({sorted(own)}): choose the ensemble's with --smoothing "
+                            f"and --width")  # fmt: skip
+    method, size = (smoothing, width or 0) if smoothing is not None else own.pop()
+    decision = Decision(None, method, int(size))
+    num_frames, frame_offset = members[0].geometry
     report = {
         "run": f"ensemble of {len(runs)}",
-        "store": first[1]["store"],
-        "split": split,
+        "store": members[0].report["store"],
+        "split": split if not extra else f"{split} (out of fold)",
         "window": "per member",
         "stride": "per member",
-        "videos": first[1]["videos"],
-        "frames": int(len(first[2])),
+        "videos": len(np.unique(np.searchsorted(frame_offset, rows, side="right"))),
+        "frames": int(len(rows)),
         "labelled_frames": int((labels >= 0).sum()),
-        "smoothing": {"method": "none", "width": 0},
-        "metrics": metrics,
-        "smoothed_metrics": None,
-        "members": table,
+        **decision_metrics(labels, rows, probs, num_frames, frame_offset, decision, classes),
+        "members": [
+            {
+                "run": m.run,
+                "weight": float(wi),
+                "macro_f1": float(m.report["metrics"]["macro_f1"]),
+                "final_macro_f1": m.final_f1(),
+                "fold": (m.report.get("folds") or {}).get("fold"),
+            }
+            for m, wi in zip(members, w, strict=True)
+        ],  # fmt: skip
         "weights": weights,
-        "best_member": best,
     }
     where = out / "eval" / split
     write_report(where, report, classes)
-    np.savez(where / "frame_probs.npz", rows=first[2], probs=combined.astype(np.float16), labels=labels)
-    lines = ["| model | weight | macro-F1 |", "|---|---|---|"]
-    lines += [f"| {r['run']} | {r['weight']:.3f} | {r['macro_f1']:.4f} |" for r in table]
-    lines.append(f"| **ensemble ({weights} weights)** | | **{metrics['macro_f1']:.4f}** |")
-    write_text(where / "members.md", "\n".join(lines) + "\n")
-    info = {"members": [{"run": str(Path(r["run"]).resolve()), "weight": r["weight"]} for r in table],
-            "weights": weights, "fitted_on": split if weights == "fit" else None, "classes": classes}  # fmt: skip
+    save_frame_probs(where, rows, probs, labels, num_frames, frame_offset, **extra)
+    info = {"members": [{"run": str(Path(r["run"]).resolve()), "weight": r["weight"]} for r in report["members"]],
+            "weights": weights, "fitted_on": split if weights == "fit" else None, "classes": classes,
+            "smoothing": report["smoothing"], "out_of_fold": bool(extra)}  # fmt: skip
     write_text(out / ENSEMBLE, json.dumps(info, indent=2))
+    if calibrate:
+        report = calibrate_folder(out, split, groups=groups)
+    elif (out / CALIBRATION).is_file():  # an earlier calibration of another ensemble in this folder
+        (out / CALIBRATION).unlink()
+    write_text(where / "members.md", steps_table(report))
     return report
+
+
+def steps_table(report: dict[str, Any]) -> str:
+    """Markdown: every member, then the steps from one run to the submission, each with and without the next."""
+    folds = any(m["fold"] is not None for m in report["members"])
+    lines = ["| member | fold | weight | macro-F1 | with its own decision |", "|---|---|---|---|---|"]
+    lines += [f"| {m['run']} | {'' if m['fold'] is None else m['fold']} | {m['weight']:.3f} | {m['macro_f1']:.4f} | "
+              f"{m['final_macro_f1']:.4f} |" for m in report["members"]]  # fmt: skip
+    lines += ["", "| step | macro-F1 |", "|---|---|"]
+    if folds:
+        mean = np.mean([m["macro_f1"] for m in report["members"]])
+        lines.append(f"| one fold's model on its own validation fold (mean) | {mean:.4f} |")
+        lines.append(f"| out of fold: every video by the models that did not train on it | "
+                     f"{report['metrics']['macro_f1']:.4f} |")  # fmt: skip
+    else:
+        best = max(report["members"], key=lambda m: m["macro_f1"])
+        lines.append(f"| best single run ({Path(best['run']).name}) | {best['macro_f1']:.4f} |")
+        lines.append(f"| ensemble ({report['weights']} weights) | {report['metrics']['macro_f1']:.4f} |")
+    if report.get("calibrated_metrics"):
+        lines.append(f"| + calibration (fitted on this split) | {report['calibrated_metrics']['macro_f1']:.4f} |")
+    if report.get("cross_fitted_metrics"):
+        lines.append(f"| + calibration, cross-fitted ({report['cross_fitted_groups']}) | "
+                     f"{report['cross_fitted_metrics']['macro_f1']:.4f} |")  # fmt: skip
+    if report.get("smoothed_metrics"):
+        s = report["smoothing"]
+        lines.append(
+            f"| + {s['method']} smoothing, width {s['width']} | {report['smoothed_metrics']['macro_f1']:.4f} |"
+        )
+    lines.append("")
+    if report["weights"] == "fit":
+        lines.append("The weights were fitted on this split: the ensemble's score here is optimistic.")
+    if folds:
+        lines.append("For the test set every fold's model votes (equal weights); the out-of-fold score measures one "
+                     "fold's model per video, so the full ensemble should do at least as well.")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 @dataclass(kw_only=True)
 class EnsembleOptions:
-    runs: tuple[str, ...] = positional()
-    """run directories (two or more)"""
+    runs: tuple[str, ...] = positional(default=())
+    """run directories or exported folders (two or more)"""
     out: str
     """folder to write (ensemble.json, members/, eval/SPLIT/)"""
     split: str = "validation"
     """the labelled split to combine and score"""
     weights: Literal["equal", "fit"] = "equal"
     """equal weights, or weights fitted on the split (greedy selection; never below the best member there)"""
+    study: str | None = None
+    """instead of RUNs: the --out folder of an `expr sweep` (with --folds K): its best setting's runs, every fold"""
+    smoothing: Smoothing | None = None
+    """the ensemble's temporal smoothing (default: the members', when they agree)"""
+    width: int | None = None
+    """the ensemble's smoothing width in frames"""
+    calibrate: bool = False
+    """also fit per-class decision offsets on the split (expr calibrate), reported in-sample and cross-fitted"""
+    groups: int = 5
+    """groups of whole videos for the cross-fitted calibration check (a k-fold study uses its folds)"""
     cache: str | None = None
     """the feature store (default: each run's own)"""
     device: str = "auto"
@@ -138,8 +286,12 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = parse_options(EnsembleOptions, argv, "expr ensemble", "ensemble", __doc__.split("\n\n")[0],
                             config_keys=False)  # fmt: skip
     try:
-        report = ensemble(list(args.runs), args.out, args.split, args.weights, args.cache, args.device)
-    except RunError as e:
+        if bool(args.study) == bool(args.runs):
+            raise EnsembleError("give the members as RUN RUN ..., or --study SWEEP_DIR, not both or neither")
+        runs = study_runs(args.study) if args.study else list(args.runs)
+        report = ensemble(runs, args.out, args.split, args.weights, args.cache, args.device, args.smoothing,
+                          args.width, args.calibrate, args.groups)  # fmt: skip
+    except (RunError, StoreError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print((Path(args.out) / "eval" / args.split / "members.md").read_text())
@@ -147,4 +299,4 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report else 2
 
 
-__all__ = ["ensemble", "greedy_weights", "EnsembleError", "main"]
+__all__ = ["ensemble", "greedy_weights", "study_runs", "EnsembleError", "main"]

@@ -6,7 +6,9 @@ study:
 1. :func:`frame_probabilities` places each window's class probabilities on the frames its training target stands
    for (:func:`aggregate_frames`), then gives each frame without a face the probabilities of the nearest frame with
    one (:func:`fill_missing_faces`);
-2. :func:`smooth_rows` applies the temporal post-processing (``eval.smoothing``) per video;
+2. a :class:`Decision` adds the run's (or ensemble's) per-class calibration offsets to the log-probabilities
+   (:mod:`expr.calibration`, when ``expr calibrate`` fitted them) and applies the temporal post-processing
+   (``eval.smoothing``) per video (:func:`smooth_rows`);
 3. the label of a frame is the argmax; every frame whose label is not -1 is scored (:func:`frame_report`).
 
 A window trained with ``data.label_frame`` ``center`` or ``last`` learned the label of one frame (its target,
@@ -21,9 +23,11 @@ a frame takes the mean over the windows covering it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
+from expr.calibration import apply_offsets
 from expr.config import SMOOTHING
 from expr.data.windows import label_position
 from expr.metrics import classification_report
@@ -167,6 +171,32 @@ def smooth_rows(
     for at in np.split(order, np.flatnonzero(np.diff(owner[order])) + 1):
         out[at] = smooth(out[at], method, width)
     return out
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Step 2 of the path: what a run or an ensemble does to frame probabilities before the argmax. ``offsets``
+    (one per class, or None) shift the log-probabilities (decision calibration), then ``smoothing`` / ``width``
+    smooth each video in time."""
+
+    offsets: tuple[float, ...] | None = None
+    smoothing: str = "none"
+    width: int = 0
+
+    def video(self, probs: np.ndarray) -> np.ndarray:
+        """One video's [T, C] frame probabilities, in time order."""
+        return smooth(apply_offsets(probs, self.offsets), self.smoothing, self.width)
+
+    def rows(self, rows: np.ndarray, probs: np.ndarray, num_frames: np.ndarray, frame_offset: np.ndarray):
+        """The probabilities of whole videos' frame ``rows`` of a store (``num_frames``, ``frame_offset``)."""
+        calibrated = apply_offsets(probs, self.offsets)
+        return smooth_rows(rows, calibrated, num_frames, frame_offset, self.smoothing, self.width)
+
+    def uncalibrated(self) -> Decision:
+        return Decision(None, self.smoothing, self.width)
+
+    def unsmoothed(self) -> Decision:
+        return Decision(self.offsets)
 
 
 def frame_report(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> dict:

@@ -19,7 +19,7 @@ from typing import Any
 from expr.atomic import atomic_path
 from expr.checkpoint import CheckpointError, export_head
 from expr.options import parse_options, positional
-from expr.runs import EXPORT_FORMAT, TUNED_ENCODERS, RunError, load_head, load_run, run_info  # noqa: F401 (load_head: documented here)
+from expr.runs import CALIBRATION, EXPORT_FORMAT, TUNED_ENCODERS, RunError, load_head, load_run, run_info  # noqa: F401 (load_head: documented here)
 
 
 class ExportError(RunError):
@@ -36,6 +36,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
         shutil.copyfile(run_dir / "best" / "model.safetensors", tmp / "model.safetensors")
         if (run_dir / "best" / TUNED_ENCODERS).is_file():  # an online run whose encoders trained: their weights
             shutil.copyfile(run_dir / "best" / TUNED_ENCODERS, tmp / TUNED_ENCODERS)
+        if (run_dir / CALIBRATION).is_file():  # its decision calibration (expr calibrate) travels with it
+            shutil.copyfile(run_dir / CALIBRATION, tmp / CALIBRATION)
         (tmp / "config.json").write_text(json.dumps(info, indent=2))
         (tmp / "README.md").write_text(model_card(info))
     return out

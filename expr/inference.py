@@ -27,12 +27,14 @@ def predict_frames(
     mode: str = "cached",
     num_workers: int | None = None,
     encoders=None,
+    flip: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Frame probabilities of every video of ``split`` (or of ``videos`` among them): (frame rows, [rows, C]), by
     step 1 of :mod:`expr.evaluation`'s path (``label_rule``: the run's ``data.label_frame``; frames without a face
     filled from the nearest face frame). ``mode="online"`` runs the store's frozen encoders on its face crops and
     audio, as an online-trained head saw (``encoders``: (encoders, image transform) of the run, see
-    :func:`expr.runs.run_encoders`; default: the store's frozen ones)."""
+    :func:`expr.runs.run_encoders`; default: the store's frozen ones); ``flip`` (online mode, ``eval.flip``) averages
+    every window's probabilities with those of its mirrored crops."""
     windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True)
     videos = store.videos_in(split) if videos is None else np.asarray(videos)
     model = model.to(device)
@@ -56,8 +58,7 @@ def predict_frames(
         def features(batch):
             return batch
 
-    chunks = []
-    for batch in batches:
+    def window_probs(batch):
         batch = features(batch)
         out = model(
             batch["visual"].to(device).float(),
@@ -65,9 +66,21 @@ def predict_frames(
             batch["audio"].to(device).float(),
             batch["audio_mask"].to(device),
         )
-        chunks.append(out.logits.float().softmax(-1).cpu().numpy())
+        return out.logits.float().softmax(-1)
+
+    chunks = []
+    for batch in batches:
+        p = window_probs(batch)
+        if flip and mode == "online":
+            p = (p + window_probs(mirrored(batch))) / 2
+        chunks.append(p.cpu().numpy())
     probs = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
     return store_frame_probabilities(store, videos, data, mine, probs, label_rule)
+
+
+def mirrored(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An online batch with its face crops (``pixels`` [B, T, 3, S, S]) mirrored left to right: a test-time view."""
+    return {**batch, "pixels": batch["pixels"].flip(-1)}
 
 
 def store_frame_probabilities(store, videos, data, picked, probs, label_rule: str):

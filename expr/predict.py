@@ -25,7 +25,6 @@ from expr.atomic import atomic_path
 from expr.config import Config, ConfigError, apply_dict, resolve_device
 from expr.data.media import MediaError, decode_audio, iter_frames, probe
 from expr.data.store import FrameStore, StoreError, VideoRecord, write_store
-from expr.evaluation import smooth_rows
 from expr.features.backbones import BACKBONE_KEYS, BackboneError, Backbones, backbone_options, clip_option
 from expr.features.encoders import EncoderError
 from expr.features.faces import FaceDetector, FaceDetectorError, crop_face
@@ -33,7 +32,16 @@ from expr.features.spec import SpecError, parse_spec
 from expr.inference import predict_frames
 from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
-from expr.runs import RunError, ensemble_members, load_head, run_encoders, run_options_help
+from expr.runs import (
+    RunError,
+    ensemble_decision,
+    ensemble_members,
+    load_head,
+    member_overrides,
+    run_decision,
+    run_encoders,
+    run_options_help,
+)
 
 logger = logging.getLogger("expr.predict")
 
@@ -148,9 +156,20 @@ def predict_video(
     if members is None:
         record, probs, warnings, cfg = video_probs(video, run, out, clip, wav2vec2, device, progress, backbones,
                                                    overrides)  # fmt: skip
-    else:  # each member on its own encoders (its features under out/members/)
+        decision = run_decision(run, cfg)
+    else:  # each member on its own encoders (its features under out/members/), raw; the ensemble decides
         parts = [
-            video_probs(video, member, out / "members" / f"{i:02d}", clip, wav2vec2, device, progress, None, overrides)
+            video_probs(
+                video,
+                member,
+                out / "members" / f"{i:02d}",
+                clip,
+                wav2vec2,
+                device,
+                progress,
+                None,
+                member_overrides(overrides),
+            )  # fmt: skip
             for i, (member, _) in enumerate(members)
         ]
         record, _, warnings, cfg = parts[0]
@@ -158,6 +177,8 @@ def predict_video(
             if list(part[3].data.classes) != list(cfg.data.classes):
                 raise PredictError(f"{member}: classes {list(part[3].data.classes)} differ from the first member's")
         probs = sum(weight * part[1] for (_, weight), part in zip(members, parts, strict=True))
+        decision = ensemble_decision(run, overrides)
+    probs = decision.video(probs)
     labels = probs.argmax(1)
     classes = list(cfg.data.classes)
     out.mkdir(parents=True, exist_ok=True)
@@ -176,8 +197,8 @@ def predict_video(
 
 
 def video_probs(video: Path, run, out: Path, clip, wav2vec2, device: str, progress: bool, backbones, overrides):
-    """(the video's record, its frame probabilities [T, C] smoothed as the run says, warnings, the run's config) of
-    one run or exported head; the extracted features are kept under ``out``."""
+    """(the video's record, its raw frame probabilities [T, C] (before the run's decision), warnings, the run's
+    config) of one run or exported head; the extracted features are kept under ``out``."""
     model, info = load_head(run, overrides=overrides)
     cfg = info["cfg"]
     if backbones is None:
@@ -218,8 +239,8 @@ def video_probs(video: Path, run, out: Path, clip, wav2vec2, device: str, progre
         label_rule=cfg.data.label_frame,
         mode=cfg.data.mode,
         encoders=run_encoders(run, cfg, store, device),
+        flip=cfg.eval.flip,
     )
-    probs = smooth_rows(rows, probs, store.num_frames, store.frame_offset, cfg.eval.smoothing, cfg.eval.smoothing_width)
     return record, probs, warnings, cfg
 
 

@@ -22,15 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from expr.atomic import write_text
+from expr.atomic import atomic_path, write_text
 from expr.config import ConfigError, Smoothing, resolve_device
 from expr.data.source import open_store
 from expr.data.store import StoreError
-from expr.evaluation import frame_report, smooth_rows
+from expr.evaluation import Decision, frame_report
 from expr.inference import predict_frames
 from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
-from expr.runs import RunError, legacy_overrides, load_run, run_encoders, run_options_help
+from expr.runs import RunError, legacy_overrides, load_head, run_decision, run_encoders, run_options_help
 
 
 class EvaluateError(RunError):
@@ -53,13 +53,15 @@ def evaluate_run(
     ``stride``, ``smoothing`` and ``width`` are the same as data.cache, data.eval_stride, eval.smoothing and
     eval.smoothing_width."""
 
-    cfg, model = load_run(run_dir, legacy_overrides(overrides, cache, stride, smoothing, width))
+    model, info = load_head(run_dir, overrides=legacy_overrides(overrides, cache, stride, smoothing, width))
+    cfg = info["cfg"]
     store = open_store(cfg)
     if split not in set(store.splits.tolist()):
         raise EvaluateError(f"{store.path}: no videos in split '{split}' (it has {sorted(set(store.splits.tolist()))})")
     if list(store.classes) != list(cfg.data.classes):
         raise EvaluateError(f"{store.path}: classes {store.classes} differ from the run's {list(cfg.data.classes)}")
-    stride, smoothing, width = cfg.data.resolved_eval_stride(), cfg.eval.smoothing, cfg.eval.smoothing_width
+    stride = cfg.data.resolved_eval_stride()
+    decision = run_decision(run_dir, cfg)
     device = resolve_device(device)
     # Under `accelerate launch` each process takes whole videos (every world_size-th); the main process gathers
     # their frame probabilities and scores them: the same numbers as one process.
@@ -82,6 +84,7 @@ def evaluate_run(
         videos=videos[rank::world],
         mode=cfg.data.mode,
         encoders=run_encoders(run_dir, cfg, store, device),
+        flip=cfg.eval.flip,
     )
     if world > 1:
         parts = gather_object([(rows, probs)])
@@ -94,27 +97,48 @@ def evaluate_run(
     labels = store.labels[rows]
     if not (labels >= 0).any():
         raise EvaluateError(f"split '{split}' of {store.path} has no labelled frames (for test videos use expr submit)")
-    keep = labels >= 0
-    raw = frame_report(labels, probs, cfg.data.classes)
-    smoothed_probs = smooth_rows(rows, probs, store.num_frames, store.frame_offset, smoothing, width)
-    smoothed = frame_report(labels, smoothed_probs, cfg.data.classes)
     report = {
         "run": str(Path(run_dir).resolve()),
         "store": str(store.path.resolve()),
         "split": split,
+        "folds": {"k": cfg.data.folds, "fold": cfg.data.fold} if cfg.data.folds else None,
         "window": cfg.data.window,
         "stride": stride,
         "videos": int(len(store.videos_in(split))),
         "frames": int(len(rows)),
-        "labelled_frames": int(keep.sum()),
-        "smoothing": {"method": smoothing, "width": width},
-        "metrics": raw,
-        "smoothed_metrics": smoothed if smoothing != "none" and width > 1 else None,
+        "labelled_frames": int((labels >= 0).sum()),
+        "flip": bool(cfg.eval.flip and cfg.data.mode == "online"),
+        **decision_metrics(labels, rows, probs, store.num_frames, store.frame_offset, decision, cfg.data.classes),
     }
     out = Path(out_dir) if out_dir else Path(run_dir) / "eval" / split
     write_report(out, report, list(cfg.data.classes))
-    np.savez(out / "frame_probs.npz", rows=rows, probs=probs.astype(np.float16), labels=labels)
+    save_frame_probs(out, rows, probs, labels, store.num_frames, store.frame_offset)
     return report
+
+
+def decision_metrics(labels, rows, probs, num_frames, frame_offset, decision: Decision, classes) -> dict[str, Any]:
+    """The report's metrics of frame probabilities, step by step: ``metrics`` (the argmax), ``calibrated_metrics``
+    (with the decision's offsets, None without), ``smoothed_metrics`` (offsets and smoothing: what a submission
+    gets; None without smoothing), and the ``smoothing`` and ``calibration`` applied."""
+    classes = list(classes)
+    smoothing = decision.smoothing != "none" and decision.width > 1
+    calibrated = decision.unsmoothed().rows(rows, probs, num_frames, frame_offset) if decision.offsets else None
+    final = decision.rows(rows, probs, num_frames, frame_offset) if smoothing else None
+    return {
+        "smoothing": {"method": decision.smoothing, "width": decision.width},
+        "calibration": dict(zip(classes, decision.offsets, strict=True)) if decision.offsets else None,
+        "metrics": frame_report(labels, probs, classes),
+        "calibrated_metrics": frame_report(labels, calibrated, classes) if calibrated is not None else None,
+        "smoothed_metrics": frame_report(labels, final, classes) if final is not None else None,
+    }
+
+
+def save_frame_probs(out: Path, rows, probs, labels, num_frames, frame_offset, **extra) -> None:
+    """``out/frame_probs.npz``: the frame rows, their raw probabilities (before calibration and smoothing), labels,
+    and the store's video geometry (``num_frames``, ``frame_offset``) that smoothing needs."""
+    with atomic_path(out / "frame_probs.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, rows=rows, probs=np.asarray(probs, np.float64), labels=labels, num_frames=num_frames,
+                 frame_offset=frame_offset, **extra)  # fmt: skip
 
 
 def write_report(out: Path, report: dict[str, Any], classes: list[str]) -> None:
@@ -134,6 +158,10 @@ def markdown(report: dict[str, Any], classes: list[str]) -> str:
         return f"{v:.4f}"
 
     rows = [("frame-level", report["metrics"])]
+    if report.get("calibrated_metrics"):
+        rows.append(("+ calibration", report["calibrated_metrics"]))
+    if report.get("cross_fitted_metrics"):
+        rows.append((f"+ calibration, cross-fitted ({report['cross_fitted_groups']})", report["cross_fitted_metrics"]))
     if report["smoothed_metrics"]:
         s = report["smoothing"]
         rows.append((f"+ {s['method']} smoothing, width {s['width']}", report["smoothed_metrics"]))
@@ -152,6 +180,12 @@ def markdown(report: dict[str, Any], classes: list[str]) -> str:
         per = " | ".join(f(m["per_class_f1"][c]) for c in classes)
         lines.append(f"| {name} | {f(m['macro_f1'])} | {f(m['accuracy'])} | {per} |")
     lines += ["", "Per-class cells are F1 scores. Macro-F1 is the mean over all classes, as the challenge scores it."]
+    if report.get("calibrated_metrics"):
+        lines.append(
+            "Rows add their step to the one above. The calibration offsets were fitted on labelled frames (`expr "
+            "calibrate`); scored on the split they were fitted on they are optimistic, the cross-fitted row (fitted on "
+            "other videos or folds than it scores) is not."
+        )
     absent = report["metrics"]["absent_classes"]
     if absent:
         lines.append(

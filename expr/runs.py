@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from expr.atomic import atomic_path, write_text
 from expr.checkpoint import save_head
 from expr.config import Config, ConfigError, apply_dict, field_docs, load_yaml, validate
+from expr.evaluation import Decision
 from expr.models.fusion import FusionHead
 
 EXPORT_FORMAT = 1
@@ -40,6 +41,8 @@ RUN_OVERRIDES = (
     "data.num_workers",
     "eval.smoothing",
     "eval.smoothing_width",
+    "eval.calibrate",
+    "eval.flip",
 )
 
 
@@ -148,6 +151,11 @@ def load_head(path: str | Path, device: str = "cpu", overrides: dict[str, Any] |
     elif (path / "config.yaml").is_file():
         cfg, model = load_run(path, overrides)
         return model.to(device), run_info(path, cfg)
+    elif (path / ENSEMBLE).is_file():
+        raise RunError(
+            f"{path} is an ensemble folder: `expr ensemble` scores it (its report is under {path}/eval/SPLIT); "
+            f"`expr submit`, `expr predict` and `expr calibrate` take it like a run"
+        )
     else:
         raise RunError(f"{path}: neither an exported model (config.json + model.safetensors) nor a run directory")
     info["cfg"] = cfg
@@ -179,7 +187,17 @@ def run_encoders(path: str | Path, cfg: Config, store, device):
 
 
 ENSEMBLE = "ensemble.json"
-"""The file that makes a folder an ensemble of runs (``expr ensemble``): ``members`` [{run, weight}], ``classes``."""
+"""The file that makes a folder an ensemble of runs (``expr ensemble``): ``members`` [{run, weight}], ``classes``,
+``smoothing`` {method, width} (the ensemble's own, applied to the weighted mean of its members' probabilities)."""
+CALIBRATION = "calibration.json"
+"""Beside a run's config (or in an ensemble or export folder): the decision calibration ``expr calibrate`` fitted,
+``classes`` and ``offsets`` (one per class, added to the log-probabilities before smoothing)."""
+
+
+def is_model_dir(path: str | Path) -> bool:
+    """A run directory or an exported folder."""
+    path = Path(path)
+    return (path / "config.yaml").is_file() or (path / "config.json").is_file()
 
 
 def ensemble_members(path: str | Path) -> list[tuple[str, float]] | None:
@@ -188,10 +206,46 @@ def ensemble_members(path: str | Path) -> list[tuple[str, float]] | None:
     if not info.is_file():
         return None
     members = json.loads(info.read_text())["members"]
-    missing = [m["run"] for m in members if not (Path(m["run"]) / "config.yaml").is_file()]
+    missing = [m["run"] for m in members if not is_model_dir(m["run"])]
     if missing:
-        raise RunError(f"{info}: member {missing[0]} is not a run directory (moved or deleted?)")
+        raise RunError(f"{info}: member {missing[0]} is not a run directory or export (moved or deleted?)")
     return [(m["run"], float(m["weight"])) for m in members]
+
+
+def load_offsets(path: str | Path, classes) -> tuple[float, ...] | None:
+    """The calibration offsets recorded in folder ``path`` (None when it has none); classes must match."""
+    file = Path(path) / CALIBRATION
+    if not file.is_file():
+        return None
+    info = json.loads(file.read_text())
+    if classes is not None and list(info.get("classes", [])) != list(classes):
+        raise RunError(f"{file}: calibrated for classes {info.get('classes')}, not {list(classes)}")
+    return tuple(float(v) for v in info["offsets"])
+
+
+def run_decision(path: str | Path, cfg: Config) -> Decision:
+    """How a run's (or export's) frame probabilities become labels: its calibration offsets (unless
+    ``eval.calibrate`` is false) and ``eval.smoothing``."""
+    offsets = load_offsets(path, cfg.data.classes) if cfg.eval.calibrate else None
+    return Decision(offsets, cfg.eval.smoothing, cfg.eval.smoothing_width)
+
+
+def ensemble_decision(path: str | Path, overrides: dict[str, Any] | None = None) -> Decision:
+    """An ensemble folder's decision: its calibration and smoothing, with ``eval.smoothing``,
+    ``eval.smoothing_width`` and ``eval.calibrate`` from ``overrides`` where given."""
+    overrides = overrides or {}
+    info = json.loads((Path(path) / ENSEMBLE).read_text())
+    smoothing = info.get("smoothing") or {"method": "none", "width": 0}
+    calibrate = overrides.get("eval.calibrate", True)
+    offsets = load_offsets(path, info.get("classes")) if calibrate not in (False, "false", "False") else None
+    method = overrides.get("eval.smoothing", smoothing["method"])
+    return Decision(offsets, method, int(overrides.get("eval.smoothing_width", smoothing["width"])))
+
+
+def member_overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """A member's overrides within an ensemble: the ensemble decides (calibration, smoothing), so its members give
+    raw probabilities."""
+    return {**(overrides or {}), "eval.smoothing": "none", "eval.smoothing_width": 0, "eval.calibrate": False}
 
 
 def chosen_sets(store_meta: dict[str, Any], cfg) -> dict[str, dict[str, dict]]:

@@ -10,8 +10,8 @@ How every listed frame gets a label: windows of the run's length slide over each
 ``data.eval_stride``), and the path that training's validation and ``expr evaluate`` score (:mod:`expr.evaluation`)
 turns their predictions into frame labels: each window's prediction placed at its label frame and interpolated
 between them, a frame without a face crop given the probabilities of the nearest frame in time that has one, the
-run's temporal smoothing (``eval.*``, or ``--smoothing/--width``) per video. A listed frame past the video's decoded
-end takes the last frame's label.
+run's decision calibration when ``expr calibrate`` fitted one, then its temporal smoothing (``eval.*``, or
+``--smoothing/--width``) per video. A listed frame past the video's decoded end takes the last frame's label.
 """
 
 from __future__ import annotations
@@ -28,10 +28,19 @@ from expr.atomic import atomic_path, write_text
 from expr.config import ABAW_CLASSES, ConfigError, Smoothing, resolve_device
 from expr.data.source import open_store
 from expr.data.store import StoreError
-from expr.evaluation import smooth_rows
 from expr.inference import predict_frames
 from expr.options import parse_options, positional
-from expr.runs import RunError, ensemble_members, legacy_overrides, load_run, run_encoders, run_options_help
+from expr.runs import (
+    RunError,
+    ensemble_decision,
+    ensemble_members,
+    legacy_overrides,
+    load_head,
+    member_overrides,
+    run_decision,
+    run_encoders,
+    run_options_help,
+)
 
 
 class SubmissionError(ValueError):
@@ -85,16 +94,20 @@ def frame_labels(
 def frame_probs(
     run_dir, cache, videos: list[str], smoothing=None, width=None, device="auto", overrides=None
 ) -> dict[str, np.ndarray]:
-    """Per video: the (smoothed) class probabilities of every decoded frame, [frames, C]; of an ensemble folder the
-    weighted mean of its members' (each smoothed as its run says, unless ``smoothing`` is given)."""
+    """Per video: the class probabilities of every decoded frame, [frames, C], after the run's decision (its
+    calibration, then its smoothing); of an ensemble folder, the weighted mean of its members' raw probabilities,
+    then the ensemble's decision. ``smoothing`` / ``width`` replace the run's (or ensemble's)."""
+    overrides = legacy_overrides(overrides, cache, smoothing=smoothing, width=width)
     members = ensemble_members(run_dir)
     if members is not None:
-        out: dict[str, np.ndarray] = {}
+        raw: dict[str, np.ndarray] = {}
         for run, weight in members:
-            for v, p in frame_probs(run, cache, videos, smoothing, width, device, overrides).items():
-                out[v] = out.get(v, 0.0) + weight * p
-        return out
-    cfg, model = load_run(run_dir, legacy_overrides(overrides, cache, smoothing=smoothing, width=width))
+            for v, p in frame_probs(run, cache, videos, device=device, overrides=member_overrides(overrides)).items():
+                raw[v] = raw.get(v, 0.0) + weight * p
+        decision = ensemble_decision(run_dir, overrides)
+        return {v: decision.video(p) for v, p in raw.items()}
+    model, info = load_head(run_dir, overrides=overrides)
+    cfg = info["cfg"]
     store = open_store(cfg)
     if list(store.classes) != list(cfg.data.classes):
         raise SubmissionError(f"{store.path}: classes {store.classes} differ from the run's {list(cfg.data.classes)}")
@@ -105,7 +118,7 @@ def frame_probs(
             f"with `expr prepare ... --test-names FILE --out {store.path}`"
         )
     device = resolve_device(device)
-    method, width = cfg.eval.smoothing, cfg.eval.smoothing_width
+    decision = run_decision(run_dir, cfg)
     wanted = np.array([store.names.index(v) for v in videos], np.int64)
     encoders = run_encoders(run_dir, cfg, store, device)
     out = {}
@@ -122,12 +135,13 @@ def frame_probs(
             videos=mine,
             mode=cfg.data.mode,
             encoders=encoders,
+            flip=cfg.eval.flip,
         )
-        smoothed = smooth_rows(rows, probs, store.num_frames, store.frame_offset, method, width)
+        decided = decision.rows(rows, probs, store.num_frames, store.frame_offset)
         for v in mine:
             a = int(store.frame_offset[v])
             at = (rows >= a) & (rows < a + int(store.num_frames[v]))
-            out[store.names[v]] = smoothed[at]
+            out[store.names[v]] = decided[at]
     return out
 
 
@@ -224,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         members = ensemble_members(args.run_dir)
-        cfg, _ = load_run(members[0][0] if members else args.run_dir, overrides)
+        cfg = load_head(members[0][0] if members else args.run_dir, overrides=overrides)[1]["cfg"]
         example = read_example(args.example, cfg.data.classes)
         labels = frame_labels(
             args.run_dir, args.cache, example.videos(), args.smoothing, args.width, args.device, overrides

@@ -55,7 +55,7 @@ from expr.distributed import (
 from expr.features.backbones import BackboneError
 from expr.features.encoders import EncoderError
 from expr.features.spec import SpecError
-from expr.inference import validation_metrics
+from expr.inference import mirrored, validation_metrics
 from expr.loaders import build_run_data
 from expr.models.fusion import FusionHead, count_parameters
 from expr.models.online import OnlineModel
@@ -269,8 +269,10 @@ class Trainer:
         self.model.eval()
         indices, probs = [], []
         for batch in self.val_loader:
-            out = self._forward(batch)
-            i, p = self.accelerator.gather_for_metrics((batch["index"], out.logits.float().softmax(dim=-1)))
+            p = self._forward(batch).logits.float().softmax(dim=-1)
+            if self.cfg.eval.flip and "pixels" in batch:  # test-time view: the mirrored crops
+                p = (p + self._forward(mirrored(batch)).logits.float().softmax(dim=-1)) / 2
+            i, p = self.accelerator.gather_for_metrics((batch["index"], p))
             indices.append(i.cpu())
             probs.append(p.cpu())
         index = torch.cat(indices).numpy()

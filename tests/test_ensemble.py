@@ -47,3 +47,100 @@ def test_an_ensemble_needs_two_runs_on_the_same_frames(small_run, tmp_path):
     with pytest.raises(SystemExit) as e:  # argparse names the choices
         ensemble_main([small_run["run_dir"], small_run["run_dir"], "--out", str(tmp_path), "--weights", "x"])
     assert e.value.code == 2
+
+
+def test_the_steps_table_shows_best_run_ensemble_calibration_and_smoothing(small_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run["run_dir"], run)
+    out = tmp_path / "e"
+    assert ensemble_main([str(run), str(run), "--out", str(out), "--device", "cpu", "--calibrate",
+                          "--smoothing", "mean", "--width", "9", "--groups", "3"]) == 0  # fmt: skip
+    table = (out / "eval" / "validation" / "members.md").read_text()
+    report = json.loads((out / "eval" / "validation" / "report.json").read_text())
+    for step in ("best single run (run)", "ensemble (equal weights)", "+ calibration (fitted on this split)",
+                 "+ calibration, cross-fitted (3 groups of videos)", "+ mean smoothing, width 9"):  # fmt: skip
+        assert step in table, step
+    assert (out / "calibration.json").is_file() and not (run / "calibration.json").exists()
+    assert report["smoothing"] == {"method": "mean", "width": 9}
+    assert report["calibrated_metrics"]["macro_f1"] >= report["metrics"]["macro_f1"]
+    info = json.loads((out / "ensemble.json").read_text())
+    assert info["smoothing"] == {"method": "mean", "width": 9}
+    # the ensemble's decision is what submit applies: its calibration, then its smoothing, on the members' raw mean
+    from expr.data.store import FrameStore
+    from expr.evaluation import Decision
+    from expr.submit import frame_probs
+
+    store = FrameStore(report["store"])
+    name = store.names[store.videos_in("validation")[0]]
+    (run / "calibration.json").write_text(json.dumps({"classes": info["classes"], "offsets": [0, 9, 0, 0, 0, 0, 0, 0]}))
+    got = frame_probs(out, None, [name], device="cpu")[name]  # the member's own calibration plays no part
+    data = np.load(out / "eval" / "validation" / "frame_probs.npz")
+    v = store.names.index(name)
+    at = (data["rows"] >= store.frame_offset[v]) & (data["rows"] < store.frame_offset[v] + store.num_frames[v])
+    offsets = tuple(json.loads((out / "calibration.json").read_text())["offsets"])
+    np.testing.assert_allclose(got, Decision(offsets, "mean", 9).video(data["probs"][at]), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def fold_runs(tmp_path_factory):
+    """One run per fold of a 2-fold split of the demo store (1 epoch each)."""
+    from expr.config import build_config
+    from expr.train import run
+
+    base = tmp_path_factory.mktemp("folds")
+    runs = []
+    for fold in (0, 1):
+        cfg = build_config({"data.demo_videos": 12, "data.folds": 2, "data.fold": fold, "model.tcn_blocks": 2,
+                            "train.epochs": 1, "train.batch_size": 16, "train.output_dir": str(base / f"f{fold}"),
+                            "train.log_with": "none"}, preset="demo")  # fmt: skip
+        runs.append(run(cfg)["run_dir"])
+    return runs
+
+
+def write_results(path, rows):
+    import csv
+
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["trial", "state", "macro_f1", "data.window", "data.fold", "run_dir"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_a_k_fold_study_becomes_one_out_of_fold_ensemble(fold_runs, tmp_path, capsys):
+    """`expr ensemble --study DIR`: the best setting's runs, every fold; scored out of fold (each video by the model
+    that did not train on it), calibration checked fold against fold."""
+    from expr.data.store import FrameStore
+
+    study = tmp_path / "sweep"
+    write_results(study, [
+        {"trial": 0, "state": "complete", "macro_f1": 0.2, "data.window": 10, "data.fold": 0, "run_dir": "elsewhere"},
+        {"trial": 1, "state": "complete", "macro_f1": 0.5, "data.window": 30, "data.fold": 0, "run_dir": fold_runs[0]},
+        {"trial": 2, "state": "complete", "macro_f1": 0.4, "data.window": 30, "data.fold": 1, "run_dir": fold_runs[1]},
+        {"trial": 3, "state": "pruned", "macro_f1": 0.9, "data.window": 60, "data.fold": 0, "run_dir": "pruned"},
+    ])  # fmt: skip
+    out = tmp_path / "e"
+    assert ensemble_main(["--study", str(study), "--out", str(out), "--device", "cpu", "--calibrate"]) == 0
+    table = capsys.readouterr().out
+    assert "out of fold" in table and "+ calibration, cross-fitted (2 folds)" in table
+    report = json.loads((out / "eval" / "validation" / "report.json").read_text())
+    data = np.load(out / "eval" / "validation" / "frame_probs.npz")
+    store = FrameStore(report["store"])
+    pooled = np.flatnonzero(np.isin(store.splits, ["train", "validation"]))
+    assert np.array_equal(data["rows"], store.frame_rows(pooled))  # every pooled video, each once
+    for fold, member in enumerate(sorted((out / "members").iterdir())):
+        own = np.load(member / "frame_probs.npz")
+        at = np.isin(data["rows"], own["rows"])
+        assert (data["groups"][at] == fold).all()
+        np.testing.assert_allclose(data["probs"][at], own["probs"])
+    info = json.loads((out / "ensemble.json").read_text())
+    assert [m["weight"] for m in info["members"]] == [0.5, 0.5] and info["out_of_fold"]
+
+    with pytest.raises(EnsembleError, match="equal only"):
+        ensemble(fold_runs, tmp_path / "x", weights="fit", device="cpu")
+    with pytest.raises(EnsembleError, match=r"fold\(s\) \[1\] of 2"):
+        ensemble([fold_runs[0], fold_runs[0]], tmp_path / "y", device="cpu")
+    assert ensemble_main(["--study", str(tmp_path / "nowhere"), "--out", str(tmp_path / "z")]) == 2
+    assert "expr sweep" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import expr
 
 ROOT = Path(expr.__file__).parent
 COMMANDS = {"expr.cli", "expr.train", "expr.prepare", "expr.report", "expr.submit", "expr.predict", "expr.export"}
-COMMANDS |= {"expr.__main__", "expr.store_info", "expr.finetune", "expr.ensemble"}
+COMMANDS |= {"expr.__main__", "expr.store_info", "expr.finetune", "expr.ensemble", "expr.calibrate"}
 
 
 def is_command(module: str) -> bool:

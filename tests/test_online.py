@@ -274,3 +274,27 @@ def test_predict_runs_an_online_trained_head_online(media_store, tmp_path):
     assert all(abs(sum(float(r[k]) for k in r if k.startswith("p_")) - 1) < 1e-3 for r in rows)
     features = FrameStore(tmp_path / "pred" / "astronaut_features")
     assert features.meta["media"] and (features.path / "media" / "frames").is_dir()
+
+
+def test_flipped_test_time_views_are_averaged_alike_in_validation_and_evaluate(media_store, tmp_path):
+    """eval.flip: every window also seen on its mirrored crops, the two probabilities averaged, by training's
+    validation and by evaluate (one number), and not the same numbers as without the views."""
+    from expr.inference import mirrored
+    from expr.report import evaluate_run
+    from expr.train import Trainer
+
+    out, _, _ = media_store
+    cfg = _cfg(out, tmp_path / "run")
+    cfg.eval.flip = True
+    result = Trainer(cfg).fit()
+    flipped = evaluate_run(result["run_dir"], device="cpu", out_dir=tmp_path / "flip")
+    assert flipped["flip"] and flipped["metrics"]["macro_f1"] == pytest.approx(result["best_macro_f1"], abs=1e-6)
+    plain = evaluate_run(result["run_dir"], device="cpu", out_dir=tmp_path / "plain", overrides={"eval.flip": False})
+    assert not plain["flip"]
+    a, b = np.load(tmp_path / "flip" / "frame_probs.npz"), np.load(tmp_path / "plain" / "frame_probs.npz")
+    assert np.array_equal(a["rows"], b["rows"]) and not np.allclose(a["probs"], b["probs"], atol=1e-6)
+    mirror_only = 2 * a["probs"] - b["probs"]  # frame placement is linear in the window probabilities
+    np.testing.assert_allclose(mirror_only.sum(1), 1.0, atol=1e-5)
+    assert mirror_only.min() > -1e-5
+    pixels = torch.arange(2 * 3 * 3 * 4 * 4, dtype=torch.uint8).reshape(2, 3, 3, 4, 4)
+    assert torch.equal(mirrored({"pixels": pixels})["pixels"][..., 0], pixels[..., -1])

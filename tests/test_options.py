@@ -60,6 +60,8 @@ def test_mistakes_name_the_option(capsys, argv, message):
 
 
 def command_options():
+    from expr.calibrate import CalibrateOptions
+    from expr.ensemble import EnsembleOptions
     from expr.export import ExportHeadOptions, ExportOptions
     from expr.predict import PredictOptions
     from expr.prepare import AffWild2Options, FolderOptions
@@ -78,6 +80,8 @@ def command_options():
         ("prepare", ["affwild2"], AffWild2Options),
         ("prepare", ["folder"], FolderOptions),
         ("store", ["info"], StoreInfoOptions),
+        ("ensemble", [], EnsembleOptions),
+        ("calibrate", [], CalibrateOptions),
     ]
 
 

@@ -1,0 +1,119 @@
+"""``expr calibrate RUN_OR_ENSEMBLE [--split validation] [--groups 5]``: fit the per-class decision offsets that
+raise macro-F1 (:mod:`expr.calibration`) on a labelled split, write them to ``calibration.json`` beside the run's
+config (or in the ensemble or export folder), and report the split without them, with them, and cross-fitted.
+
+From then on ``expr evaluate``, ``expr submit`` and ``expr predict`` apply them (before the smoothing);
+``--eval.calibrate false`` ignores them, deleting the file removes them. The cross-fitted row is the honest one:
+the frames are split into ``--groups`` groups of whole videos (the folds, for an ensemble of a k-fold study), and
+each group is scored with offsets fitted on the others. If it does not beat the uncalibrated row, the offsets
+follow noise of this split: do not use them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from expr.atomic import write_text
+from expr.calibration import cross_fit, fit_offsets, video_groups
+from expr.config import ConfigError
+from expr.data.store import StoreError
+from expr.evaluation import Decision, frame_report
+from expr.options import parse_options, positional
+from expr.report import decision_metrics, evaluate_run, write_report
+from expr.runs import CALIBRATION, RunError, ensemble_members
+
+
+def calibrate(
+    path: str | Path, split: str = "validation", cache: str | None = None, device: str = "auto", groups: int = 5
+) -> dict[str, Any]:
+    """Fit, record and report the calibration of a run, export or ensemble folder on ``split``; returns the
+    updated report (``path/eval/SPLIT/report.json``)."""
+    path = Path(path)
+    where = path / "eval" / split
+    if ensemble_members(path) is None:  # the run's raw frame probabilities, through evaluate's own path
+        evaluate_run(path, cache, split, device=device, out_dir=where, overrides={"eval.calibrate": False})
+    elif not (where / "frame_probs.npz").is_file():
+        raise RunError(f"{path}: no frame probabilities of split '{split}'; run `expr ensemble ... --split {split}`")
+    report = json.loads((where / "report.json").read_text())
+    data = np.load(where / "frame_probs.npz")
+    if "frame_offset" not in data:
+        raise RunError(f"{where / 'frame_probs.npz'} predates calibration; evaluate the run again")
+    rows, labels = data["rows"], data["labels"]
+    probs = data["probs"].astype(np.float64)
+    classes = list(report["metrics"]["per_class_f1"])
+    if "groups" in data:  # an ensemble of a k-fold study: its folds
+        group, what = data["groups"], f"{len(np.unique(data['groups']))} folds"
+    else:
+        count = len(np.unique(np.searchsorted(data["frame_offset"], rows, side="right")))
+        k = min(groups, count)
+        group, what = video_groups(rows, data["frame_offset"], k), f"{k} groups of videos"
+    offsets = fit_offsets(probs, labels)
+    labelled = np.unique(group[labels >= 0])
+    held = cross_fit(probs, labels, group)[0] if len(labelled) >= 2 else None
+    smoothing = report.get("smoothing") or {"method": "none", "width": 0}
+    decision = Decision(tuple(float(v) for v in offsets), smoothing["method"], int(smoothing["width"]))
+    report.update(decision_metrics(labels, rows, probs, data["num_frames"], data["frame_offset"], decision, classes))
+    report["cross_fitted_metrics"] = frame_report(labels, held, classes) if held is not None else None
+    report["cross_fitted_groups"] = what
+    info = {
+        "classes": classes,
+        "offsets": [float(v) for v in offsets],
+        "fitted_on": {"split": split, "store": report["store"], "labelled_frames": int((labels >= 0).sum())},
+        "macro_f1": {
+            "uncalibrated": report["metrics"]["macro_f1"],
+            "calibrated": report["calibrated_metrics"]["macro_f1"],
+            "cross_fitted": report["cross_fitted_metrics"]["macro_f1"] if held is not None else None,
+            "cross_fitted_on": what,
+        },
+    }
+    write_text(path / CALIBRATION, json.dumps(info, indent=2))
+    write_report(where, report, classes)
+    return report
+
+
+@dataclass(kw_only=True)
+class CalibrateOptions:
+    run_dir: str = positional()
+    """a run directory, an exported folder, or an ensemble folder (expr ensemble)"""
+    split: str = "validation"
+    """the labelled split to fit on"""
+    groups: int = 5
+    """groups of whole videos for the cross-fitted check (an ensemble of a k-fold study uses its folds)"""
+    cache: str | None = None
+    """feature store (default: the run's own)"""
+    device: str = "auto"
+    """cuda, cpu or auto"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, _ = parse_options(CalibrateOptions, argv, "expr calibrate", "calibrate", __doc__.split("\n\n")[0],
+                            config_keys=False)  # fmt: skip
+    if args.groups < 2:
+        print("error: --groups must be 2 or more", file=sys.stderr)
+        return 2
+    try:
+        report = calibrate(args.run_dir, args.split, args.cache, args.device, args.groups)
+    except (RunError, StoreError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    where = Path(args.run_dir) / "eval" / args.split
+    print((where / "report.md").read_text())
+    m = report["metrics"]["macro_f1"]
+    cross = report["cross_fitted_metrics"]
+    if cross is not None and cross["macro_f1"] <= m:
+        print(
+            f"warning: cross-fitted, the calibration scores {cross['macro_f1']:.4f}, not above {m:.4f} without it: "
+            f"it does not carry to other videos; delete {CALIBRATION} or pass --eval.calibrate false"
+        )
+    print(f"wrote {Path(args.run_dir) / CALIBRATION}; evaluate, submit and predict apply it")
+    return 0
+
+
+__all__ = ["calibrate", "main"]
