@@ -144,3 +144,52 @@ def test_a_k_fold_study_becomes_one_out_of_fold_ensemble(fold_runs, tmp_path, ca
         ensemble([fold_runs[0], fold_runs[0]], tmp_path / "y", device="cpu")
     assert ensemble_main(["--study", str(tmp_path / "nowhere"), "--out", str(tmp_path / "z")]) == 2
     assert "expr sweep" in capsys.readouterr().err
+
+
+def fake_member(monkeypatch, reports):
+    """evaluate_run replaced: member i gets reports[i] (classes, store, rows) and random probabilities."""
+    from expr.report import save_frame_probs
+
+    calls = iter(reports)
+
+    def evaluate_run(run, cache=None, split="validation", device="cpu", out_dir=None):
+        classes, store, rows = next(calls)
+        out_dir.mkdir(parents=True)
+        probs = np.random.default_rng(len(rows)).dirichlet(np.ones(len(classes)), len(rows))
+        save_frame_probs(out_dir, rows, probs, np.zeros(len(rows), np.int64), np.array([len(rows)]), np.array([0]))
+        metrics = {"macro_f1": 0.5, "per_class_f1": dict.fromkeys(classes, 0.5)}
+        return {"store": store, "metrics": metrics, "calibrated_metrics": None, "smoothed_metrics": None,
+                "folds": None, "smoothing": {"method": "none", "width": 0}}  # fmt: skip
+
+    monkeypatch.setattr("expr.ensemble.evaluate_run", evaluate_run)
+
+
+def test_members_that_differ_in_classes_store_or_frames_are_named(monkeypatch, tmp_path):
+    rows = np.arange(20)
+    fake_member(monkeypatch, [(["a", "b"], "s", rows), (["a", "c"], "s", rows)])
+    with pytest.raises(EnsembleError, match=r"r2: classes \['a', 'c'\] differ from r1's"):
+        ensemble(["r1", "r2"], tmp_path / "1")
+    fake_member(monkeypatch, [(["a", "b"], "s", rows), (["a", "b"], "other", rows)])
+    with pytest.raises(EnsembleError, match="r2: evaluated on other, not s"):
+        ensemble(["r1", "r2"], tmp_path / "2")
+    fake_member(monkeypatch, [(["a", "b"], "s", rows), (["a", "b"], "s", rows[:10])])
+    with pytest.raises(EnsembleError, match="r2: its frames of split 'validation' are not r1's"):
+        ensemble(["r1", "r2"], tmp_path / "3")
+    fake_member(monkeypatch, [(["a", "b"], "s", rows), (["a", "b"], "s", rows)])
+    assert ensemble(["r1", "r2"], tmp_path / "4")["frames"] == 20
+
+
+def test_members_with_other_window_lengths_combine_frame_by_frame(small_run, tmp_path):
+    from expr.config import build_config
+    from expr.train import run
+
+    cfg = build_config({"data.demo_videos": 12, "data.window": 24, "data.eval_stride": 6, "model.tcn_blocks": 2,
+                        "train.epochs": 1, "train.batch_size": 16, "train.output_dir": str(tmp_path / "w24"),
+                        "train.log_with": "none"}, preset="demo")  # fmt: skip
+    other = run(cfg)["run_dir"]
+    report = ensemble([small_run["run_dir"], other], tmp_path / "e", device="cpu")
+    data = np.load(tmp_path / "e" / "eval" / "validation" / "frame_probs.npz")
+    a, b = (np.load(m / "frame_probs.npz") for m in sorted((tmp_path / "e" / "members").iterdir()))
+    assert json.loads((sorted((tmp_path / "e" / "members").iterdir())[1] / "report.json").read_text())["window"] == 24
+    np.testing.assert_allclose(data["probs"], (a["probs"] + b["probs"]) / 2)
+    assert report["frames"] == len(a["rows"]) and report["members"][1]["weight"] == 0.5

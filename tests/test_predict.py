@@ -145,3 +145,20 @@ def test_predict_takes_an_ensemble_folder_like_a_run(small_run, tmp_path):
     assert all(
         abs(float(a["p_Neutral"]) - float(b["p_Neutral"])) < 2e-4 for a, b in zip(rows(one), rows(both), strict=True)
     )
+
+
+def test_predict_applies_the_runs_calibration(small_run, tmp_path):
+    import json
+    import shutil
+
+    from expr.predict import predict_video
+
+    run = tmp_path / "run"
+    shutil.copytree(small_run["run_dir"], run)
+    classes = ["Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other"]
+    (run / "calibration.json").write_text(json.dumps({"classes": classes, "offsets": [0, 0, 0, 50, 0, 0, 0, 0]}))
+    video = clip_from_photo(tmp_path / "a.mp4", "astronaut", audio=False)
+    kw = dict(clip="random", wav2vec2="random", progress=False, device="cpu")
+    assert (predict_video(video, run, tmp_path / "cal", **kw)["labels"] == 3).all()
+    plain = predict_video(video, run, tmp_path / "plain", overrides={"eval.calibrate": False}, **kw)
+    assert not (plain["labels"] == 3).all()
