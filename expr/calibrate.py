@@ -3,7 +3,7 @@ raise macro-F1 (:mod:`expr.calibration`) on a labelled split, write them to ``ca
 config (or in the ensemble or export folder), and report the split without them, with them, and cross-fitted.
 
 From then on ``expr evaluate``, ``expr submit`` and ``expr predict`` apply them (before the smoothing);
-``--eval.calibrate false`` ignores them, deleting the file removes them. The cross-fitted row is the honest one:
+``--eval.calibrate false`` ignores them, deleting the file removes them. The cross-fitted row is the one to judge by:
 the frames are split into ``--groups`` groups of whole videos (the folds, for an ensemble of a k-fold study), and
 each group is scored with offsets fitted on the others. If it does not beat the uncalibrated row, the offsets
 follow noise of this split: do not use them.
@@ -12,6 +12,7 @@ follow noise of this split: do not use them.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,9 @@ from expr.data.store import StoreError
 from expr.evaluation import Decision, frame_report
 from expr.options import parse_options, positional
 from expr.report import decision_metrics, evaluate_run, write_report
-from expr.runs import CALIBRATION, RunError, ensemble_members
+from expr.runs import CALIBRATION, ENSEMBLE, RunError
+
+logger = logging.getLogger("expr.calibrate")
 
 
 def calibrate(
@@ -36,23 +39,28 @@ def calibrate(
     updated report (``path/eval/SPLIT/report.json``)."""
     path = Path(path)
     where = path / "eval" / split
-    if ensemble_members(path) is None:  # the run's raw frame probabilities, through evaluate's own path
-        evaluate_run(path, cache, split, device=device, out_dir=where, overrides={"eval.calibrate": False})
+    ensemble = (path / ENSEMBLE).is_file()
+    if not ensemble:  # the run's raw frame probabilities, through evaluate's own path
+        if not evaluate_run(path, cache, split, device=device, out_dir=where, overrides={"eval.calibrate": False}):
+            return {}  # a secondary process under accelerate launch: the main one fits and writes
+    elif cache is not None:
+        raise RunError(f"{path} is an ensemble, scored on its members' store: --cache belongs to `expr ensemble`")
     elif not (where / "frame_probs.npz").is_file():
         raise RunError(f"{path}: no frame probabilities of split '{split}'; run `expr ensemble ... --split {split}`")
     report = json.loads((where / "report.json").read_text())
     data = np.load(where / "frame_probs.npz")
     if "frame_offset" not in data:
-        raise RunError(f"{where / 'frame_probs.npz'} predates calibration; evaluate the run again")
+        again = "run `expr ensemble` again" if ensemble else "evaluate the run again"
+        raise RunError(f"{where / 'frame_probs.npz'} predates calibration; {again}")
     rows, labels = data["rows"], data["labels"]
     probs = data["probs"].astype(np.float64)
     classes = list(report["metrics"]["per_class_f1"])
     if "groups" in data:  # an ensemble of a k-fold study: its folds
         group, what = data["groups"], f"{len(np.unique(data['groups']))} folds"
-    else:
-        count = len(np.unique(np.searchsorted(data["frame_offset"], rows, side="right")))
-        k = min(groups, count)
-        group, what = video_groups(rows, data["frame_offset"], k), f"{k} groups of videos"
+    else:  # whole raw videos (both tracks of one together)
+        subject = data["subject"] if "subject" in data else np.searchsorted(data["frame_offset"], rows, side="right")
+        k = min(groups, len(np.unique(subject)))
+        group, what = video_groups(subject, k), f"{k} groups of videos"
     offsets = fit_offsets(probs, labels)
     labelled = np.unique(group[labels >= 0])
     held = cross_fit(probs, labels, group)[0] if len(labelled) >= 2 else None
@@ -74,6 +82,13 @@ def calibrate(
     }
     write_text(path / CALIBRATION, json.dumps(info, indent=2))
     write_report(where, report, classes)
+    m = report["metrics"]["macro_f1"]
+    if held is not None and report["cross_fitted_metrics"]["macro_f1"] <= m:
+        logger.warning(
+            "warning: cross-fitted, the calibration scores %.4f, not above %.4f without it: it does not carry to "
+            "other videos; delete %s or pass --eval.calibrate false",
+            report["cross_fitted_metrics"]["macro_f1"], m, path / CALIBRATION,
+        )  # fmt: skip
     return report
 
 
@@ -105,13 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     where = Path(args.run_dir) / "eval" / args.split
     print((where / "report.md").read_text())
-    m = report["metrics"]["macro_f1"]
-    cross = report["cross_fitted_metrics"]
-    if cross is not None and cross["macro_f1"] <= m:
-        print(
-            f"warning: cross-fitted, the calibration scores {cross['macro_f1']:.4f}, not above {m:.4f} without it: "
-            f"it does not carry to other videos; delete {CALIBRATION} or pass --eval.calibrate false"
-        )
+    if not report:
+        return 0
     print(f"wrote {Path(args.run_dir) / CALIBRATION}; evaluate, submit and predict apply it")
     return 0
 

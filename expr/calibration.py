@@ -8,8 +8,10 @@ moves frames between classes without retraining. The offsets are fitted on frame
 probabilities to frame labels (:func:`expr.evaluation.decide`), before the temporal smoothing.
 
 A fit on the split it is scored on is optimistic. :func:`cross_fit` tells by how much: the frames are split into
-groups of whole videos (or the folds of a k-fold study), the offsets fitted on all groups but one are scored on that
-one, and the held-out labels of every group together give the cross-fitted macro-F1.
+groups of whole videos (both tracks of a raw video together; or the folds of a k-fold study), the offsets fitted on
+all groups but one are scored on that one, and the held-out labels of every group together give the cross-fitted
+macro-F1. Only the offsets are cross-fitted: anything else chosen on the same split (the best epoch, fitted ensemble
+weights) stays optimistic.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from expr.data.store import video_name
 from expr.metrics import confusion_matrix, per_class_f1
 
 GRID = np.round(np.linspace(-4.0, 4.0, 33), 6)
@@ -87,14 +90,21 @@ def cross_fit(probs: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> tupl
     return out, fitted
 
 
-def video_groups(rows: np.ndarray, frame_offset: np.ndarray, k: int) -> np.ndarray:
-    """A group id per frame row: whole videos (found by ``frame_offset``, ascending) dealt round-robin into ``k``
-    groups in store order."""
-    owner = np.searchsorted(frame_offset, rows, side="right") - 1
-    videos = np.unique(owner)
-    slot = np.zeros(int(owner.max()) + 1 if len(owner) else 0, np.int64)
-    slot[videos] = np.arange(len(videos)) % max(k, 1)
-    return slot[owner]
+def video_groups(subject: np.ndarray, k: int) -> np.ndarray:
+    """A group id per frame row: whole subjects (``subject``: an id per row, shared by the frames of a video and by
+    the ``_left`` / ``_right`` tracks of one raw video, which must never be split) dealt round-robin into ``k``
+    groups in order of first appearance."""
+    _, first, inverse = np.unique(np.asarray(subject), return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))  # each subject's position by first appearance
+    return (rank % max(k, 1))[inverse]
 
 
-__all__ = ["GRID", "apply_offsets", "cross_fit", "fit_offsets", "macro_f1", "video_groups"]
+def subject_ids(names, rows: np.ndarray, frame_offset: np.ndarray) -> np.ndarray:
+    """The subject id of every frame row of a store whose videos are ``names`` (``<video>_left`` / ``_right``
+    tracks share their video's id)."""
+    ids = {n: i for i, n in enumerate(dict.fromkeys(video_name(n) for n in names))}
+    per_video = np.array([ids[video_name(n)] for n in names], np.int64)
+    return per_video[np.searchsorted(frame_offset, rows, side="right") - 1]
+
+
+__all__ = ["GRID", "apply_offsets", "cross_fit", "fit_offsets", "macro_f1", "subject_ids", "video_groups"]

@@ -545,6 +545,12 @@ def validate(cfg: Config) -> None:
             "must not exceed data.window (every validation frame must lie in a window)",
         ),
         (cfg.eval.smoothing_width >= 0, "eval.smoothing_width", "must be 0 or more"),
+        (
+            not cfg.eval.flip or cfg.data.mode == "online",
+            "eval.flip",
+            "is for online mode (the crops pass the encoders at prediction); cached features take their test-time "
+            "views at extraction: an encoder spec's flip=1",
+        ),
         (cfg.data.folds == 0 or cfg.data.folds >= 2, "data.folds", "must be 0 (no cross-validation) or at least 2"),
         (cfg.data.folds == 0 or 0 <= cfg.data.fold < cfg.data.folds, "data.fold", "must be in 0 .. data.folds - 1"),
         (len(cfg.data.classes) >= 2, "data.classes", "needs at least 2 classes"),

@@ -67,6 +67,7 @@ class Member:
     probs: np.ndarray  # raw frame probabilities (before the run's calibration and smoothing)
     labels: np.ndarray
     geometry: tuple[np.ndarray, np.ndarray]  # the store's num_frames, frame_offset
+    subject: np.ndarray  # each row's raw video (calibration groups)
 
     def final_f1(self) -> float:
         """Macro-F1 after the run's own decision (calibration, smoothing), as it would submit."""
@@ -90,7 +91,19 @@ def study_runs(study: str | Path) -> list[str]:
     for r in rows:
         settings.setdefault(tuple(r[k] for k in keys), []).append(r)
     best = max(settings.values(), key=lambda rs: np.mean([float(r["macro_f1"]) for r in rs]))
-    return [r["run_dir"] for r in sorted(best, key=lambda r: int(r["trial"]))]
+    if len(best) < 2:
+        raise EnsembleError(
+            f"{table}: the best setting has one run (a search study, or one seed and no folds): list the runs to "
+            f"combine instead (expr ensemble RUN RUN ...)"
+        )
+    runs = []
+    for r in sorted(best, key=lambda r: int(r["trial"])):
+        run = Path(r["run_dir"])  # as the worker wrote it: relative to where the sweep ran, or absolute
+        found = next((c for c in (run, Path(study) / "trials" / f"{int(r['trial']):04d}") if c.is_dir()), None)
+        if found is None:
+            raise EnsembleError(f"{table}: trial {r['trial']}'s run {run} is not there (moved or deleted?)")
+        runs.append(str(found))
+    return runs
 
 
 def evaluate_members(runs, out: Path, split: str, cache, device) -> list[Member]:
@@ -101,7 +114,7 @@ def evaluate_members(runs, out: Path, split: str, cache, device) -> list[Member]
         data = np.load(where / "frame_probs.npz")
         geometry = (data["num_frames"], data["frame_offset"])
         members.append(Member(str(run), report, data["rows"], data["probs"].astype(np.float64), data["labels"],
-                              geometry))  # fmt: skip
+                              geometry, data["subject"]))  # fmt: skip
     first = members[0]
     classes = list(first.report["metrics"]["per_class_f1"])  # the run's classes, in order
     for m in members[1:]:
@@ -117,19 +130,20 @@ def evaluate_members(runs, out: Path, split: str, cache, device) -> list[Member]
 
 
 def same_split(members: list[Member], split: str, weights: str, classes) -> tuple[np.ndarray, ...]:
-    """Members scored on the same frames: (rows, weighted probabilities, labels, weights)."""
+    """Members scored on the same frames: (rows, weighted probabilities, labels, subjects, weights)."""
     first = members[0]
     for m in members[1:]:
         if not np.array_equal(m.rows, first.rows):
             raise EnsembleError(f"{m.run}: its frames of split '{split}' are not {first.run}'s")
     probs = [m.probs for m in members]
     w = greedy_weights(probs, first.labels, classes) if weights == "fit" else np.full(len(probs), 1 / len(probs))
-    return first.rows, sum(wi * p for wi, p in zip(w, probs, strict=True)), first.labels, w
+    return first.rows, sum(wi * p for wi, p in zip(w, probs, strict=True)), first.labels, first.subject, w
 
 
 def out_of_fold(members: list[Member]) -> tuple[np.ndarray, ...]:
     """Members of a k-fold study, each scored on its own validation fold: (rows, out-of-fold probabilities: each
-    fold's frames by the mean of the members that validated on it, labels, fold of each row, weights: equal)."""
+    fold's frames by the mean of the members that validated on it, labels, subjects, fold of each row, weights:
+    equal)."""
     ks = {m.report["folds"]["k"] for m in members}
     if len(ks) > 1:
         raise EnsembleError(f"the members come from different k-fold splits (k = {sorted(ks)})")
@@ -139,17 +153,41 @@ def out_of_fold(members: list[Member]) -> tuple[np.ndarray, ...]:
         by_fold.setdefault(m.report["folds"]["fold"], []).append(m)
     missing = sorted(set(range(k)) - set(by_fold))
     if missing:
-        raise EnsembleError(f"no member validated on fold(s) {missing} of {k}: add their runs (every fold is needed)")
+        raise EnsembleError(
+            f"no member validated on fold(s) {missing} of {k}: an out-of-fold ensemble needs every fold's run (a "
+            f"study still running, or a failed trial?)"
+        )
     parts = []
     for fold, group in sorted(by_fold.items()):
         for m in group[1:]:
             if not np.array_equal(m.rows, group[0].rows):
                 raise EnsembleError(f"{m.run}: its validation fold {fold} is not {group[0].run}'s (another store?)")
         probs = sum(m.probs for m in group) / len(group)
-        parts.append((group[0].rows, probs, group[0].labels, np.full(len(group[0].rows), fold)))
-    rows, probs, labels, folds = (np.concatenate(x) for x in zip(*parts, strict=True))
+        parts.append((group[0].rows, probs, group[0].labels, group[0].subject, np.full(len(group[0].rows), fold)))
+    rows, probs, labels, subject, folds = (np.concatenate(x) for x in zip(*parts, strict=True))
     order = np.argsort(rows, kind="stable")
-    return rows[order], probs[order], labels[order], folds[order], np.full(len(members), 1 / len(members))
+    weights = np.full(len(members), 1 / len(members))
+    return rows[order], probs[order], labels[order], subject[order], folds[order], weights
+
+
+def ensemble_smoothing(members: list[Member], smoothing: str | None, width: int | None) -> tuple[str, int]:
+    """The ensemble's (method, width): ``smoothing`` / ``width`` where given, else the members' (when they agree)."""
+
+    def normal(method: str, size: int) -> tuple[str, int]:
+        return ("none", 0) if method == "none" or size <= 1 else (method, int(size))
+
+    own = {normal(m.report["smoothing"]["method"], m.report["smoothing"]["width"]) for m in members}
+    agreed = next(iter(own)) if len(own) == 1 else None
+    method = smoothing if smoothing is not None else agreed[0] if agreed else None
+    size = width if width is not None else agreed[1] if agreed else None
+    if method is None or size is None:
+        raise EnsembleError(f"the members smooth differently ({sorted(own)}): give the ensemble's --smoothing and "
+                            f"--width")  # fmt: skip
+    if method != "none" and size <= 1:
+        raise EnsembleError(f"--smoothing {method} needs a --width of 2 or more frames")
+    if method == "none" and width is not None and width > 1:
+        raise EnsembleError(f"--width {width} smooths nothing without --smoothing mean or mode")
+    return normal(method, size)
 
 
 def ensemble(
@@ -166,22 +204,18 @@ def ensemble(
     out = Path(out)
     members = evaluate_members(runs, out, split, cache, device)
     classes = list(members[0].report["metrics"]["per_class_f1"])
-    folded = [m.report.get("folds") is not None for m in members]
+    folds = {json.dumps(m.report.get("folds"), sort_keys=True) for m in members}
     extra = {}
-    if all(folded):
+    if len(folds) == 1:  # one split (or several seeds of one fold): the same frames
+        rows, probs, labels, subject, w = same_split(members, split, weights, classes)
+    elif all(m.report.get("folds") for m in members):
         if weights == "fit":
             raise EnsembleError("the models of a k-fold study validate on different videos: --weights equal only")
-        rows, probs, labels, extra["groups"], w = out_of_fold(members)
-    elif any(folded):
-        raise EnsembleError("some members come from a k-fold study and some do not: they do not share a split")
+        rows, probs, labels, subject, extra["groups"], w = out_of_fold(members)
     else:
-        rows, probs, labels, w = same_split(members, split, weights, classes)
-    own = {(m.report["smoothing"]["method"], m.report["smoothing"]["width"]) for m in members}
-    if smoothing is None and len(own) > 1:
-        raise EnsembleError(f"the members smooth differently ({sorted(own)}): choose the ensemble's with --smoothing "
-                            f"and --width")  # fmt: skip
-    method, size = (smoothing, width or 0) if smoothing is not None else own.pop()
-    decision = Decision(None, method, int(size))
+        raise EnsembleError("some members come from a k-fold study and some do not: they do not share a split")
+    method, size = ensemble_smoothing(members, smoothing, width)
+    decision = Decision(None, method, size)
     num_frames, frame_offset = members[0].geometry
     report = {
         "run": f"ensemble of {len(runs)}",
@@ -207,7 +241,7 @@ def ensemble(
     }
     where = out / "eval" / split
     write_report(where, report, classes)
-    save_frame_probs(where, rows, probs, labels, num_frames, frame_offset, **extra)
+    save_frame_probs(where, rows, probs, labels, num_frames, frame_offset, subject=subject, **extra)
     info = {"members": [{"run": str(Path(r["run"]).resolve()), "weight": r["weight"]} for r in report["members"]],
             "weights": weights, "fitted_on": split if weights == "fit" else None, "classes": classes,
             "smoothing": report["smoothing"], "out_of_fold": bool(extra)}  # fmt: skip
@@ -251,7 +285,8 @@ def steps_table(report: dict[str, Any]) -> str:
         lines.append("The weights were fitted on this split: the ensemble's score here is optimistic.")
     if folds:
         lines.append("For the test set every fold's model votes (equal weights); the out-of-fold score measures one "
-                     "fold's model per video, so the full ensemble should do at least as well.")  # fmt: skip
+                     "fold's model per video (an estimate for the full ensemble, whose averaged probabilities are "
+                     "flatter than those the calibration was fitted on).")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -286,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     args, _ = parse_options(EnsembleOptions, argv, "expr ensemble", "ensemble", __doc__.split("\n\n")[0],
                             config_keys=False)  # fmt: skip
     try:
+        if args.groups < 2:
+            raise EnsembleError("--groups must be 2 or more")
         if bool(args.study) == bool(args.runs):
             raise EnsembleError("give the members as RUN RUN ..., or --study SWEEP_DIR, not both or neither")
         runs = study_runs(args.study) if args.study else list(args.runs)

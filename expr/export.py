@@ -144,7 +144,9 @@ head, info = load_head("path/to/this/folder")
 ```
 
 or `expr predict clip.mp4 --run path/to/this/folder --out predictions/`. `model.safetensors` holds the weights,
-`config.json` the full training config and the facts above; nothing is pickled.
+`config.json` the full training config and the facts above; nothing is pickled. `head` gives raw window
+probabilities; a `calibration.json` here (per-class offsets fitted by `expr calibrate`) is applied by `expr predict`
+and `expr submit`, in Python by `expr.evaluation.Decision`.
 """
 
 

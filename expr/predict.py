@@ -4,8 +4,10 @@ Faces are detected, aligned and cropped in every frame (``expr.features.faces``)
 resampled, the backbones the run's features came from encode both (``--clip`` / ``--wav2vec2`` override), and the
 head predicts as in evaluation: windows every ``data.eval_stride`` frames, then the path from window probabilities
 to frame labels that evaluation and submission share (:mod:`expr.evaluation`: placed at each window's label frame and
-interpolated, frames without a face filled from the nearest face frame, the run's smoothing). A video with no
-detectable face or no audio still gets an answer, with the missing stream masked and a warning.
+interpolated, frames without a face filled from the nearest face frame, the run's calibration (``expr calibrate``)
+and smoothing). ``--run`` may also be an ensemble folder (``expr ensemble``): each member predicts on its own
+encoders and the ensemble decides on their weighted mean. A video with no detectable face or no audio still gets an
+answer, with the missing stream masked and a warning.
 
 Writes ``DIR/<video>.csv`` (frame, time, label, class probabilities), ``DIR/<video>_timeline.png`` and the extracted
 features as a one-video store (``DIR/<video>_features/``).
@@ -158,6 +160,7 @@ def predict_video(
                                                    overrides)  # fmt: skip
         decision = run_decision(run, cfg)
     else:  # each member on its own encoders (its features under out/members/), raw; the ensemble decides
+        decision = ensemble_decision(run, overrides)  # checked before the members' work
         parts = [
             video_probs(
                 video,
@@ -177,7 +180,6 @@ def predict_video(
             if list(part[3].data.classes) != list(cfg.data.classes):
                 raise PredictError(f"{member}: classes {list(part[3].data.classes)} differ from the first member's")
         probs = sum(weight * part[1] for (_, weight), part in zip(members, parts, strict=True))
-        decision = ensemble_decision(run, overrides)
     probs = decision.video(probs)
     labels = probs.argmax(1)
     classes = list(cfg.data.classes)
@@ -284,7 +286,7 @@ class PredictOptions:
     video: str = positional()
     """the video file"""
     run: str
-    """a run directory or a folder written by `expr export`"""
+    """a run directory, a folder written by `expr export`, or an ensemble folder (`expr ensemble`)"""
     out: str
     """output folder"""
     clip: str | None = None

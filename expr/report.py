@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import atomic_path, write_text
+from expr.calibration import subject_ids
 from expr.config import ConfigError, Smoothing, resolve_device
 from expr.data.source import open_store
 from expr.data.store import StoreError
@@ -112,7 +113,8 @@ def evaluate_run(
     }
     out = Path(out_dir) if out_dir else Path(run_dir) / "eval" / split
     write_report(out, report, list(cfg.data.classes))
-    save_frame_probs(out, rows, probs, labels, store.num_frames, store.frame_offset)
+    subject = subject_ids(store.names, rows, store.frame_offset)
+    save_frame_probs(out, rows, probs, labels, store.num_frames, store.frame_offset, subject=subject)
     return report
 
 
@@ -134,8 +136,9 @@ def decision_metrics(labels, rows, probs, num_frames, frame_offset, decision: De
 
 
 def save_frame_probs(out: Path, rows, probs, labels, num_frames, frame_offset, **extra) -> None:
-    """``out/frame_probs.npz``: the frame rows, their raw probabilities (before calibration and smoothing), labels,
-    and the store's video geometry (``num_frames``, ``frame_offset``) that smoothing needs."""
+    """``out/frame_probs.npz``: the frame rows, their raw probabilities (float64, before calibration and smoothing),
+    labels, the store's video geometry (``num_frames``, ``frame_offset``) that smoothing needs, and ``extra`` arrays
+    (``subject``: each row's raw video, for grouping; ``groups``: an out-of-fold ensemble's folds)."""
     with atomic_path(out / "frame_probs.npz") as tmp, open(tmp, "wb") as f:
         np.savez(f, rows=rows, probs=np.asarray(probs, np.float64), labels=labels, num_frames=num_frames,
                  frame_offset=frame_offset, **extra)  # fmt: skip

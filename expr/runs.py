@@ -6,7 +6,8 @@
       final.json             best result, process layout, per-rank parameter checksums
       best/                  model.safetensors (the best epoch's head), head.json, val_frame_probs.npz
       states/                resume states (accelerate), latest.json names the newest
-      eval/SPLIT/            ``expr evaluate`` reports
+      eval/SPLIT/            ``expr evaluate`` reports (and frame_probs.npz: raw frame probabilities)
+      calibration.json       per-class decision offsets (``expr calibrate``), applied by evaluate, submit, predict
 
 An exported folder (``expr export``) holds config.json + model.safetensors + README.md; :func:`load_head` reads both.
 """
@@ -220,7 +221,10 @@ def load_offsets(path: str | Path, classes) -> tuple[float, ...] | None:
     info = json.loads(file.read_text())
     if classes is not None and list(info.get("classes", [])) != list(classes):
         raise RunError(f"{file}: calibrated for classes {info.get('classes')}, not {list(classes)}")
-    return tuple(float(v) for v in info["offsets"])
+    offsets = tuple(float(v) for v in info.get("offsets", []))
+    if len(offsets) != len(info.get("classes", offsets)):
+        raise RunError(f"{file}: {len(offsets)} offsets for {len(info['classes'])} classes; run `expr calibrate` again")
+    return offsets
 
 
 def run_decision(path: str | Path, cfg: Config) -> Decision:
@@ -232,14 +236,16 @@ def run_decision(path: str | Path, cfg: Config) -> Decision:
 
 def ensemble_decision(path: str | Path, overrides: dict[str, Any] | None = None) -> Decision:
     """An ensemble folder's decision: its calibration and smoothing, with ``eval.smoothing``,
-    ``eval.smoothing_width`` and ``eval.calibrate`` from ``overrides`` where given."""
-    overrides = overrides or {}
-    info = json.loads((Path(path) / ENSEMBLE).read_text())
-    smoothing = info.get("smoothing") or {"method": "none", "width": 0}
-    calibrate = overrides.get("eval.calibrate", True)
-    offsets = load_offsets(path, info.get("classes")) if calibrate not in (False, "false", "False") else None
-    method = overrides.get("eval.smoothing", smoothing["method"])
-    return Decision(offsets, method, int(overrides.get("eval.smoothing_width", smoothing["width"])))
+    ``eval.smoothing_width`` and ``eval.calibrate`` of ``overrides`` (parsed and checked as for a run)."""
+    file = Path(path) / ENSEMBLE
+    info = json.loads(file.read_text())
+    if "smoothing" not in info:
+        raise RunError(f"{file} predates ensembles that smooth their members' mean: run `expr ensemble` again")
+    cfg = Config()
+    cfg.eval.smoothing, cfg.eval.smoothing_width = info["smoothing"]["method"], int(info["smoothing"]["width"])
+    cfg = apply_run_overrides(cfg, {k: v for k, v in (overrides or {}).items() if k.startswith("eval.")})
+    offsets = load_offsets(path, info.get("classes")) if cfg.eval.calibrate else None
+    return Decision(offsets, cfg.eval.smoothing, cfg.eval.smoothing_width)
 
 
 def member_overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:

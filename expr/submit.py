@@ -100,11 +100,11 @@ def frame_probs(
     overrides = legacy_overrides(overrides, cache, smoothing=smoothing, width=width)
     members = ensemble_members(run_dir)
     if members is not None:
+        decision = ensemble_decision(run_dir, overrides)  # checked before the members' work
         raw: dict[str, np.ndarray] = {}
         for run, weight in members:
             for v, p in frame_probs(run, cache, videos, device=device, overrides=member_overrides(overrides)).items():
                 raw[v] = raw.get(v, 0.0) + weight * p
-        decision = ensemble_decision(run_dir, overrides)
         return {v: decision.video(p) for v, p in raw.items()}
     model, info = load_head(run_dir, overrides=overrides)
     cfg = info["cfg"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from expr.calibration import apply_offsets, cross_fit, fit_offsets, macro_f1, video_groups
+from expr.calibration import apply_offsets, cross_fit, fit_offsets, macro_f1, subject_ids, video_groups
 from expr.evaluation import Decision
 
 
@@ -63,13 +63,16 @@ def test_cross_fitting_scores_each_group_with_offsets_fitted_on_the_others():
         cross_fit(probs, labels, np.zeros(2000))
 
 
-def test_video_groups_keep_every_video_whole():
+def test_calibration_groups_keep_every_video_and_both_tracks_of_one_together():
+    names = ["a", "b_left", "b_right", "c"]
     frame_offset = np.array([0, 10, 25, 30])
     rows = np.arange(40)
-    groups = video_groups(rows, frame_offset, 3)
+    subject = subject_ids(names, rows, frame_offset)
+    groups = video_groups(subject, 2)
     owner = np.searchsorted(frame_offset, rows, side="right") - 1
     for v in range(4):
         assert len(set(groups[owner == v])) == 1
+    assert groups[owner == 1][0] == groups[owner == 2][0]  # b_left and b_right: one raw video, one group
     assert groups[owner == 0][0] == groups[owner == 3][0] == 0 and groups[owner == 1][0] == 1
 
 

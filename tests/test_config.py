@@ -141,3 +141,11 @@ def test_a_backbone_override_a_prepared_store_cannot_honour_is_an_error():
     check_store(store, build_config({"data.cache": "cache/x", "backbones.clip_pretrained": "/weights/clip.pt"}))
     with pytest.raises(ConfigError, match="backbones.wav2vec2"):
         check_store(store, build_config({"data.cache": "cache/x", "backbones.wav2vec2": "facebook/wav2vec2-large"}))
+
+
+def test_test_time_flips_are_refused_in_cached_mode_with_the_alternative():
+    from expr.config import build_config
+
+    with pytest.raises(ConfigError, match="eval.flip.*flip=1"):
+        build_config({"eval.flip": True})
+    assert build_config({"eval.flip": True, "data.mode": "online"}).eval.flip

@@ -140,26 +140,27 @@ def test_a_k_fold_study_becomes_one_out_of_fold_ensemble(fold_runs, tmp_path, ca
 
     with pytest.raises(EnsembleError, match="equal only"):
         ensemble(fold_runs, tmp_path / "x", weights="fit", device="cpu")
-    with pytest.raises(EnsembleError, match=r"fold\(s\) \[1\] of 2"):
-        ensemble([fold_runs[0], fold_runs[0]], tmp_path / "y", device="cpu")
     assert ensemble_main(["--study", str(tmp_path / "nowhere"), "--out", str(tmp_path / "z")]) == 2
     assert "expr sweep" in capsys.readouterr().err
 
 
-def fake_member(monkeypatch, reports):
-    """evaluate_run replaced: member i gets reports[i] (classes, store, rows) and random probabilities."""
+def fake_member(monkeypatch, reports, folds=None, smoothing=None):
+    """evaluate_run replaced: member i gets reports[i] (classes, store, rows), folds[i], smoothing[i] and random
+    probabilities."""
     from expr.report import save_frame_probs
 
-    calls = iter(reports)
+    folds, smoothing = folds or [None] * len(reports), smoothing or [("none", 0)] * len(reports)
+    calls = iter(zip(reports, folds, smoothing, strict=True))
 
     def evaluate_run(run, cache=None, split="validation", device="cpu", out_dir=None):
-        classes, store, rows = next(calls)
+        (classes, store, rows), fold, (method, width) = next(calls)
         out_dir.mkdir(parents=True)
         probs = np.random.default_rng(len(rows)).dirichlet(np.ones(len(classes)), len(rows))
-        save_frame_probs(out_dir, rows, probs, np.zeros(len(rows), np.int64), np.array([len(rows)]), np.array([0]))
+        save_frame_probs(out_dir, rows, probs, np.zeros(len(rows), np.int64), np.array([100]), np.array([0]),
+                         subject=np.zeros(len(rows), np.int64))  # fmt: skip
         metrics = {"macro_f1": 0.5, "per_class_f1": dict.fromkeys(classes, 0.5)}
         return {"store": store, "metrics": metrics, "calibrated_metrics": None, "smoothed_metrics": None,
-                "folds": None, "smoothing": {"method": "none", "width": 0}}  # fmt: skip
+                "folds": fold, "smoothing": {"method": method, "width": width}}  # fmt: skip
 
     monkeypatch.setattr("expr.ensemble.evaluate_run", evaluate_run)
 
@@ -193,3 +194,79 @@ def test_members_with_other_window_lengths_combine_frame_by_frame(small_run, tmp
     assert json.loads((sorted((tmp_path / "e" / "members").iterdir())[1] / "report.json").read_text())["window"] == 24
     np.testing.assert_allclose(data["probs"], (a["probs"] + b["probs"]) / 2)
     assert report["frames"] == len(a["rows"]) and report["members"][1]["weight"] == 0.5
+
+
+def test_fold_and_smoothing_mismatches_are_named(monkeypatch, tmp_path):
+    rows, cls = np.arange(20), ["a", "b"]
+    k3 = [{"k": 3, "fold": 0}, {"k": 3, "fold": 1}]
+    fake_member(monkeypatch, [(cls, "s", rows), (cls, "s", rows + 20)], folds=k3)
+    with pytest.raises(EnsembleError, match=r"fold\(s\) \[2\] of 3"):
+        ensemble(["r1", "r2"], tmp_path / "1")
+    fake_member(monkeypatch, [(cls, "s", rows), (cls, "s", rows)], folds=[k3[0], None])
+    with pytest.raises(EnsembleError, match="some members come from a k-fold study"):
+        ensemble(["r1", "r2"], tmp_path / "2")
+    fake_member(monkeypatch, [(cls, "s", rows), (cls, "s", rows)], folds=[k3[0], k3[0]])  # seeds of one fold
+    assert ensemble(["r1", "r2"], tmp_path / "3")["split"] == "validation"
+    differ = [("mean", 9), ("none", 0)]
+    fake_member(monkeypatch, [(cls, "s", rows)] * 2, smoothing=differ)
+    with pytest.raises(EnsembleError, match="smooth differently"):
+        ensemble(["r1", "r2"], tmp_path / "4")
+    fake_member(monkeypatch, [(cls, "s", rows)] * 2, smoothing=[("mean", 9), ("mean", 9)])
+    with pytest.raises(EnsembleError, match="needs a --width"):
+        ensemble(["r1", "r2"], tmp_path / "5", smoothing="mode", width=0)
+    fake_member(monkeypatch, [(cls, "s", rows)] * 2, smoothing=[("mean", 9), ("mean", 0)])
+    with pytest.raises(EnsembleError, match="smooth differently"):
+        ensemble(["r1", "r2"], tmp_path / "6")
+    fake_member(monkeypatch, [(cls, "s", rows)] * 2, smoothing=[("mean", 0), ("none", 0)])  # both: no smoothing
+    assert ensemble(["r1", "r2"], tmp_path / "7")["smoothing"] == {"method": "none", "width": 0}
+    fake_member(monkeypatch, [(cls, "s", rows)] * 2, smoothing=[("mean", 9), ("mean", 9)])
+    assert ensemble(["r1", "r2"], tmp_path / "8", width=5)["smoothing"] == {"method": "mean", "width": 5}
+
+
+def test_an_ensembles_decision_overrides_are_parsed_like_a_runs(tmp_path):
+    from expr.config import CliText, ConfigError
+    from expr.runs import RunError, ensemble_decision
+
+    folder = tmp_path / "e"
+    folder.mkdir()
+    classes = ["a", "b"]
+    info = {"members": [], "classes": classes, "smoothing": {"method": "mean", "width": 9}}
+    (folder / "ensemble.json").write_text(json.dumps(info))
+    (folder / "calibration.json").write_text(json.dumps({"classes": classes, "offsets": [0.0, 1.0]}))
+    assert ensemble_decision(folder).offsets == (0.0, 1.0)
+    cli = {"eval.calibrate": CliText("FALSE")}  # as the command line gives it, parsed as for a run
+    assert ensemble_decision(folder, cli).offsets is None
+    cli = {"eval.smoothing": CliText("mode"), "eval.smoothing_width": CliText("5"), "data.cache": CliText("x")}
+    d = ensemble_decision(folder, cli)
+    assert (d.smoothing, d.width) == ("mode", 5)
+    with pytest.raises(ConfigError, match="eval.calibrate"):
+        ensemble_decision(folder, {"eval.calibrate": CliText("no")})
+    with pytest.raises(ConfigError, match="eval.smoothing"):
+        ensemble_decision(folder, {"eval.smoothing": CliText("median")})
+    (folder / "calibration.json").write_text(json.dumps({"classes": classes, "offsets": [0.0]}))
+    with pytest.raises(RunError, match="1 offsets for 2 classes"):
+        ensemble_decision(folder)
+    del info["smoothing"]
+    (folder / "ensemble.json").write_text(json.dumps(info))
+    with pytest.raises(RunError, match="run `expr ensemble` again"):
+        ensemble_decision(folder)
+
+
+def test_a_study_whose_best_setting_has_one_run_is_refused(tmp_path):
+    from expr.ensemble import study_runs
+
+    (tmp_path / "trials" / "0001").mkdir(parents=True)
+    write_results(tmp_path, [
+        {"trial": 0, "state": "complete", "macro_f1": 0.2, "data.window": 10, "data.fold": "", "run_dir": "a"},
+        {"trial": 1, "state": "complete", "macro_f1": 0.5, "data.window": 30, "data.fold": "", "run_dir": "b"},
+    ])  # fmt: skip
+    with pytest.raises(EnsembleError, match="the best setting has one run"):
+        study_runs(tmp_path)
+    write_results(tmp_path, [
+        {"trial": 1, "state": "complete", "macro_f1": 0.5, "data.window": 30, "data.fold": 0, "run_dir": "rel/1"},
+        {"trial": 2, "state": "complete", "macro_f1": 0.5, "data.window": 30, "data.fold": 1, "run_dir": "rel/2"},
+    ])  # fmt: skip
+    with pytest.raises(EnsembleError, match="trial 2's run rel/2 is not there"):
+        study_runs(tmp_path)
+    (tmp_path / "trials" / "0002").mkdir()
+    assert study_runs(tmp_path) == [str(tmp_path / "trials" / "0001"), str(tmp_path / "trials" / "0002")]

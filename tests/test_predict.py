@@ -135,7 +135,8 @@ def test_predict_takes_an_ensemble_folder_like_a_run(small_run, tmp_path):
     ensemble = tmp_path / "ens"
     ensemble.mkdir()
     members = [{"run": run, "weight": 0.5}, {"run": run, "weight": 0.5}]
-    (ensemble / "ensemble.json").write_text(json.dumps({"members": members}))
+    info = {"members": members, "smoothing": {"method": "none", "width": 0}}
+    (ensemble / "ensemble.json").write_text(json.dumps(info))
     kw = dict(clip="random", wav2vec2="random", progress=False, device="cpu")
     one = predict_video(video, run, tmp_path / "one", **kw)
     both = predict_video(video, ensemble, tmp_path / "both", **kw)

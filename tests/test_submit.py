@@ -149,7 +149,7 @@ def test_submit_takes_an_ensemble_folder_like_a_run(small_run, test_store, tmp_p
     mixed = tmp_path / "mixed"
     mixed.mkdir()
     members = [{"run": run_dir, "weight": 0.25}, {"run": str(tmp_path / "other"), "weight": 0.75}]
-    (mixed / "ensemble.json").write_text(json.dumps({"members": members}))
+    (mixed / "ensemble.json").write_text(json.dumps({"members": members, "smoothing": {"method": "none", "width": 0}}))
     a, b = (frame_probs(r, str(store), ["test_0", "test_1"], device="cpu") for r in (run_dir, tmp_path / "other"))
     both = frame_probs(mixed, str(store), ["test_0", "test_1"], device="cpu")
     assert not np.allclose(a["test_1"], b["test_1"])
