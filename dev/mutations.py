@@ -193,6 +193,18 @@ MUTATIONS = [
     ("tta-flip", "test-time views average the mirrored crops' probabilities", "expr/inference.py",
      "p = (p + window_probs(mirrored(batch))) / 2", "p = p",
      ["tests/test_online.py", "-k", "flipped"]),
+    ("va-ccc-bias", "CCC counts the gap between the means", "expr/metrics.py",
+     "denom = x.var() + y.var() + (x.mean() - y.mean()) ** 2", "denom = x.var() + y.var()",
+     ["tests/test_tasks.py", "-k", "direct_formula"]),
+    ("va-loss-mask", "an unannotated VA frame never changes the loss", "expr/losses.py",
+     "        valid = ~torch.isnan(targets).any(-1)", "        valid = torch.ones(len(targets), dtype=torch.bool)",
+     ["tests/test_tasks.py", "-k", "ccc_loss"]),
+    ("au-loss-mask", "an unannotated AU frame never changes the loss", "expr/losses.py",
+     "    valid = (targets >= 0).all(-1)\n    if not valid.any():",
+     "    valid = (targets >= -1).all(-1)\n    if not valid.any():", ["tests/test_tasks.py", "-k", "au_loss"]),
+    ("va-sentinel", "-5 marks an unannotated VA frame only as a pair", "expr/data/affwild2.py",
+     "if all(v == VA_UNANNOTATED for v in values):", "if any(v == VA_UNANNOTATED for v in values):",
+     ["tests/test_tasks.py", "-k", "malformed_va"]),
 ]  # fmt: skip
 
 

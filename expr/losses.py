@@ -1,4 +1,5 @@
-"""Loss functions: class-weighted cross-entropy and the CLIP-style text contrastive loss. Pure functions."""
+"""Loss functions: class-weighted cross-entropy, the CLIP-style text contrastive loss, and the valence-arousal
+(CCC) and action-unit (weighted BCE) losses of Aff-Wild2's other tasks. Pure functions."""
 
 from __future__ import annotations
 
@@ -91,3 +92,39 @@ def total_loss(
     else:
         out["loss"] = cls
     return out
+
+
+def ccc_loss(predictions: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """1 - the mean over the D columns of Lin's concordance correlation coefficient of [N, D] ``predictions`` and
+    ``targets`` (the VA score's own form; batch statistics), over the rows where ``valid`` [N] is True (default:
+    targets without NaN). Fewer than two valid rows: 0 (a constant carries no correlation)."""
+    if valid is None:
+        valid = ~torch.isnan(targets).any(-1)
+    x, y = predictions[valid].float(), targets[valid].float()
+    if len(x) < 2:
+        return predictions.sum() * 0.0
+    mx, my = x.mean(0), y.mean(0)
+    cov = ((x - mx) * (y - my)).mean(0)
+    denom = x.var(0, unbiased=False) + y.var(0, unbiased=False) + (mx - my) ** 2
+    return 1.0 - (2.0 * cov / denom.clamp_min(1e-8)).mean()
+
+
+def au_pos_weights(targets: np.ndarray) -> torch.Tensor:
+    """Per-unit positive weights for the AU loss: negatives / positives over the labelled rows of [N, K] 0/1
+    targets (rows of -1 skipped); a unit without positives gets 1."""
+    targets = np.asarray(targets)
+    labelled = targets[(targets >= 0).all(1)]
+    pos = (labelled == 1).sum(0).astype(np.float64)
+    neg = (labelled == 0).sum(0).astype(np.float64)
+    return torch.tensor(np.where(pos > 0, neg / np.maximum(pos, 1.0), 1.0), dtype=torch.float32)
+
+
+def au_loss(logits: torch.Tensor, targets: torch.Tensor, pos_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Binary cross-entropy of [N, K] AU logits against 0/1 ``targets``, positives weighted by ``pos_weight`` [K],
+    averaged over the labelled rows (a row of -1 is unannotated and never changes the loss). No labelled row: 0."""
+    valid = (targets >= 0).all(-1)
+    if not valid.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(
+        logits[valid].float(), targets[valid].float(), pos_weight=pos_weight, reduction="mean"
+    )

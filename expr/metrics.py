@@ -57,3 +57,61 @@ def classification_report(
         "confusion_matrix": cm.tolist(),
         "count": int(total),
     }
+
+
+def ccc(predictions: np.ndarray, targets: np.ndarray) -> float:
+    """Lin's concordance correlation coefficient, as the ABAW VA challenge scores each dimension:
+    2 cov(x, y) / (var(x) + var(y) + (mean(x) - mean(y))^2), population (co)variances. NaN targets are skipped."""
+    x, y = np.asarray(predictions, np.float64).ravel(), np.asarray(targets, np.float64).ravel()
+    keep = ~np.isnan(y)
+    x, y = x[keep], y[keep]
+    if len(x) == 0:
+        return 0.0
+    denom = x.var() + y.var() + (x.mean() - y.mean()) ** 2
+    return float(2.0 * np.mean((x - x.mean()) * (y - y.mean())) / denom) if denom > 0 else 0.0
+
+
+def va_report(predictions: np.ndarray, targets: np.ndarray) -> dict:
+    """The VA score of [N, 2] (valence, arousal) predictions: ``ccc`` (the mean, the challenge's score),
+    ``ccc_valence``, ``ccc_arousal``, over the frames whose targets are not NaN."""
+    predictions, targets = np.asarray(predictions), np.asarray(targets)
+    keep = ~np.isnan(targets).any(1)
+    valence = ccc(predictions[keep, 0], targets[keep, 0])
+    arousal = ccc(predictions[keep, 1], targets[keep, 1])
+    return {"ccc": (valence + arousal) / 2, "ccc_valence": valence, "ccc_arousal": arousal, "count": int(keep.sum())}
+
+
+def au_report(probs: np.ndarray, targets: np.ndarray, names, thresholds=0.5) -> dict:
+    """The AU score of [N, K] probabilities against 0/1 targets (rows of -1: unannotated, skipped): ``au_f1`` (the
+    mean F1 over the K units, the challenge's score) and ``per_au_f1``, each unit thresholded at ``thresholds``
+    (one number, or one per unit)."""
+    probs, targets = np.asarray(probs, np.float64), np.asarray(targets)
+    keep = (targets >= 0).all(1)
+    predicted = probs[keep] >= np.broadcast_to(np.asarray(thresholds, np.float64), probs.shape[1:])
+    f1 = np.array([_binary_f1(targets[keep, k], predicted[:, k]) for k in range(probs.shape[1])])
+    return {
+        "au_f1": float(f1.mean()) if len(f1) else 0.0,
+        "per_au_f1": {name: float(v) for name, v in zip(names, f1, strict=True)},
+        "count": int(keep.sum()),
+    }
+
+
+def _binary_f1(targets: np.ndarray, predicted: np.ndarray) -> float:
+    targets, predicted = np.asarray(targets) == 1, np.asarray(predicted, bool)
+    tp = float((targets & predicted).sum())
+    denom = float(targets.sum() + predicted.sum())
+    return 2.0 * tp / denom if denom > 0 else 0.0
+
+
+def tune_au_thresholds(probs: np.ndarray, targets: np.ndarray, grid=None) -> np.ndarray:
+    """Per-unit thresholds maximising each unit's F1 on labelled rows (ties: the one nearest 0.5); ``grid``
+    defaults to 0.05 .. 0.95 in steps of 0.05."""
+    grid = np.round(np.arange(0.05, 0.951, 0.05), 6) if grid is None else np.asarray(grid, np.float64)
+    probs, targets = np.asarray(probs, np.float64), np.asarray(targets)
+    keep = (targets >= 0).all(1)
+    out = np.full(probs.shape[1], 0.5)
+    for k in range(probs.shape[1]):
+        scores = np.array([_binary_f1(targets[keep, k], probs[keep, k] >= t) for t in grid])
+        top = np.flatnonzero(scores >= scores.max() - 1e-12)
+        out[k] = grid[top[np.argmin(np.abs(grid[top] - 0.5))]]
+    return out

@@ -32,6 +32,17 @@ class AnnotationError(ValueError):
     """A malformed annotation file; the message names the file and line."""
 
 
+VA_HEADER = ("valence", "arousal")
+VA_UNANNOTATED = -5.0
+AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
+TASK_DIRS = {
+    "expr": ANNOTATION_DIRS,
+    "va": ("VA_Estimation_Challenge", "VA_Set"),
+    "au": ("AU_Detection_Challenge", "AU_Set"),
+}
+"""The annotation folders of each ABAW task on Aff-Wild2 (the first found is read)."""
+
+
 class LayoutError(ValueError):
     """A tree that is not an Aff-Wild2 EXPR layout; the message says what is missing."""
 
@@ -63,6 +74,72 @@ def read_annotation(path: str | Path, classes: Sequence[str] = ABAW_CLASSES) -> 
             raise AnnotationError(f"{path}:{i + 2}: label {value} is outside -1..{len(classes) - 1}")
         labels[i] = value
     return labels
+
+
+def _rows(path: Path, header: Sequence[str]) -> list[tuple[int, list[str]]]:
+    """(line number, comma-separated fields) of a task annotation file's frame lines, after its header is checked."""
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError:
+        raise AnnotationError(f"{path}: not a text file") from None
+    if not lines:
+        raise AnnotationError(f"{path}:1: empty file; expected the header {','.join(header)}")
+    if [c.strip().lower() for c in lines[0].split(",")] != [c.lower() for c in header]:
+        raise AnnotationError(f"{path}:1: header {lines[0].strip()!r} is not {','.join(header)}")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    rows = []
+    for n, line in enumerate(lines[1:], start=2):
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != len(header):
+            raise AnnotationError(f"{path}:{n}: {len(fields)} values, expected {len(header)} ({','.join(header)})")
+        rows.append((n, fields))
+    return rows
+
+
+def read_va_annotation(path: str | Path) -> np.ndarray:
+    """Per-frame [valence, arousal] of a VA annotation file (float32 [frames, 2]; frame i is line i + 2): values in
+    [-1, 1], a frame unannotated when both are -5 (returned as NaN)."""
+    path = Path(path)
+    rows = _rows(path, VA_HEADER)
+    out = np.empty((len(rows), 2), np.float32)
+    for i, (n, fields) in enumerate(rows):
+        try:
+            values = [float(f) for f in fields]
+        except ValueError:
+            raise AnnotationError(f"{path}:{n}: {','.join(fields)!r} are not two numbers") from None
+        if all(v == VA_UNANNOTATED for v in values):
+            out[i] = np.nan
+            continue
+        bad = [v for v in values if not -1.0 <= v <= 1.0]
+        if bad:
+            what = "-5 marks an unannotated frame only when both values are -5" if VA_UNANNOTATED in bad else ""
+            raise AnnotationError(f"{path}:{n}: value {bad[0]:g} is outside [-1, 1]{'; ' + what if what else ''}")
+        out[i] = values
+    return out
+
+
+def read_au_annotation(path: str | Path) -> np.ndarray:
+    """Per-frame action units of an AU annotation file (int8 [frames, 12] in the order of :data:`AU_NAMES`; frame i
+    is line i + 2): 0 or 1, a frame unannotated when all twelve are -1 (kept as -1)."""
+    path = Path(path)
+    rows = _rows(path, AU_NAMES)
+    out = np.empty((len(rows), len(AU_NAMES)), np.int8)
+    for i, (n, fields) in enumerate(rows):
+        try:
+            values = [int(f) for f in fields]
+        except ValueError:
+            raise AnnotationError(f"{path}:{n}: {','.join(fields)!r} are not 12 integers") from None
+        if all(v == -1 for v in values):
+            out[i] = -1
+            continue
+        bad = [(name, v) for name, v in zip(AU_NAMES, values, strict=True) if v not in (0, 1)]
+        if bad:
+            name, v = bad[0]
+            what = "; -1 marks an unannotated frame only when all 12 are -1" if v == -1 else ""
+            raise AnnotationError(f"{path}:{n}: {name} is {v}, not 0 or 1{what}")
+        out[i] = values
+    return out
 
 
 def crop_frames(crop_dir: Path) -> np.ndarray:
