@@ -205,6 +205,12 @@ MUTATIONS = [
     ("va-sentinel", "-5 marks an unannotated VA frame only as a pair", "expr/data/affwild2.py",
      "if all(v == VA_UNANNOTATED for v in values):", "if any(v == VA_UNANNOTATED for v in values):",
      ["tests/test_tasks.py", "-k", "malformed_va"]),
+    ("task-rewrite", "a store rewritten for new videos keeps the old videos' VA and AU labels", "expr/prepare.py",
+     "        **{t: store.task_labels[t][f0 : f0 + n] if store.task_splits[t][v] else None for t in "
+     "store.task_labels},\n", "", ["tests/test_prepare.py", "-k", "va_and_au"]),
+    ("task-align", "VA and AU labels are aligned to the video's frames by index", "expr/prepare.py",
+     "task_labels[task][: min(T, len(values))] = values[:T]", "task_labels[task][: min(T, len(values))] = values[-T:]",
+     ["tests/test_prepare.py", "-k", "va_and_au"]),
 ]  # fmt: skip
 
 

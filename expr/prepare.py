@@ -31,7 +31,16 @@ import numpy as np
 
 from expr.atomic import atomic_path, write_text
 from expr.config import ABAW_CLASSES, Config, ConfigError, LossConfig, apply_dict, resolve_device
-from expr.data.affwild2 import AnnotationError, LayoutError, crop_frames, discover, read_annotation, read_test_names
+from expr.data.affwild2 import (
+    AnnotationError,
+    LayoutError,
+    crop_frames,
+    discover,
+    read_annotation,
+    read_au_annotation,
+    read_test_names,
+    read_va_annotation,
+)
 from expr.data.folder import items_from_folder
 from expr.data.item import Item
 from expr.data.media import MediaError, decode_audio, iter_frames, probe
@@ -39,6 +48,7 @@ from expr.data.online import MediaStore
 from expr.data.store import (
     DEFAULT_AUDIO,
     DEFAULT_VISUAL,
+    TASK_LABELS,
     FrameStore,
     StoreError,
     VideoRecord,
@@ -140,7 +150,7 @@ def extract_item(
     if info is not None:
         T = info.num_frames
     else:
-        T = max(len(item.labels) if item.labels is not None else 0, crop_last)
+        T = max(_frame_hint(item), crop_last)
     labels = np.full(T, -1, np.int64)
     if item.labels is not None:
         report.annotated = len(item.labels)
@@ -152,6 +162,12 @@ def extract_item(
                 f"{item.video.name} has {T}; aligned by frame index"
                 + (", extra annotation lines ignored" if len(item.labels) > T else ", missing frames unlabelled")
             )
+    task_labels = {}
+    for task, (width, dtype, missing) in TASK_LABELS.items():
+        values = getattr(item, task)
+        if values is not None:  # aligned by frame index, like the expression labels
+            task_labels[task] = np.full((T, width), missing, dtype)
+            task_labels[task][: min(T, len(values))] = values[:T]
     frames = _Frames(T, visual, progress, media)
     if item.crops is not None:
         chosen = sorted(i for i in item.crops if i < T)
@@ -210,6 +226,7 @@ def extract_item(
         **{f"visual.{name}": v for name, v in frames.features.items()},
         "face": frames.face,
         "labels": labels,
+        **{f"task.{task}": values for task, values in task_labels.items()},
         **{f"audio.{name}": a for name, a in feats.items()},
         "fps": np.float64(fps),
         "audio_start": np.float64(audio_start),
@@ -278,7 +295,7 @@ def _part_path(out: Path, name: str) -> Path:
 def save_part(out: Path, item: Item, arrays: dict[str, np.ndarray], report: Report) -> Path:
     """Write one finished video atomically (temporary file, then rename)."""
     path = _part_path(out, item.name)
-    meta = {"name": item.name, "split": item.split, "report": report.__dict__}
+    meta = {"name": item.name, "split": item.split, "task_splits": item.task_splits, "report": report.__dict__}
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, meta=np.array(json.dumps(meta)), **arrays)
         f.flush()
@@ -306,6 +323,9 @@ def load_part(path: Path):
             audio=audio if all(len(a) for a in audio.values()) else None,
             audio_rate=float(z["audio_rate"]),
             audio_start=float(z["audio_start"]),
+            va=z["task.va"] if "task.va" in z else None,
+            au=z["task.au"] if "task.au" in z else None,
+            task_splits=meta.get("task_splits"),
         )
         if "jpeg" in z:
             blob, off = z["jpeg"].tobytes(), z["jpeg_offsets"]
@@ -341,6 +361,8 @@ def _record_from_store(store, media, v: int, added: dict[str, dict[str, np.ndarr
         audio_start=float(store.audio_start[v]),
         jpeg=[bytes(media.jpeg(int(r))) for r in range(f0, f0 + n)] if media else None,
         wave=media.wave(v).copy() if media else None,
+        **{t: store.task_labels[t][f0 : f0 + n] if store.task_splits[t][v] else None for t in store.task_labels},
+        task_splits={t: str(splits[v]) for t, splits in store.task_splits.items() if splits[v]},
     )
 
 
@@ -697,8 +719,10 @@ def _swap_in(staging: Path, out: Path) -> None:
 
 
 def _frame_hint(item: Item) -> int:
-    if item.labels is not None:
-        return len(item.labels)
+    """The frame count the annotations (of any task) or crops suggest."""
+    annotated = [len(a) for a in (item.labels, item.va, item.au) if a is not None]
+    if annotated:
+        return max(annotated)
     return len(item.crops) if item.crops else 0
 
 
@@ -845,18 +869,22 @@ def items_from_affwild2(args: AffWild2Options) -> tuple[list[Item], dict[str, An
     layout = discover(args.root, test_names, args.annotation_dir, crop_dirs)
     print(layout.summary())
     items = []
+    readers = {"va": read_va_annotation, "au": read_au_annotation}
     for e in layout.entries:  # read every annotation first: a malformed line stops before any extraction
         labels = read_annotation(e.annotation) if e.annotation is not None else None
         crops = None
         if e.crop_dir is not None:
             crops = {int(i): e.crop_dir / f"{i + 1:05d}.jpg" for i in crop_frames(e.crop_dir)}
-        items.append(
-            Item(e.name, e.split, labels, crops if crops is not None else {}, e.video, None, str(e.annotation))
-        )
+        item = Item(e.name, e.split, labels, crops if crops is not None else {}, e.video, None, str(e.annotation))
+        for task, (_, path) in e.tasks.items():
+            setattr(item, task, readers[task](path))
+        item.task_splits = {task: split for task, (split, _) in e.tasks.items()} or None
+        items.append(item)
     source = {
         "layout": "affwild2",
         "root": str(Path(args.root).resolve()),
-        "annotation_dir": layout.annotation_dir.name,
+        "annotation_dir": layout.annotation_dir.name if layout.annotation_dir else None,
+        "task_dirs": {task: folder.name for task, folder in layout.task_dirs.items()},
         "crop_dirs": [c.name for c in layout.crop_roots],
         "test_names": str(args.test_names) if args.test_names else None,
     }

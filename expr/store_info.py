@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from expr.data.store import FrameStore, StoreError, problem_lines, verify_files
 from expr.options import parse_options, positional
 
@@ -36,6 +38,11 @@ def describe(store: FrameStore) -> str:
         f"  videos: {len(store.names)} ({videos}); frames {len(store.face)} ({labelled} labelled, {faces} with a face)",
         f"  classes: {', '.join(store.classes)}",
     ]
+    for task, splits_of in store.task_splits.items():  # Aff-Wild2's other tasks, each with its own split
+        per = {s: int((splits_of == s).sum()) for s in ("train", "validation")}
+        known = store.task_labels[task]
+        frames = int((~np.isnan(known).any(1)).sum() if task == "va" else (known >= 0).all(1).sum())
+        lines.append(f"  {task} labels: videos train {per['train']}, validation {per['validation']}; frames {frames}")
     source = meta.get("source")
     if isinstance(source, dict) and source:
         lines.append(f"  source: {source.get('layout', '?')} {source.get('root', '')}".rstrip())

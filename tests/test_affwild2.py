@@ -93,3 +93,20 @@ def test_read_test_names(tmp_path):
     f = write(tmp_path / "names.txt", "a.mp4\n\nb\n c.avi \n")
     assert read_test_names(f) == ["a", "b", "c"]
     assert np.array_equal(read_annotation(write(tmp_path / "x.txt", HEADER + "\n")), np.zeros(0))
+
+
+def test_discover_reads_every_task_folder_and_a_tree_without_expressions(tmp_path):
+    make_tree(tmp_path)
+    write(tmp_path / "VA_Estimation_Challenge" / "Train_Set" / "t1.txt", "valence,arousal\n0,0\n")
+    write(tmp_path / "AU_Detection_Challenge" / "Validation_Set" / "only_au.txt", "x\n")
+    layout = discover(tmp_path, test_names=["t1"])
+    entries = {e.name: e for e in layout.entries}
+    assert entries["t1"].split == "test" and entries["t1"].tasks["va"][0] == "train"
+    assert entries["only_au"].annotation is None and entries["only_au"].split == "validation"
+    assert entries["only_au"].tasks["au"][0] == "validation" and "au annotations: 1 tracks" in layout.summary()
+    with pytest.raises(LayoutError, match="v1 is a test video and has an expression annotation"):
+        discover(tmp_path, test_names=["v1"])
+    va_only = tmp_path / "va_only"
+    write(va_only / "VA_Set" / "Validation_Set" / "x.txt", "valence,arousal\n0,0\n")
+    layout = discover(va_only)
+    assert layout.annotation_dir is None and [e.name for e in layout.entries] == ["x"]

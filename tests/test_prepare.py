@@ -566,3 +566,61 @@ def test_feature_set_options_on_the_command_line(tmp_path, capsys):
     assert "feature set names are shared by images and audio: a" in capsys.readouterr().err
     assert main([*base, "--visual", "..=timm:resnet18@random"]) == 2
     assert "starts with a letter or digit" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ VA and AU labels
+def test_va_and_au_annotations_are_stored_beside_the_expressions_with_their_own_splits(tmp_path):
+    """Aff-Wild2's three annotation folders read together: a track annotated for some tasks only, each task with its
+    own split (an EXPR test video may be a VA training video), labels aligned by frame index like the expressions,
+    unannotated frames kept as NaN / -1, and a malformed VA line stopped before any extraction."""
+    from expr.data.affwild2 import AU_NAMES, AnnotationError
+
+    root = tmp_path / "aw"
+    spec = affwild2_tree(root)
+    va_dir, au_dir = root / "VA_Estimation_Challenge", root / "AU_Detection_Challenge"
+    rng = np.random.default_rng(0)
+    va_a = np.round(rng.uniform(-1, 1, (45, 2)), 3)
+    va_a[5:8] = -5
+    va_t1 = np.round(rng.uniform(-1, 1, (24, 2)), 3)
+    au_pair = rng.integers(0, 2, (36, 12))
+    au_pair[0] = -1
+
+    def write_rows(path, header, rows):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + "\n" + "\n".join(",".join(f"{v:g}" for v in r) for r in rows) + "\n")
+
+    write_rows(va_dir / "Train_Set" / "a.txt", "valence,arousal", va_a)
+    write_rows(va_dir / "Train_Set" / "t1.txt", "valence,arousal", va_t1)  # the EXPR test video, VA train
+    write_rows(va_dir / "Validation_Set" / "long.txt", "valence,arousal", va_a[:36])  # 3 lines past its video
+    write_rows(au_dir / "Validation_Set" / "pair_left.txt", ",".join(AU_NAMES), au_pair)  # EXPR train, AU validation
+    items, source, classes = affwild2_items(root)
+    assert source["task_dirs"] == {"va": "VA_Estimation_Challenge", "au": "AU_Detection_Challenge"}
+    out = tmp_path / "store"
+    prepare(items[:-1], out, small_backbones(), classes, source=source, progress=False)
+    prepare(items, out, small_backbones(), classes, source=source, progress=False)  # rewrites the first ones
+    store = FrameStore(out)
+    assert store.tasks == ["expr", "au", "va"]
+
+    def rows(name):
+        return store.frame_rows([store.names.index(name)])
+
+    va, au = store.task_labels["va"], store.task_labels["au"]
+    np.testing.assert_allclose(va[rows("a")][:5], va_a[:5], atol=1e-6)
+    assert np.isnan(va[rows("a")][5:8]).all() and np.isnan(va[rows("b25")]).all()
+    assert len(rows("long")) == spec["long"]["n"] == 33  # extra annotation lines dropped, as for EXPR
+    np.testing.assert_allclose(va[rows("long")][[0, 32]], va_a[[0, 32]], atol=1e-6)  # frame i is line i + 2
+    np.testing.assert_array_equal(au[rows("pair_left")], au_pair)
+    assert (au[rows("pair_right")] == -1).all() and (au[rows("a")] == -1).all()
+    split = {t: dict(zip(store.names, s, strict=True)) for t, s in store.task_splits.items()}
+    assert split["va"]["t1"] == "train" and split["va"]["long"] == "validation" and split["va"]["b25"] == ""
+    expr_split = dict(zip(store.names, store.splits, strict=True))
+    assert split["au"]["pair_left"] == "validation" and expr_split["pair_left"] == "train"
+    assert expr_split["t1"] == "test"
+    from expr.store_info import describe
+
+    text = describe(store)
+    assert "va labels: videos train 2, validation 1; frames 96" in text and "au labels: videos train 0" in text
+
+    (va_dir / "Train_Set" / "a.txt").write_text("valence,arousal\n0.1,0.2\n0.3,7\n")
+    with pytest.raises(AnnotationError, match=r"a.txt:3: value 7 is outside"):
+        affwild2_items(root)

@@ -1,14 +1,19 @@
-"""The Aff-Wild2 layout of the ABAW EXPR track: annotation files, face-crop folders and raw videos.
+"""The Aff-Wild2 layout of the ABAW tracks: annotation files, face-crop folders and raw videos.
 
 Only reading and discovery live here (no decoding, no backbones). A tree looks like::
 
     ROOT/EXPR_Classification_Challenge/Train_Set/<name>.txt        (or EXPR_Recognition_Challenge)
     ROOT/EXPR_Classification_Challenge/Validation_Set/<name>.txt
+    ROOT/VA_Estimation_Challenge/Train_Set/<name>.txt              (optional: valence-arousal)
+    ROOT/AU_Detection_Challenge/Validation_Set/<name>.txt          (optional: action units)
     ROOT/cropped_aligned/<name>/00001.jpg ...                      (and/or cropped_aligned_new_50_vids)
     ROOT/<anywhere>/<video>.mp4 | .avi                             (<name> = <video>, <video>_left or <video>_right)
 
-An annotation file has a header line with the class names, then one integer per frame (frame i on line i + 1;
-``-1`` = ignore). Crops are numbered from 1; frames without a face have no crop.
+An EXPR annotation file has a header line with the class names, then one integer per frame (frame i on line i + 1;
+``-1`` = ignore); a VA file ``valence,arousal`` then two floats in [-1, 1] per frame (``-5,-5`` = unannotated); an AU
+file the 12 unit names then 12 values 0/1 per frame (all ``-1`` = unannotated). A video may be annotated for some
+tasks only, and each task has its own train / validation split. Crops are numbered from 1; frames without a face
+have no crop.
 """
 
 from __future__ import annotations
@@ -153,18 +158,20 @@ class Entry:
     """One annotated person-track: an annotation file (or a test name), its crops and its raw video."""
 
     name: str
-    split: str
-    annotation: Path | None
+    split: str  # the expression task's split (for a video without an EXPR annotation: its first task's)
+    annotation: Path | None  # the EXPR annotation file
     video: Path | None
     crop_dir: Path | None
+    tasks: dict[str, tuple[str, Path]] = field(default_factory=dict)  # "va" / "au": (split, annotation file)
 
 
 @dataclass
 class Layout:
     root: Path
-    annotation_dir: Path
+    annotation_dir: Path | None  # the EXPR folder
     crop_roots: list[Path]
     entries: list[Entry] = field(default_factory=list)
+    task_dirs: dict[str, Path] = field(default_factory=dict)  # "va" / "au": their annotation folders
 
     def summary(self) -> str:
         """What was found, for the user: editions, crop folders, counts per split, what is missing."""
@@ -173,8 +180,11 @@ class Layout:
             by_split[e.split] = by_split.get(e.split, 0) + 1
         no_video = [e.name for e in self.entries if e.video is None]
         no_crops = [e.name for e in self.entries if e.crop_dir is None]
+        folders = [self.annotation_dir, *self.task_dirs.values()]
+        annotated = {t: sum(t in e.tasks for e in self.entries) for t in self.task_dirs}
         lines = [
-            f"annotations: {self.annotation_dir.relative_to(self.root)}",
+            f"annotations: {', '.join(str(d.relative_to(self.root)) for d in folders if d is not None)}",
+            *[f"{t} annotations: {n} tracks" for t, n in annotated.items()],
             f"crops: {', '.join(str(c.relative_to(self.root)) for c in self.crop_roots) or 'none found'}",
             "entries: " + ", ".join(f"{k} {v}" for k, v in sorted(by_split.items())),
         ]
@@ -198,12 +208,18 @@ def discover(
         raise LayoutError(f"{root}: not a folder")
     candidates = [annotation_dir] if annotation_dir else list(ANNOTATION_DIRS)
     found = [root / d for d in candidates if (root / d).is_dir()]
-    if not found:
-        raise LayoutError(f"{root}: no annotation folder ({' or '.join(candidates)}); name yours with --annotation-dir")
-    ann_dir = found[0]
+    task_dirs = {}
+    for task in ("va", "au"):
+        folder = next((root / d for d in TASK_DIRS[task] if (root / d).is_dir()), None)
+        if folder is not None:
+            task_dirs[task] = folder
+    if not found and (annotation_dir or not task_dirs):
+        every = " or ".join(candidates + ([] if annotation_dir else [d for t in ("va", "au") for d in TASK_DIRS[t]]))
+        raise LayoutError(f"{root}: no annotation folder ({every}); name yours with --annotation-dir")
+    ann_dir = found[0] if found else None
     crop_roots = [root / d for d in (crop_dirs or CROP_DIRS) if (root / d).is_dir()]
     videos: dict[str, Path] = {}
-    skip = {ann_dir, *crop_roots}
+    skip = {ann_dir, *task_dirs.values(), *crop_roots}
     for path in sorted(root.rglob("*")):
         if path.suffix.lower() in VIDEO_SUFFIXES and not any(s in path.parents for s in skip):
             videos.setdefault(path.stem, path)
@@ -214,19 +230,36 @@ def discover(
                 return crop_root / name
         return None
 
-    layout = Layout(root=root, annotation_dir=ann_dir, crop_roots=crop_roots)
-    for split_dir, split in SPLIT_DIRS.items():
-        folder = ann_dir / split_dir
-        if not folder.is_dir():
-            continue
-        for ann in sorted(folder.glob("*.txt")):
-            layout.entries.append(Entry(ann.stem, split, ann, videos.get(video_name(ann.stem)), crops_for(ann.stem)))
+    def annotations(folder: Path | None):
+        for split_dir, split in SPLIT_DIRS.items():
+            if folder is not None and (folder / split_dir).is_dir():
+                for ann in sorted((folder / split_dir).glob("*.txt")):
+                    yield ann.stem, split, ann
+
+    layout = Layout(root=root, annotation_dir=ann_dir, crop_roots=crop_roots, task_dirs=task_dirs)
+    entries: dict[str, Entry] = {}
+
+    def entry(name: str, split: str) -> Entry:
+        if name not in entries:
+            entries[name] = Entry(name, split, None, videos.get(video_name(name)), crops_for(name))
+        return entries[name]
+
+    for name, split, ann in annotations(ann_dir):
+        entry(name, split).annotation = ann
+    for task, folder in task_dirs.items():
+        for name, split, ann in annotations(folder):
+            entry(name, split).tasks[task] = (split, ann)
     for raw in test_names:
         name = Path(raw.strip()).stem
-        if name:
-            layout.entries.append(Entry(name, "test", None, videos.get(video_name(name)), crops_for(name)))
+        if not name:
+            continue
+        if name in entries and entries[name].annotation is not None:
+            raise LayoutError(f"{name} is a test video and has an expression annotation ({entries[name].annotation})")
+        entry(name, "test").split = "test"  # the expression task's test video (it may be annotated for others)
+    layout.entries = list(entries.values())
     if not layout.entries:
-        raise LayoutError(f"{ann_dir}: no annotation files under {' or '.join(SPLIT_DIRS)} and no test names")
+        where = ", ".join(str(d) for d in [ann_dir, *task_dirs.values()] if d is not None)
+        raise LayoutError(f"{where}: no annotation files under {' or '.join(SPLIT_DIRS)} and no test names")
     return layout
 
 

@@ -20,3 +20,6 @@ class Item:
     video: Path | None = None  # raw video: frame rate, frame count and audio (and frames when there are no crops)
     fps: float | None = None  # frame rate to use when there is no readable video
     source: str = ""  # the annotation file or CSV the labels came from, for messages
+    va: np.ndarray | None = None  # [frames, 2] valence, arousal (NaN = unannotated); None: no VA annotation
+    au: np.ndarray | None = None  # [frames, 12] action units (-1 = unannotated); None: no AU annotation
+    task_splits: dict[str, str] | None = None  # the split of each other task annotating it ("va": "train")

@@ -59,6 +59,9 @@ class VideoRecord:
     audio_start: float = 0.0
     jpeg: list[bytes] | None = None  # [T] face crop files' bytes (b"" without a face), for online mode
     wave: np.ndarray | None = None  # [S] fp16 16 kHz mono samples (empty without audio), for online mode
+    va: np.ndarray | None = None  # [T, 2] valence, arousal (NaN = unannotated); None: not annotated for VA
+    au: np.ndarray | None = None  # [T, 12] action units 0/1 (-1 = unannotated); None: not annotated for AU
+    task_splits: dict[str, str] | None = None  # the split of each task annotating it ("va": "train", ...)
 
     def visual_sets(self) -> dict[str, np.ndarray]:
         return self.visual if isinstance(self.visual, dict) else {DEFAULT_VISUAL: self.visual}
@@ -76,6 +79,8 @@ class VideoRecord:
 
 
 VIDEO_COLUMNS = ("name", "split", "fps", "num_frames", "frame_offset", "audio_start")
+TASK_LABELS = {"va": (2, np.float32, np.nan), "au": (12, np.int8, -1)}
+"""Aff-Wild2's other tasks' frame labels a store may hold beside the expression label: (width, dtype, unannotated)."""
 
 
 class _ArrowFile:
@@ -172,8 +177,10 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
     datasets.disable_progress_bars()
     files = {"jpeg": _ArrowFile(tmp / "media" / "frames"), "wave": _ArrowFile(tmp / "media" / "audio")}
     sets = _SetWriter(tmp, path)
-    small: dict[str, list[np.ndarray]] = {"video": [], "face": [], "label": []}
+    small: dict[str, list[np.ndarray]] = {"video": [], "face": [], "label": [], **{t: [] for t in TASK_LABELS}}
     rows: dict[str, list] = {k: [] for k in VIDEO_COLUMNS}
+    task_splits: dict[str, list[str]] = {t: [] for t in TASK_LABELS}
+    annotated = set()
     media = None
     frame_offset = 0
     for v in videos:
@@ -194,6 +201,14 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
         small["video"].append(np.full(n, len(rows["name"]) - 1, np.int32))
         small["face"].append(np.asarray(v.face, bool))
         small["label"].append(np.asarray(v.labels, np.int16))
+        for task, (width, dtype, missing) in TASK_LABELS.items():
+            values = getattr(v, task)
+            if values is not None:
+                annotated.add(task)
+                if np.shape(values) != (n, width):
+                    raise StoreError(f"video '{v.name}': {task} labels of shape {np.shape(values)}, not ({n}, {width})")
+            small[task].append(np.full((n, width), missing, dtype) if values is None else np.asarray(values, dtype))
+            task_splits[task].append((v.task_splits or {}).get(task, ""))
         if media:
             if len(v.jpeg) != n:
                 raise StoreError(f"video '{v.name}': {len(v.jpeg)} face crops for {n} frames")
@@ -207,13 +222,16 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
     def cat(key: str, dtype) -> np.ndarray:
         return np.concatenate(small[key]) if small[key] else np.zeros(0, dtype)
 
-    frames = pa.table(
-        {
-            "video": pa.array(cat("video", np.int32)),
-            "face": pa.array(cat("face", bool)),
-            "label": pa.array(cat("label", np.int16)),
-        }
-    )
+    columns = {
+        "video": pa.array(cat("video", np.int32)),
+        "face": pa.array(cat("face", bool)),
+        "label": pa.array(cat("label", np.int16)),
+    }
+    for task in sorted(annotated):  # only the tasks some video is annotated for
+        width = TASK_LABELS[task][0]
+        columns[task] = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(small[task]).ravel()), width)
+        rows[f"split_{task}"] = task_splits[task]
+    frames = pa.table(columns)
     out = _ArrowFile(tmp / "frames")
     out.write(frames)
     out.save(None)
@@ -229,6 +247,7 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
         "sets": header_sets,
         "default_visual": [sets.visual_names[0]],
         "default_audio": sets.audio_names[0] if sets.audio_names else None,
+        "tasks": ["expr", *sorted(annotated)],
     }
     write_header(tmp, header)
 
@@ -523,6 +542,14 @@ class FrameStore:
             raise StoreError(f"{self.path}: incomplete feature store ({e})") from None
         self.face = frames.column("face").to_numpy().astype(bool)  # [N]
         self.labels = frames.column("label").to_numpy().astype(np.int64)  # [N]
+        self.tasks: list[str] = list(self.meta.get("tasks", ["expr"]))
+        self.task_labels: dict[str, np.ndarray] = {}  # "va": [N, 2] float32 (NaN), "au": [N, 12] int8 (-1)
+        self.task_splits: dict[str, np.ndarray] = {}  # "va": the VA split of each video ("" = not annotated)
+        for task, (width, dtype, _) in TASK_LABELS.items():
+            if task in frames.column_names:
+                flat = frames.column(task).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+                self.task_labels[task] = flat.astype(dtype).reshape(-1, width)
+                self.task_splits[task] = np.array(videos[f"split_{task}"])
         self.names: list[str] = videos["name"]
         self.splits = np.array(videos["split"])
         self.fps = np.asarray(videos["fps"], np.float64)
