@@ -211,6 +211,15 @@ MUTATIONS = [
     ("task-align", "VA and AU labels are aligned to the video's frames by index", "expr/prepare.py",
      "task_labels[task][: min(T, len(values))] = values[:T]", "task_labels[task][: min(T, len(values))] = values[-T:]",
      ["tests/test_prepare.py", "-k", "va_and_au"]),
+    ("mtcnn-marks", "MTCNN's landmark outputs are x then y, scaled by the box", "expr/features/mtcnn.py",
+     "points = torch.stack([bw * marks[:, :5] + boxes[:, :1] - 1, bh * marks[:, 5:] + boxes[:, 1:2] - 1], -1)",
+     "points = torch.stack([bh * marks[:, 5:] + boxes[:, 1:2] - 1, bw * marks[:, :5] + boxes[:, :1] - 1], -1)",
+     ["tests/test_predict.py", "-k", "landmarks"]),
+    ("mtcnn-nms", "non-maximum suppression keeps the best box and drops its overlaps", "expr/features/mtcnn.py",
+     "order = rest[overlap <= threshold]", "order = rest", ["tests/test_predict.py", "-k", "landmarks"]),
+    ("align-landmarks", "a landmark face is aligned by its landmarks (similarity to the template)",
+     "expr/features/faces.py", "        if self.landmarks is not None:\n            return align(",
+     "        if False:\n            return align(", ["tests/test_predict.py", "-k", "rotation"]),
 ]  # fmt: skip
 
 

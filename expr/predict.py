@@ -1,7 +1,7 @@
 """``expr predict VIDEO --run RUN_DIR --out DIR``: per-frame expression labels for a raw video.
 
-Faces are detected, aligned and cropped in every frame (``expr.features.faces``), the audio track is decoded and
-resampled, the backbones the run's features came from encode both (``--clip`` / ``--wav2vec2`` override), and the
+Faces are detected (MTCNN by default, ``--detector``), aligned and cropped in every frame (``expr.features.faces``),
+the audio track is decoded and resampled, the backbones the run's features came from encode both (``--clip`` / ``--wav2vec2`` override), and the
 head predicts as in evaluation: windows every ``data.eval_stride`` frames, then the path from window probabilities
 to frame labels that evaluation and submission share (:mod:`expr.evaluation`: placed at each window's label frame and
 interpolated, frames without a face filled from the nearest face frame, the run's calibration (``expr calibrate``)
@@ -19,7 +19,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from expr.data.media import MediaError, decode_audio, iter_frames, probe
 from expr.data.store import FrameStore, StoreError, VideoRecord, write_store
 from expr.features.backbones import BACKBONE_KEYS, BackboneError, Backbones, backbone_options, clip_option
 from expr.features.encoders import EncoderError
-from expr.features.faces import FaceDetector, FaceDetectorError, crop_face
+from expr.features.faces import FaceDetectorError, face_detector
 from expr.features.spec import SpecError, parse_spec
 from expr.inference import predict_frames
 from expr.options import parse_options, positional
@@ -104,7 +104,7 @@ def extract_video(path: Path, backbones, detector, progress: bool = True, media:
         hit = detector.detect(frame)
         found.append(hit is not None)
         if hit is not None:
-            crops.append(Image.fromarray(crop_face(frame, *hit)))
+            crops.append(Image.fromarray(hit.crop(frame)))
         if media:
             buf = io.BytesIO()
             if hit is not None:
@@ -145,19 +145,22 @@ def predict_video(
     progress: bool = True,
     backbones=None,
     overrides: dict[str, Any] | None = None,
+    detector: str = "auto",
 ) -> dict[str, Any]:
     """Predict every frame of ``video`` with the head of ``run`` (a run directory, an exported folder, or an ensemble
     folder of ``expr ensemble``: its members' weighted probabilities); ``overrides`` of its config as for
-    :func:`expr.runs.load_run` (e.g. ``eval.smoothing``)."""
+    :func:`expr.runs.load_run` (e.g. ``eval.smoothing``); ``detector``: the face detector
+    (:func:`expr.features.faces.face_detector`)."""
 
     video, out = Path(video), Path(out)
     if not video.is_file():
         raise PredictError(f"{video}: no such file")
     device = resolve_device(device)
     members = ensemble_members(run)
+    faces = face_detector(detector, device)
     if members is None:
         record, probs, warnings, cfg = video_probs(video, run, out, clip, wav2vec2, device, progress, backbones,
-                                                   overrides)  # fmt: skip
+                                                   overrides, faces)  # fmt: skip
         decision = run_decision(run, cfg)
     else:  # each member on its own encoders (its features under out/members/), raw; the ensemble decides
         decision = ensemble_decision(run, overrides)  # checked before the members' work
@@ -172,6 +175,7 @@ def predict_video(
                 progress,
                 None,
                 member_overrides(overrides),
+                faces,
             )  # fmt: skip
             for i, (member, _) in enumerate(members)
         ]
@@ -198,7 +202,7 @@ def predict_video(
     return {"csv": csv_path, "png": png, "frames": len(labels), "warnings": warnings, "labels": labels}
 
 
-def video_probs(video: Path, run, out: Path, clip, wav2vec2, device: str, progress: bool, backbones, overrides):
+def video_probs(video: Path, run, out: Path, clip, wav2vec2, device: str, progress: bool, backbones, overrides, faces):
     """(the video's record, its raw frame probabilities [T, C] (before the run's decision), warnings, the run's
     config) of one run or exported head; the extracted features are kept under ``out``."""
     model, info = load_head(run, overrides=overrides)
@@ -207,7 +211,7 @@ def video_probs(video: Path, run, out: Path, clip, wav2vec2, device: str, progre
         backbones = run_backbones(info, clip, wav2vec2, device)
     try:
         online = cfg.data.mode == "online"  # per-window audio and crops through the frozen encoders, as trained
-        record, warnings = extract_video(video, backbones, FaceDetector(), progress, media=online)
+        record, warnings = extract_video(video, backbones, faces, progress, media=online)
     except MediaError as e:
         raise PredictError(str(e)) from None
     for w in warnings:
@@ -296,6 +300,9 @@ class PredictOptions:
     """Wav2Vec2 weights (default: those of the model's training features; or --backbones.wav2vec2)"""
     device: str = "auto"
     """cuda, cpu or auto"""
+    detector: Literal["auto", "mtcnn", "haar"] = "auto"
+    """face detector: mtcnn (five landmarks, aligned crops), haar (OpenCV's cascade, frontal faces), auto (mtcnn;
+    haar with a warning when its weights are not installed)"""
     no_progress: bool = False
     """no progress bar"""
 
@@ -330,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             not args.no_progress,
             overrides=overrides,
+            detector=args.detector,
         )
     except (PredictError, RunError, BackboneError, EncoderError, SpecError, StoreError, FaceDetectorError,
             ConfigError) as e:  # fmt: skip

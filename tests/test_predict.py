@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mediatree import write_video
 
-from expr.features.faces import FaceDetector, crop_face
+from expr.features.faces import TEMPLATE, FaceDetectorError, HaarDetector, face_detector, similarity
 
 
 def photo(name):
@@ -16,25 +16,78 @@ def photo(name):
     return np.stack([image] * 3, -1) if image.ndim == 2 else image
 
 
-def test_the_shipped_detector_finds_the_face_in_a_photograph_and_none_in_a_face_free_one():
-    detector = FaceDetector()
-    hit = detector.detect(photo("astronaut"))
-    assert hit is not None
-    (x, y, w, h), angle = hit
+@pytest.mark.parametrize("name", ["mtcnn", "haar"])
+def test_the_shipped_detectors_find_the_face_in_a_photograph_and_none_in_face_free_ones(name):
+    detector = face_detector(name)
+    face = detector.detect(photo("astronaut"))
+    assert face is not None
+    x, y, w, h = face.box
     # Eileen Collins' face in scikit-image's astronaut.png lies around x 180-270, y 65-160.
-    assert 150 < x + w / 2 < 300 and 60 < y + h / 2 < 170 and 60 < w < 160 and abs(angle) < 20
+    assert 150 < x + w / 2 < 300 and 60 < y + h / 2 < 170 and 60 < w < 160 and abs(face.angle) < 20
     assert detector.detect(photo("coffee")) is None and detector.detect(photo("chelsea")) is None  # a cup, a cat
-    crop = crop_face(photo("astronaut"), *hit)
+    crop = face.crop(photo("astronaut"))
     assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
 
 
-def test_an_upright_crop_undoes_an_in_plane_rotation():
+def test_mtcnn_gives_five_landmarks_in_place_and_aligned_crops_put_them_on_the_template():
+    from expr.features.mtcnn import MTCNN
+
+    boxes, scores, points = MTCNN().detect(photo("astronaut"))  # facenet-pytorch's settings: its numbers
+    np.testing.assert_allclose(boxes, [[181.05, 62.16, 267.75, 172.05]], atol=0.05)
+    np.testing.assert_allclose(points[0, [0, 4]], [[205.01, 101.73], [245.27, 141.86]], atol=0.05)
+    face = face_detector("mtcnn").detect(photo("astronaut"))
+    (x, y, w, h), marks = face.box, face.landmarks
+    assert ((marks >= [x, y]) & (marks <= [x + w, y + h])).all()  # inside the box
+    left_eye, right_eye, nose, mouth_left, mouth_right = marks
+    assert left_eye[0] < nose[0] < right_eye[0] and mouth_left[0] < mouth_right[0]
+    assert max(left_eye[1], right_eye[1]) < nose[1] < min(mouth_left[1], mouth_right[1])
+    matrix = similarity(marks, TEMPLATE)
+
+    def misfit(m):
+        return ((np.c_[marks, np.ones(5)] @ m.T - TEMPLATE) ** 2).sum()
+
+    assert np.sqrt(misfit(matrix) / 5) < 5.0  # five points, four degrees of freedom: close, not exact
+    for change in (np.diag([1.02, 1.02]), np.array([[1, 0.02], [-0.02, 1]])):  # the least-squares fit
+        assert misfit(matrix) < misfit(np.c_[change @ matrix[:, :2], matrix[:, 2]])
+    assert misfit(matrix) < misfit(matrix + [[0, 0, 0.5], [0, 0, 0]])
+
+
+def test_similarity_recovers_a_known_transform():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (5, 2))
+    angle, scale, shift = np.radians(17), 0.6, np.array([12.0, -4.0])
+    rot = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    np.testing.assert_allclose(similarity(src, src @ rot.T + shift), np.c_[rot, shift], atol=1e-9)
+
+
+@pytest.mark.parametrize("name", ["mtcnn", "haar"])
+def test_an_aligned_crop_undoes_an_in_plane_rotation(name):
     import cv2
 
     image = photo("astronaut")
     rotated = cv2.warpAffine(image, cv2.getRotationMatrix2D((225, 110), -12, 1.0), (512, 512))
-    hit = FaceDetector().detect(rotated)
-    assert hit is not None and 4 < abs(hit[1]) < 20  # the eyes give the tilt
+    face = face_detector(name).detect(rotated)
+    assert face is not None
+    if name == "haar":
+        assert 4 < abs(face.angle) < 20  # the eyes give the tilt
+        return
+    eyes = face.landmarks[1] - face.landmarks[0]
+    assert 8 < abs(np.degrees(np.arctan2(eyes[1], eyes[0]))) < 16  # the landmarks see the tilt
+    again = face_detector(name).detect(np.ascontiguousarray(face.crop(rotated, 224)))  # the crop is upright
+    eyes = again.landmarks[1] - again.landmarks[0]
+    assert abs(np.degrees(np.arctan2(eyes[1], eyes[0]))) < 3
+
+
+def test_without_mtcnn_weights_auto_falls_back_to_haar_with_a_warning(monkeypatch, caplog):
+    import expr.features.mtcnn as mtcnn
+
+    monkeypatch.setattr(mtcnn, "WEIGHTS_PACKAGE", "no_such_package_here")
+    with pytest.raises(FaceDetectorError, match="pip install facenet-pytorch==2.5.3"):
+        face_detector("mtcnn")
+    assert isinstance(face_detector("auto"), HaarDetector)
+    assert "falling back to OpenCV's Haar cascade" in caplog.text
+    with pytest.raises(FaceDetectorError, match="choose one of auto, mtcnn, haar"):
+        face_detector("dlib")
 
 
 def clip_from_photo(path, name, frames=12, fps=10, audio=True):

@@ -1,26 +1,100 @@
-"""Face detection and cropping for raw videos (``expr predict``), with the detector that ships inside
-``opencv-python-headless`` (Haar cascades in ``cv2.data``; nothing is downloaded).
+"""Face detection and aligned crops for raw videos (``expr predict``). Nothing is downloaded: the detectors' weights
+ship inside installed packages.
 
-Each frame: the largest frontal face; the two eyes inside it give the in-plane angle; the face is rotated upright,
-cut as a square 1.25 times the detected box around its centre and resized to 112 x 112, like Aff-Wild2's
-``cropped_aligned`` crops.
+- ``mtcnn`` (default): MTCNN's boxes and five landmarks (:mod:`expr.features.mtcnn`, weights from the
+  ``facenet-pytorch`` wheel); the crop is the similarity transform that maps the landmarks onto the standard
+  112 x 112 five-point template (ArcFace's), the way Aff-Wild2's ``cropped_aligned`` crops were made from a landmark
+  detector (their exact template is not published; this is the common one).
+- ``haar``: OpenCV's Haar cascades (``opencv-python-headless``): the largest frontal face, the in-plane angle from
+  the two eyes, an upright square 1.25 times the box. A fallback: it misses profiles and finds false faces.
+
+Each frame gives the largest face (by box area).
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 CROP_SIZE = 112
 MARGIN = 1.25
+TEMPLATE = np.array(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+"""Where the eyes, nose tip and mouth corners land in a 112 x 112 aligned crop (the ArcFace template)."""
+DETECTORS = ("auto", "mtcnn", "haar")
+
+logger = logging.getLogger("expr.faces")
 
 
 class FaceDetectorError(RuntimeError):
     """The detector's model files are missing from the installed package."""
 
 
-class FaceDetector:
+@dataclass
+class Face:
+    """One detected face: ``box`` x, y, w, h; ``angle`` (Haar: the eye line's tilt in degrees); ``landmarks`` [5, 2]
+    (MTCNN: left eye, right eye, nose, left and right mouth corners, in image pixels)."""
+
+    box: np.ndarray
+    angle: float = 0.0
+    landmarks: np.ndarray | None = None
+    score: float = 1.0
+
+    def crop(self, rgb: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+        """The aligned ``size`` x ``size`` RGB crop."""
+        if self.landmarks is not None:
+            return align(rgb, self.landmarks, size)
+        return crop_face(rgb, self.box, self.angle, size)
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2 x 3 similarity transform (rotation, uniform scale, translation) mapping points ``src`` [N, 2] onto
+    ``dst`` [N, 2] in the least-squares sense (Umeyama 1991)."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    ms, md = src.mean(0), dst.mean(0)
+    s, d = src - ms, dst - md
+    u, sigma, vt = np.linalg.svd(d.T @ s / len(src))
+    sign = np.diag([1.0, np.sign(np.linalg.det(u @ vt))])
+    rot = u @ sign @ vt
+    scale = np.trace(np.diag(sigma) @ sign) / s.var(0).sum()
+    return np.hstack([scale * rot, (md - scale * rot @ ms)[:, None]])
+
+
+def align(rgb: np.ndarray, landmarks: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
+    """The crop whose five landmarks fall on :data:`TEMPLATE` (scaled to ``size``)."""
+    import cv2
+
+    matrix = similarity(landmarks, TEMPLATE * size / CROP_SIZE)
+    return cv2.warpAffine(rgb, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+class MTCNNDetector:
+    def __init__(self, min_size: int = 40, threshold: float = 0.9, device: str = "cpu"):
+        from expr.features.mtcnn import MTCNN, MTCNNError
+
+        try:
+            self.model = MTCNN(min_size=min_size, device=device)
+        except MTCNNError as e:
+            raise FaceDetectorError(str(e)) from None
+        self.threshold = threshold
+
+    def detect(self, rgb: np.ndarray) -> Face | None:
+        """The largest face with a score of at least ``threshold``, or None."""
+        boxes, scores, points = self.model.detect(rgb)
+        keep = scores >= self.threshold
+        if not keep.any():
+            return None
+        boxes, scores, points = boxes[keep], scores[keep], points[keep]
+        i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
+        x1, y1, x2, y2 = boxes[i]
+        return Face(np.array([x1, y1, x2 - x1, y2 - y1]), 0.0, points[i].astype(np.float64), float(scores[i]))
+
+
+class HaarDetector:
     def __init__(self, min_size: int = 40):
         import cv2
 
@@ -36,8 +110,8 @@ class FaceDetector:
         self.eyes = cv2.CascadeClassifier(str(eye_xml))
         self.min_size = min_size
 
-    def detect(self, rgb: np.ndarray) -> tuple[np.ndarray, float] | None:
-        """(box x, y, w, h of the largest face, eye angle in degrees) or None."""
+    def detect(self, rgb: np.ndarray) -> Face | None:
+        """The largest face (its box and eye angle in degrees), or None."""
         import cv2
 
         gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
@@ -52,11 +126,27 @@ class FaceDetector:
             (lx, ly), (rx, ry) = ((e[0] + e[2] / 2, e[1] + e[3] / 2) for e in two)
             if rx - lx > w / 5:  # two distinct eyes, left and right
                 angle = float(np.degrees(np.arctan2(ry - ly, rx - lx)))
-        return np.array([x, y, w, h]), angle
+        return Face(np.array([x, y, w, h]), angle)
+
+
+def face_detector(name: str = "auto", device: str = "cpu"):
+    """The detector ``name``: ``mtcnn``, ``haar``, or ``auto`` (MTCNN; Haar with a warning when MTCNN's weights are
+    not installed)."""
+    if name not in DETECTORS:
+        raise FaceDetectorError(f"--detector {name}: choose one of {', '.join(DETECTORS)}")
+    if name == "haar":
+        return HaarDetector()
+    try:
+        return MTCNNDetector(device=device)
+    except FaceDetectorError as e:
+        if name == "mtcnn":
+            raise
+        logger.warning("warning: %s; falling back to OpenCV's Haar cascade (frontal faces only)", e)
+        return HaarDetector()
 
 
 def crop_face(rgb: np.ndarray, box: np.ndarray, angle: float = 0.0, size: int = CROP_SIZE) -> np.ndarray:
-    """The upright square crop around ``box``, ``size`` x ``size`` RGB."""
+    """The upright square crop around ``box`` (x, y, w, h) rotated by ``angle``, ``size`` x ``size`` RGB."""
     import cv2
 
     x, y, w, h = box
