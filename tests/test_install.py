@@ -58,3 +58,9 @@ def test_expr_command_runs():
     exe = __import__("pathlib").Path(sys.executable).with_name("expr")
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True)
     assert out.returncode == 0 and "train" in out.stdout
+
+
+def test_the_face_detectors_weights_come_with_the_install():
+    from expr.features.mtcnn import weights_dir
+
+    assert sorted(p.name for p in weights_dir().glob("*net.pt")) == ["onet.pt", "pnet.pt", "rnet.pt"]
