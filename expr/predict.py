@@ -1,13 +1,13 @@
 """``expr predict VIDEO --run RUN_DIR --out DIR``: per-frame expression labels for a raw video.
 
 Faces are detected (MTCNN by default, ``--detector``), aligned and cropped in every frame (``expr.features.faces``),
-the audio track is decoded and resampled, the backbones the run's features came from encode both (``--clip`` / ``--wav2vec2`` override), and the
-head predicts as in evaluation: windows every ``data.eval_stride`` frames, then the path from window probabilities
-to frame labels that evaluation and submission share (:mod:`expr.evaluation`: placed at each window's label frame and
-interpolated, frames without a face filled from the nearest face frame, the run's calibration (``expr calibrate``)
-and smoothing). ``--run`` may also be an ensemble folder (``expr ensemble``): each member predicts on its own
-encoders and the ensemble decides on their weighted mean. A video with no detectable face or no audio still gets an
-answer, with the missing stream masked and a warning.
+the audio track is decoded and resampled, the backbones the run's features came from encode both (``--clip`` /
+``--wav2vec2`` override), and the head predicts as in evaluation: windows every ``data.eval_stride`` frames, then the
+path from window probabilities to frame labels that evaluation and submission share (:mod:`expr.evaluation`: placed
+at each window's label frame and interpolated, frames without a face filled from the nearest face frame, the run's
+calibration (``expr calibrate``) and smoothing). ``--run`` may also be an ensemble folder (``expr ensemble``): each
+member predicts on its own encoders and the ensemble decides on their weighted mean. A video with no detectable face
+or no audio still gets an answer, with the missing stream masked and a warning.
 
 Writes ``DIR/<video>.csv`` (frame, time, label, class probabilities), ``DIR/<video>_timeline.png`` and the extracted
 features as a one-video store (``DIR/<video>_features/``).

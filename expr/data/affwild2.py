@@ -52,37 +52,9 @@ class LayoutError(ValueError):
     """A tree that is not an Aff-Wild2 EXPR layout; the message says what is missing."""
 
 
-def read_annotation(path: str | Path, classes: Sequence[str] = ABAW_CLASSES) -> np.ndarray:
-    """Per-frame labels of one annotation file (int64, ``-1`` = ignore); frame i is line i + 2 of the file."""
-    path = Path(path)
-    try:
-        lines = path.read_text().splitlines()
-    except UnicodeDecodeError:
-        raise AnnotationError(f"{path}: not a text file") from None
-    if not lines:
-        raise AnnotationError(f"{path}:1: empty file; expected a header line with the class names")
-    header = [c.strip() for c in lines[0].split(",")]
-    if [c.lower() for c in header] != [c.lower() for c in classes]:
-        raise AnnotationError(
-            f"{path}:1: header {lines[0].strip()!r} does not list the expected classes {','.join(classes)}"
-        )
-    while lines and not lines[-1].strip():  # trailing blank lines are harmless
-        lines.pop()
-    labels = np.empty(len(lines) - 1, np.int64)
-    for i, line in enumerate(lines[1:]):
-        text = line.strip()
-        try:
-            value = int(text)
-        except ValueError:
-            raise AnnotationError(f"{path}:{i + 2}: {text!r} is not an integer label") from None
-        if not -1 <= value < len(classes):
-            raise AnnotationError(f"{path}:{i + 2}: label {value} is outside -1..{len(classes) - 1}")
-        labels[i] = value
-    return labels
-
-
-def _rows(path: Path, header: Sequence[str]) -> list[tuple[int, list[str]]]:
-    """(line number, comma-separated fields) of a task annotation file's frame lines, after its header is checked."""
+def _lines(path: Path, header: Sequence[str]) -> list[tuple[int, str]]:
+    """(line number, text) of an annotation file's frame lines, after its header (``header``, case aside) is checked;
+    trailing blank lines are harmless."""
     try:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError:
@@ -93,8 +65,29 @@ def _rows(path: Path, header: Sequence[str]) -> list[tuple[int, list[str]]]:
         raise AnnotationError(f"{path}:1: header {lines[0].strip()!r} is not {','.join(header)}")
     while lines and not lines[-1].strip():
         lines.pop()
+    return [(n, line.strip()) for n, line in enumerate(lines[1:], start=2)]
+
+
+def read_annotation(path: str | Path, classes: Sequence[str] = ABAW_CLASSES) -> np.ndarray:
+    """Per-frame labels of one EXPR annotation file (int64, ``-1`` = ignore); frame i is line i + 2 of the file."""
+    path = Path(path)
+    rows = _lines(path, classes)
+    labels = np.empty(len(rows), np.int64)
+    for i, (n, text) in enumerate(rows):
+        try:
+            value = int(text)
+        except ValueError:
+            raise AnnotationError(f"{path}:{n}: {text!r} is not an integer label") from None
+        if not -1 <= value < len(classes):
+            raise AnnotationError(f"{path}:{n}: label {value} is outside -1..{len(classes) - 1}")
+        labels[i] = value
+    return labels
+
+
+def _rows(path: Path, header: Sequence[str]) -> list[tuple[int, list[str]]]:
+    """(line number, comma-separated fields) of a VA or AU annotation file's frame lines, one field per column."""
     rows = []
-    for n, line in enumerate(lines[1:], start=2):
+    for n, line in _lines(path, header):
         fields = [f.strip() for f in line.split(",")]
         if len(fields) != len(header):
             raise AnnotationError(f"{path}:{n}: {len(fields)} values, expected {len(header)} ({','.join(header)})")
