@@ -220,6 +220,9 @@ MUTATIONS = [
     ("align-landmarks", "a landmark face is aligned by its landmarks (similarity to the template)",
      "expr/features/faces.py", "        if self.landmarks is not None:\n            return align(",
      "        if False:\n            return align(", ["tests/test_predict.py", "-k", "rotation"]),
+    ("predict-goes-on", "an unreadable video among many is reported and the others go on", "expr/predict.py",
+     "            failed.append((video, str(e)))\n            continue", "            raise",
+     ["tests/test_predict.py", "-k", "several"]),
 ]  # fmt: skip
 
 

@@ -26,8 +26,8 @@ commands:
            evaluate, submit and predict apply them
   submit   RUN_DIR --example EXAMPLE.csv --out FILE.csv [--cache CACHE] [--format csv|per-video]
            the challenge prediction file for the test videos, validated against the organisers' example
-  predict  VIDEO --run RUN_DIR --out DIR
-           per-frame labels and probabilities (CSV) and a timeline plot (PNG) for a raw video
+  predict  VIDEO_OR_FOLDER [...] --run RUN_DIR --out DIR [--detector auto|mtcnn|haar]
+           per-frame labels and probabilities (CSV) and a timeline plot (PNG) for raw videos
   export   RUN_DIR --out DIR
            the best head as a model folder (config.json, model.safetensors, README.md model card; Hub layout)
   sweep    --study NAME [--seeds 42,43] [--folds 5] [--out DIR] [-- CONFIG OVERRIDES]

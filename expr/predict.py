@@ -1,4 +1,4 @@
-"""``expr predict VIDEO --run RUN_DIR --out DIR``: per-frame expression labels for a raw video.
+"""``expr predict VIDEO_OR_FOLDER [...] --run RUN_DIR --out DIR``: per-frame expression labels for raw videos.
 
 Faces are detected (MTCNN by default, ``--detector``), aligned and cropped in every frame (``expr.features.faces``),
 the audio track is decoded and resampled, the backbones the run's features came from encode both (``--clip`` /
@@ -10,13 +10,15 @@ member predicts on its own encoders and the ensemble decides on their weighted m
 or no audio still gets an answer, with the missing stream masked and a warning.
 
 Writes ``DIR/<video>.csv`` (frame, time, label, class probabilities), ``DIR/<video>_timeline.png`` and the extracted
-features as a one-video store (``DIR/<video>_features/``).
+features as a one-video store (``DIR/<video>_features/``) for each video; folders are searched recursively, and a
+video that cannot be read is reported while the others go on.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +27,7 @@ import numpy as np
 
 from expr.atomic import atomic_path
 from expr.config import Config, ConfigError, apply_dict, resolve_device
+from expr.data.folder import VIDEO_SUFFIXES
 from expr.data.media import MediaError, decode_audio, iter_frames, probe
 from expr.data.store import FrameStore, StoreError, VideoRecord, write_store
 from expr.features.backbones import BACKBONE_KEYS, BackboneError, Backbones, backbone_options, clip_option
@@ -287,8 +290,8 @@ def plot_timeline(probs, face, fps, classes, path: Path, title: str, has_audio: 
 
 @dataclass(kw_only=True)
 class PredictOptions:
-    video: str = positional()
-    """the video file"""
+    videos: tuple[str, ...] = positional()
+    """video files and/or folders (searched recursively for .mp4 .avi .mov .mkv .webm .m4v)"""
     run: str
     """a run directory, a folder written by `expr export`, or an ensemble folder (`expr ensemble`)"""
     out: str
@@ -328,20 +331,67 @@ def main(argv: list[str] | None = None) -> int:
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        result = predict_video(
-            args.video,
-            args.run,
-            args.out,
-            args.clip,
-            args.wav2vec2,
-            args.device,
-            not args.no_progress,
-            overrides=overrides,
-            detector=args.detector,
-        )
+        videos = find_videos(args.videos)
+        kw = dict(clip=args.clip, wav2vec2=args.wav2vec2, device=args.device, progress=not args.no_progress,
+                  overrides=overrides, detector=args.detector)  # fmt: skip
+        results, failed = predict_videos(videos, args.run, args.out, **kw)
     except (PredictError, RunError, BackboneError, EncoderError, SpecError, StoreError, FaceDetectorError,
             ConfigError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {result['csv']} ({result['frames']} frames) and {result['png']}")
-    return 0
+    for result in results:
+        print(f"wrote {result['csv']} ({result['frames']} frames) and {result['png']}")
+    frames, seconds = sum(r["frames"] for r in results), sum(r["seconds"] for r in results)
+    rate = frames / max(seconds, 1e-9)
+    print(f"{len(results)} of {len(videos)} videos, {frames} frames in {seconds:.1f} s ({rate:.1f} frames/s)")
+    for video, error in failed:
+        print(f"error: {video}: {error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def find_videos(paths) -> list[Path]:
+    """The video files among ``paths``: files as given, folders searched recursively (sorted), each once."""
+    out: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
+        elif path.is_file():
+            out.append(path)
+        else:
+            raise PredictError(f"{path}: no such file or folder")
+    if not out:
+        raise PredictError(f"no video files ({' '.join(VIDEO_SUFFIXES)}) in {', '.join(map(str, paths))}")
+    out = list(dict.fromkeys(out))
+    stems: dict[str, Path] = {}
+    for video in out:
+        if video.stem in stems:
+            raise PredictError(f"{stems[video.stem]} and {video} would write the same outputs ({video.stem}.csv): "
+                               f"predict them into separate --out folders")  # fmt: skip
+        stems[video.stem] = video
+    return out
+
+
+def predict_videos(videos: list[Path], run, out, clip=None, wav2vec2=None, device="auto", progress=True,
+                   overrides=None, detector="auto"):  # fmt: skip
+    """:func:`predict_video` for each of ``videos`` into ``out``, the run's head and encoders loaded once; a video
+    that cannot be read is reported and the others go on. Returns (results, [(video, error)])."""
+    from tqdm.auto import tqdm
+
+    device = resolve_device(device)
+    backbones = None
+    if ensemble_members(run) is None:  # one set of encoders for every video
+        _, info = load_head(run, overrides=overrides)
+        backbones = run_backbones(info, clip, wav2vec2, device)
+    results, failed = [], []
+    bar = tqdm(videos, unit="video", desc="videos", disable=not progress or len(videos) < 2)
+    for video in bar:
+        bar.set_postfix_str(video.name)
+        start = time.perf_counter()
+        try:
+            result = predict_video(video, run, out, clip, wav2vec2, device, progress, backbones, overrides, detector)
+        except PredictError as e:
+            logger.warning("error: %s (going on with the other videos)", e)
+            failed.append((video, str(e)))
+            continue
+        results.append({**result, "seconds": time.perf_counter() - start})
+    return results, failed

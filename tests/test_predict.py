@@ -216,3 +216,30 @@ def test_predict_applies_the_runs_calibration(small_run, tmp_path):
     assert (predict_video(video, run, tmp_path / "cal", **kw)["labels"] == 3).all()
     plain = predict_video(video, run, tmp_path / "plain", overrides={"eval.calibrate": False}, **kw)
     assert not (plain["labels"] == 3).all()
+
+
+def test_predict_takes_several_videos_and_folders_and_goes_on_past_an_unreadable_one(small_run, tmp_path, capsys):
+    from expr.predict import main
+
+    videos = tmp_path / "videos"
+    (videos / "day2").mkdir(parents=True)
+    clip_from_photo(videos / "a.mp4", "astronaut", frames=8, audio=False)
+    (tmp_path / "src").mkdir()  # a clip with audio leaves its helper files beside it
+    clip_from_photo(tmp_path / "src" / "b.mp4", "astronaut", frames=8).rename(videos / "day2" / "b.mp4")
+    (videos / "day2" / "broken.mp4").write_bytes(b"not a video")
+    (videos / "notes.txt").write_text("not a video either, and not one by its name")
+    lone = clip_from_photo(tmp_path / "c.mp4", "coffee", frames=8, audio=False)
+    common = ["--run", small_run["run_dir"], "--clip", "random", "--wav2vec2", "random", "--device", "cpu",
+              "--no-progress"]  # fmt: skip
+    assert main([str(videos), str(lone), "--out", str(tmp_path / "out"), *common]) == 1
+    out, err = capsys.readouterr()
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.csv")) == ["a.csv", "b.csv", "c.csv"]
+    assert "3 of 4 videos, 24 frames in" in out and "frames/s" in out
+    assert "broken.mp4" in err and "notes.txt" not in err
+    (videos / "day2" / "broken.mp4").unlink()
+    assert main([str(videos), "--out", str(tmp_path / "out2"), *common]) == 0
+    clip_from_photo(videos / "day2" / "a.mp4", "astronaut", frames=8, audio=False)
+    assert main([str(videos), "--out", str(tmp_path / "out3"), *common]) == 2
+    assert "would write the same outputs (a.csv)" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "out4"), *common]) == 2
+    assert "missing.mp4: no such file or folder" in capsys.readouterr().err
