@@ -49,7 +49,7 @@ def calibrate(
         raise RunError(f"{path}: no frame probabilities of split '{split}'; run `expr ensemble ... --split {split}`")
     report = json.loads((where / "report.json").read_text())
     data = np.load(where / "frame_probs.npz")
-    if "frame_offset" not in data:
+    if "subject" not in data:
         again = "run `expr ensemble` again" if ensemble else "evaluate the run again"
         raise RunError(f"{where / 'frame_probs.npz'} predates calibration; {again}")
     rows, labels = data["rows"], data["labels"]
@@ -58,9 +58,8 @@ def calibrate(
     if "groups" in data:  # an ensemble of a k-fold study: its folds
         group, what = data["groups"], f"{len(np.unique(data['groups']))} folds"
     else:  # whole raw videos (both tracks of one together)
-        subject = data["subject"] if "subject" in data else np.searchsorted(data["frame_offset"], rows, side="right")
-        k = min(groups, len(np.unique(subject)))
-        group, what = video_groups(subject, k), f"{k} groups of videos"
+        k = min(groups, len(np.unique(data["subject"])))
+        group, what = video_groups(data["subject"], k), f"{k} groups of videos"
     offsets = fit_offsets(probs, labels)
     labelled = np.unique(group[labels >= 0])
     held = cross_fit(probs, labels, group)[0] if len(labelled) >= 2 else None
@@ -118,10 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     except (RunError, StoreError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    where = Path(args.run_dir) / "eval" / args.split
-    print((where / "report.md").read_text())
-    if not report:
+    if not report:  # a secondary process under accelerate launch: the main one reports
         return 0
+    print((Path(args.run_dir) / "eval" / args.split / "report.md").read_text())
     print(f"wrote {Path(args.run_dir) / CALIBRATION}; evaluate, submit and predict apply it")
     return 0
 

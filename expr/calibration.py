@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from expr.data.store import video_name
+from expr.data.store import video_name, video_of_rows
 from expr.metrics import confusion_matrix, per_class_f1
 
 GRID = np.round(np.linspace(-4.0, 4.0, 33), 6)
@@ -104,7 +104,7 @@ def subject_ids(names, rows: np.ndarray, frame_offset: np.ndarray) -> np.ndarray
     tracks share their video's id)."""
     ids = {n: i for i, n in enumerate(dict.fromkeys(video_name(n) for n in names))}
     per_video = np.array([ids[video_name(n)] for n in names], np.int64)
-    return per_video[np.searchsorted(frame_offset, rows, side="right") - 1]
+    return per_video[video_of_rows(frame_offset, rows)]
 
 
 __all__ = ["GRID", "apply_offsets", "cross_fit", "fit_offsets", "macro_f1", "subject_ids", "video_groups"]

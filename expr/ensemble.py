@@ -31,7 +31,7 @@ import numpy as np
 from expr.atomic import write_text
 from expr.calibrate import calibrate as calibrate_folder
 from expr.config import ConfigError, Smoothing
-from expr.data.store import StoreError
+from expr.data.store import StoreError, video_of_rows
 from expr.evaluation import Decision
 from expr.metrics import classification_report
 from expr.options import parse_options, positional
@@ -223,7 +223,7 @@ def ensemble(
         "split": split if not extra else f"{split} (out of fold)",
         "window": "per member",
         "stride": "per member",
-        "videos": len(np.unique(np.searchsorted(frame_offset, rows, side="right"))),
+        "videos": len(np.unique(video_of_rows(frame_offset, rows))),
         "frames": int(len(rows)),
         "labelled_frames": int((labels >= 0).sum()),
         **decision_metrics(labels, rows, probs, num_frames, frame_offset, decision, classes),

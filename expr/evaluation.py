@@ -29,6 +29,7 @@ import numpy as np
 
 from expr.calibration import apply_offsets
 from expr.config import SMOOTHING
+from expr.data.store import video_of_rows
 from expr.data.windows import label_position
 from expr.metrics import classification_report
 
@@ -165,7 +166,7 @@ def smooth_rows(
         raise ValueError(f"unknown smoothing '{method}'; choose one of {', '.join(SMOOTHING)}")
     if method == "none" or width <= 1 or len(rows) == 0:
         return probs
-    owner = np.searchsorted(frame_offset, rows, side="right") - 1  # the video of each row (offsets ascend)
+    owner = video_of_rows(frame_offset, rows)
     order = np.lexsort((rows, owner))  # by video, then time
     out = np.array(probs, np.float64, copy=True)
     for at in np.split(order, np.flatnonzero(np.diff(owner[order])) + 1):
@@ -191,9 +192,6 @@ class Decision:
         """The probabilities of whole videos' frame ``rows`` of a store (``num_frames``, ``frame_offset``)."""
         calibrated = apply_offsets(probs, self.offsets)
         return smooth_rows(rows, calibrated, num_frames, frame_offset, self.smoothing, self.width)
-
-    def uncalibrated(self) -> Decision:
-        return Decision(None, self.smoothing, self.width)
 
     def unsmoothed(self) -> Decision:
         return Decision(self.offsets)

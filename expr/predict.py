@@ -148,19 +148,19 @@ def predict_video(
     progress: bool = True,
     backbones=None,
     overrides: dict[str, Any] | None = None,
-    detector: str = "auto",
+    detector="auto",
 ) -> dict[str, Any]:
     """Predict every frame of ``video`` with the head of ``run`` (a run directory, an exported folder, or an ensemble
     folder of ``expr ensemble``: its members' weighted probabilities); ``overrides`` of its config as for
-    :func:`expr.runs.load_run` (e.g. ``eval.smoothing``); ``detector``: the face detector
-    (:func:`expr.features.faces.face_detector`)."""
+    :func:`expr.runs.load_run` (e.g. ``eval.smoothing``); ``detector``: the face detector, by name
+    (:func:`expr.features.faces.face_detector`) or built."""
 
     video, out = Path(video), Path(out)
     if not video.is_file():
         raise PredictError(f"{video}: no such file")
     device = resolve_device(device)
     members = ensemble_members(run)
-    faces = face_detector(detector, device)
+    faces = face_detector(detector, device) if isinstance(detector, str) else detector
     if members is None:
         record, probs, warnings, cfg = video_probs(video, run, out, clip, wav2vec2, device, progress, backbones,
                                                    overrides, faces)  # fmt: skip
@@ -373,11 +373,13 @@ def find_videos(paths) -> list[Path]:
 
 def predict_videos(videos: list[Path], run, out, clip=None, wav2vec2=None, device="auto", progress=True,
                    overrides=None, detector="auto"):  # fmt: skip
-    """:func:`predict_video` for each of ``videos`` into ``out``, the run's head and encoders loaded once; a video
-    that cannot be read is reported and the others go on. Returns (results, [(video, error)])."""
+    """:func:`predict_video` for each of ``videos`` into ``out``, the face detector and (for a run or export) the
+    encoders built once; a video that cannot be read is reported and the others go on. Returns (results,
+    [(video, error)])."""
     from tqdm.auto import tqdm
 
     device = resolve_device(device)
+    faces = face_detector(detector, device)  # one fallback warning, not one per video
     backbones = None
     if ensemble_members(run) is None:  # one set of encoders for every video
         _, info = load_head(run, overrides=overrides)
@@ -388,7 +390,7 @@ def predict_videos(videos: list[Path], run, out, clip=None, wav2vec2=None, devic
         bar.set_postfix_str(video.name)
         start = time.perf_counter()
         try:
-            result = predict_video(video, run, out, clip, wav2vec2, device, progress, backbones, overrides, detector)
+            result = predict_video(video, run, out, clip, wav2vec2, device, progress, backbones, overrides, faces)
         except PredictError as e:
             logger.warning("error: %s (going on with the other videos)", e)
             failed.append((video, str(e)))

@@ -247,7 +247,6 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
         "sets": header_sets,
         "default_visual": [sets.visual_names[0]],
         "default_audio": sets.audio_names[0] if sets.audio_names else None,
-        "tasks": ["expr", *sorted(annotated)],
     }
     write_header(tmp, header)
 
@@ -483,6 +482,11 @@ def _fixed_to_numpy(column, dim: int, dtype=np.float16) -> np.ndarray:
     return out
 
 
+def video_of_rows(frame_offset: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The video of each frame row of a store whose videos start at ``frame_offset`` (ascending)."""
+    return np.searchsorted(frame_offset, rows, side="right") - 1
+
+
 def video_name(annotation_name: str) -> str:
     """The raw video an annotation belongs to: ``<video>_left`` and ``<video>_right`` share ``<video>``."""
     for side in SIDES:
@@ -542,7 +546,6 @@ class FrameStore:
             raise StoreError(f"{self.path}: incomplete feature store ({e})") from None
         self.face = frames.column("face").to_numpy().astype(bool)  # [N]
         self.labels = frames.column("label").to_numpy().astype(np.int64)  # [N]
-        self.tasks: list[str] = list(self.meta.get("tasks", ["expr"]))
         self.task_labels: dict[str, np.ndarray] = {}  # "va": [N, 2] float32 (NaN), "au": [N, 12] int8 (-1)
         self.task_splits: dict[str, np.ndarray] = {}  # "va": the VA split of each video ("" = not annotated)
         for task, (width, dtype, _) in TASK_LABELS.items():
@@ -550,6 +553,7 @@ class FrameStore:
                 flat = frames.column(task).combine_chunks().flatten().to_numpy(zero_copy_only=False)
                 self.task_labels[task] = flat.astype(dtype).reshape(-1, width)
                 self.task_splits[task] = np.array(videos[f"split_{task}"])
+        self.tasks = ["expr", *sorted(self.task_labels)]  # the tasks this store has labels for
         self.names: list[str] = videos["name"]
         self.splits = np.array(videos["split"])
         self.fps = np.asarray(videos["fps"], np.float64)

@@ -35,10 +35,6 @@ def weights_dir() -> Path:
     return folder
 
 
-def _stack(*layers: tuple[str, nn.Module]) -> list[tuple[str, nn.Module]]:
-    return list(layers)
-
-
 class _Net(nn.Module):
     """A sequence of named layers (the names are the state dicts' keys), then named output heads: box offsets,
     (landmarks,) face probability (the last head, through a softmax)."""
@@ -64,9 +60,9 @@ class _Net(nn.Module):
 
 def pnet() -> _Net:
     return _Net(
-        _stack(("conv1", nn.Conv2d(3, 10, 3)), ("prelu1", nn.PReLU(10)), ("pool1", nn.MaxPool2d(2, 2, ceil_mode=True)),
-               ("conv2", nn.Conv2d(10, 16, 3)), ("prelu2", nn.PReLU(16)), ("conv3", nn.Conv2d(16, 32, 3)),
-               ("prelu3", nn.PReLU(32))),
+        [("conv1", nn.Conv2d(3, 10, 3)), ("prelu1", nn.PReLU(10)), ("pool1", nn.MaxPool2d(2, 2, ceil_mode=True)),
+         ("conv2", nn.Conv2d(10, 16, 3)), ("prelu2", nn.PReLU(16)), ("conv3", nn.Conv2d(16, 32, 3)),
+         ("prelu3", nn.PReLU(32))],
         {"conv4_2": nn.Conv2d(32, 4, 1), "conv4_1": nn.Conv2d(32, 2, 1)},
         None,
     )  # fmt: skip
@@ -74,10 +70,10 @@ def pnet() -> _Net:
 
 def rnet() -> _Net:
     return _Net(
-        _stack(("conv1", nn.Conv2d(3, 28, 3)), ("prelu1", nn.PReLU(28)), ("pool1", nn.MaxPool2d(3, 2, ceil_mode=True)),
-               ("conv2", nn.Conv2d(28, 48, 3)), ("prelu2", nn.PReLU(48)), ("pool2", nn.MaxPool2d(3, 2, ceil_mode=True)),
-               ("conv3", nn.Conv2d(48, 64, 2)), ("prelu3", nn.PReLU(64)), ("dense4", nn.Linear(576, 128)),
-               ("prelu4", nn.PReLU(128))),
+        [("conv1", nn.Conv2d(3, 28, 3)), ("prelu1", nn.PReLU(28)), ("pool1", nn.MaxPool2d(3, 2, ceil_mode=True)),
+         ("conv2", nn.Conv2d(28, 48, 3)), ("prelu2", nn.PReLU(48)), ("pool2", nn.MaxPool2d(3, 2, ceil_mode=True)),
+         ("conv3", nn.Conv2d(48, 64, 2)), ("prelu3", nn.PReLU(64)), ("dense4", nn.Linear(576, 128)),
+         ("prelu4", nn.PReLU(128))],
         {"dense5_2": nn.Linear(128, 4), "dense5_1": nn.Linear(128, 2)},
         "dense4",
     )  # fmt: skip
@@ -85,11 +81,11 @@ def rnet() -> _Net:
 
 def onet() -> _Net:
     return _Net(
-        _stack(("conv1", nn.Conv2d(3, 32, 3)), ("prelu1", nn.PReLU(32)), ("pool1", nn.MaxPool2d(3, 2, ceil_mode=True)),
-               ("conv2", nn.Conv2d(32, 64, 3)), ("prelu2", nn.PReLU(64)), ("pool2", nn.MaxPool2d(3, 2, ceil_mode=True)),
-               ("conv3", nn.Conv2d(64, 64, 3)), ("prelu3", nn.PReLU(64)), ("pool3", nn.MaxPool2d(2, 2, ceil_mode=True)),
-               ("conv4", nn.Conv2d(64, 128, 2)), ("prelu4", nn.PReLU(128)), ("dense5", nn.Linear(1152, 256)),
-               ("prelu5", nn.PReLU(256))),
+        [("conv1", nn.Conv2d(3, 32, 3)), ("prelu1", nn.PReLU(32)), ("pool1", nn.MaxPool2d(3, 2, ceil_mode=True)),
+         ("conv2", nn.Conv2d(32, 64, 3)), ("prelu2", nn.PReLU(64)), ("pool2", nn.MaxPool2d(3, 2, ceil_mode=True)),
+         ("conv3", nn.Conv2d(64, 64, 3)), ("prelu3", nn.PReLU(64)), ("pool3", nn.MaxPool2d(2, 2, ceil_mode=True)),
+         ("conv4", nn.Conv2d(64, 128, 2)), ("prelu4", nn.PReLU(128)), ("dense5", nn.Linear(1152, 256)),
+         ("prelu5", nn.PReLU(256))],
         {"dense6_2": nn.Linear(256, 4), "dense6_3": nn.Linear(256, 10), "dense6_1": nn.Linear(256, 2)},
         "dense5",
     )  # fmt: skip
