@@ -226,6 +226,31 @@ MUTATIONS = [
     ("predict-goes-on", "an unreadable video among many is reported and the others go on", "expr/predict.py",
      "            failed.append((video, str(e)))\n            continue", "            raise",
      ["tests/test_predict.py", "-k", "several"]),
+    ("mtcnn-batch-nms", "a batch's images are suppressed apart (one image's box never drops another's)",
+     "expr/features/mtcnn.py", "apart = 4.0 * max(H, W)", "apart = 0.0",
+     ["tests/test_tracks.py", "-k", "faces_all"]),
+    ("track-iou", "a face joins a track only when it overlaps the track's last box enough", "expr/features/tracks.py",
+     "            if overlap < min_iou:\n                break", "            if overlap < 0:\n                break",
+     ["tests/test_tracks.py", "-k", "side_by_side"]),
+    ("track-gap", "a track lives on across at most max_gap frames without a face", "expr/features/tracks.py",
+     "if t - track.last <= max_gap + 1]", "if t - track.last <= max_gap + 2]",
+     ["tests/test_tracks.py", "-k", "side_by_side"]),
+    ("track-order", "tracks are numbered left to right", "expr/features/tracks.py",
+     "return sorted(kept, key=lambda t: t.centre_x)", "return kept", ["tests/test_tracks.py", "-k", "side_by_side"]),
+    ("track-span", "a track's outputs cover its own frames, numbered as in the video", "expr/predict.py",
+     "            person.faces[t - person.first] = face", "            person.faces[t - person.first - 1] = face",
+     ["tests/test_tracks.py", "-k", "faces_all"]),
+    ("frame-times", "a frame's time is its own timestamp", "expr/data/media.py",
+     "time = float(frame.time) - start if frame.time is not None else index / rate", "time = index / rate",
+     ["tests/test_predict.py", "-k", "variable or stretch"]),
+    ("skip-stretch", "an undecodable packet is left out and decoding goes on", "expr/data/media.py",
+     "                skipped.append(float(packet.pts * packet.time_base) - start if packet.pts is not None else "
+     "index / rate)\n                continue",
+     "                skipped.append(float(packet.pts * packet.time_base) - start if packet.pts is not None else "
+     "index / rate)\n                return", ["tests/test_predict.py", "-k", "stretch"]),
+    ("annotate-clock", "the annotated video keeps each frame's time", "expr/annotate.py",
+     "stream.time_base = stream.codec_context.time_base = TIME_BASE", "stream.time_base = TIME_BASE",
+     ["tests/test_predict.py", "-k", "variable"]),
 ]  # fmt: skip
 
 

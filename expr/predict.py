@@ -28,12 +28,13 @@ import numpy as np
 from expr.atomic import atomic_path
 from expr.config import Config, ConfigError, apply_dict, resolve_device
 from expr.data.folder import VIDEO_SUFFIXES
-from expr.data.media import MediaError, decode_audio, iter_frames, probe
+from expr.data.media import MediaError, decode_audio, probe, timed_frames
 from expr.data.store import FrameStore, StoreError, VideoRecord, write_store
 from expr.features.backbones import BACKBONE_KEYS, BackboneError, Backbones, backbone_options, clip_option
 from expr.features.encoders import EncoderError
-from expr.features.faces import FaceDetectorError, face_detector
+from expr.features.faces import Face, FaceDetectorError, face_detector
 from expr.features.spec import SpecError, parse_spec
+from expr.features.tracks import tracks_of
 from expr.inference import predict_frames
 from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
@@ -90,52 +91,135 @@ def backbone_specs(info: dict[str, Any], clip: str | None, wav2vec2: str | None)
     return clip, wav2vec2
 
 
-def extract_video(path: Path, backbones, detector, progress: bool = True, media: bool = False):
-    """VideoRecord of a raw video (split ``test``), plus a list of warnings. ``media`` also keeps the face crops
-    (JPEG) and the audio for a head trained in online mode."""
-    import io
+@dataclass
+class Person:
+    """One face track of a video, predicted over its frames ``first`` .. ``first + len(faces) - 1``: ``faces[i]``
+    (with its aligned crop) or None where none was found. Outputs are named ``name`` (the video's stem; with
+    ``--faces all``, ``<stem>_face<track>``, tracks numbered left to right)."""
 
-    from PIL import Image
+    name: str
+    track: int
+    first: int
+    faces: list[Face | None]
+
+    @property
+    def face(self) -> np.ndarray:
+        return np.array([f is not None for f in self.faces], bool)
+
+
+@dataclass
+class Footage:
+    """A video read once: each frame's time (its own timestamp, in seconds), the people found, the audio (16 kHz mono
+    wave and its start relative to frame 0; None without) and the warnings."""
+
+    path: Path
+    fps: float
+    times: np.ndarray
+    people: list[Person]
+    audio: tuple[np.ndarray, float] | None
+    warnings: list[str]
+
+
+def read_footage(path: Path, detector, faces: str = "largest", min_track_s: float = 1.0, batch: int = 16,
+                 progress: bool = True) -> Footage:  # fmt: skip
+    """Decode ``path`` once: faces detected (``batch`` frames of one size at a time through the detector) and
+    cropped, linked into people (``faces``: ``largest`` or ``all`` with tracks of at least ``min_track_s`` seconds),
+    the audio decoded. A stretch that cannot be decoded, a variable frame rate, no face or no audio: warnings."""
     from tqdm.auto import tqdm
 
     info = probe(path)
-    visual_encs = {name: backbones.visual(name) for name in backbones.visual_sets}
-    audio_name = next(iter(backbones.audio_sets))
-    audio_enc = backbones.audio(audio_name)
-    crops, found, jpeg = [], [], []
-    for frame in tqdm(iter_frames(path), total=info.num_frames, unit="frame", desc="faces", disable=not progress):
-        hit = detector.detect(frame)
-        found.append(hit is not None)
-        if hit is not None:
-            crops.append(Image.fromarray(hit.crop(frame)))
-        if media:
-            buf = io.BytesIO()
-            if hit is not None:
-                crops[-1].save(buf, format="JPEG", quality=95)
-            jpeg.append(buf.getvalue())
-    T = len(found)
-    face = np.array(found, bool)
-    visual = {name: np.zeros((T, enc.dim), np.float16) for name, enc in visual_encs.items()}
-    for name, enc in visual_encs.items():
-        if crops:
-            visual[name][face] = enc.encode(crops)
-    warnings = []
-    if not face.any():
-        warnings.append(f"{path.name}: no face detected in any frame; the prediction uses the audio alone")
-    audio, start, wave = None, 0.0, np.zeros(0, np.float16)
+    skipped: list[float] = []
+    times, detections, pending = [], [], []
+
+    def flush():
+        for (_, frame), found in zip(pending, detector.detect_batch(np.stack([f for _, f in pending])), strict=True):
+            found = found if faces == "all" else found[:1]  # largest first
+            for face in found:
+                face.image = face.crop(frame)
+            detections.append(found)
+        pending.clear()
+
+    bar = tqdm(total=info.num_frames, unit="frame", desc="faces", disable=not progress)
+    for time_s, frame in timed_frames(path, skipped):
+        if pending and (len(pending) == batch or pending[0][1].shape != frame.shape):
+            flush()
+        pending.append((time_s, frame))
+        times.append(time_s)
+        bar.update()
+    if pending:
+        flush()
+    bar.close()
+    if not times:
+        raise PredictError(f"{path}: no frame could be decoded")
+    T, fps, warnings = len(times), info.fps, []
+    if skipped:
+        span = f"{min(skipped):.2f} s to {max(skipped):.2f} s"
+        warnings.append(f"{path.name}: {len(skipped)} packets from {span} could not be decoded; their frames are "
+                        f"left out ({T} of {info.num_frames} frames predicted)")  # fmt: skip
+    steps = np.diff(times)
+    if len(steps) > 1 and (steps.max() > 1.5 * np.median(steps) or steps.min() < 0.5 * np.median(steps)):
+        warnings.append(f"{path.name}: variable frame rate (frame intervals {steps.min() * 1e3:.0f} to "
+                        f"{steps.max() * 1e3:.0f} ms): the CSV's times are the frames' own, the windows count frames "
+                        f"at the average {fps:.2f} frames/s")  # fmt: skip
+    tracks = tracks_of(detections, faces, min_frames=max(1, round(min_track_s * fps)), max_gap=max(1, round(fps / 2)))
+    found = [t for t in tracks if t.frames]
+    people = [Person(path.stem, 1, 0, [None] * T)] if faces == "largest" or not found else []
+    for k, track in enumerate(found if faces == "all" else [], start=1):
+        people.append(Person(f"{path.stem}_face{k}", k, track.first, [None] * (track.last - track.first + 1)))
+    for person, track in zip(people, found, strict=False):
+        for t, face in zip(track.frames, track.faces, strict=True):
+            person.faces[t - person.first] = face
+    if not found:
+        more = f" in a track of {min_track_s:g} s or longer" if faces == "all" and any(detections) else ""
+        warnings.append(f"{path.name}: no face detected{more}; the prediction uses the audio alone")
+    audio = None
     if not info.has_audio:
         warnings.append(f"{path.name}: no audio track; the prediction uses the faces alone")
     else:
         try:
-            wave, start = decode_audio(path, video_start=info.start)
-            audio = {audio_name: audio_enc.encode(wave)}
-            wave = wave.astype(np.float16)
+            audio = decode_audio(path, video_start=info.start)
         except MediaError as e:
             warnings.append(f"{e}; the prediction uses the faces alone")
-    record = VideoRecord(path.stem, "test", info.fps, visual, face, np.full(T, -1), audio, audio_enc.rate, start)
-    if media:
-        record.jpeg, record.wave = jpeg, wave
-    return record, warnings
+    return Footage(path, fps, np.asarray(times), people, audio, warnings)
+
+
+def person_records(footage: Footage, backbones, media: bool = False) -> list[VideoRecord]:
+    """A VideoRecord (split ``test``) per person of ``footage``, through ``backbones``' encoders (the audio encoded
+    once, each person's span of it). ``media`` also keeps the face crops (JPEG) and the audio for a head trained in
+    online mode."""
+    import io
+
+    from PIL import Image
+
+    audio_name = next(iter(backbones.audio_sets))
+    audio, start, wave = None, 0.0, np.zeros(0, np.float16)
+    if footage.audio is not None:
+        wave, start = footage.audio
+        audio = {audio_name: backbones.audio(audio_name).encode(wave)}
+        wave = wave.astype(np.float16)
+    records = []
+    for person in footage.people:
+        face = person.face
+        crops = [Image.fromarray(f.image) for f in person.faces if f is not None]
+        visual = {}
+        for name in backbones.visual_sets:
+            enc = backbones.visual(name)
+            visual[name] = np.zeros((len(face), enc.dim), np.float16)
+            if crops:
+                visual[name][face] = enc.encode(crops)
+        rate = backbones.audio(audio_name).rate
+        shift = start - person.first / footage.fps  # the audio's start relative to the person's first frame
+        record = VideoRecord(person.name, "test", footage.fps, visual, face, np.full(len(face), -1), audio, rate,
+                             shift)  # fmt: skip
+        if media:
+            record.jpeg, record.wave = [], wave
+            for f in person.faces:
+                buf = io.BytesIO()
+                if f is not None:
+                    Image.fromarray(f.image).save(buf, format="JPEG", quality=95)
+                record.jpeg.append(buf.getvalue())
+        records.append(record)
+    return records
 
 
 def predict_video(
@@ -149,77 +233,89 @@ def predict_video(
     backbones=None,
     overrides: dict[str, Any] | None = None,
     detector="auto",
+    faces: str = "largest",
+    min_track_s: float = 1.0,
+    annotate: bool = False,
+    batch: int = 16,
 ) -> dict[str, Any]:
     """Predict every frame of ``video`` with the head of ``run`` (a run directory, an exported folder, or an ensemble
-    folder of ``expr ensemble``: its members' weighted probabilities); ``overrides`` of its config as for
-    :func:`expr.runs.load_run` (e.g. ``eval.smoothing``); ``detector``: the face detector, by name
-    (:func:`expr.features.faces.face_detector`) or built."""
+    folder of ``expr ensemble``: its members' weighted probabilities), per person (``faces``: ``largest`` or ``all``
+    with tracks of at least ``min_track_s`` seconds); ``overrides`` of its config as for :func:`expr.runs.load_run`
+    (e.g. ``eval.smoothing``); ``detector``: the face detector, by name (:func:`expr.features.faces.face_detector`)
+    or built; ``annotate``: also write ``<stem>_annotated.mp4``. Returns {people: [{name, track, first, csv, png,
+    labels, frames}], frames, warnings, video}."""
 
     video, out = Path(video), Path(out)
     if not video.is_file():
         raise PredictError(f"{video}: no such file")
     device = resolve_device(device)
     members = ensemble_members(run)
-    faces = face_detector(detector, device) if isinstance(detector, str) else detector
+    detector = face_detector(detector, device) if isinstance(detector, str) else detector
+    decision = ensemble_decision(run, overrides) if members is not None else None  # checked before the work
+    try:
+        footage = read_footage(video, detector, faces, min_track_s, batch, progress)
+    except MediaError as e:
+        raise PredictError(str(e)) from None
+    for w in footage.warnings:
+        logger.warning("warning: %s", w)
     if members is None:
-        record, probs, warnings, cfg = video_probs(video, run, out, clip, wav2vec2, device, progress, backbones,
-                                                   overrides, faces)  # fmt: skip
+        probs, cfg = video_probs(footage, run, out, clip, wav2vec2, device, backbones, overrides)
         decision = run_decision(run, cfg)
     else:  # each member on its own encoders (its features under out/members/), raw; the ensemble decides
-        decision = ensemble_decision(run, overrides)  # checked before the members' work
-        parts = [
-            video_probs(
-                video,
-                member,
-                out / "members" / f"{i:02d}",
-                clip,
-                wav2vec2,
-                device,
-                progress,
-                None,
-                member_overrides(overrides),
-                faces,
-            )  # fmt: skip
-            for i, (member, _) in enumerate(members)
-        ]
-        record, _, warnings, cfg = parts[0]
+        parts = [video_probs(footage, member, out / "members" / f"{i:02d}", clip, wav2vec2, device, None,
+                             member_overrides(overrides))
+                 for i, (member, _) in enumerate(members)]  # fmt: skip
+        cfg = parts[0][1]
         for (member, _), part in zip(members[1:], parts[1:], strict=True):
-            if list(part[3].data.classes) != list(cfg.data.classes):
-                raise PredictError(f"{member}: classes {list(part[3].data.classes)} differ from the first member's")
-        probs = sum(weight * part[1] for (_, weight), part in zip(members, parts, strict=True))
-    probs = decision.video(probs)
-    labels = probs.argmax(1)
+            if list(part[1].data.classes) != list(cfg.data.classes):
+                raise PredictError(f"{member}: classes {list(part[1].data.classes)} differ from the first member's")
+        probs = [sum(w * part[0][k] for (_, w), part in zip(members, parts, strict=True))
+                 for k in range(len(footage.people))]  # fmt: skip
     classes = list(cfg.data.classes)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = out / f"{video.stem}.csv"
-    with atomic_path(csv_path) as tmp, open(tmp, "w") as f:
-        f.write("frame,time_s,face,label,label_name," + ",".join(f"p_{c}" for c in classes) + "\n")
+    people = []
+    for person, p in zip(footage.people, probs, strict=True):
+        p = decision.video(p)
+        csv_path = out / f"{person.name}.csv"
+        write_csv(csv_path, person, footage, p, classes)
+        png = out / f"{person.name}_timeline.png"
+        title = video.name + (f", face {person.track}" if faces == "all" else "")
+        plot_timeline(p, person.face, footage.fps, classes, png, title, footage.audio is not None,
+                      start=footage.times[person.first])  # fmt: skip
+        people.append({"name": person.name, "track": person.track, "first": person.first, "csv": csv_path,
+                       "png": png, "labels": p.argmax(1), "probs": p, "frames": len(p)})  # fmt: skip
+    mp4 = None
+    if annotate:
+        from expr.annotate import write_annotated_video
+
+        mp4 = write_annotated_video(video, out / f"{video.stem}_annotated.mp4", footage, people, classes, progress)
+    return {"people": people, "frames": len(footage.times), "warnings": footage.warnings, "video": mp4}
+
+
+def write_csv(path: Path, person: Person, footage: Footage, probs: np.ndarray, classes: list[str]) -> None:
+    """One row per frame of the person's span: the video's frame index and time, the track, whether a face was
+    found and its box (empty without), the label and the class probabilities."""
+    labels = probs.argmax(1)
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write("frame,time_s,track,face,box_x,box_y,box_w,box_h,label,label_name,"
+                + ",".join(f"p_{c}" for c in classes) + "\n")  # fmt: skip
         for i, (lab, p) in enumerate(zip(labels, probs, strict=True)):
-            f.write(
-                f"{i},{i / record.fps:.3f},{int(record.face[i])},{lab},{classes[lab]},"
-                + ",".join(f"{x:.4f}" for x in p)
-                + "\n"
-            )
-    png = out / f"{video.stem}_timeline.png"
-    plot_timeline(probs, record.face, record.fps, classes, png, video.name, has_audio=record.has_audio)
-    return {"csv": csv_path, "png": png, "frames": len(labels), "warnings": warnings, "labels": labels}
+            face, t = person.faces[i], person.first + i
+            box = ",".join(f"{v:.1f}" for v in face.box) if face is not None else ",,,"
+            f.write(f"{t},{footage.times[t]:.3f},{person.track},{int(face is not None)},{box},{lab},{classes[lab]},"
+                    + ",".join(f"{x:.4f}" for x in p) + "\n")  # fmt: skip
 
 
-def video_probs(video: Path, run, out: Path, clip, wav2vec2, device: str, progress: bool, backbones, overrides, faces):
-    """(the video's record, its raw frame probabilities [T, C] (before the run's decision), warnings, the run's
-    config) of one run or exported head; the extracted features are kept under ``out``."""
+def video_probs(footage: Footage, run, out: Path, clip, wav2vec2, device: str, backbones, overrides):
+    """(each person's raw frame probabilities [T, C] (before the run's decision), the run's config) of one run or
+    exported head; the extracted features are kept under ``out`` (one store, a video per person)."""
     model, info = load_head(run, overrides=overrides)
     cfg = info["cfg"]
     if backbones is None:
         backbones = run_backbones(info, clip, wav2vec2, device)
-    try:
-        online = cfg.data.mode == "online"  # per-window audio and crops through the frozen encoders, as trained
-        record, warnings = extract_video(video, backbones, faces, progress, media=online)
-    except MediaError as e:
-        raise PredictError(str(e)) from None
-    for w in warnings:
-        logger.warning("warning: %s", w)
-    width = sum(v.shape[1] for v in record.visual_sets().values())
+    online = cfg.data.mode == "online"  # per-window audio and crops through the frozen encoders, as trained
+    records = person_records(footage, backbones, media=online)
+    width = sum(v.shape[1] for v in records[0].visual_sets().values())
     if width != cfg.model.visual_dim:
         raise PredictError(
             f"the image features are {width}-d but the head expects {cfg.model.visual_dim}-d: use the encoders the "
@@ -227,7 +323,7 @@ def video_probs(video: Path, run, out: Path, clip, wav2vec2, device: str, progre
         )
     out.mkdir(parents=True, exist_ok=True)
     meta = {
-        "source": {"video": str(video.resolve())},
+        "source": {"video": str(footage.path.resolve())},
         "classes": list(cfg.data.classes),
         "backbones": backbones.identity(),
         "sets": {
@@ -236,36 +332,33 @@ def video_probs(video: Path, run, out: Path, clip, wav2vec2, device: str, progre
         },
         "media": online,
     }
-    path = write_store(out / f"{video.stem}_features", [record], meta)
+    path = write_store(out / f"{footage.path.stem}_features", records, meta)
     store = FrameStore(path, visual=list(backbones.visual_sets), audio=next(iter(backbones.audio_sets)))
-    rows, probs = predict_frames(
-        model,
-        store,
-        "test",
-        cfg.data.window,
-        cfg.data.resolved_eval_stride(),
-        device=device,
-        label_rule=cfg.data.label_frame,
-        mode=cfg.data.mode,
-        encoders=run_encoders(run, cfg, store, device),
-        flip=cfg.eval.flip,
-    )
-    return record, probs, warnings, cfg
+    kw = dict(device=device, label_rule=cfg.data.label_frame, mode=cfg.data.mode, flip=cfg.eval.flip,
+              encoders=run_encoders(run, cfg, store, device))  # fmt: skip
+    probs = []
+    for v in range(len(records)):
+        rows, p = predict_frames(model, store, "test", cfg.data.window, cfg.data.resolved_eval_stride(),
+                                 videos=np.array([v]), **kw)  # fmt: skip
+        probs.append(p[np.argsort(rows)])
+    return probs, cfg
 
 
-def plot_timeline(probs, face, fps, classes, path: Path, title: str, has_audio: bool) -> None:
+def plot_timeline(probs, face, fps, classes, path: Path, title: str, has_audio: bool, start: float = 0.0) -> None:
+    """Stacked class probabilities over time (from ``start`` seconds) above a strip of the labels, frames without a
+    face greyed."""
     import matplotlib
 
     plt = pyplot()
 
-    t = np.arange(len(probs)) / fps
+    t = start + np.arange(len(probs)) / fps
     colors = plt.get_cmap("tab10").colors
     fig, (ax, strip) = plt.subplots(
         2, 1, figsize=(11, 4.5), dpi=110, sharex=True, gridspec_kw={"height_ratios": [5, 1]}
     )
     ax.stackplot(t, probs.T, labels=classes, colors=colors[: len(classes)], alpha=0.85)
     ax.set_ylim(0, 1)
-    ax.set_xlim(0, len(t) / fps)
+    ax.set_xlim(start, start + len(t) / fps)
     ax.set_ylabel("class probability")
     ax.set_title(title + ("" if has_audio else "  (no audio: faces only)"))
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
@@ -276,7 +369,7 @@ def plot_timeline(probs, face, fps, classes, path: Path, title: str, has_audio: 
         cmap=matplotlib.colors.ListedColormap(colors[: len(classes)]),
         vmin=-0.5,
         vmax=len(classes) - 0.5,
-        extent=(t[0] if len(t) else 0, (len(t)) / fps, 0, 1),
+        extent=(start, start + len(t) / fps, 0, 1),
     )
     no_face = ~np.asarray(face, bool)
     if no_face.any():
@@ -306,6 +399,15 @@ class PredictOptions:
     detector: Literal["auto", "mtcnn", "haar"] = "auto"
     """face detector: mtcnn (five landmarks, aligned crops), haar (OpenCV's cascade, frontal faces), auto (mtcnn;
     haar with a warning when its weights are not installed)"""
+    faces: Literal["largest", "all"] = "largest"
+    """largest: one prediction per video, each frame's largest face; all: one per person (face track), written as
+    <video>_face1, _face2, ... numbered left to right"""
+    min_track: float = 1.0
+    """with --faces all: the shortest face track predicted, in seconds"""
+    video: bool = False
+    """also write <video>_annotated.mp4: each frame with its face boxes, labels and probabilities, the audio kept"""
+    batch: int = 16
+    """frames per face-detector batch (more keeps a GPU busier)"""
     no_progress: bool = False
     """no progress bar"""
 
@@ -332,15 +434,21 @@ def main(argv: list[str] | None = None) -> int:
     logger.propagate = False
     try:
         videos = find_videos(args.videos)
+        if args.min_track < 0 or args.batch < 1:
+            raise PredictError("--min_track must be 0 or more seconds and --batch at least 1")
         kw = dict(clip=args.clip, wav2vec2=args.wav2vec2, device=args.device, progress=not args.no_progress,
-                  overrides=overrides, detector=args.detector)  # fmt: skip
+                  overrides=overrides, detector=args.detector, faces=args.faces, min_track_s=args.min_track,
+                  annotate=args.video, batch=args.batch)  # fmt: skip
         results, failed = predict_videos(videos, args.run, args.out, **kw)
     except (PredictError, RunError, BackboneError, EncoderError, SpecError, StoreError, FaceDetectorError,
             ConfigError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 2
     for result in results:
-        print(f"wrote {result['csv']} ({result['frames']} frames) and {result['png']}")
+        for person in result["people"]:
+            print(f"wrote {person['csv']} ({person['frames']} frames) and {person['png']}")
+        if result["video"]:
+            print(f"wrote {result['video']}")
     frames, seconds = sum(r["frames"] for r in results), sum(r["seconds"] for r in results)
     rate = frames / max(seconds, 1e-9)
     print(f"{len(results)} of {len(videos)} videos, {frames} frames in {seconds:.1f} s ({rate:.1f} frames/s)")
@@ -372,14 +480,14 @@ def find_videos(paths) -> list[Path]:
 
 
 def predict_videos(videos: list[Path], run, out, clip=None, wav2vec2=None, device="auto", progress=True,
-                   overrides=None, detector="auto"):  # fmt: skip
+                   overrides=None, detector="auto", **options):  # fmt: skip
     """:func:`predict_video` for each of ``videos`` into ``out``, the face detector and (for a run or export) the
     encoders built once; a video that cannot be read is reported and the others go on. Returns (results,
     [(video, error)])."""
     from tqdm.auto import tqdm
 
     device = resolve_device(device)
-    faces = face_detector(detector, device)  # one fallback warning, not one per video
+    detector = face_detector(detector, device)  # one fallback warning, not one per video
     backbones = None
     if ensemble_members(run) is None:  # one set of encoders for every video
         _, info = load_head(run, overrides=overrides)
@@ -390,7 +498,8 @@ def predict_videos(videos: list[Path], run, out, clip=None, wav2vec2=None, devic
         bar.set_postfix_str(video.name)
         start = time.perf_counter()
         try:
-            result = predict_video(video, run, out, clip, wav2vec2, device, progress, backbones, overrides, faces)
+            result = predict_video(video, run, out, clip, wav2vec2, device, progress, backbones, overrides, detector,
+                                   **options)  # fmt: skip
         except PredictError as e:
             logger.warning("error: %s (going on with the other videos)", e)
             failed.append((video, str(e)))

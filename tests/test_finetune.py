@@ -138,7 +138,7 @@ def test_tuned_encoder_beats_the_frozen_one_in_stage_one_and_stage_two(face_stor
 
     video = clip_from_photo(tmp_path / "a.mp4", "astronaut")
     result = predict_video(video, tmp_path / "tuned", tmp_path / "out", progress=False)
-    assert len(result["labels"]) == 12
+    assert len(result["people"][0]["labels"]) == 12
     assert f'"spec": "finetuned:{tmp_path / "lora"}"' in (tmp_path / "out" / "a_features" / "store.json").read_text()
 
 
@@ -276,7 +276,7 @@ def test_online_lora_trains_with_the_head_and_beats_the_frozen_encoder(face_stor
     a = predict_video(video, tmp_path / "lora", tmp_path / "p1", progress=False)
     b = predict_video(video, tmp_path / "export", tmp_path / "p2", progress=False)
     assert (tmp_path / "p1" / "a.csv").read_text() == (tmp_path / "p2" / "a.csv").read_text()
-    assert len(a["labels"]) == len(b["labels"]) == 12
+    assert len(a["people"][0]["labels"]) == len(b["people"][0]["labels"]) == 12
 
 
 def test_online_lora_resume_after_a_kill_equals_the_uninterrupted_run(face_store, tmp_path):

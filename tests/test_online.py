@@ -269,7 +269,7 @@ def test_predict_runs_an_online_trained_head_online(media_store, tmp_path):
     result = run(_cfg(out, tmp_path / "run"))
     video = clip_from_photo(tmp_path / "astronaut.mp4", "astronaut", audio=True)
     pred = predict_video(video, result["run_dir"], tmp_path / "pred", progress=False)
-    rows = list(csv.DictReader(open(pred["csv"])))
+    rows = list(csv.DictReader(open(pred["people"][0]["csv"])))
     assert len(rows) == 12 and sum(int(r["face"]) for r in rows) >= 10
     assert all(abs(sum(float(r[k]) for k in r if k.startswith("p_")) - 1) < 1e-3 for r in rows)
     features = FrameStore(tmp_path / "pred" / "astronaut_features")

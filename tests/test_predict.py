@@ -130,7 +130,7 @@ def test_predict_gives_every_frame_a_label_with_missing_streams_masked(small_run
     result = predict_video(
         video, small_run["run_dir"], tmp_path / "out", clip="random", wav2vec2="random", progress=False
     )
-    rows = list(csv.DictReader(open(result["csv"])))
+    rows = list(csv.DictReader(open(result["people"][0]["csv"])))
     assert len(rows) == 12 and [int(r["frame"]) for r in rows] == list(range(12))
     assert all(0 <= int(r["label"]) < 8 for r in rows)
     assert all(abs(sum(float(r[k]) for k in r if k.startswith("p_")) - 1) < 1e-3 for r in rows)
@@ -140,7 +140,7 @@ def test_predict_gives_every_frame_a_label_with_missing_streams_masked(small_run
     else:
         assert faces == 0 and any("no face detected" in w for w in result["warnings"])
     assert audio or any("no audio track" in w for w in result["warnings"])
-    assert result["png"].read_bytes()[:4] == b"\x89PNG"
+    assert result["people"][0]["png"].read_bytes()[:4] == b"\x89PNG"
 
 
 def test_a_demo_trained_model_asks_for_backbones(small_run, tmp_path):
@@ -173,7 +173,7 @@ def test_predict_runs_the_encoders_of_the_feature_sets_the_head_was_trained_on(t
     run(cfg)
     video = clip_from_photo(tmp_path / "a.mp4", "astronaut")
     result = predict_video(video, tmp_path / "run", tmp_path / "out", progress=False)
-    assert len(list(csv.DictReader(open(result["csv"])))) == 12
+    assert len(list(csv.DictReader(open(result["people"][0]["csv"])))) == 12
     features = tmp_path / "out" / "a_features" / "store.json"
     assert '"spec": "' + vit + '"' in features.read_text()
 
@@ -194,7 +194,7 @@ def test_predict_takes_an_ensemble_folder_like_a_run(small_run, tmp_path):
     one = predict_video(video, run, tmp_path / "one", **kw)
     both = predict_video(video, ensemble, tmp_path / "both", **kw)
     assert (tmp_path / "both" / "members" / "01").is_dir()  # each member's own features
-    rows = lambda r: list(csv.DictReader(open(r["csv"])))  # noqa: E731
+    rows = lambda r: list(csv.DictReader(open(r["people"][0]["csv"])))  # noqa: E731
     assert [r["label"] for r in rows(one)] == [r["label"] for r in rows(both)]
     assert all(
         abs(float(a["p_Neutral"]) - float(b["p_Neutral"])) < 2e-4 for a, b in zip(rows(one), rows(both), strict=True)
@@ -213,9 +213,9 @@ def test_predict_applies_the_runs_calibration(small_run, tmp_path):
     (run / "calibration.json").write_text(json.dumps({"classes": classes, "offsets": [0, 0, 0, 50, 0, 0, 0, 0]}))
     video = clip_from_photo(tmp_path / "a.mp4", "astronaut", audio=False)
     kw = dict(clip="random", wav2vec2="random", progress=False, device="cpu")
-    assert (predict_video(video, run, tmp_path / "cal", **kw)["labels"] == 3).all()
+    assert (predict_video(video, run, tmp_path / "cal", **kw)["people"][0]["labels"] == 3).all()
     plain = predict_video(video, run, tmp_path / "plain", overrides={"eval.calibrate": False}, **kw)
-    assert not (plain["labels"] == 3).all()
+    assert not (plain["people"][0]["labels"] == 3).all()
 
 
 def test_predict_takes_several_videos_and_folders_and_goes_on_past_an_unreadable_one(small_run, tmp_path, capsys):
@@ -243,3 +243,50 @@ def test_predict_takes_several_videos_and_folders_and_goes_on_past_an_unreadable
     assert "would write the same outputs (a.csv)" in capsys.readouterr().err
     assert main([str(tmp_path / "missing.mp4"), "--out", str(tmp_path / "out4"), *common]) == 2
     assert "missing.mp4: no such file or folder" in capsys.readouterr().err
+
+
+def test_a_stretch_that_cannot_be_decoded_leaves_those_frames_out_with_a_warning(small_run, tmp_path):
+    from expr.predict import predict_video
+
+    video = clip_from_photo(tmp_path / "a.mp4", "astronaut", frames=40, audio=False)
+    data = bytearray(video.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 800] = np.random.default_rng(0).integers(0, 256, 800, dtype=np.uint8).tobytes()
+    video.write_bytes(bytes(data))
+    kw = dict(clip="random", wav2vec2="random", progress=False, device="cpu")
+    result = predict_video(video, small_run["run_dir"], tmp_path / "out", **kw)
+    assert any("could not be decoded; their frames are left out" in w for w in result["warnings"])
+    rows = list(csv.DictReader(open(result["people"][0]["csv"])))
+    assert 5 < len(rows) < 40 and len(rows) == result["frames"]
+    times = np.array([float(r["time_s"]) for r in rows])
+    assert (np.diff(times) > 0).all() and np.diff(times).max() > 0.15  # the frames' own times: the gap shows
+
+
+def test_a_variable_frame_rate_gives_each_frame_its_own_time_with_a_warning(small_run, tmp_path):
+    from fractions import Fraction
+
+    import av
+
+    from expr.predict import predict_video
+
+    times = np.cumsum([0] + [0.04, 0.2] * 10)[:20]  # 25 and 5 frames/s alternating
+    path = tmp_path / "vfr.mp4"
+    image = photo("astronaut")
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 320, 320, "yuv420p"
+        stream.time_base = stream.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image[i : i + 320, i : i + 320]), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            for p in stream.encode(frame):
+                c.mux(p)
+        for p in stream.encode():
+            c.mux(p)
+    kw = dict(clip="random", wav2vec2="random", progress=False, device="cpu")
+    result = predict_video(path, small_run["run_dir"], tmp_path / "out", annotate=True, **kw)
+    assert any("variable frame rate" in w for w in result["warnings"])
+    rows = list(csv.DictReader(open(result["people"][0]["csv"])))
+    np.testing.assert_allclose([float(r["time_s"]) for r in rows], times, atol=1e-3)
+    with av.open(str(result["video"])) as out:  # the annotated video keeps them
+        np.testing.assert_allclose([float(f.time) for f in out.decode(video=0)], times, atol=1e-3)

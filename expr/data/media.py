@@ -100,7 +100,17 @@ def decode_audio(
 
 
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
-    """The video's frames in order as [H, W, 3] uint8 RGB arrays."""
+    """The video's frames in order as [H, W, 3] uint8 RGB arrays; a stretch that cannot be decoded raises
+    :class:`MediaError`."""
+    for _, rgb in timed_frames(path):
+        yield rgb
+
+
+def timed_frames(path: str | Path, skipped: list[float] | None = None) -> Iterator[tuple[float, np.ndarray]]:
+    """(presentation time in seconds, [H, W, 3] uint8 RGB) of each frame in order; the time is the frame's own
+    timestamp (variable frame rates included), counted at the average rate where a frame has none. With a list
+    ``skipped``, a packet that cannot be decoded is left out and its time appended there (the frames around it still
+    come); without, it raises :class:`MediaError`."""
     import av
 
     path = Path(path)
@@ -109,8 +119,27 @@ def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
             raise MediaError(f"{path}: no video stream")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        try:
-            for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
-        except av.error.FFmpegError as e:
-            raise MediaError(f"{path}: cannot decode frames ({e})") from None
+        rate = float(stream.average_rate or stream.guessed_rate or 30)
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        index, packets = 0, container.demux(stream)
+        while True:
+            try:
+                packet = next(packets)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as e:  # the container itself breaks off: what came so far stands
+                if skipped is None:
+                    raise MediaError(f"{path}: cannot read video packets ({e})") from None
+                skipped.append(index / rate)
+                return
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError as e:
+                if skipped is None:
+                    raise MediaError(f"{path}: cannot decode frames ({e})") from None
+                skipped.append(float(packet.pts * packet.time_base) - start if packet.pts is not None else index / rate)
+                continue
+            for frame in frames:
+                time = float(frame.time) - start if frame.time is not None else index / rate
+                index += 1
+                yield time, frame.to_ndarray(format="rgb24")

@@ -8,7 +8,8 @@ ship inside installed packages.
 - ``haar``: OpenCV's Haar cascades (``opencv-python-headless``): the largest frontal face, the in-plane angle from
   the two eyes, an upright square 1.25 times the box. A fallback: it misses profiles and finds false faces.
 
-Each frame gives the largest face (by box area).
+Both give every face of a frame (largest first) or the largest; ``detect_batch`` takes a batch of frames (MTCNN
+runs its networks once per batch, on the GPU when there is one).
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ class Face:
     angle: float = 0.0
     landmarks: np.ndarray | None = None
     score: float = 1.0
+    image: np.ndarray | None = None  # its aligned crop, once taken (``expr predict``)
+
+    @property
+    def area(self) -> float:
+        return float(self.box[2] * self.box[3])
 
     def crop(self, rgb: np.ndarray, size: int = CROP_SIZE) -> np.ndarray:
         """The aligned ``size`` x ``size`` RGB crop."""
@@ -82,16 +88,24 @@ class MTCNNDetector:
             raise FaceDetectorError(str(e)) from None
         self.threshold = threshold
 
+    def detect_all(self, rgb: np.ndarray) -> list[Face]:
+        return self.detect_batch(np.asarray(rgb)[None])[0]
+
+    def detect_batch(self, frames: np.ndarray) -> list[list[Face]]:
+        """Each frame's faces with a score of at least ``threshold``, largest first; one network pass per batch of
+        frames [B, H, W, 3] (one size)."""
+        out = []
+        for boxes, scores, points in self.model.detect_batch(frames):
+            faces = [Face(np.array([x1, y1, x2 - x1, y2 - y1]), 0.0, marks.astype(np.float64), float(score))
+                     for (x1, y1, x2, y2), score, marks in zip(boxes, scores, points, strict=True)
+                     if score >= self.threshold]  # fmt: skip
+            out.append(sorted(faces, key=lambda f: -f.area))
+        return out
+
     def detect(self, rgb: np.ndarray) -> Face | None:
-        """The largest face with a score of at least ``threshold``, or None."""
-        boxes, scores, points = self.model.detect(rgb)
-        keep = scores >= self.threshold
-        if not keep.any():
-            return None
-        boxes, scores, points = boxes[keep], scores[keep], points[keep]
-        i = int(np.argmax((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])))
-        x1, y1, x2, y2 = boxes[i]
-        return Face(np.array([x1, y1, x2 - x1, y2 - y1]), 0.0, points[i].astype(np.float64), float(scores[i]))
+        """The largest face, or None."""
+        faces = self.detect_all(rgb)
+        return faces[0] if faces else None
 
 
 class HaarDetector:
@@ -110,23 +124,32 @@ class HaarDetector:
         self.eyes = cv2.CascadeClassifier(str(eye_xml))
         self.min_size = min_size
 
-    def detect(self, rgb: np.ndarray) -> Face | None:
-        """The largest face (its box and eye angle in degrees), or None."""
+    def detect_all(self, rgb: np.ndarray) -> list[Face]:
+        """Every face (its box and eye angle in degrees), largest first."""
         import cv2
 
         gray = cv2.equalizeHist(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY))
         found = self.face.detectMultiScale(gray, 1.1, 5, minSize=(self.min_size, self.min_size))
-        if len(found) == 0:
-            return None
-        x, y, w, h = max(found, key=lambda b: b[2] * b[3])
-        angle = 0.0
+        return [Face(np.array([x, y, w, h]), self.eye_angle(gray, x, y, w, h))
+                for x, y, w, h in sorted(found, key=lambda b: -b[2] * b[3])]  # fmt: skip
+
+    def eye_angle(self, gray: np.ndarray, x: int, y: int, w: int, h: int) -> float:
+        """The tilt of the line through the two eyes found in the upper two thirds of the box (0 without two)."""
         eyes = self.eyes.detectMultiScale(gray[y : y + h * 2 // 3, x : x + w], 1.1, 5)
         if len(eyes) >= 2:
             two = sorted(sorted(eyes, key=lambda e: -e[2] * e[3])[:2], key=lambda e: e[0])
             (lx, ly), (rx, ry) = ((e[0] + e[2] / 2, e[1] + e[3] / 2) for e in two)
             if rx - lx > w / 5:  # two distinct eyes, left and right
-                angle = float(np.degrees(np.arctan2(ry - ly, rx - lx)))
-        return Face(np.array([x, y, w, h]), angle)
+                return float(np.degrees(np.arctan2(ry - ly, rx - lx)))
+        return 0.0
+
+    def detect_batch(self, frames: np.ndarray) -> list[list[Face]]:
+        return [self.detect_all(frame) for frame in frames]
+
+    def detect(self, rgb: np.ndarray) -> Face | None:
+        """The largest face, or None."""
+        faces = self.detect_all(rgb)
+        return faces[0] if faces else None
 
 
 def face_detector(name: str = "auto", device: str = "cpu"):

@@ -1,5 +1,5 @@
 """MTCNN (Zhang et al. 2016): a three-stage CNN face detector with five landmarks (eyes, nose, mouth corners), for
-``expr predict``. Inference only, one image at a time, pure torch (no compiled ops).
+``expr predict``. Inference only, on one image or a batch of frames, pure torch (no compiled ops).
 
 The networks and the stage logic follow facenet-pytorch's port (MIT License, Copyright (c) 2019 Timothy Esler), whose
 wheel ships the trained weights as plain state dicts (``facenet_pytorch/data/{p,r,o}net.pt``): they are read from the
@@ -127,20 +127,21 @@ def _regress(boxes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _patches(image: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """The boxes' pixels (clipped to the image, 1-based like the original) resized to size x size."""
-    _, H, W = image.shape
-    b = boxes[:, :4].trunc().int().tolist()
+def _patches(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """The pixels of boxes (rows: image index, x1, y1, x2, y2; clipped to the image, 1-based like the original) of
+    ``images`` [B, 3, H, W], resized to size x size."""
+    _, _, H, W = images.shape
     out = []
-    for x1, y1, x2, y2 in b:
+    for b, x1, y1, x2, y2 in boxes[:, :5].trunc().int().tolist():
         x1, y1, x2, y2 = max(x1, 1), max(y1, 1), min(x2, W), min(y2, H)
-        patch = image[:, y1 - 1 : y2, x1 - 1 : x2] if x2 > x1 - 1 and y2 > y1 - 1 else image[:, :1, :1]
+        patch = images[b, :, y1 - 1 : y2, x1 - 1 : x2] if x2 > x1 - 1 and y2 > y1 - 1 else images[b, :, :1, :1]
         out.append(interpolate(patch[None], size=(size, size), mode="area"))
     return (torch.cat(out) - 127.5) * 0.0078125
 
 
 class MTCNN:
-    """``detect(rgb)`` -> (boxes [K, 4] x1, y1, x2, y2; scores [K]; landmarks [K, 5, 2]), best first."""
+    """``detect(rgb)`` -> (boxes [K, 4] x1, y1, x2, y2; scores [K]; landmarks [K, 5, 2]), best first;
+    ``detect_batch(frames)`` the same for each of a batch of frames of one size, the networks run once per batch."""
 
     def __init__(self, min_size: int = 20, thresholds=(0.6, 0.7, 0.7), factor: float = 0.709, device="cpu"):
         folder = weights_dir()
@@ -151,49 +152,59 @@ class MTCNN:
             self.nets.append(net.eval().requires_grad_(False).to(device))
         self.min_size, self.thresholds, self.factor, self.device = min_size, thresholds, factor, device
 
-    @torch.no_grad()
     def detect(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.detect_batch(np.asarray(rgb)[None])[0]
+
+    @torch.no_grad()
+    def detect_batch(self, frames: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         p, r, o = self.nets
-        image = torch.as_tensor(np.ascontiguousarray(rgb), device=self.device).permute(2, 0, 1).float()
-        _, H, W = image.shape
-        empty = (np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))
+        images = torch.as_tensor(np.ascontiguousarray(frames), device=self.device).permute(0, 3, 1, 2).float()
+        B, _, H, W = images.shape
+        apart = 4.0 * max(H, W)  # NMS per image in one pass: image b's boxes moved b * apart away from the others'
+
+        def nms_each(boxes, threshold, mode="union"):  # rows: image, x1, y1, x2, y2, score, ...
+            return nms(boxes[:, 1:5] + boxes[:, :1] * apart, boxes[:, 5], threshold, mode)
+
+        empty = [(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 5, 2)))] * B
         # stage 1: PNet over a pyramid of scales, 12 x 12 cells every 2 pixels
         scale, side, found = 12.0 / self.min_size, min(H, W) * 12.0 / self.min_size, []
         while side >= 12:
-            data = interpolate(image[None], size=(int(H * scale + 1), int(W * scale + 1)), mode="area")
+            data = interpolate(images, size=(int(H * scale + 1), int(W * scale + 1)), mode="area")
             reg, prob = p((data - 127.5) * 0.0078125)
-            mask = prob[0, 1] >= self.thresholds[0]
-            yx = mask.nonzero().float()
-            if len(yx):
-                cell = yx.flip(1)
-                box = torch.cat([((2 * cell + 1) / scale).floor(), ((2 * cell + 12) / scale).floor(),
-                                 prob[0, 1][mask][:, None], reg[0].permute(1, 2, 0)[mask]], 1)  # fmt: skip
-                found.append(box[nms(box[:, :4], box[:, 4], 0.5)])
+            mask = prob[:, 1] >= self.thresholds[0]
+            byx = mask.nonzero().float()
+            if len(byx):
+                cell = byx[:, 1:].flip(1)
+                box = torch.cat([byx[:, :1], ((2 * cell + 1) / scale).floor(), ((2 * cell + 12) / scale).floor(),
+                                 prob[:, 1][mask][:, None], reg.permute(0, 2, 3, 1)[mask]], 1)  # fmt: skip
+                found.append(box[nms_each(box, 0.5)])
             scale, side = scale * self.factor, side * self.factor
         if not found:
             return empty
         boxes = torch.cat(found)
-        boxes = boxes[nms(boxes[:, :4], boxes[:, 4], 0.7)]
-        w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
-        shift = boxes[:, 5:9] * torch.stack([w, h, w, h], 1)
-        boxes = _square(torch.cat([boxes[:, :4] + shift, boxes[:, 4:5]], 1))
+        boxes = boxes[nms_each(boxes, 0.7)]
+        w, h = boxes[:, 3] - boxes[:, 1], boxes[:, 4] - boxes[:, 2]
+        shift = boxes[:, 6:10] * torch.stack([w, h, w, h], 1)
+        boxes = torch.cat([boxes[:, :1], _square(torch.cat([boxes[:, 1:5] + shift, boxes[:, 5:6]], 1))], 1)
         # stage 2: RNet refines the candidates on 24 x 24 patches
-        reg, prob = r(_patches(image, boxes, 24))
+        reg, prob = r(_patches(images, boxes, 24))
         keep = prob[:, 1] > self.thresholds[1]
-        boxes, reg = torch.cat([boxes[keep, :4], prob[keep, 1:2]], 1), reg[keep]
+        boxes, reg = torch.cat([boxes[keep, :5], prob[keep, 1:2]], 1), reg[keep]
         if not len(boxes):
             return empty
-        pick = nms(boxes[:, :4], boxes[:, 4], 0.7)
-        boxes = _square(_regress(boxes[pick], reg[pick]))
+        pick = nms_each(boxes, 0.7)
+        boxes = torch.cat([boxes[pick, :1], _square(_regress(boxes[pick, 1:], reg[pick]))], 1)
         # stage 3: ONet on 48 x 48 patches gives the final boxes and the five landmarks
-        reg, marks, prob = o(_patches(image, boxes, 48))
+        reg, marks, prob = o(_patches(images, boxes, 48))
         keep = prob[:, 1] > self.thresholds[2]
-        boxes, reg, marks = torch.cat([boxes[keep, :4], prob[keep, 1:2]], 1), reg[keep], marks[keep]
+        boxes, reg, marks = torch.cat([boxes[keep, :5], prob[keep, 1:2]], 1), reg[keep], marks[keep]
         if not len(boxes):
             return empty
-        bw = (boxes[:, 2] - boxes[:, 0] + 1)[:, None]
-        bh = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
-        points = torch.stack([bw * marks[:, :5] + boxes[:, :1] - 1, bh * marks[:, 5:] + boxes[:, 1:2] - 1], -1)
-        boxes = _regress(boxes, reg)
-        pick = nms(boxes[:, :4], boxes[:, 4], 0.7, "min")
-        return boxes[pick, :4].cpu().numpy(), boxes[pick, 4].cpu().numpy(), points[pick].cpu().numpy()
+        bw = (boxes[:, 3] - boxes[:, 1] + 1)[:, None]
+        bh = (boxes[:, 4] - boxes[:, 2] + 1)[:, None]
+        points = torch.stack([bw * marks[:, :5] + boxes[:, 1:2] - 1, bh * marks[:, 5:] + boxes[:, 2:3] - 1], -1)
+        boxes = torch.cat([boxes[:, :1], _regress(boxes[:, 1:], reg)], 1)
+        pick = nms_each(boxes, 0.7, "min")
+        boxes, points = boxes[pick].cpu().numpy(), points[pick].cpu().numpy()
+        image = boxes[:, 0]
+        return [(boxes[image == b, 1:5], boxes[image == b, 5], points[image == b]) for b in range(B)]
