@@ -107,8 +107,8 @@ def test_predict_with_faces_all_writes_one_track_per_person_left_to_right(small_
         centre = [float(r["box_x"]) + float(r["box_w"]) / 2 for r in rows if r["face"] == "1"]
         assert all((c < 176) == (person["track"] == 1) for c in centre)  # face 1 on the left, face 2 on the right
         assert float(rows[0]["time_s"]) == pytest.approx(int(rows[0]["frame"]) / 30, abs=1e-3)
-    ys = [float(r["box_y"]) for r in rows]  # face 2: the pan moves the astronaut's face up, a pixel a frame or so
-    assert ys[-1] < ys[0] - 20 and all(b < a + 3 for a, b in zip(ys, ys[1:], strict=False))
+    ys = [float(r["box_y"]) for r in rows]  # face 2: the pan moves the astronaut's face up and out of the picture
+    assert ys[-1] < ys[0] - 20 and np.corrcoef(np.arange(len(ys)), ys)[0, 1] < -0.9
     largest = predict_video(video, small_run["run_dir"], tmp_path / "one", **kw)  # the default: one per video
     assert [p["name"] for p in largest["people"]] == ["two"] and largest["people"][0]["frames"] == 60
 
