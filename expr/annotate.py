@@ -1,7 +1,7 @@
 """The annotated video of ``expr predict --video``: every frame of the source with each person's face box, current
-label and a bar of the class probabilities, the source's audio kept (AAC), written as H.264 MP4 (yuv420p, the
-profile that common players decode). Frames keep their own timestamps, so a variable frame rate or a stretch the
-decoder skipped stays in sync with the sound.
+label and a bar of the class probabilities, the source's audio kept (AAC), written as H.264 MP4 (yuv420p, which
+common players decode; the index at the front, so a browser starts playing at once). Frames keep their own
+timestamps, so a variable frame rate or a stretch the decoder skipped stays in sync with the sound.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def write_annotated_video(video: Path, path: Path, footage, people: list[dict[st
     if first is None:
         raise ValueError(f"{video}: no frame could be decoded")
     H, W = first[1].shape[:2]
-    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4") as out:
+    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
         stream = out.add_stream("libx264", rate=Fraction(footage.fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = W + W % 2, H + H % 2, "yuv420p"  # yuv420p: even sides
         stream.time_base = stream.codec_context.time_base = TIME_BASE  # the frames' own times, not 1 / rate steps
