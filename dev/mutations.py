@@ -251,6 +251,22 @@ MUTATIONS = [
     ("annotate-clock", "the annotated video keeps each frame's time", "expr/annotate.py",
      "stream.time_base = stream.codec_context.time_base = TIME_BASE", "stream.time_base = TIME_BASE",
      ["tests/test_predict.py", "-k", "variable"]),
+    ("task-split", "each task's targets come from the videos in that task's split", "expr/data/windows.py",
+     "                member[task] = store.task_splits[task] == split",
+     "                member[task] = store.splits == split", ["tests/test_tasks.py", "-k", "own_split"]),
+    ("task-expr-mask", "windows without an EXPR label stay out of the EXPR loss", "expr/criterion.py",
+     "expr = self.expression(out, batch, None if labelled.all() else labelled)",
+     "expr = self.expression(out, batch, None)", ["tests/test_tasks.py", "-k", "lacks"]),
+    ("task-va-mask", "a window without a VA target never changes the VA loss", "expr/criterion.py",
+     "            valid = ~torch.isnan(target).any(-1)\n",
+     "            valid = torch.ones(len(target), dtype=torch.bool, device=target.device)\n",
+     ["tests/test_tasks.py", "-k", "lacks"]),
+    ("task-val-videos", "VA and AU are scored on their own task's validation videos", "expr/inference.py",
+     'videos = np.flatnonzero(store.task_splits[task] == "validation")', 'videos = store.videos_in("validation")',
+     ["tests/test_tasks.py", "-k", "own_validation"]),
+    ("task-select", "the best epoch of a multi-task run is chosen by train.select (auto: the sum of the scores)",
+     "expr/train.py", "            key = selection_metric(cfg)", '            key = "val/macro_f1"',
+     ["tests/test_tasks.py", "-k", "learns_all_three"]),
 ]  # fmt: skip
 
 

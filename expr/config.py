@@ -20,6 +20,10 @@ from typing import Any, Literal
 import yaml
 
 ABAW_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
+TASKS = ("expr", "va", "au")
+"""Aff-Wild2's three tasks: expressions (8 classes), valence-arousal, 12 action units."""
+TASK_SCORES = {"expr": "val/macro_f1", "va": "val/ccc", "au": "val/au_f1"}
+"""Each task's challenge score, as validation reports it."""
 
 
 class ConfigError(ValueError):
@@ -172,6 +176,10 @@ class LossConfig:
     set among ``data.visual``, else the store's own prompt embeddings (from its first open_clip set)."""
     label_smoothing: float = 0.0
     """Label smoothing of the cross-entropy (not in the paper)."""
+    va_loss: Literal["ccc", "mse"] = "ccc"
+    """Valence-arousal loss (``train.tasks`` with va): 1 - the mean CCC over the batch, or the mean squared error."""
+    task_weights: tuple[float, ...] = ()
+    """Weights of the tasks' losses, in the order of ``train.tasks`` (empty: 1 each)."""
 
 
 @dataclass
@@ -222,6 +230,14 @@ class TrainConfig:
     (``accelerate launch`` otherwise sets OMP_NUM_THREADS=1, which halves throughput on a 2-core laptop)."""
     stop_after_steps: int = 0
     """Stop (as if killed) after this many optimizer steps; 0 = never. For testing resume."""
+    tasks: tuple[str, ...] = ("expr",)
+    """The tasks trained, one head each on the shared fused representation: ``expr`` (8 classes), ``va``
+    (valence-arousal, 2 outputs through tanh), ``au`` (12 action-unit logits); any combination, e.g. ``expr,va,au``.
+    A frame unannotated for a task, or a video outside that task's split, stays out of that task's loss."""
+    select: Literal["auto", "val/macro_f1", "val/ccc", "val/au_f1", "val/score"] = "auto"
+    """The validation metric that picks the best epoch: a task's score (``val/macro_f1`` EXPR, ``val/ccc`` VA mean
+    CCC, ``val/au_f1`` AU mean F1) or ``val/score``, their sum over the trained tasks. ``auto``: the score of the
+    only task, or ``val/score`` when several train."""
 
 
 @dataclass
@@ -417,6 +433,8 @@ def _check_type(key: str, value: Any, tp: Any) -> Any:
             raise ConfigError(f"config key '{key}': {value!r} is not one of {choices}")
         return type(args[args.index(value)])(value)  # the plain type of the choice, never a str subclass
     if origin is tuple:
+        if isinstance(value, str):  # the command line's forms: --train.tasks expr,va or "[expr, va]"
+            value = [parse_literal(v.strip()) for v in value.strip().strip("[]").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
         item_tp = args[0]
@@ -533,6 +551,14 @@ def build_config(
     return cfg
 
 
+def selection_metric(cfg: Config) -> str:
+    """The validation metric that picks a run's best epoch (``train.select``; ``auto``: the only task's score, or
+    ``val/score`` when several tasks train)."""
+    if cfg.train.select != "auto":
+        return cfg.train.select
+    return TASK_SCORES[cfg.train.tasks[0]] if len(cfg.train.tasks) == 1 else "val/score"
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that a type alone cannot express."""
     checks = [
@@ -553,6 +579,11 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.data.folds == 0 or cfg.data.folds >= 2, "data.folds", "must be 0 (no cross-validation) or at least 2"),
         (cfg.data.folds == 0 or 0 <= cfg.data.fold < cfg.data.folds, "data.fold", "must be in 0 .. data.folds - 1"),
+        (
+            cfg.data.folds == 0 or cfg.train.tasks == ("expr",),
+            "data.folds",
+            "re-splits the expression task's videos only: train VA or AU without folds",
+        ),  # fmt: skip
         (len(cfg.data.classes) >= 2, "data.classes", "needs at least 2 classes"),
         (cfg.model.tcn_blocks >= 0, "model.tcn_blocks", "must be 0 or more"),
         (cfg.model.dim % cfg.model.heads == 0, "model.heads", f"must divide model.dim ({cfg.model.dim})"),
@@ -565,6 +596,23 @@ def validate(cfg: Config) -> None:
         (cfg.train.batch_size >= 1, "train.batch_size", "must be at least 1"),
         (cfg.train.grad_accum_steps >= 1, "train.grad_accum_steps", "must be at least 1"),
         (0.0 <= cfg.train.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)"),
+        (
+            len(cfg.train.tasks) > 0 and set(cfg.train.tasks) <= set(TASKS),
+            "train.tasks",
+            f"must name one or more of {', '.join(TASKS)}",
+        ),  # fmt: skip
+        (len(set(cfg.train.tasks)) == len(cfg.train.tasks), "train.tasks", "names a task twice"),
+        (
+            cfg.train.select in ("auto", "val/score", *(TASK_SCORES[t] for t in cfg.train.tasks if t in TASK_SCORES)),
+            "train.select",
+            f"must be auto, val/score or the score of a trained task ({cfg.train.tasks})",
+        ),  # fmt: skip
+        (
+            len(cfg.loss.task_weights) in (0, len(cfg.train.tasks)),
+            "loss.task_weights",
+            "needs one weight per task of train.tasks",
+        ),  # fmt: skip
+        (all(w >= 0 for w in cfg.loss.task_weights), "loss.task_weights", "must be 0 or more"),
         (cfg.finetune.last_n >= 1, "finetune.last_n", "must be at least 1"),
         (cfg.finetune.lora_rank >= 1, "finetune.lora_rank", "must be at least 1"),
         (0.0 <= cfg.finetune.lora_dropout < 1.0, "finetune.lora_dropout", "must be in [0, 1)"),

@@ -1,18 +1,19 @@
 """The training objective of a run, built from its store and config: class weights counted over the training frames,
-the class prompts' text embeddings from the CLIP that made the store's image features, and
-:func:`expr.losses.total_loss` applied to a batch."""
+the class prompts' text embeddings from the CLIP that made the store's image features, the AU positive weights, and
+the losses of the trained tasks applied to a batch."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from accelerate.logging import get_logger
 
 from expr.config import Config, ConfigError
 from expr.features.backbones import clip_tag, text_embeddings
 from expr.features.spec import EncoderSpec
-from expr.losses import class_weights, total_loss
+from expr.losses import au_loss, au_pos_weights, ccc_loss, class_weights, total_loss
 
 logger = get_logger("expr.criterion")  # main process only
 
@@ -76,31 +77,72 @@ def frame_class_weights(store, cfg: Config) -> torch.Tensor:
     return class_weights(store.labels[rows], cfg.num_classes, cfg.loss.class_weights)
 
 
-class Criterion:
-    """``criterion(out, batch)`` -> the loss terms of :func:`expr.losses.total_loss` for one batch."""
+def au_train_weights(store) -> torch.Tensor:
+    """Per-unit positive weights of the AU loss from the frames of the AU training videos."""
+    videos = np.flatnonzero(store.task_splits["au"] == "train")
+    return au_pos_weights(store.task_labels["au"][store.frame_rows(videos)])
 
-    def __init__(self, cfg: Config, text: torch.Tensor, weights: torch.Tensor):
+
+class Criterion:
+    """``criterion(out, batch)`` -> the loss terms of one batch for the run's ``train.tasks``: EXPR's
+    :func:`expr.losses.total_loss` (``loss_cls``, ``loss_con``) over the windows with an EXPR label, ``loss_va``
+    (CCC or MSE) and ``loss_au`` (weighted BCE) over those with VA / AU targets; ``loss``: their weighted sum."""
+
+    def __init__(self, cfg: Config, text: torch.Tensor, weights: torch.Tensor, au_weights: torch.Tensor | None = None):
         self.loss, self.audio_only = cfg.loss, cfg.model.modalities == "audio"
-        self.text, self.class_weights = text, weights
+        self.text, self.class_weights, self.au_weights = text, weights, au_weights
+        self.tasks = cfg.train.tasks
+        self.task_weights = dict(zip(self.tasks, cfg.loss.task_weights or [1.0] * len(self.tasks), strict=True))
 
     @classmethod
     def for_store(cls, store, cfg: Config) -> Criterion:
-        return cls(cfg, prompt_embeddings(store, cfg), frame_class_weights(store, cfg))
+        au = au_train_weights(store) if "au" in cfg.train.tasks else None
+        return cls(cfg, prompt_embeddings(store, cfg), frame_class_weights(store, cfg), au)
 
     def to(self, device) -> Criterion:
         self.text, self.class_weights = self.text.to(device), self.class_weights.to(device)
+        if self.au_weights is not None:
+            self.au_weights = self.au_weights.to(device)
         return self
 
-    def __call__(self, out, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+    def expression(self, out, batch: dict[str, Any], keep: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """EXPR's terms over the windows ``keep`` (default all)."""
+        pick = (lambda x: x) if keep is None else (lambda x: x[keep])  # noqa: E731
         return total_loss(
-            out.logits,
-            out.visual_embedding,
+            pick(out.logits),
+            pick(out.visual_embedding),
             out.logit_scale,
-            batch["label"],
+            pick(batch["label"]),
             self.text,
             self.class_weights,
             self.loss.contrastive_weight,
             self.loss.label_smoothing,
             # Only windows whose pooled visual embedding saw a face enter the contrastive term.
-            has_face=batch["visual_mask"].any(1) & (not self.audio_only),
+            has_face=pick(batch["visual_mask"].any(1) & (not self.audio_only)),
         )
+
+    def __call__(self, out, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        if self.tasks == ("expr",):
+            return self.expression(out, batch)
+        parts: dict[str, torch.Tensor] = {}
+        total = out.logits.sum() * 0.0  # keeps every head in the graph (DDP) when a batch lacks a task's targets
+        if "expr" in self.tasks:
+            labelled = batch["label"] >= 0
+            if labelled.any():
+                expr = self.expression(out, batch, None if labelled.all() else labelled)
+                total = total + self.task_weights["expr"] * expr.pop("loss")
+                parts.update(expr)
+        if "va" in self.tasks:
+            target = batch["va"].to(out.va.device)
+            valid = ~torch.isnan(target).any(-1)
+            if self.loss.va_loss == "ccc":
+                va = ccc_loss(out.va, target, valid)
+            else:
+                va = ((out.va[valid].float() - target[valid]) ** 2).mean() if valid.any() else out.va.sum() * 0.0
+            parts["loss_va"] = va
+            total = total + self.task_weights["va"] * va
+        if "au" in self.tasks:
+            au = au_loss(out.au, batch["au"].to(out.au.device), self.au_weights)
+            parts["loss_au"] = au
+            total = total + self.task_weights["au"] * au
+        return {"loss": total, **parts}

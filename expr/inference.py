@@ -6,10 +6,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from expr.config import Config, default_num_workers
+from expr.config import TASK_SCORES, Config, default_num_workers
+from expr.data.affwild2 import AU_NAMES
 from expr.data.online import OnlineWindowDataset, collate_online
 from expr.data.windows import WindowDataset, load_or_build_windows
 from expr.evaluation import frame_probabilities, frame_report, smooth_rows
+from expr.metrics import au_report, va_report
 from expr.models.online import store_encoders
 
 
@@ -99,10 +101,37 @@ def store_frame_probabilities(store, videos, data, picked, probs, label_rule: st
     )
 
 
-def validation_metrics(store, val_set, index: np.ndarray, probs: np.ndarray, cfg: Config):
-    """Validation as the challenge scores it, from the probabilities of windows ``index`` of ``val_set``:
-    (``val/*`` metrics, (frame rows, frame probabilities)). ``val/macro_f1`` (model selection) is frame-level over
-    all classes; the window-level metric stands beside it, and the smoothed one when ``eval.smoothing`` is set."""
+def validation_metrics(store, val_set, index: np.ndarray, probs: np.ndarray, cfg: Config, outputs=None):
+    """Validation as the challenge scores it, from the probabilities of windows ``index`` of ``val_set`` (and the
+    VA / AU ``outputs`` of those windows when the run trains those tasks): (``val/*`` metrics, (frame rows, frame
+    probabilities) of EXPR). ``val/macro_f1`` is frame-level over all classes on the EXPR validation videos; the
+    window-level metric stands beside it, and the smoothed one when ``eval.smoothing`` is set. VA and AU outputs take
+    the same path to frames (placed at each window's label frame, interpolated, faceless frames filled) and are
+    scored on their own task's validation videos: ``val/ccc`` (mean of ``val/ccc_valence`` and
+    ``val/ccc_arousal``), ``val/au_f1`` (mean over the 12 units at 0.5) and ``val/per_au_f1``. ``val/score``: the sum
+    of the trained tasks' scores."""
+    tasks, metrics = cfg.train.tasks, {}
+    rows, frame_probs = np.zeros(0, np.int64), np.zeros((0, len(cfg.data.classes)))
+    if "expr" in tasks:
+        metrics, (rows, frame_probs) = expression_metrics(store, val_set, index, probs, cfg)
+    for task, values in (outputs or {}).items():
+        videos = np.flatnonzero(store.task_splits[task] == "validation")
+        task_rows, frames = store_frame_probabilities(store, videos, val_set, index, values, cfg.data.label_frame)
+        targets = store.task_labels[task][task_rows]
+        if task == "va":
+            report = va_report(frames, targets)
+            metrics.update({f"val/{k}": report[k] for k in ("ccc", "ccc_valence", "ccc_arousal")})
+            metrics["val/va_frames"] = report["count"]
+        else:
+            report = au_report(frames, targets, AU_NAMES)
+            metrics.update({"val/au_f1": report["au_f1"], "val/per_au_f1": report["per_au_f1"]})
+            metrics["val/au_frames"] = report["count"]
+    metrics["val/score"] = float(sum(metrics[TASK_SCORES[t]] for t in tasks))
+    return metrics, (rows, frame_probs)
+
+
+def expression_metrics(store, val_set, index: np.ndarray, probs: np.ndarray, cfg: Config):
+    """The EXPR part of :func:`validation_metrics`."""
     windows = frame_report(val_set.label[index], probs, cfg.data.classes)
     rows, frame_probs = store_frame_probabilities(
         store, store.videos_in("validation"), val_set, index, probs, cfg.data.label_frame

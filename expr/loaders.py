@@ -60,9 +60,19 @@ def check_store(store, cfg: Config) -> None:
                     f"{theirs!r}, and its features and prompt embeddings come from that: drop the override, or "
                     f"prepare a store with the other backbone (expr prepare --clip / --wav2vec2)"
                 )
-    for split in ("train", "validation"):
-        if not len(store.videos_in(split)):
-            raise ConfigError(f"the feature store {path} has no '{split}' videos (data.cache)")
+    missing = [t for t in cfg.train.tasks if t != "expr" and t not in store.tasks]
+    if missing:
+        raise ConfigError(
+            f"config key 'train.tasks' asks for {', '.join(missing)}, but the feature store {path} has labels for "
+            f"{', '.join(store.tasks)} only: prepare it from an Aff-Wild2 tree with the VA_Estimation_Challenge / "
+            f"AU_Detection_Challenge annotations (the demo data has all three)"
+        )
+    for task in cfg.train.tasks:
+        for split in ("train", "validation"):
+            videos = store.videos_in(split) if task == "expr" else np.flatnonzero(store.task_splits[task] == split)
+            if not len(videos):
+                what = "" if task == "expr" else f" for the task {task}"
+                raise ConfigError(f"the feature store {path} has no '{split}' videos{what} (data.cache)")
 
 
 def build_run_data(cfg: Config, acc) -> RunData:
@@ -74,14 +84,17 @@ def build_run_data(cfg: Config, acc) -> RunData:
         if not d.cache and acc.is_main_process:
             logger.info("data.cache is not set: using the built-in demo data at %s (synthetic; see README)", store.path)
         check_store(store, cfg)
+        tasks = cfg.train.tasks
         train_windows = load_or_build_windows(
-            store, "train", d.window, d.stride, d.label_frame, random_offset=d.random_offset
+            store, "train", d.window, d.stride, d.label_frame, random_offset=d.random_offset, tasks=tasks
         )
         eval_stride = d.resolved_eval_stride()
-        val_windows = load_or_build_windows(store, "validation", d.window, eval_stride, d.label_frame, True)
+        val_windows = load_or_build_windows(
+            store, "validation", d.window, eval_stride, d.label_frame, True, tasks=tasks
+        )
     if len(train_windows) == 0:
         raise ConfigError(f"no labelled training windows in {store.path} (split 'train', data.window={d.window})")
-    if not (np.asarray(val_windows["label"]) >= 0).any():
+    if "expr" in tasks and not (np.asarray(val_windows["label"]) >= 0).any():
         raise ConfigError(f"no labelled validation windows in {store.path} (split 'validation')")
     encoders, collate = None, collate_batch
     if d.mode == "online" and (store.visual_sets != ["clip"] or store.audio_set != "wav2vec2"):
@@ -98,12 +111,13 @@ def build_run_data(cfg: Config, acc) -> RunData:
     if d.mode == "online":
         # The encoders that made the store's features (and its text embeddings): frozen, or tuned with the head.
         encoders, image_transform = store_encoders(store, acc.device, tuning)
-        train_set = OnlineWindowDataset(store, train_windows, image_transform, d.augment, cfg.train.seed, d.label_frame)
-        val_set = OnlineWindowDataset(store, val_windows, image_transform, augment=False)
+        train_set = OnlineWindowDataset(store, train_windows, image_transform, d.augment, cfg.train.seed, d.label_frame,
+                                        "train", tasks)  # fmt: skip
+        val_set = OnlineWindowDataset(store, val_windows, image_transform, False, 0, d.label_frame, "validation", tasks)
         collate = collate_online
     else:
-        train_set = WindowDataset(store, train_windows, d.label_frame, cfg.train.seed)
-        val_set = WindowDataset(store, val_windows)
+        train_set = WindowDataset(store, train_windows, d.label_frame, cfg.train.seed, "train", tasks)
+        val_set = WindowDataset(store, val_windows, d.label_frame, 0, "validation", tasks)
     # Indices carry the epoch, so every loader (persistent workers included) draws the epoch's window offsets and
     # augmentation from (seed, epoch, window) alone.
     sampler = EpochSampler(len(train_set), cfg.train.seed, with_epoch=True)

@@ -74,7 +74,7 @@ def write_best(run_dir: Path, state: dict[str, torch.Tensor], info: dict[str, An
 
 def build_head(cfg: Config, weights: Path) -> torch.nn.Module:
     """The head of ``cfg`` with the safetensors ``weights`` (eval mode, CPU)."""
-    model = FusionHead(cfg.model, cfg.num_classes)
+    model = FusionHead(cfg.model, cfg.num_classes, cfg.train.tasks)
     model.load_state_dict(load_file(str(weights)))
     return model.eval()
 

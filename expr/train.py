@@ -41,7 +41,17 @@ from accelerate.logging import get_logger
 
 from expr.atomic import write_text
 from expr.checkpoint import Progress, resume_progress, save_head, save_progress
-from expr.config import Config, ConfigError, apply_dict, build_config, load_yaml, options_help, parse_cli, validate
+from expr.config import (
+    Config,
+    ConfigError,
+    apply_dict,
+    build_config,
+    load_yaml,
+    options_help,
+    parse_cli,
+    selection_metric,
+    validate,
+)
 from expr.criterion import Criterion
 from expr.data.store import StoreError
 from expr.distributed import (
@@ -78,17 +88,29 @@ def _flat_config(cfg: Config) -> dict[str, Any]:
 
 
 def epoch_line(metrics: dict[str, Any], epochs: int, improved: bool) -> str:
-    """The log line of one epoch: loss, frame- and window-level macro-F1, accuracy, per-class F1."""
-    per_class = " ".join(f"{k[:4]} {v:.2f}" for k, v in metrics["val/per_class_f1"].items())
-    if "val/absent_classes" in metrics:  # they count 0 in val/macro_f1, as in the challenge's score
-        absent = ", ".join(metrics["val/absent_classes"])
-        per_class += f"; no validation frames of {absent} (mean over the others {metrics['val/macro_f1_present']:.4f})"
-    return (
-        f"epoch {metrics['epoch']}/{epochs}  train/loss {metrics['train/loss']:.4f}  val/macro_f1 "
-        f"{metrics['val/macro_f1']:.4f} (frames; windows {metrics['val/window_macro_f1']:.4f})  val/accuracy "
-        f"{metrics['val/accuracy']:.4f}{'  *best*' if improved else ''}  ({metrics['time/epoch_s']:.1f} s)  "
-        f"[{per_class}]"
-    )
+    """The log line of one epoch: loss, frame- and window-level macro-F1, accuracy, per-class F1; the VA and AU
+    scores when those tasks train."""
+    parts = [f"epoch {metrics['epoch']}/{epochs}  train/loss {metrics['train/loss']:.4f}"]
+    if "val/macro_f1" in metrics:
+        parts.append(
+            f"val/macro_f1 {metrics['val/macro_f1']:.4f} (frames; windows {metrics['val/window_macro_f1']:.4f})  "
+            f"val/accuracy {metrics['val/accuracy']:.4f}"
+        )
+    if "val/ccc" in metrics:
+        parts.append(f"val/ccc {metrics['val/ccc']:.4f} (valence {metrics['val/ccc_valence']:.3f}, arousal "
+                     f"{metrics['val/ccc_arousal']:.3f})")  # fmt: skip
+    if "val/au_f1" in metrics:
+        parts.append(f"val/au_f1 {metrics['val/au_f1']:.4f}")
+    line = "  ".join(parts) + f"{'  *best*' if improved else ''}  ({metrics['time/epoch_s']:.1f} s)"
+    if "val/per_class_f1" in metrics:
+        per_class = " ".join(f"{k[:4]} {v:.2f}" for k, v in metrics["val/per_class_f1"].items())
+        if "val/absent_classes" in metrics:  # they count 0 in val/macro_f1, as in the challenge's score
+            absent = ", ".join(metrics["val/absent_classes"])
+            per_class += (
+                f"; no validation frames of {absent} (mean over the others {metrics['val/macro_f1_present']:.4f})"
+            )
+        line += f"  [{per_class}]"
+    return line
 
 
 class Trainer:
@@ -153,7 +175,7 @@ class Trainer:
 
     def _build_model(self) -> None:
         cfg, acc = self.cfg, self.accelerator
-        model = FusionHead(cfg.model, cfg.num_classes)
+        model = FusionHead(cfg.model, cfg.num_classes, cfg.train.tasks)
         num_params = count_parameters(model)  # before prepare: ZeRO-3 partitions the module in place
         groups = None
         if self.encoders is not None and self.encoders.trains:  # tuned encoders train inside the prepared module
@@ -218,7 +240,8 @@ class Trainer:
                 state = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
             info = {
                 "epoch": epoch,
-                "val/macro_f1": metrics["val/macro_f1"],
+                **{k: metrics[k] for k in ("val/macro_f1", "val/ccc", "val/au_f1", "val/score") if k in metrics},
+                "selected_by": selection_metric(self.cfg),
                 "classes": list(self.cfg.data.classes),
                 "config": self.cfg.to_dict(),
                 "store": {"path": str(self.store.path), **self.store.meta},
@@ -267,19 +290,30 @@ class Trainer:
         """Class probabilities of every validation window, gathered from all processes without the padding
         duplicates, scored at frame level by :func:`expr.inference.validation_metrics`."""
         self.model.eval()
-        indices, probs = [], []
+        tasks = [t for t in self.cfg.train.tasks if t != "expr"]
+        indices, probs, outputs = [], [], {t: [] for t in tasks}
+
+        def window_outputs(batch):  # class probabilities, valence-arousal, AU probabilities
+            out = self._forward(batch)
+            extra = {"va": out.va, "au": out.au.sigmoid() if out.au is not None else None}
+            return out.logits.float().softmax(dim=-1), [extra[t].float() for t in tasks]
+
         for batch in self.val_loader:
-            p = self._forward(batch).logits.float().softmax(dim=-1)
+            p, extra = window_outputs(batch)
             if self.cfg.eval.flip and "pixels" in batch:  # test-time view: the mirrored crops
-                p = (p + self._forward(mirrored(batch)).logits.float().softmax(dim=-1)) / 2
-            i, p = self.accelerator.gather_for_metrics((batch["index"], p))
+                p2, extra2 = window_outputs(mirrored(batch))
+                p, extra = (p + p2) / 2, [(a + b) / 2 for a, b in zip(extra, extra2, strict=True)]
+            i, p, extra = self.accelerator.gather_for_metrics((batch["index"], p, extra))
             indices.append(i.cpu())
             probs.append(p.cpu())
+            for t, e in zip(tasks, extra, strict=True):
+                outputs[t].append(e.cpu())
         index = torch.cat(indices).numpy()
         order = np.argsort(index, kind="stable")
         probs = torch.cat(probs).numpy()[order]
+        outputs = {t: torch.cat(v).numpy()[order] for t, v in outputs.items()}
         metrics, self.last_frame_probs = validation_metrics(
-            self.store, self.data.val_set, index[order], probs, self.cfg
+            self.store, self.data.val_set, index[order], probs, self.cfg, outputs
         )
         return metrics
 
@@ -359,9 +393,12 @@ class Trainer:
             metrics.update(self.evaluate())
             metrics["time/epoch_s"] = round(time.time() - t0, 2)
             p.history.append(metrics)
-            improved = metrics["val/macro_f1"] > p.best["macro_f1"]
+            key = selection_metric(cfg)
+            improved = metrics[key] > p.best.get("score", p.best["macro_f1"] if key == "val/macro_f1" else -math.inf)
             if improved:
-                p.best = {"macro_f1": metrics["val/macro_f1"], "epoch": epoch + 1}
+                p.best = {"macro_f1": metrics.get("val/macro_f1", float("nan")), "epoch": epoch + 1}
+                if key != "val/macro_f1":
+                    p.best.update({"score": metrics[key], "metric": key})
                 self.save_best(epoch + 1, metrics)
             if acc.is_main_process:
                 with open(self.run_dir / "metrics.jsonl", "a") as f:
@@ -386,6 +423,8 @@ class Trainer:
             "run_dir": str(self.run_dir),
             "best_macro_f1": p.best["macro_f1"],
             "best_epoch": p.best["epoch"],
+            "best_metric": p.best.get("metric", "val/macro_f1"),
+            "best_score": p.best.get("score", p.best["macro_f1"]),
             "history": p.history,
             "stopped": stopped,
             "completed": not stopped and len(p.history) == cfg.train.epochs,
@@ -428,7 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     code, result = launch(argv, Trainer)
     if result is not None:
         print(
-            f"best val/macro_f1 {result['best_macro_f1']:.4f} at epoch {result['best_epoch']}; run: {result['run_dir']}"
+            f"best {result['best_metric']} {result['best_score']:.4f} at epoch {result['best_epoch']}; run: "
+            f"{result['run_dir']}"
         )
     return code
 

@@ -124,3 +124,130 @@ def test_au_loss_weights_positives_and_ignores_unannotated_frames():
     loss.backward()
     assert (logits.grad[4] == 0).all()
     assert au_loss(logits, torch.full((5, 2), -1)).item() == 0.0
+
+
+def task_store(tmp_path):
+    """Three short videos whose tasks split them differently: ``a`` EXPR-train and VA-validation, ``b`` EXPR- and
+    VA-train (AU-validation), ``c`` EXPR-validation without VA or AU."""
+    from expr.data.store import FrameStore, VideoRecord, write_store
+
+    rng = np.random.default_rng(0)
+    videos = []
+    layout = (("a", "train", {"va": "validation"}), ("b", "train", {"va": "train", "au": "validation"}),
+              ("c", "validation", {}))  # fmt: skip
+    for name, split, tasks in layout:
+        n = 40
+        va = np.stack([np.linspace(-0.5, 0.5, n), np.linspace(0.5, -0.5, n)], 1).astype(np.float32)
+        va[:5] = np.nan
+        au = (rng.random((n, 12)) < 0.3).astype(np.int8)
+        videos.append(VideoRecord(name, split, 30.0, rng.standard_normal((n, 8)), np.ones(n, bool),
+                                  np.arange(n) % 8, rng.standard_normal((n * 50 // 30, 4)),
+                                  va=va if "va" in tasks else None, au=au if "au" in tasks else None,
+                                  task_splits=tasks))  # fmt: skip
+    meta = {"classes": ["Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other"]}
+    return FrameStore(write_store(tmp_path / "store", videos, meta))
+
+
+def test_each_task_trains_and_validates_on_its_own_split_of_the_videos(tmp_path):
+    from expr.data.windows import TaskTargets, WindowDataset, build_windows
+
+    store = task_store(tmp_path)
+    a, b, c = 0, 1, 2
+    train = TaskTargets(store, "train", ("expr", "va", "au"), window=10)
+    assert list(train.videos) == [a, b]  # c is in no task's training split
+    out = train(np.array([a, b, b]), np.array([0, 0, 30]))
+    assert (out["label"] == [5, 5, 35 % 8]).all()  # EXPR: both train videos, the centre frame's label
+    assert np.isnan(out["va"][0]).all() and np.isfinite(out["va"][1:]).all()  # a's VA is validation, not training
+    assert (out["au"] == -1).all()  # no video's AU split is train
+    val = TaskTargets(store, "validation", ("expr", "va", "au"), window=10)
+    assert list(val.videos) == [a, b, c]
+    out = val(np.array([a, b, c]), np.array([0, 0, 0]))
+    assert (out["label"] == [-1, -1, 5]).all() and np.isfinite(out["va"][0]).all() and np.isnan(out["va"][1:]).all()
+    assert (out["au"][1] >= 0).all() and (out["au"][[0, 2]] == -1).all()
+    # the training windows of EXPR + VA: a's and b's, each kept for its task; a window whose only target is an
+    # unannotated VA frame of a VA-only task set is dropped
+    windows = build_windows(store, "train", 10, 10, tasks=("va",))
+    assert sorted(set(windows["video"])) == [b] and len(windows) == 4  # b's VA frames 5..39: all four windows
+    data = WindowDataset(store, build_windows(store, "train", 10, 10, tasks=("expr", "va")), split="train",
+                         tasks=("expr", "va"))  # fmt: skip
+    batch = data.__getitems__(list(range(len(data))))
+    assert batch["va"].shape == (len(data), 2) and "au" not in batch
+    assert torch.isnan(batch["va"][torch.from_numpy(data.video == a)]).all()
+
+
+def test_the_multi_task_loss_ignores_what_a_window_lacks():
+    from types import SimpleNamespace
+
+    from expr.config import build_config
+    from expr.criterion import Criterion
+
+    cfg = build_config({"train.tasks": ["expr", "va", "au"], "loss.contrastive_weight": 0.0})
+    criterion = Criterion(cfg, torch.zeros(8, 4), torch.ones(8), torch.ones(12))
+    torch.manual_seed(0)
+    va = torch.zeros(4, 2, requires_grad=True)
+    out = SimpleNamespace(logits=torch.randn(4, 8, requires_grad=True), visual_embedding=torch.zeros(4, 4),
+                          logit_scale=torch.tensor(1.0), va=va, au=torch.randn(4, 12, requires_grad=True))  # fmt: skip
+    with torch.no_grad():
+        va += torch.randn(4, 2)
+    batch = {"label": torch.tensor([2, -1, 5, -1]), "visual_mask": torch.ones(4, 3, dtype=torch.bool),
+             "va": torch.tensor([[0.1, 0.2], [float("nan")] * 2, [-0.3, 0.4], [0.5, -0.5]]),
+             "au": torch.tensor([[1] * 12, [0] * 12, [-1] * 12, [1, 0] * 6])}  # fmt: skip
+    losses = criterion(out, batch)
+    assert set(losses) == {"loss", "loss_cls", "loss_va", "loss_au"} and torch.isfinite(losses["loss"])
+    expected = (torch.nn.functional.cross_entropy(out.logits[[0, 2]], batch["label"][[0, 2]]) + losses["loss_va"]
+                + losses["loss_au"])  # fmt: skip
+    assert losses["loss"].item() == pytest.approx(expected.item(), rel=1e-6)
+    losses["loss"].backward()
+    assert (out.logits.grad[[1, 3]] == 0).all() and (va.grad[1] == 0).all() and (out.au.grad[2] == 0).all()
+    assert (va.grad[[0, 2, 3]] != 0).any(1).all()
+    only_va = dict(batch, label=torch.full((4,), -1))  # a batch without any EXPR label: no NaN
+    assert torch.isfinite(criterion(out, only_va)["loss"])
+
+
+def test_multi_task_training_on_the_demo_learns_all_three(tmp_path, small_store):
+    """The demo's VA and AU annotations follow its hidden expressions: one head learns the three tasks together,
+    validated as the challenges score them, the best epoch chosen by the sum of the scores."""
+    import json
+
+    from expr.config import build_config
+    from expr.runs import load_head
+    from expr.train import run
+
+    cfg = build_config({"data.demo_videos": 12, "model.tcn_blocks": 2, "train.epochs": 3, "train.batch_size": 16,
+                        "train.output_dir": str(tmp_path / "run"), "train.log_with": "none",
+                        "train.tasks": ["expr", "va", "au"]}, preset="demo")  # fmt: skip
+    result = run(cfg)
+    last = result["history"][-1]
+    assert result["best_metric"] == "val/score"
+    assert last["val/score"] == pytest.approx(last["val/macro_f1"] + last["val/ccc"] + last["val/au_f1"])
+    assert last["val/ccc"] > 0.75 and last["val/au_f1"] > 0.5 and last["val/macro_f1"] > 0.5, last
+    assert set(last["val/per_au_f1"]) == set(AU_NAMES) and last["val/va_frames"] > 0
+    head = json.loads((tmp_path / "run" / "best" / "head.json").read_text())
+    assert head["selected_by"] == "val/score" and head["val/ccc"] == pytest.approx(
+        max(r["val/ccc"] for r in result["history"] if r["val/score"] == max(h["val/score"] for h in result["history"]))
+    )
+    model, _ = load_head(tmp_path / "run")
+    assert set(model.task_heads) == {"va", "au"}
+
+
+def test_validation_scores_va_and_au_on_their_own_validation_videos_through_the_frame_path(tmp_path):
+    """Window outputs equal to the targets at their label frames score (nearly) perfectly once placed on frames, and
+    only the frames of the task's own validation videos count."""
+    from expr.config import build_config
+    from expr.data.windows import TaskTargets, WindowDataset, build_windows
+    from expr.inference import validation_metrics
+
+    store = task_store(tmp_path)
+    tasks = ("expr", "va", "au")
+    cfg = build_config({"train.tasks": list(tasks)})
+    windows = build_windows(store, "validation", 10, 1, drop_unlabelled=False, tasks=tasks)
+    data = WindowDataset(store, windows, split="validation", tasks=tasks)
+    index = np.arange(len(data))
+    perfect = TaskTargets(store, "validation", tasks, 10)(data.video, data.start)
+    outputs = {"va": np.nan_to_num(perfect["va"]), "au": np.clip(perfect["au"], 0, 1).astype(np.float32)}
+    probs = np.eye(8)[np.maximum(perfect["label"], 0)]
+    metrics, _ = validation_metrics(store, data, index, probs, cfg, outputs)
+    assert metrics["val/va_frames"] == 35 and metrics["val/au_frames"] == 40  # a's VA frames 5..39; b's AU frames
+    # frames before the first label frame and after the last take the nearest window's (random AUs differ there)
+    assert metrics["val/ccc"] > 0.95 and metrics["val/au_f1"] > 0.8 and metrics["val/macro_f1"] > 0.75
+    assert metrics["val/frames"] == 40  # EXPR: c alone

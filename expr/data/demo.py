@@ -16,6 +16,14 @@ outputs of real faces and voices. What it does imitate is the structure that the
 So a visual-only or audio-only model cannot separate two of the four pairs, nor can a model without temporal
 modelling separate the other two: each such ablation loses about a quarter of the macro-F1, and the full model
 reaches above 0.9.
+
+The videos are also annotated for Aff-Wild2's other tasks, from the same hidden expression (so a multi-task head
+learns them from the same evidence): valence-arousal, a value per class (Happiness pleasant and aroused, Sadness
+unpleasant and calm, ...) plus a slow per-video drift and noise; and the 12 action units, each class's FACS units
+(Happiness AU6 + AU12 + AU25, Surprise AU1 + AU2 + AU25 + AU26, ...) with units dropped in some segments and
+frame noise. Some segments are unannotated (VA NaN, AU -1), every seventh video has no VA annotation and every
+ninth no AU annotation; each task keeps the expression task's split. These draws come from their own random
+stream, so the expression data is the same as without them.
 """
 
 from __future__ import annotations
@@ -29,11 +37,24 @@ import numpy as np
 from expr.config import ABAW_CLASSES
 from expr.data.store import VideoRecord, write_store
 
-DEMO_VERSION = 2  # 2: store format 2 (named feature sets)
+DEMO_VERSION = 3  # 2: store format 2 (named feature sets); 3: VA and AU annotations
 CLASS_FREQ = np.array([0.26, 0.08, 0.06, 0.06, 0.20, 0.10, 0.09, 0.15])  # ABAW order; Neutral, Happiness frequent
 GROUP = np.array([0, 1, 1, 3, 2, 0, 2, 3])  # visual group of each class
 PERIOD = np.array([0, 0, 0, 20.0, 20.0, 0, 2.5, 2.5])  # oscillation period in frames (0: static)
 AUDIO_PAIRS = {0, 1, 2, 5}  # classes whose audio prototype is their own; others share one per visual group
+VALENCE = np.array([0.0, -0.6, -0.5, -0.55, 0.7, -0.5, 0.3, 0.05])  # per class, ABAW order
+AROUSAL = np.array([0.0, 0.6, 0.3, 0.6, 0.4, -0.3, 0.7, 0.1])
+# Units of each class, in the order AU1 AU2 AU4 AU6 AU7 AU10 AU12 AU15 AU23 AU24 AU25 AU26 (after FACS / EMFACS)
+AU_OF_CLASS = np.array([
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],  # Neutral
+    [0, 0, 1, 0, 1, 0, 0, 0, 1, 1, 0, 0],  # Anger
+    [0, 0, 1, 0, 0, 1, 0, 1, 0, 0, 0, 0],  # Disgust
+    [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0],  # Fear
+    [0, 0, 0, 1, 0, 0, 1, 0, 0, 0, 1, 0],  # Happiness
+    [1, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0],  # Sadness
+    [1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1],  # Surprise
+    [0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 0],  # Other
+], np.int8)  # fmt: skip
 
 
 def default_demo_dir(num_videos: int, seed: int) -> Path:
@@ -113,12 +134,45 @@ def generate_videos(
                 voiced[a:b] = rng.random() < 0.75
             audio = 0.05 * rng.standard_normal((na, audio_dim))
             audio[voiced] += audio_proto[truth[frame_of_audio[voiced]]]
+        va, au = other_tasks(np.random.default_rng([seed, i, 17]), truth)
+        tasks = {"va": split} if i % 7 != 3 else {}
+        tasks |= {"au": split} if i % 9 != 4 else {}
         videos.append(
             VideoRecord(
-                name=f"demo_{i:03d}", split=split, fps=fps, visual=visual, face=face, labels=labels, audio=audio
-            )
+                name=f"demo_{i:03d}",
+                split=split,
+                fps=fps,
+                visual=visual,
+                face=face,
+                labels=labels,
+                audio=audio,
+                va=va if "va" in tasks else None,
+                au=au if "au" in tasks else None,
+                task_splits=tasks,
+            )  # fmt: skip
         )
     return videos
+
+
+def other_tasks(rng: np.random.Generator, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(valence-arousal [T, 2] float32 with NaN segments, action units [T, 12] int8 with -1 segments) of a video
+    whose hidden expression per frame is ``truth``."""
+    n = len(truth)
+    t = np.arange(n)
+    drift = np.stack([0.15 * np.sin(2 * np.pi * t / rng.uniform(150, 400) + rng.uniform(0, 2 * np.pi))
+                      for _ in range(2)], 1)  # fmt: skip
+    va = np.stack([VALENCE[truth], AROUSAL[truth]], 1) + drift + 0.05 * rng.standard_normal((n, 2))
+    va = np.clip(va, -1, 1).astype(np.float32)
+    au = AU_OF_CLASS[truth].copy()
+    for a, b in _runs(rng, n, 40, 200):
+        au[a:b] &= (rng.random(12) >= 0.15).astype(np.int8)  # a unit missing from a segment
+        if rng.random() < 0.05:
+            va[a:b] = np.nan
+        if rng.random() < 0.05:
+            au[a:b] = -1
+    flip = (rng.random((n, 12)) < 0.02) & (au >= 0)
+    au[flip] = 1 - au[flip]
+    return va, au
 
 
 def ensure_demo_store(num_videos: int = 40, seed: int = 0, path: str | Path | None = None) -> Path:

@@ -92,10 +92,9 @@ class OnlineWindowDataset(WindowDataset):
     float32, ``wave_mask`` [L], ``label``, ``frame_labels`` [T], ``index``.
     """
 
-    def __init__(
-        self, store: FrameStore, windows, image_transform, augment: bool = False, seed: int = 0, label_rule="center"
-    ):
-        super().__init__(store, windows, label_rule, seed)
+    def __init__(self, store: FrameStore, windows, image_transform, augment: bool = False, seed: int = 0,
+                 label_rule="center", split=None, tasks=("expr",)):  # fmt: skip
+        super().__init__(store, windows, label_rule, seed, split, tasks)
         self.media = MediaStore(store.path / "media")
         self.image_transform = image_transform  # PIL -> PIL: open_clip's resize / crop / RGB steps
         self.augment = augment
@@ -147,6 +146,7 @@ class OnlineWindowDataset(WindowDataset):
             "label": torch.tensor(int(label[0])),
             "frame_labels": torch.from_numpy(np.where(inside, self.labels[rows], -1)),
             "index": torch.tensor(i),
+            **{task: t[0] for task, t in self.task_targets(np.array([v]), np.array([start])).items()},
         }
 
     def audio(self, video: int, start: int, length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from expr.atomic import atomic_path
-from expr.data.store import FrameStore
+from expr.data.store import TASK_LABELS, FrameStore
 
 INDEX_VERSION = "v2"
 """Part of every saved window index's name: raise it when what an index holds or how its labels are chosen changes."""
@@ -73,6 +73,67 @@ def window_labels(store: FrameStore, video: np.ndarray, start: np.ndarray, windo
     return labeler(video, start)
 
 
+class TaskTargets:
+    """What a split's windows are trained and scored on, per task of ``tasks`` (``expr``, ``va``, ``au``): the
+    store's frame labels of that task, kept only for the videos in ``split`` *of that task* (Aff-Wild2's tasks split
+    the same videos differently) and unannotated elsewhere: EXPR labels -1, VA NaN, AU -1. ``videos``: those in the
+    split of any task. Read at a window's label frame (the centre for ``majority``, whose EXPR label counts the
+    window's frames)."""
+
+    def __init__(self, store: FrameStore, split: str, tasks=("expr",), window: int = 1, rule: str = "center"):
+        self.tasks, self.window, self.rule = tuple(tasks), window, rule
+        self.num_frames, self.frame_offset = store.num_frames, store.frame_offset
+        member = {"expr": store.splits == split}
+        for task in tasks:
+            if task != "expr":
+                member[task] = store.task_splits[task] == split
+        self.videos = np.flatnonzero(np.any([member[t] for t in self.tasks], axis=0))
+
+        def per_frame(keep):
+            out = np.zeros(len(store.labels), bool)
+            for v in np.flatnonzero(keep):
+                out[store.frame_offset[v] : store.frame_offset[v] + store.num_frames[v]] = True
+            return out
+
+        self.labels = store.labels
+        if "expr" not in tasks:
+            self.labels = np.full(len(store.labels), -1, np.int64)
+        elif not member["expr"][self.videos].all():
+            self.labels = np.where(per_frame(member["expr"]), store.labels, -1)
+        self.values = {}  # "va": [N, 2] float32 (NaN), "au": [N, 12] int8 (-1)
+        for task in tasks:
+            if task != "expr":
+                labels, missing = store.task_labels[task], TASK_LABELS[task][2]
+                self.values[task] = np.where(per_frame(member[task])[:, None], labels, missing).astype(labels.dtype)
+        self.labeler = WindowLabeler(self.labels, self.num_frames, self.frame_offset, len(store.classes), window, rule)
+
+    def __getstate__(self):
+        return self.__dict__
+
+    def rows(self, video: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """The frame row each window is read at."""
+        rule = "center" if self.rule == "majority" else self.rule
+        return self.frame_offset[video] + label_position(start, self.window, self.num_frames[video], rule)
+
+    def __call__(self, video: np.ndarray, start: np.ndarray) -> dict[str, np.ndarray]:
+        """The windows' targets: ``label`` [W] (EXPR, -1 none), ``va`` [W, 2] (NaN none), ``au`` [W, 12] (-1 none)."""
+        out = {"label": self.labeler(video, start)}
+        if self.values:
+            rows = self.rows(video, start)
+            out.update({task: values[rows] for task, values in self.values.items()})
+        return out
+
+    def labelled(self, video: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """Windows with a target for at least one task."""
+        out = self(video, start)
+        keep = out["label"] >= 0
+        if "va" in out:
+            keep |= ~np.isnan(out["va"]).any(1)
+        if "au" in out:
+            keep |= (out["au"] >= 0).all(1)
+        return keep
+
+
 def window_slots(num_frames: int, window: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
     """Training slots with a random offset: slot k may start anywhere in ``k * stride .. k * stride + span - 1``
     (every full-window start belongs to exactly one slot); a video shorter than a window has one slot, start 0.
@@ -104,8 +165,11 @@ def build_windows(
     label_rule: str = "center",
     drop_unlabelled: bool = True,
     random_offset: bool = False,
+    tasks=("expr",),
 ):
-    """The windows of one split as a ``datasets.Dataset`` with columns video, start, length, label, span.
+    """The windows of one split as a ``datasets.Dataset`` with columns video, start, length, label, span: of the
+    videos in ``split`` of any of ``tasks``, kept when some task has a target (:class:`TaskTargets`; ``label`` is
+    the EXPR one).
 
     A fixed grid (``random_offset`` False): windows every ``stride`` frames, the last one ending at the video's end;
     span 1. With ``random_offset``: the slots of :func:`window_slots`, each kept when at least one of its starts
@@ -114,7 +178,8 @@ def build_windows(
     import datasets
 
     stride = stride or window
-    videos = store.videos_in(split)
+    targets = TaskTargets(store, split, tasks, window, label_rule)
+    videos = targets.videos
     if random_offset:
         per_video = [window_slots(int(store.num_frames[v]), window, stride) for v in videos]
     else:
@@ -125,13 +190,12 @@ def build_windows(
     )
     start = np.concatenate([s for s, _ in per_video] or [empty])
     span = np.concatenate([p for _, p in per_video] or [empty]) if random_offset else np.ones(len(start), np.int64)
-    labeler = WindowLabeler(store.labels, store.num_frames, store.frame_offset, len(store.classes), window, label_rule)
-    label = labeler(video, start) if video.size else empty
-    keep = label >= 0
+    label = targets.labeler(video, start) if video.size else empty
+    keep = targets.labelled(video, start) if video.size else np.zeros(0, bool)
     if random_offset and video.size:
         first = np.cumsum(span) - span
         position = np.arange(span.sum()) - np.repeat(first, span)
-        labelled = labeler(np.repeat(video, span), np.repeat(start, span) + position) >= 0
+        labelled = targets.labelled(np.repeat(video, span), np.repeat(start, span) + position)
         keep = np.add.reduceat(labelled.astype(np.int64), first) > 0
     if drop_unlabelled:
         video, start, label, span = video[keep], start[keep], label[keep], span[keep]
@@ -148,6 +212,7 @@ def load_or_build_windows(
     label_rule: str = "center",
     keep_unlabelled: bool = False,
     random_offset: bool = False,
+    tasks=("expr",),
 ):
     """:func:`build_windows`, saved on disk next to the store (``windows/<key>/``) and reused: the window index is
     a ``datasets.Dataset`` of integers, so any length or stride costs seconds, never a new extraction.
@@ -159,12 +224,13 @@ def load_or_build_windows(
     stride = stride or window
     name = f"{INDEX_VERSION}-{split}-w{window}-s{stride}-{label_rule}" + ("-all" if keep_unlabelled else "")
     name += "-offsets" if random_offset else ""
+    name += "" if tuple(tasks) == ("expr",) else "-" + "+".join(tasks)
     if store.split_tag:
         name += f"-{store.split_tag}"
     path = store.path / "windows" / name
     if (path / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(path))
-    windows = build_windows(store, split, window, stride, label_rule, not keep_unlabelled, random_offset)
+    windows = build_windows(store, split, window, stride, label_rule, not keep_unlabelled, random_offset, tasks)
     with atomic_path(path, replace=False) as tmp:  # another process may save the same index first
         windows.save_to_disk(str(tmp))
     return datasets.load_from_disk(str(path))
@@ -181,7 +247,10 @@ class WindowDataset(torch.utils.data.Dataset):
     with a random offset (span > 1) then start where :meth:`starts` draws them for that epoch.
     """
 
-    def __init__(self, store: FrameStore, windows, label_rule: str = "center", seed: int = 0):
+    def __init__(self, store: FrameStore, windows, label_rule: str = "center", seed: int = 0, split=None,
+                 tasks=("expr",)):  # fmt: skip
+        """``split`` and ``tasks``: the windows' targets are those of :class:`TaskTargets` (a batch also holds ``va``
+        [B, 2] and ``au`` [B, 12] when those tasks train); without a split, the store's EXPR labels as they are."""
         self.store = store
         cols = windows.with_format("numpy")[:]
         self.video = np.asarray(cols["video"], np.int64)
@@ -194,9 +263,13 @@ class WindowDataset(torch.utils.data.Dataset):
         self.window = int(lengths[0]) if len(lengths) else 1
         self.seed = seed
         self.num_frames, self.frame_offset = store.num_frames, store.frame_offset
-        self.labeler = WindowLabeler(
-            store.labels, store.num_frames, store.frame_offset, len(store.classes), self.window, label_rule
-        )
+        self.targets = TaskTargets(store, split, tasks, self.window, label_rule) if split is not None else None
+        if self.targets is not None:
+            self.labeler = self.targets.labeler
+        else:
+            self.labeler = WindowLabeler(
+                store.labels, store.num_frames, store.frame_offset, len(store.classes), self.window, label_rule
+            )
 
     def __len__(self) -> int:
         return len(self.video)
@@ -212,8 +285,10 @@ class WindowDataset(torch.utils.data.Dataset):
             return start, label
         count = int(span.max())
         candidate = start[:, None] + np.arange(count)[None, :]  # [B, S]
-        labels = self.labeler(np.repeat(self.video[idx], count), candidate.ravel()).reshape(candidate.shape)
-        usable = (np.arange(count)[None, :] < span[:, None]) & (labels >= 0)
+        videos = np.repeat(self.video[idx], count)
+        labels = self.labeler(videos, candidate.ravel()).reshape(candidate.shape)
+        labelled = labels >= 0 if self.targets is None else self.targets.labelled(videos, candidate.ravel())
+        usable = (np.arange(count)[None, :] < span[:, None]) & labelled.reshape(candidate.shape)
         keys = np.where(usable, draw_offsets(self.seed, epoch, idx, count), np.uint64(0))
         pick = np.where(usable.any(1), keys.argmax(1), 0)
         rows = np.arange(len(idx))
@@ -243,6 +318,7 @@ class WindowDataset(torch.utils.data.Dataset):
         else:
             audio = np.zeros((len(idx), ta, s.audio_dim), np.float16)
         return {
+            **self.task_targets(video, start),
             "visual": torch.from_numpy(np.ascontiguousarray(visual)),
             "visual_mask": torch.from_numpy(visual_mask),
             "audio": torch.from_numpy(np.ascontiguousarray(audio)),
@@ -251,6 +327,15 @@ class WindowDataset(torch.utils.data.Dataset):
             "frame_labels": torch.from_numpy(frame_labels),
             "index": torch.from_numpy(idx),
         }
+
+    def task_targets(self, video: np.ndarray, start: np.ndarray) -> dict[str, torch.Tensor]:
+        """``va`` [B, 2] float32 / ``au`` [B, 12] int64 targets of the windows, for the tasks that train besides
+        EXPR."""
+        if self.targets is None or not self.targets.values:
+            return {}
+        out = self.targets(video, start)
+        return {task: torch.from_numpy(np.asarray(out[task], np.float32 if task == "va" else np.int64))
+                for task in self.targets.values}  # fmt: skip
 
 
 def collate_batch(batch):

@@ -101,12 +101,21 @@ class FusionOutput:
     """[B, text_dim] pooled visual representation after fusion, projected to the CLIP text space, L2-normalised."""
     logit_scale: torch.Tensor
     """Scalar contrastive logit scale (already exponentiated and clamped)."""
+    va: torch.Tensor | None = None
+    """[B, 2] valence and arousal in [-1, 1] (a head trained with the va task)."""
+    au: torch.Tensor | None = None
+    """[B, 12] action-unit logits (a head trained with the au task)."""
+
+
+TASK_OUTPUTS = {"va": 2, "au": 12}
+"""The outputs of each task's head beside the expression classifier."""
 
 
 class FusionHead(nn.Module):
-    """Visual TCN + audio adapter + cross-attention fusion + masked mean pooling + MLP classifier."""
+    """Visual TCN + audio adapter + cross-attention fusion + masked mean pooling + MLP classifier; with ``tasks``
+    ``va`` / ``au``, one more MLP of the classifier's shape per task on the same pooled representation."""
 
-    def __init__(self, cfg: ModelConfig, num_classes: int):
+    def __init__(self, cfg: ModelConfig, num_classes: int, tasks=("expr",)):
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
@@ -117,18 +126,21 @@ class FusionHead(nn.Module):
         )
         self.v2a = CrossAttention(d, cfg.heads, cfg.dropout) if cfg.fusion in ("bidirectional", "v2a") else None
         self.a2v = CrossAttention(d, cfg.heads, cfg.dropout) if cfg.fusion in ("bidirectional", "a2v") else None
-        layers: list[nn.Module] = []
-        width = 2 * d
-        for hidden in cfg.mlp_hidden:
-            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(cfg.mlp_dropout)]
-            width = hidden
-        layers.append(nn.Linear(width, num_classes))
-        self.classifier = nn.Sequential(*layers)
+        self.classifier = self._mlp(2 * d, num_classes)
+        self.task_heads = nn.ModuleDict({t: self._mlp(2 * d, n) for t, n in TASK_OUTPUTS.items() if t in tasks})
         self.text_projection = nn.Linear(d, cfg.text_dim)
         # Shape [1], not a 0-dim scalar: DeepSpeed broadcasts parameters through a byte view, which 0-dim refuses.
         self.logit_scale = nn.Parameter(
             torch.full((1,), float(cfg.logit_scale_init)), requires_grad=cfg.learnable_logit_scale
         )
+
+    def _mlp(self, width: int, outputs: int) -> nn.Sequential:
+        layers: list[nn.Module] = []
+        for hidden in self.cfg.mlp_hidden:
+            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(self.cfg.mlp_dropout)]
+            width = hidden
+        layers.append(nn.Linear(width, outputs))
+        return nn.Sequential(*layers)
 
     def forward(
         self,
@@ -154,10 +166,13 @@ class FusionHead(nn.Module):
         ha = self.a2v(fa, fv, visual_mask) if self.a2v is not None else fa  # [B, Ta, D]
         zv = masked_mean(hv, visual_mask)  # [B, D]
         za = masked_mean(ha, audio_mask)  # [B, D]
-        logits = self.classifier(torch.cat([zv, za], dim=-1))  # [B, C]
+        z = torch.cat([zv, za], dim=-1)  # [B, 2D]
+        logits = self.classifier(z)  # [B, C]
         embedding = F.normalize(self.text_projection(zv), dim=-1)  # [B, text_dim]
         scale = self.logit_scale.exp().clamp(max=100.0).squeeze(0)  # scalar
-        return FusionOutput(logits=logits, visual_embedding=embedding, logit_scale=scale)
+        va = torch.tanh(self.task_heads["va"](z)) if "va" in self.task_heads else None
+        au = self.task_heads["au"](z) if "au" in self.task_heads else None
+        return FusionOutput(logits=logits, visual_embedding=embedding, logit_scale=scale, va=va, au=au)
 
 
 def receptive_field(cfg: ModelConfig) -> int:
