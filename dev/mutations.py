@@ -233,7 +233,7 @@ MUTATIONS = [
      "            if overlap < min_iou:\n                break", "            if overlap < 0:\n                break",
      ["tests/test_tracks.py", "-k", "side_by_side"]),
     ("track-gap", "a track lives on across at most max_gap frames without a face", "expr/features/tracks.py",
-     "if t - track.last <= max_gap + 1]", "if t - track.last <= max_gap + 2]",
+     "if t - tracks[k].last <= max_gap + 1]", "if t - tracks[k].last <= max_gap + 2]",
      ["tests/test_tracks.py", "-k", "side_by_side"]),
     ("track-order", "tracks are numbered left to right", "expr/features/tracks.py",
      "return sorted(kept, key=lambda t: t.centre_x)", "return kept", ["tests/test_tracks.py", "-k", "side_by_side"]),
@@ -267,6 +267,11 @@ MUTATIONS = [
     ("task-select", "the best epoch of a multi-task run is chosen by train.select (auto: the sum of the scores)",
      "expr/train.py", "            key = selection_metric(cfg)", '            key = "val/macro_f1"',
      ["tests/test_tasks.py", "-k", "learns_all_three"]),
+    ("track-audio", "a track that starts late hears the audio from its own first frame", "expr/predict.py",
+     "shift = start - person.first / footage.fps", "shift = start", ["tests/test_tracks.py", "-k", "faces_all"]),
+    ("stretch-fill", "frames of an undecodable stretch count as frames without a face (frame i stays at i / fps)",
+     "expr/predict.py", "    if skipped:  # the frames of a stretch", "    if False:  # the frames of a stretch",
+     ["tests/test_predict.py", "-k", "stretch"]),
 ]  # fmt: skip
 
 

@@ -6,6 +6,8 @@ timestamps, so a variable frame rate or a stretch the decoder skipped stays in s
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import closing
 from fractions import Fraction
 from itertools import chain
 from pathlib import Path
@@ -68,37 +70,47 @@ def caption(img: np.ndarray, text: str, origin: tuple[int, int], scale: float, c
 
 def write_annotated_video(video: Path, path: Path, footage, people: list[dict[str, Any]], classes: list[str],
                           progress: bool = True) -> Path:  # fmt: skip
-    """Write ``path`` (MP4) from ``video``'s frames as ``footage`` read them (the same frames: a stretch skipped
-    then is skipped again) and each person's probabilities (``people[k]['probs']``, [frames of its span, C])."""
+    """Write ``path`` (MP4) from ``video``'s frames, each matched by its time to the frame of ``footage`` (a stretch
+    the decoder skipped stays out), and each person's probabilities (``people[k]['probs']``, [frames of its span,
+    C]). Sound and pictures are interleaved as they go."""
     import av
     from tqdm.auto import tqdm
 
-    frames = timed_frames(video, [])
-    first = next(frames, None)
-    if first is None:
-        raise ValueError(f"{video}: no frame could be decoded")
-    H, W = first[1].shape[:2]
-    with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4", options={"movflags": "+faststart"}) as out:
-        stream = out.add_stream("libx264", rate=Fraction(footage.fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = W + W % 2, H + H % 2, "yuv420p"  # yuv420p: even sides
-        stream.time_base = stream.codec_context.time_base = TIME_BASE  # the frames' own times, not 1 / rate steps
-        stream.options = {"crf": "20"}
-        sound = audio_stream(out, video) if footage.audio is not None else None
-        bar = tqdm(total=len(footage.times), unit="frame", desc="video", disable=not progress)
-        for t, (_, frame) in enumerate(chain([first], frames)):
-            if t >= len(footage.times):
-                break
-            img = np.pad(draw(frame, people, footage, t, classes), ((0, H % 2), (0, W % 2), (0, 0)), mode="edge")
-            out_frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            out_frame.pts, out_frame.time_base = round(footage.times[t] / TIME_BASE), TIME_BASE
-            for packet in stream.encode(out_frame):
-                out.mux(packet)
-            bar.update()
-        bar.close()
-        for packet in stream.encode():
-            out.mux(packet)
-        if sound is not None:
-            copy_audio(out, sound, video)
+    with closing(timed_frames(video, [])) as frames:
+        first = next(frames, None)
+        if first is None:
+            raise ValueError(f"{video}: no frame could be decoded")
+        H, W = first[1].shape[:2]
+        options = {"movflags": "+faststart"}
+        with atomic_path(path) as tmp, av.open(str(tmp), "w", format="mp4", options=options) as out:
+            stream = out.add_stream("libx264", rate=Fraction(footage.fps).limit_denominator(1001))
+            stream.width, stream.height, stream.pix_fmt = W + W % 2, H + H % 2, "yuv420p"  # yuv420p: even sides
+            stream.time_base = stream.codec_context.time_base = TIME_BASE  # the frames' own times, not 1 / rate
+            stream.options = {"crf": "20"}
+            sound = audio_stream(out, video) if footage.audio is not None else None
+            with closing(audio_packets(sound, video) if sound is not None else (x for x in ())) as audio:
+                upcoming = next(audio, None)
+                last_pts, bar = -1, tqdm(total=len(footage.times), unit="frame", desc="video", disable=not progress)
+                for time_s, frame in chain([first], frames):
+                    t = int(np.searchsorted(footage.times, time_s - 1e-6))
+                    if t >= len(footage.times) or abs(footage.times[t] - time_s) > 1e-6:
+                        continue  # not a frame the prediction saw
+                    while upcoming is not None and upcoming[0] <= time_s:  # the sound up to this picture
+                        out.mux(upcoming[1])
+                        upcoming = next(audio, None)
+                    img = np.pad(draw(frame, people, footage, t, classes), ((0, H % 2), (0, W % 2), (0, 0)), "edge")
+                    out_frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+                    last_pts = max(round(time_s / TIME_BASE), last_pts + 1)  # strictly increasing, whatever the file
+                    out_frame.pts, out_frame.time_base = last_pts, TIME_BASE
+                    for packet in stream.encode(out_frame):
+                        out.mux(packet)
+                    bar.update()
+                bar.close()
+                for packet in stream.encode():
+                    out.mux(packet)
+                while upcoming is not None:
+                    out.mux(upcoming[1])
+                    upcoming = next(audio, None)
     return path
 
 
@@ -113,9 +125,10 @@ def audio_stream(out, video: Path):
     return stream
 
 
-def copy_audio(out, stream, video: Path) -> None:
-    """The first audio track of ``video`` re-encoded into ``stream`` of ``out``, on the video's clock (time 0: the
-    first video frame); a stretch that cannot be decoded ends the sound there."""
+def audio_packets(stream, video: Path) -> Iterator[tuple[float, Any]]:
+    """(time in seconds, packet) of the first audio track of ``video`` re-encoded for ``stream``, on the video's clock
+    (time 0: the first video frame; sound before it is dropped); a stretch that cannot be decoded ends the sound
+    there."""
     import av
 
     rate = stream.rate
@@ -124,17 +137,24 @@ def copy_audio(out, stream, video: Path) -> None:
         v = src.streams.video[0]
         zero = float(v.start_time * v.time_base) if v.start_time is not None else 0.0
         pts = None
+
+        def encode(chunks):
+            nonlocal pts
+            for chunk in chunks:
+                if pts >= 0:
+                    chunk.pts, chunk.time_base = pts, Fraction(1, rate)
+                    for packet in stream.encode(chunk):
+                        yield pts / rate, packet
+                pts += chunk.samples
+
         try:
             for frame in src.decode(src.streams.audio[0]):
                 if pts is None:
-                    pts = round(((frame.time or zero) - zero) * rate)
-                for chunk in resampler.resample(frame):
-                    if pts >= 0:  # sound before the first frame has no picture to go with
-                        chunk.pts, chunk.time_base = pts, Fraction(1, rate)
-                        for packet in stream.encode(chunk):
-                            out.mux(packet)
-                    pts += chunk.samples
+                    pts = round(((frame.time if frame.time is not None else zero) - zero) * rate)
+                yield from encode(resampler.resample(frame))
         except av.error.FFmpegError:
             pass  # the sound so far stands: the pictures are the point
+        if pts is not None:
+            yield from encode(resampler.resample(None))
     for packet in stream.encode():
-        out.mux(packet)
+        yield float("inf"), packet

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -130,7 +131,8 @@ def read_footage(path: Path, detector, faces: str = "largest", min_track_s: floa
     the audio decoded. A stretch that cannot be decoded, a variable frame rate, no face or no audio: warnings."""
     from tqdm.auto import tqdm
 
-    info = probe(path)
+    info = probe(path, tolerant=True)
+    fps = info.fps
     skipped: list[float] = []
     times, detections, pending = [], [], []
 
@@ -143,23 +145,31 @@ def read_footage(path: Path, detector, faces: str = "largest", min_track_s: floa
         pending.clear()
 
     bar = tqdm(total=info.num_frames, unit="frame", desc="faces", disable=not progress)
-    for time_s, frame in timed_frames(path, skipped):
-        if pending and (len(pending) == batch or pending[0][1].shape != frame.shape):
-            flush()
-        pending.append((time_s, frame))
-        times.append(time_s)
-        bar.update()
+    with closing(timed_frames(path, skipped)) as frames:
+        for time_s, frame in frames:
+            if pending and (len(pending) == batch or pending[0][1].shape != frame.shape):
+                flush()
+            pending.append((time_s, frame))
+            times.append(time_s)
+            bar.update()
     if pending:
         flush()
     bar.close()
     if not times:
         raise PredictError(f"{path}: no frame could be decoded")
-    T, fps, warnings = len(times), info.fps, []
-    if skipped:
-        span = f"{min(skipped):.2f} s to {max(skipped):.2f} s"
-        warnings.append(f"{path.name}: {len(skipped)} packets from {span} could not be decoded; their frames are "
-                        f"left out ({T} of {info.num_frames} frames predicted)")  # fmt: skip
-    steps = np.diff(times)
+    steps, warnings = np.diff(times), []
+    if skipped:  # the frames of a stretch that could not be decoded count as frames without a face: frame i stays at
+        # i / fps, where the audio features place it
+        missing = np.concatenate([[round(times[0] * fps)], np.maximum(np.round(steps * fps) - 1, 0)]).astype(int)
+        steps = steps[missing[1:] == 0]
+        full_times, full = [], []
+        for time_s, found, gap in zip(times, detections, missing, strict=True):
+            full_times += [time_s - (gap - k) / fps for k in range(gap)] + [time_s]
+            full += [[] for _ in range(gap)] + [found]
+        times, detections = full_times, full
+        warnings.append(f"{path.name}: {len(skipped)} packets from {min(skipped):.2f} s to {max(skipped):.2f} s could "
+                        f"not be decoded; their {missing.sum()} frames count as frames without a face")  # fmt: skip
+    T = len(times)
     if len(steps) > 1 and (steps.max() > 1.5 * np.median(steps) or steps.min() < 0.5 * np.median(steps)):
         warnings.append(f"{path.name}: variable frame rate (frame intervals {steps.min() * 1e3:.0f} to "
                         f"{steps.max() * 1e3:.0f} ms): the CSV's times are the frames' own, the windows count frames "
@@ -251,6 +261,9 @@ def predict_video(
     video, out = Path(video), Path(out)
     if not video.is_file():
         raise PredictError(f"{video}: no such file")
+    if faces not in ("largest", "all") or min_track_s < 0 or batch < 1:
+        raise PredictError(f"faces={faces!r}, min_track={min_track_s}, batch={batch}: faces is largest or all, "
+                           f"min_track 0 or more seconds, batch at least 1")  # fmt: skip
     device = resolve_device(device)
     members = ensemble_members(run)
     detector = face_detector(detector, device) if isinstance(detector, str) else detector
@@ -291,7 +304,11 @@ def predict_video(
     if annotate:
         from expr.annotate import write_annotated_video
 
-        mp4 = write_annotated_video(video, out / f"{video.stem}_annotated.mp4", footage, people, classes, progress)
+        try:
+            mp4 = write_annotated_video(video, out / f"{video.stem}_annotated.mp4", footage, people, classes, progress)
+        except (OSError, ValueError, RuntimeError) as e:  # PyAV's errors among them: the predictions stand
+            footage.warnings.append(f"{video.name}: the annotated video could not be written ({e})")
+            logger.warning("warning: %s", footage.warnings[-1])
     return {"people": people, "frames": len(footage.times), "warnings": footage.warnings, "video": mp4}
 
 
@@ -437,8 +454,6 @@ def main(argv: list[str] | None = None) -> int:
     logger.propagate = False
     try:
         videos = find_videos(args.videos)
-        if args.min_track < 0 or args.batch < 1:
-            raise PredictError("--min_track must be 0 or more seconds and --batch at least 1")
         kw = dict(clip=args.clip, wav2vec2=args.wav2vec2, device=args.device, progress=not args.no_progress,
                   overrides=overrides, detector=args.detector, faces=args.faces, min_track_s=args.min_track,
                   annotate=args.video, batch=args.batch)  # fmt: skip

@@ -245,7 +245,9 @@ def test_predict_takes_several_videos_and_folders_and_goes_on_past_an_unreadable
     assert "missing.mp4: no such file or folder" in capsys.readouterr().err
 
 
-def test_a_stretch_that_cannot_be_decoded_leaves_those_frames_out_with_a_warning(small_run, tmp_path):
+def test_a_stretch_that_cannot_be_decoded_counts_as_frames_without_a_face_with_a_warning(small_run, tmp_path):
+    import av
+
     from expr.predict import predict_video
 
     video = clip_from_photo(tmp_path / "a.mp4", "astronaut", frames=40, audio=False)
@@ -254,12 +256,18 @@ def test_a_stretch_that_cannot_be_decoded_leaves_those_frames_out_with_a_warning
     data[middle : middle + 800] = np.random.default_rng(0).integers(0, 256, 800, dtype=np.uint8).tobytes()
     video.write_bytes(bytes(data))
     kw = dict(clip="random", wav2vec2="random", progress=False, device="cpu")
-    result = predict_video(video, small_run["run_dir"], tmp_path / "out", **kw)
-    assert any("could not be decoded; their frames are left out" in w for w in result["warnings"])
+    result = predict_video(video, small_run["run_dir"], tmp_path / "out", annotate=True, **kw)
+    assert any("could not be decoded; their" in w and "count as frames without a face" in w for w in result["warnings"])
+    assert not any("variable frame rate" in w for w in result["warnings"])
     rows = list(csv.DictReader(open(result["people"][0]["csv"])))
-    assert 5 < len(rows) < 40 and len(rows) == result["frames"]
+    assert len(rows) == result["frames"] and [int(r["frame"]) for r in rows] == list(range(len(rows)))
     times = np.array([float(r["time_s"]) for r in rows])
-    assert (np.diff(times) > 0).all() and np.diff(times).max() > 0.15  # the frames' own times: the gap shows
+    np.testing.assert_allclose(times, np.arange(len(rows)) / 10, atol=1e-3)  # frame i stays at i / fps (as audio is)
+    faces = np.array([r["face"] == "1" for r in rows])
+    assert faces[:2].all() and not faces[:10].all()  # the lost frame, early (the face leaves the pan near the end)
+    with av.open(str(result["video"])) as out:  # the annotated video: the decodable frames, at their times
+        shown = [round(float(f.time), 3) for f in out.decode(video=0)]
+    assert 5 < len(shown) < len(rows) and set(shown) <= {round(t, 3) for t in times}
 
 
 def test_a_variable_frame_rate_gives_each_frame_its_own_time_with_a_warning(small_run, tmp_path):

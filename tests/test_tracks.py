@@ -71,8 +71,9 @@ def test_mtcnn_finds_the_man_in_the_car_in_every_frame_more_often_than_haar_batc
     assert sum(haar.detect(f) is not None for f in frames[::4]) < 28  # it loses him when he turns (71 of 120)
 
 
-def two_people(path: Path) -> Path:
-    """The car clip beside a slow pan over scikit-image's astronaut: two people, one on each side."""
+def two_people(path: Path, late: int = 20) -> Path:
+    """The car clip (60 frames at 30 fps) with, from frame ``late``, a slow pan over scikit-image's astronaut beside
+    it (grey before): two people, one on each side, the second appearing late; and a 440 Hz tone."""
     import av
     import cv2
     import skimage.data
@@ -81,34 +82,54 @@ def two_people(path: Path) -> Path:
     with av.open(str(path), "w") as c:
         stream = c.add_stream("libx264", rate=30)
         stream.width, stream.height, stream.pix_fmt = 352, 144, "yuv420p"
+        sound = c.add_stream("aac", rate=16000)
+        sound.layout = "mono"
         for i, frame in enumerate(iter_frames(clip("carphone_pristine"))):
             if i == 60:
                 break
-            right = cv2.resize(astronaut[40 + i : 300 + i, 100:316], (176, 144))
+            right = (
+                cv2.resize(astronaut[40 + i : 300 + i, 100:316], (176, 144)) if i >= late else np.full_like(frame, 128)
+            )
             image = np.ascontiguousarray(np.concatenate([frame, right], 1))
             for p in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
                 c.mux(p)
         for p in stream.encode():
             c.mux(p)
+        tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)).astype(np.float32)
+        for k in range(0, len(tone), 1024):
+            chunk = av.AudioFrame.from_ndarray(tone[None, k : k + 1024], format="flt", layout="mono")
+            chunk.sample_rate, chunk.pts = 16000, k
+            for p in sound.encode(chunk):
+                c.mux(p)
+        for p in sound.encode():
+            c.mux(p)
     return path
 
 
 def test_predict_with_faces_all_writes_one_track_per_person_left_to_right(small_run, tmp_path):
+    from expr.data.store import FrameStore
     from expr.predict import predict_video
 
-    video = two_people(tmp_path / "two.mp4")
+    video = two_people(tmp_path / "two.mp4", late=20)
     kw = dict(clip="random", wav2vec2="random", progress=False, device="cpu")
     result = predict_video(video, small_run["run_dir"], tmp_path / "out", faces="all", min_track_s=0.5, **kw)
-    assert [p["name"] for p in result["people"]] == ["two_face1", "two_face2"]
+    assert [p["name"] for p in result["people"]] == ["two_face1", "two_face2"] and not result["warnings"]
+    rows = {}
     for person in result["people"]:
-        rows = list(csv.DictReader(open(person["csv"])))
-        assert {r["track"] for r in rows} == {str(person["track"])} and len(rows) == person["frames"] >= 55
-        assert rows[0]["face"] == rows[-1]["face"] == "1"  # a track's span: its first face to its last
-        centre = [float(r["box_x"]) + float(r["box_w"]) / 2 for r in rows if r["face"] == "1"]
+        rows[person["track"]] = got = list(csv.DictReader(open(person["csv"])))
+        assert {r["track"] for r in got} == {str(person["track"])} and len(got) == person["frames"]
+        assert got[0]["face"] == got[-1]["face"] == "1"  # a track's span: its first face to its last
+        centre = [float(r["box_x"]) + float(r["box_w"]) / 2 for r in got if r["face"] == "1"]
         assert all((c < 176) == (person["track"] == 1) for c in centre)  # face 1 on the left, face 2 on the right
-        assert float(rows[0]["time_s"]) == pytest.approx(int(rows[0]["frame"]) / 30, abs=1e-3)
-    ys = [float(r["box_y"]) for r in rows]  # face 2: the pan moves the astronaut's face up and out of the picture
-    assert ys[-1] < ys[0] - 20 and np.corrcoef(np.arange(len(ys)), ys)[0, 1] < -0.9
+    assert len(rows[1]) == 60 and rows[1][0]["frame"] == "0"
+    first = int(rows[2][0]["frame"])  # the astronaut comes in at frame 20: her rows start there, timed as the video
+    assert 20 <= first <= 22 and 30 <= len(rows[2]) <= 60 - first
+    assert float(rows[2][0]["time_s"]) == pytest.approx(first / 30, abs=1e-3)
+    ys = [float(r["box_y"]) for r in rows[2]]  # the pan moves her face up and out of the picture
+    assert ys[-1] < ys[0] - 15 and np.corrcoef(np.arange(len(ys)), ys)[0, 1] < -0.9
+    store = FrameStore(tmp_path / "out" / "two_features")  # one video per track, the audio on each one's clock
+    late = store.names.index("two_face2")
+    assert store.audio_start[late] == pytest.approx(store.audio_start[store.names.index("two_face1")] - first / 30)
     largest = predict_video(video, small_run["run_dir"], tmp_path / "one", **kw)  # the default: one per video
     assert [p["name"] for p in largest["people"]] == ["two"] and largest["people"][0]["frames"] == 60
 

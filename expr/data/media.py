@@ -36,8 +36,9 @@ def _open(path: Path):
         raise MediaError(f"{path}: cannot open video ({e})") from None
 
 
-def probe(path: str | Path) -> VideoInfo:
-    """Frame rate, frame count, time base and start of the first video stream of ``path``."""
+def probe(path: str | Path, tolerant: bool = False) -> VideoInfo:
+    """Frame rate, frame count, time base and start of the first video stream of ``path``; ``tolerant``: a container
+    that breaks off counts the packets before the break instead of raising."""
     import av
 
     path = Path(path)
@@ -57,7 +58,8 @@ def probe(path: str | Path) -> VideoInfo:
                     if packet.pts is not None and (first_pts is None or packet.pts < first_pts):
                         first_pts = packet.pts
         except av.error.FFmpegError as e:
-            raise MediaError(f"{path}: cannot read video packets ({e})") from None
+            if not tolerant or not num_frames:
+                raise MediaError(f"{path}: cannot read video packets ({e})") from None
         if stream.start_time is not None:
             start = float(stream.start_time) * time_base
         else:

@@ -53,8 +53,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def link_faces(detections: list[list[Face]], min_iou: float = 0.3, max_gap: int = 15) -> list[Track]:
     """The tracks of ``detections`` (each frame's faces), in order of their first frame."""
     tracks: list[Track] = []
+    live: list[int] = []  # the tracks that may still continue
     for t, faces in enumerate(detections):
-        live = [k for k, track in enumerate(tracks) if t - track.last <= max_gap + 1]
+        live = [k for k in live if t - tracks[k].last <= max_gap + 1]
         pairs = sorted(
             ((iou(tracks[k].faces[-1].box, face.box), k, j) for k in live for j, face in enumerate(faces)),
             key=lambda p: -p[0],
@@ -70,6 +71,7 @@ def link_faces(detections: list[list[Face]], min_iou: float = 0.3, max_gap: int 
             taken_faces.add(j)
         for j, face in enumerate(faces):
             if j not in taken_faces:
+                live.append(len(tracks))
                 tracks.append(Track([t], [face]))
     return tracks
 
