@@ -272,6 +272,9 @@ MUTATIONS = [
     ("stretch-fill", "frames of an undecodable stretch count as frames without a face (frame i stays at i / fps)",
      "expr/predict.py", "    if skipped:  # the frames of a stretch", "    if False:  # the frames of a stretch",
      ["tests/test_predict.py", "-k", "stretch"]),
+    ("sweep-objective", "a study optimises its runs' selection metric (any task's score)", "expr/sweep/worker.py",
+     '    return result["best_score"], attrs', '    return result["best_macro_f1"], attrs',
+     ["tests/test_sweeps.py", "-k", "task_its_runs"]),
 ]  # fmt: skip
 
 

@@ -94,6 +94,23 @@ def test_two_setting_grid_study_reports_like_table1_and_a_rerun_redoes_nothing(t
     assert f"{float(rows[0]['macro_f1']):.4f}" in zero  # width 0 reproduces the trial's own metric
 
 
+def test_a_study_optimises_the_score_of_the_task_its_runs_train(tmp_path):
+    """Runs that train valence-arousal select their best epoch by the mean CCC; the study optimises that, and its
+    report says so."""
+    import json
+
+    out = tmp_path / "out"
+    cmd = RUN + ["--study", str(study_yaml(tmp_path, name="va2")), "--out", str(out)] + TINY
+    done = subprocess.run(cmd + ["--train.epochs", "2", "--train.tasks", "va"], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "| data.window | CCC | n |" in (out / "report.md").read_text()
+    for row in csv.DictReader(open(out / "results.csv")):
+        assert row["objective"] == "val/ccc" and row["macro_f1"] == ""
+        history = [json.loads(line) for line in open(Path(row["run_dir"]) / "metrics.jsonl")]
+        assert float(row["value"]) == pytest.approx(max(h["val/ccc"] for h in history))
+
+
 def test_a_killed_worker_is_continued_by_rerunning_the_same_command(tmp_path):
     out = tmp_path / "out"
     cmd = RUN + ["--study", str(study_yaml(tmp_path)), "--out", str(out), "--heartbeat", "1"] + TINY

@@ -25,7 +25,9 @@ def results_table(handle, study: Study) -> list[dict[str, Any]]:
     rows = []
     for t in handle.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         values = dict(t.params)
-        row = {"trial": t.number, "state": t.state.name.lower(), "macro_f1": t.value}
+        objective = t.user_attrs.get("objective", "val/macro_f1")
+        row = {"trial": t.number, "state": t.state.name.lower(), "value": t.value, "objective": objective}
+        row["macro_f1"] = t.value if objective == "val/macro_f1" else t.user_attrs.get("macro_f1")
         row.update(values)
         for cls, f1 in (t.user_attrs.get("per_class_f1") or {}).items():
             row[f"f1/{cls}"] = f1
@@ -35,19 +37,29 @@ def results_table(handle, study: Study) -> list[dict[str, Any]]:
     return rows
 
 
+OBJECTIVES = {"val/macro_f1": "macro-F1", "val/ccc": "CCC", "val/au_f1": "AU F1", "val/score": "sum of task scores"}
+"""How a report names each objective a study may optimise (a run's ``train.select``)."""
+
+
+def objective_of(rows: list[dict[str, Any]]) -> str:
+    """The metric a study's trials optimised (their runs' selection metric)."""
+    return next((r["objective"] for r in rows), "val/macro_f1")
+
+
 def setting_of(row: dict[str, Any], study: Study) -> tuple:
     return tuple((k, row.get(k)) for k in study.params)
 
 
 def summarise(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
-    """Per setting: mean and std of macro-F1 and per-class F1 over its repeats (seeds x folds)."""
+    """Per setting: mean and std of the objective (macro-F1 unless the runs select by another task's score) and
+    per-class F1 over its repeats (seeds x folds)."""
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
         if r["state"] == "complete":
             groups.setdefault(setting_of(r, study), []).append(r)
     out = []
     for setting, members in groups.items():
-        f1 = np.array([m["macro_f1"] for m in members], float)
+        f1 = np.array([m["value"] for m in members], float)
         classes = [k for k in members[0] if k.startswith("f1/")]
         per_class = {}
         for c in classes:
@@ -91,7 +103,7 @@ def write_report(handle, study: Study, out: Path, paper: dict | None = None) -> 
         writer.writerows(rows)
     write_text(out / "report.md", report_markdown(study, summary, rows, handle, paper))
     if summary:
-        bar_chart(study, summary, out / f"{study.name}.png")
+        bar_chart(study, summary, out / f"{study.name}.png", objective_of(rows))
     if study.type == "search" and sum(r["state"] == "complete" for r in rows) >= 2:
         optuna_plots(handle, out)
     return out / "report.md"
@@ -107,7 +119,8 @@ def report_markdown(study: Study, summary, rows, handle, paper: dict | None) -> 
     keys = list(study.params)
     classes = list(summary[0]["per_class"]) if summary else []
     paper_col = study.name == "window" and keys == ["data.window"]
-    head = "| " + " | ".join(keys) + " | macro-F1 | n |" + (" paper |" if paper_col else "")
+    name = OBJECTIVES.get(objective_of(rows), objective_of(rows))
+    head = "| " + " | ".join(keys) + f" | {name} | n |" + (" paper |" if paper_col else "")
     head += "".join(f" {c} |" for c in classes)
     sep = "|---" * (len(keys) + 2 + int(paper_col) + len(classes)) + "|"
     lines = [f"# Study `{study.name}`", "", study.description.strip(), "", head, sep]
@@ -122,8 +135,9 @@ def report_markdown(study: Study, summary, rows, handle, paper: dict | None) -> 
         lines.append(line)
     lines += [
         "",
-        "Macro-F1: frame-level validation macro-F1 of each trial's best epoch; mean ± sample std over the repeats "
-        "(seeds x folds, n). Per-class columns: mean F1 over the repeats.",
+        f"{name}: the frame-level validation {name} of each trial's best epoch (the study's objective, "
+        f"`{objective_of(rows)}`); mean ± sample std over the repeats (seeds x folds, n). Per-class columns: mean "
+        f"EXPR F1 over the repeats.",
         "",
         "Trials: " + ", ".join(f"{k} {v}" for k, v in counts.items() if v),
         "",
@@ -134,7 +148,7 @@ def report_markdown(study: Study, summary, rows, handle, paper: dict | None) -> 
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(study: Study, summary, path: Path) -> None:
+def bar_chart(study: Study, summary, path: Path, objective: str = "val/macro_f1") -> None:
 
     plt = pyplot()
     shown = summary[:20]
@@ -148,10 +162,11 @@ def bar_chart(study: Study, summary, path: Path) -> None:
     ax.set_xticks(
         range(len(shown)), labels, rotation=30 if len(shown) > 4 else 0, ha="right" if len(shown) > 4 else "center"
     )
-    ax.set_ylabel("validation macro-F1 (frames)")
+    ax.set_ylabel(f"validation {OBJECTIVES.get(objective, objective)} (frames)")
     ax.set_title(f"study {study.name}" + (" (mean ± std over repeats)" if any(s["n"] > 1 for s in shown) else ""))
     low = min(m - s for m, s in zip(means, stds, strict=True))
-    ax.set_ylim(max(0.0, low - 0.05), min(1.0, max(means) + 0.05))
+    top = max(m + s for m, s in zip(means, stds, strict=True))
+    ax.set_ylim(low - 0.05 if low < 0 else max(0.0, low - 0.05), top + 0.05)  # CCC may be negative, a sum over 1
     save_figure(fig, path)
 
 

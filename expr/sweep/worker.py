@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from expr.config import ConfigError, build_config
+from expr.config import ConfigError, build_config, selection_metric
 from expr.evaluation import frame_report, smooth_rows
 from expr.sweep import optuna_api
 from expr.sweep.queue import finish, heartbeat, next_trial, start_worker, worker_id
@@ -73,23 +73,26 @@ def train_trial(settings: dict[str, Any], resume: str | None, on_epoch_end) -> t
         result = run(cfg, resume_dir=resume, on_epoch_end=on_epoch_end)
     else:
         result = run(build_config(settings), on_epoch_end=on_epoch_end)
-    best = max(result["history"], key=lambda m: m["val/macro_f1"])
+    best = result["history"][result["best_epoch"] - 1]  # the epoch the run's selection metric chose
     attrs = {
         "run_dir": result["run_dir"],
         "best_epoch": result["best_epoch"],
-        "per_class_f1": best["val/per_class_f1"],
+        "objective": result["best_metric"],
+        "macro_f1": best.get("val/macro_f1"),
+        "per_class_f1": best.get("val/per_class_f1"),
         "window_macro_f1": best.get("val/window_macro_f1"),
         "epochs_run": len(result["history"]),
     }
-    return result["best_macro_f1"], attrs
+    return result["best_score"], attrs
 
 
-def epoch_reporter(trial, study: Study):
-    """The trainer's per-epoch callback (main process): report to Optuna; True stops a pruned search trial."""
+def epoch_reporter(trial, study: Study, objective: str = "val/macro_f1"):
+    """The trainer's per-epoch callback (main process): report the run's ``objective`` (its selection metric) to
+    Optuna; True stops a pruned search trial."""
     pruned = {"flag": False}
 
     def on_epoch_end(epoch: int, metrics: dict[str, Any]) -> bool:
-        trial.report(metrics["val/macro_f1"], epoch)
+        trial.report(metrics[objective], epoch)
         if study.type == "search" and trial.should_prune():
             pruned["flag"] = True
             return True
@@ -105,7 +108,8 @@ def run_trial(
     if study.type == "posthoc":
         return posthoc_trial(values, source_run)
     settings, resume = plan_trial(trial, study, values, overrides, out)
-    on_epoch_end, pruned = epoch_reporter(trial, study)
+    cfg = config_from_argv(["--resume", resume])[0] if resume else build_config(settings)
+    on_epoch_end, pruned = epoch_reporter(trial, study, selection_metric(cfg))
     value, attrs = train_trial(settings, resume, on_epoch_end)
     return value, attrs, pruned["flag"]
 
@@ -126,7 +130,8 @@ def posthoc_trial(values: dict[str, Any], source_run: str | None):
     width = int(values.get("eval.smoothing_width", 0))
     smoothed = smooth_rows(rows, probs, num_frames, frame_offset, method, width)
     report = frame_report(labels, smoothed, info["classes"])
-    return report["macro_f1"], {"run_dir": str(source_run), "per_class_f1": report["per_class_f1"]}, False
+    attrs = {"run_dir": str(source_run), "objective": "val/macro_f1", "per_class_f1": report["per_class_f1"]}
+    return report["macro_f1"], attrs, False
 
 
 @functools.lru_cache(maxsize=4)
