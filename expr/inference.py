@@ -30,14 +30,17 @@ def predict_frames(
     num_workers: int | None = None,
     encoders=None,
     flip: bool = False,
-) -> tuple[np.ndarray, np.ndarray]:
+    tasks=("expr",),
+):
     """Frame probabilities of every video of ``split`` (or of ``videos`` among them): (frame rows, [rows, C]), by
     step 1 of :mod:`expr.evaluation`'s path (``label_rule``: the run's ``data.label_frame``; frames without a face
     filled from the nearest face frame). ``mode="online"`` runs the store's frozen encoders on its face crops and
     audio, as an online-trained head saw (``encoders``: (encoders, image transform) of the run, see
     :func:`expr.runs.run_encoders`; default: the store's frozen ones); ``flip`` (online mode, ``eval.flip``) averages
-    every window's probabilities with those of its mirrored crops."""
-    windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True)
+    every window's probabilities with those of its mirrored crops. With ``tasks`` beyond ``("expr",)`` (a head
+    trained on them): (frame rows, {task: [rows, K]}) with the class probabilities under ``expr``, valence-arousal
+    under ``va`` and AU probabilities under ``au``, all placed on frames the same way."""
+    windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True, tasks=tasks)
     videos = store.videos_in(split) if videos is None else np.asarray(videos)
     model = model.to(device)
     if mode == "online":
@@ -68,7 +71,10 @@ def predict_frames(
             batch["audio"].to(device).float(),
             batch["audio_mask"].to(device),
         )
-        return out.logits.float().softmax(-1)
+        parts = [out.logits.float().softmax(-1)]
+        parts += [out.va.float()] if "va" in tasks else []
+        parts += [out.au.float().sigmoid()] if "au" in tasks else []
+        return torch.cat(parts, -1)
 
     chunks = []
     for batch in batches:
@@ -77,7 +83,13 @@ def predict_frames(
             p = (p + window_probs(mirrored(batch))) / 2
         chunks.append(p.cpu().numpy())
     probs = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-    return store_frame_probabilities(store, videos, data, mine, probs, label_rule)
+    rows, frames = store_frame_probabilities(store, videos, data, mine, probs, label_rule)
+    if tuple(tasks) == ("expr",):
+        return rows, frames
+    widths = {"expr": model.classifier[-1].out_features, "va": 2, "au": 12}
+    edges = np.cumsum([0] + [widths[t] for t in ("expr", "va", "au") if t == "expr" or t in tasks])
+    names = [t for t in ("expr", "va", "au") if t == "expr" or t in tasks]
+    return rows, {t: frames[:, a:b] for t, a, b in zip(names, edges[:-1], edges[1:], strict=True)}
 
 
 def mirrored(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -25,10 +25,12 @@ import numpy as np
 from expr.atomic import atomic_path, write_text
 from expr.calibration import subject_ids
 from expr.config import ConfigError, Smoothing, resolve_device
+from expr.data.affwild2 import AU_NAMES
 from expr.data.source import open_store
-from expr.data.store import StoreError
+from expr.data.store import StoreError, video_of_rows
 from expr.evaluation import Decision, frame_report
 from expr.inference import predict_frames
+from expr.metrics import au_report, tune_au_thresholds, va_report
 from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
 from expr.runs import RunError, legacy_overrides, load_head, run_decision, run_encoders, run_options_help
@@ -73,8 +75,10 @@ def evaluate_run(
 
         state = PartialState(cpu=device == "cpu")
         rank, world = state.process_index, state.num_processes
-    videos = store.videos_in(split)
-    rows, probs = predict_frames(
+    tasks = cfg.train.tasks
+    in_split = {t: store.splits == split if t == "expr" else store.task_splits[t] == split for t in tasks}
+    videos = np.flatnonzero(np.any(list(in_split.values()), axis=0))  # those of the split of any task the run has
+    rows, outputs = predict_frames(
         model,
         store,
         split,
@@ -86,18 +90,26 @@ def evaluate_run(
         mode=cfg.data.mode,
         encoders=run_encoders(run_dir, cfg, store, device),
         flip=cfg.eval.flip,
+        tasks=tasks,
     )
+    outputs = outputs if isinstance(outputs, dict) else {"expr": outputs}
     if world > 1:
-        parts = gather_object([(rows, probs)])
+        parts = gather_object([(rows, outputs)])
         if rank != 0:
             return {}
         rows = np.concatenate([r for r, _ in parts])
-        probs = np.concatenate([p for _, p in parts])
         order = np.argsort(rows, kind="stable")
-        rows, probs = rows[order], probs[order]
+        rows = rows[order]
+        outputs = {t: np.concatenate([o[t] for _, o in parts])[order] for t in outputs}
+    scored = {t: task_report(t, store, rows, outputs[t], in_split[t]) for t in tasks if t != "expr"}
+    task_reports = {t: r for t, (r, _, _) in scored.items()}
+    expr_rows = np.isin(video_of_rows(store.frame_offset, rows), np.flatnonzero(in_split.get("expr", [])))
+    rows, probs = rows[expr_rows], outputs["expr"][expr_rows]
     labels = store.labels[rows]
-    if not (labels >= 0).any():
+    if "expr" in tasks and not (labels >= 0).any():
         raise EvaluateError(f"split '{split}' of {store.path} has no labelled frames (for test videos use expr submit)")
+    if not any(r["frames"] for r in task_reports.values()) and "expr" not in tasks:
+        raise EvaluateError(f"split '{split}' of {store.path} has no frames annotated for {', '.join(tasks)}")
     report = {
         "run": str(Path(run_dir).resolve()),
         "store": str(store.path.resolve()),
@@ -105,17 +117,79 @@ def evaluate_run(
         "folds": {"k": cfg.data.folds, "fold": cfg.data.fold} if cfg.data.folds else None,
         "window": cfg.data.window,
         "stride": stride,
-        "videos": int(len(store.videos_in(split))),
+        "videos": int(len(videos)),
         "frames": int(len(rows)),
         "labelled_frames": int((labels >= 0).sum()),
         "flip": bool(cfg.eval.flip and cfg.data.mode == "online"),
-        **decision_metrics(labels, rows, probs, store.num_frames, store.frame_offset, decision, cfg.data.classes),
+        "tasks": list(tasks),
+        **(
+            decision_metrics(labels, rows, probs, store.num_frames, store.frame_offset, decision, cfg.data.classes)
+            if "expr" in tasks
+            else {}
+        ),  # fmt: skip
+        **task_reports,
     }
     out = Path(out_dir) if out_dir else Path(run_dir) / "eval" / split
     write_report(out, report, list(cfg.data.classes))
-    subject = subject_ids(store.names, rows, store.frame_offset)
-    save_frame_probs(out, rows, probs, labels, store.num_frames, store.frame_offset, subject=subject)
+    if "va" in scored:
+        plot_va(*scored["va"][1:], out / "va_density.png", f"{split}: CCC {task_reports['va']['ccc']:.4f}")
+    if "au" in scored:
+        plot_au(task_reports["au"], out / "au_f1.png", f"{split}: AU F1 {task_reports['au']['au_f1']:.4f}")
+    if "expr" in tasks:
+        subject = subject_ids(store.names, rows, store.frame_offset)
+        save_frame_probs(out, rows, probs, labels, store.num_frames, store.frame_offset, subject=subject)
     return report
+
+
+def task_report(task: str, store, rows: np.ndarray, values: np.ndarray, videos: np.ndarray):
+    """(the VA or AU scores, the scored [N, K] predictions, their targets) of frame ``values`` (rows ``rows``) over
+    the annotated frames of the task's ``videos`` (a mask per video), as the challenges score them; AU also with
+    per-unit thresholds tuned on these frames (optimistic: fitted where they are scored)."""
+    mine = videos[video_of_rows(store.frame_offset, rows)]
+    targets, values = store.task_labels[task][rows[mine]], values[mine]
+    if task == "va":
+        r = va_report(values, targets)
+        scores = {"ccc": r["ccc"], "ccc_valence": r["ccc_valence"], "ccc_arousal": r["ccc_arousal"]}
+        return {**scores, "frames": r["count"]}, values, targets
+    thresholds = tune_au_thresholds(values, targets)
+    plain, tuned = au_report(values, targets, AU_NAMES), au_report(values, targets, AU_NAMES, thresholds)
+    scores = {"au_f1": plain["au_f1"], "per_au_f1": plain["per_au_f1"], "au_f1_tuned": tuned["au_f1"],
+              "thresholds": dict(zip(AU_NAMES, thresholds.tolist(), strict=True))}  # fmt: skip
+    return {**scores, "frames": plain["count"]}, values, targets
+
+
+def plot_va(values: np.ndarray, targets: np.ndarray, path: Path, title: str) -> None:
+    """Predicted against annotated valence and arousal as two density plots (2-D histograms, log colour), the
+    diagonal marked."""
+    import matplotlib
+
+    plt = pyplot()
+    keep = ~np.isnan(targets).any(1)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), dpi=110)
+    for k, (ax, name) in enumerate(zip(axes, ("valence", "arousal"), strict=True)):
+        ax.hist2d(targets[keep, k], values[keep, k], bins=40, range=[[-1, 1], [-1, 1]], cmap="viridis",
+                  norm=matplotlib.colors.LogNorm(), cmin=1)  # fmt: skip
+        ax.plot([-1, 1], [-1, 1], color="0.4", lw=1, ls="--")
+        ax.set_xlabel(f"annotated {name}")
+        ax.set_ylabel(f"predicted {name}")
+        ax.set_aspect("equal")
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_au(report: dict[str, Any], path: Path, title: str) -> None:
+    """F1 per action unit at 0.5 and at the tuned thresholds, as bars."""
+    plt = pyplot()
+    names = list(report["per_au_f1"])
+    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=110)
+    ax.bar(np.arange(len(names)), [report["per_au_f1"][n] for n in names], color="#4C72B0")
+    ax.axhline(report["au_f1"], color="black", lw=1, ls="--", label=f"mean {report['au_f1']:.3f}")
+    ax.set_xticks(np.arange(len(names)), names)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1 (threshold 0.5)")
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title(title)
+    save_figure(fig, path)
 
 
 def decision_metrics(labels, rows, probs, num_frames, frame_offset, decision: Decision, classes) -> dict[str, Any]:
@@ -147,7 +221,9 @@ def save_frame_probs(out: Path, rows, probs, labels, num_frames, frame_offset, *
 def write_report(out: Path, report: dict[str, Any], classes: list[str]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "report.json", json.dumps(report, indent=2))
-    write_text(out / "report.md", markdown(report, classes))
+    write_text(out / "report.md", markdown(report, classes) + task_markdown(report))
+    if "metrics" not in report:  # a run without the expression task
+        return
     plot_confusion(
         np.array(report["metrics"]["confusion_matrix"]),
         classes,
@@ -156,7 +232,37 @@ def write_report(out: Path, report: dict[str, Any], classes: list[str]) -> None:
     )
 
 
+def task_markdown(report: dict[str, Any]) -> str:
+    """The VA and AU sections of report.md (empty for an expression-only run)."""
+    lines = []
+    if "va" in report:
+        va = report["va"]
+        lines += ["", "## Valence-arousal", "", "| | CCC | valence | arousal | frames |", "|---|---|---|---|---|",
+                  f"| frame-level | {va['ccc']:.4f} | {va['ccc_valence']:.4f} | {va['ccc_arousal']:.4f} | "
+                  f"{va['frames']} |", "",
+                  "CCC as the challenge scores it (the mean of valence's and arousal's), over the frames annotated "
+                  "for VA of this split's VA videos.", "", "![valence-arousal](va_density.png)"]  # fmt: skip
+    if "au" in report:
+        au = report["au"]
+        names = list(au["per_au_f1"])
+        lines += ["", "## Action units", "", "| | mean F1 | " + " | ".join(names) + " | frames |",
+                  "|---" * (len(names) + 3) + "|",
+                  f"| threshold 0.5 | {au['au_f1']:.4f} | " + " | ".join(f"{au['per_au_f1'][n]:.3f}" for n in names)
+                  + f" | {au['frames']} |",
+                  f"| tuned thresholds | {au['au_f1_tuned']:.4f} | "
+                  + " | ".join(f"{au['thresholds'][n]:.2f}" for n in names) + " | |", "",
+                  "The challenge's score is the mean F1 over the 12 units at 0.5. The tuned row's thresholds (its "
+                  "cells) were fitted per unit on these frames: optimistic here, to be fitted on validation and "
+                  "applied to test.", "", "![AU F1](au_f1.png)"]  # fmt: skip
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def markdown(report: dict[str, Any], classes: list[str]) -> str:
+    if "metrics" not in report:
+        return (f"# Evaluation: {report['split']}\n\nRun `{report['run']}`, store `{report['store']}`: "
+                f"{report['videos']} videos, {report['frames']} frames, windows of {report['window']} frames every "
+                f"{report['stride']}; tasks {', '.join(report['tasks'])}.\n")  # fmt: skip
+
     def f(v):
         return f"{v:.4f}"
 

@@ -228,6 +228,20 @@ def test_multi_task_training_on_the_demo_learns_all_three(tmp_path, small_store)
     )
     model, _ = load_head(tmp_path / "run")
     assert set(model.task_heads) == {"va", "au"}
+    # expr evaluate scores every task the run trained, through the same path as validation: the same numbers
+    from expr.report import evaluate_run
+
+    report = evaluate_run(tmp_path / "run", device="cpu")
+    best = result["history"][result["best_epoch"] - 1]
+    assert report["va"]["ccc"] == pytest.approx(best["val/ccc"], abs=1e-5)
+    assert report["au"]["au_f1"] == pytest.approx(best["val/au_f1"], abs=1e-5)
+    assert report["metrics"]["macro_f1"] == pytest.approx(best["val/macro_f1"], abs=1e-5)
+    assert report["au"]["au_f1_tuned"] >= report["au"]["au_f1"]
+    out = tmp_path / "run" / "eval" / "validation"
+    assert all(
+        (out / f).read_bytes()[:4] == b"\x89PNG" for f in ("va_density.png", "au_f1.png", "confusion_matrix.png")
+    )
+    assert "## Valence-arousal" in (out / "report.md").read_text()
 
 
 def test_validation_scores_va_and_au_on_their_own_validation_videos_through_the_frame_path(tmp_path):
