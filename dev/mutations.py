@@ -45,7 +45,7 @@ MUTATIONS = [
      ["tests/test_losses.py"]),
     ("submit-index", "example frame n (from 1) gets the label of frame n - 1", "expr/submit.py",
      "lab[min(frame - 1, len(lab) - 1)]", "lab[min(frame, len(lab) - 1)]",
-     ["tests/test_submit.py", "-k", "own_frame"]),
+     ["tests/test_submit.py", "-k", "own_frame or va_and_au"]),
     ("class-weights", "class weights count the training frames (not windows, not another split)", "expr/criterion.py",
      'rows = store.frame_rows(store.videos_in("train"))',
      'rows = store.frame_rows(store.videos_in("validation"))',
@@ -275,6 +275,10 @@ MUTATIONS = [
     ("sweep-objective", "a study optimises its runs' selection metric (any task's score)", "expr/sweep/worker.py",
      '    return result["best_score"], attrs', '    return result["best_macro_f1"], attrs',
      ["tests/test_sweeps.py", "-k", "task_its_runs"]),
+    ("submit-au-threshold", "an AU submission marks a unit active at probability 0.5", "expr/submit.py",
+     'labels = {v: (p >= 0.5).astype(np.int64) if args.task == "au" else p for v, p in values.items()}',
+     'labels = {v: (p >= 0.3).astype(np.int64) if args.task == "au" else p for v, p in values.items()}',
+     ["tests/test_submit.py", "-k", "va_and_au"]),
 ]  # fmt: skip
 
 

@@ -40,7 +40,9 @@ def predict_frames(
     every window's probabilities with those of its mirrored crops. With ``tasks`` beyond ``("expr",)`` (a head
     trained on them): (frame rows, {task: [rows, K]}) with the class probabilities under ``expr``, valence-arousal
     under ``va`` and AU probabilities under ``au``, all placed on frames the same way."""
-    windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True, tasks=tasks)
+    # every video of the split (the EXPR split, which holds test videos) or of the split of a task the store has
+    window_tasks = ("expr", *(t for t in tasks if t != "expr" and t in store.task_splits))
+    windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True, tasks=window_tasks)
     videos = store.videos_in(split) if videos is None else np.asarray(videos)
     model = model.to(device)
     if mode == "online":

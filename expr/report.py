@@ -76,7 +76,8 @@ def evaluate_run(
         state = PartialState(cpu=device == "cpu")
         rank, world = state.process_index, state.num_processes
     tasks = cfg.train.tasks
-    in_split = {t: store.splits == split if t == "expr" else store.task_splits[t] == split for t in tasks}
+    none = np.full(len(store.names), "")
+    in_split = {t: store.splits == split if t == "expr" else store.task_splits.get(t, none) == split for t in tasks}
     videos = np.flatnonzero(np.any(list(in_split.values()), axis=0))  # those of the split of any task the run has
     rows, outputs = predict_frames(
         model,

@@ -1,6 +1,7 @@
-"""``expr submit``: the ABAW EXPR prediction file for the test videos, validated against the organisers' example.
+"""``expr submit``: the ABAW prediction file for the test videos, validated against the organisers' example.
 
     expr submit RUN_DIR --cache CACHE --example EXAMPLE.csv --out predictions.csv [--format csv|per-video]
+    expr submit RUN_DIR --task va|au --cache CACHE --example EXAMPLE.csv --out predictions.csv
 
 The example file lists, in order, every frame to predict: a header
 ``image_location,Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other`` then ``<video>/<nnnnn>.jpg,...``
@@ -12,6 +13,11 @@ turns their predictions into frame labels: each window's prediction placed at it
 between them, a frame without a face crop given the probabilities of the nearest frame in time that has one, the
 run's decision calibration when ``expr calibrate`` fitted one, then its temporal smoothing (``eval.*``, or
 ``--smoothing/--width``) per video. A listed frame past the video's decoded end takes the last frame's label.
+
+``--task va`` / ``--task au`` (a run trained with those tasks, ``train.tasks``): the example's header is
+``image_location,valence,arousal`` or ``image_location,AU1,...,AU26``, and each line gets the frame's valence and
+arousal (4 decimals, in [-1, 1]) or its 12 units (0/1 at probability 0.5), by the same path from windows to frames
+(no calibration or smoothing: those are the expression task's).
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import numpy as np
 
 from expr.atomic import atomic_path, write_text
 from expr.config import ABAW_CLASSES, ConfigError, Smoothing, resolve_device
+from expr.data.affwild2 import AU_NAMES
 from expr.data.source import open_store
 from expr.data.store import StoreError
 from expr.inference import predict_frames
@@ -45,6 +52,10 @@ from expr.runs import (
 
 class SubmissionError(ValueError):
     """An example file, cache or submission that does not fit; the message names the file and line."""
+
+
+TASK_COLUMNS = {"va": ("valence", "arousal"), "au": AU_NAMES}
+"""The columns after ``image_location`` of the VA and AU challenges' files (EXPR's: the class names)."""
 
 
 @dataclass
@@ -81,6 +92,50 @@ def read_example(path: str | Path, classes=ABAW_CLASSES) -> Example:
     return Example(header, lines)
 
 
+def frame_values(run_dir, cache, videos: list[str], task: str, device="auto", overrides=None) -> dict[str, np.ndarray]:
+    """Per video, every decoded frame's ``va`` [frames, 2] (valence, arousal) or ``au`` [frames, 12] probabilities
+    of the run's head trained with that task; an ensemble folder: its members' weighted mean."""
+    overrides = legacy_overrides(overrides, cache)
+    members = ensemble_members(run_dir)
+    if members is not None:
+        out: dict[str, np.ndarray] = {}
+        for run, weight in members:
+            for v, p in frame_values(run, cache, videos, task, device, member_overrides(overrides)).items():
+                out[v] = out.get(v, 0.0) + weight * p
+        return out
+    model, info = load_head(run_dir, overrides=overrides)
+    cfg = info["cfg"]
+    if task not in cfg.train.tasks:
+        raise SubmissionError(f"{run_dir}: the run trained {', '.join(cfg.train.tasks)}, not {task} (train.tasks)")
+    store, wanted = example_store(cfg, videos)
+    device = resolve_device(device)
+    encoders = run_encoders(run_dir, cfg, store, device)
+    out = {}
+    for split in sorted(set(store.splits[wanted].tolist())):
+        mine = wanted[store.splits[wanted] == split]
+        rows, outputs = predict_frames(model, store, split, cfg.data.window, cfg.data.resolved_eval_stride(),
+                                       device=device, label_rule=cfg.data.label_frame, videos=mine, mode=cfg.data.mode,
+                                       encoders=encoders, flip=cfg.eval.flip, tasks=cfg.train.tasks)  # fmt: skip
+        for v in mine:
+            a = int(store.frame_offset[v])
+            out[store.names[v]] = outputs[task][(rows >= a) & (rows < a + int(store.num_frames[v]))]
+    return out
+
+
+def example_store(cfg, videos: list[str]):
+    """(the run's store, the indices of ``videos`` in it); every video must be there."""
+    store = open_store(cfg)
+    if list(store.classes) != list(cfg.data.classes):
+        raise SubmissionError(f"{store.path}: classes {store.classes} differ from the run's {list(cfg.data.classes)}")
+    missing = [v for v in videos if v not in store.names]
+    if missing:
+        raise SubmissionError(
+            f"{len(missing)} videos of the example are not in {store.path}: {', '.join(missing[:8])}. Prepare them "
+            f"with `expr prepare ... --test-names FILE --out {store.path}`"
+        )
+    return store, np.array([store.names.index(v) for v in videos], np.int64)
+
+
 def frame_labels(
     run_dir, cache, videos: list[str], smoothing=None, width=None, device="auto", overrides=None
 ) -> dict[str, np.ndarray]:
@@ -108,18 +163,9 @@ def frame_probs(
         return {v: decision.video(p) for v, p in raw.items()}
     model, info = load_head(run_dir, overrides=overrides)
     cfg = info["cfg"]
-    store = open_store(cfg)
-    if list(store.classes) != list(cfg.data.classes):
-        raise SubmissionError(f"{store.path}: classes {store.classes} differ from the run's {list(cfg.data.classes)}")
-    missing = [v for v in videos if v not in store.names]
-    if missing:
-        raise SubmissionError(
-            f"{len(missing)} videos of the example are not in {store.path}: {', '.join(missing[:8])}. Prepare them "
-            f"with `expr prepare ... --test-names FILE --out {store.path}`"
-        )
+    store, wanted = example_store(cfg, videos)
     device = resolve_device(device)
     decision = run_decision(run_dir, cfg)
-    wanted = np.array([store.names.index(v) for v in videos], np.int64)
     encoders = run_encoders(run_dir, cfg, store, device)
     out = {}
     for split in sorted(set(store.splits[wanted].tolist())):  # only the example's videos are predicted
@@ -145,16 +191,28 @@ def frame_probs(
     return out
 
 
-def write_submission(example: Example, labels: dict[str, np.ndarray], out: str | Path, fmt: str = "csv") -> Path:
+def write_submission(example: Example, labels: dict[str, np.ndarray], out: str | Path, fmt: str = "csv",
+                     task: str = "expr") -> Path:  # fmt: skip
+    """The submission of per-video frame ``labels`` (EXPR: [frames] labels; VA: [frames, 2] values; AU: [frames,
+    12] 0/1) for every line of ``example``; a frame past a video's decoded end takes its last frame's."""
     out = Path(out)
+    width = len(example.header) - 1
     if fmt == "csv":
         with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
             f.write(",".join(example.header) + "\n")
             for video, frame in example.lines:
                 lab = labels[video]
-                value = int(lab[min(frame - 1, len(lab) - 1)]) if len(lab) else 0
-                f.write(f"{video}/{frame:05d}.jpg,{value}\n")
+                value = lab[min(frame - 1, len(lab) - 1)] if len(lab) else np.zeros(width if task != "expr" else ())
+                if task == "va":
+                    text = ",".join(f"{float(x):.4f}" for x in value)
+                elif task == "au":
+                    text = ",".join(str(int(x)) for x in value)
+                else:
+                    text = str(int(value))
+                f.write(f"{video}/{frame:05d}.jpg,{text}\n")
         return out
+    if task != "expr":
+        raise SubmissionError(f"--format per-video is the expression task's older layout; --task {task} writes csv")
     out.mkdir(parents=True, exist_ok=True)  # per-video: <video>.txt with a header line and one label per frame
     for video in example.videos():
         lab = labels[video]
@@ -164,8 +222,9 @@ def write_submission(example: Example, labels: dict[str, np.ndarray], out: str |
     return out
 
 
-def validate_submission(path: str | Path, example: Example, fmt: str = "csv") -> list[str]:
-    """Problems of a submission against the example (videos, frame lines, order, labels in range); [] = valid."""
+def validate_submission(path: str | Path, example: Example, fmt: str = "csv", task: str = "expr") -> list[str]:
+    """Problems of a submission against the example (videos, frame lines, order, values: EXPR labels in range, VA
+    numbers in [-1, 1], AU 0/1 for each unit); [] = valid."""
     path = Path(path)
     num_classes = len(example.header) - 1
     problems: list[str] = []
@@ -173,6 +232,17 @@ def validate_submission(path: str | Path, example: Example, fmt: str = "csv") ->
     def check_label(text: str, where: str) -> None:
         if not text.strip().lstrip("-").isdigit() or not 0 <= int(text) < num_classes:
             problems.append(f"{where}: label {text!r} is not an integer in 0..{num_classes - 1}")
+
+    def check_values(values: list[str], where: str) -> None:
+        for name, text in zip(example.header[1:], values, strict=True):
+            try:
+                x = float(text)
+            except ValueError:
+                x = float("nan")
+            ok = -1.0 <= x <= 1.0 if task == "va" else text.strip() in ("0", "1")
+            if not ok:
+                what = "a number in [-1, 1]" if task == "va" else "0 or 1"
+                problems.append(f"{where}: {name} {text!r} is not {what}")
 
     if fmt == "csv":
         with open(path, newline="") as f:
@@ -186,10 +256,14 @@ def validate_submission(path: str | Path, example: Example, fmt: str = "csv") ->
             want = f"{video}/{frame:05d}.jpg"
             if not row or row[0] != want:
                 problems.append(f"{path}:{n}: {row[0] if row else ''!r} where the example has {want!r}")
-            if len(row) != 2:
-                problems.append(f"{path}:{n}: expected 2 fields (image_location,label), got {len(row)}")
-            else:
+            fields = 2 if task == "expr" else len(example.header)
+            if len(row) != fields:
+                names = "image_location,label" if task == "expr" else ",".join(example.header)
+                problems.append(f"{path}:{n}: expected {fields} fields ({names}), got {len(row)}")
+            elif task == "expr":
                 check_label(row[1], f"{path}:{n}")
+            else:
+                check_values(row[1:], f"{path}:{n}")
             if len(problems) > 20:
                 break
         return problems
@@ -217,6 +291,9 @@ class SubmitOptions:
     """the organisers' example prediction file"""
     out: str
     """the CSV to write (a folder with --format per-video)"""
+    task: Literal["expr", "va", "au"] = "expr"
+    """the challenge: expr (expression labels), va (valence-arousal), au (action units); the run must have trained
+    it (train.tasks)"""
     format: Literal["csv", "per-video"] = "csv"
     """csv: one file (current challenge format); per-video: <video>.txt files (older format)"""
     smoothing: Smoothing | None = None
@@ -239,22 +316,35 @@ def main(argv: list[str] | None = None) -> int:
     try:
         members = ensemble_members(args.run_dir)
         cfg = load_head(members[0][0] if members else args.run_dir, overrides=overrides)[1]["cfg"]
-        example = read_example(args.example, cfg.data.classes)
-        labels = frame_labels(
-            args.run_dir, args.cache, example.videos(), args.smoothing, args.width, args.device, overrides
-        )
-        out = write_submission(example, labels, args.out, args.format)
-        problems = validate_submission(out, example, args.format)
+        example = read_example(args.example, TASK_COLUMNS.get(args.task, cfg.data.classes))
+        if args.task == "expr":
+            labels = frame_labels(
+                args.run_dir, args.cache, example.videos(), args.smoothing, args.width, args.device, overrides
+            )
+        else:
+            values = frame_values(args.run_dir, args.cache, example.videos(), args.task, args.device, overrides)
+            labels = {v: (p >= 0.5).astype(np.int64) if args.task == "au" else p for v, p in values.items()}
+        out = write_submission(example, labels, args.out, args.format, args.task)
+        problems = validate_submission(out, example, args.format, args.task)
     except (SubmissionError, RunError, StoreError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if problems:
         print("error: the submission does not validate:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
-    counts = np.bincount(np.concatenate([labels[v] for v in example.videos()]), minlength=len(cfg.data.classes))
     print(
         f"wrote {out}: {len(example.lines)} frames of {len(example.videos())} videos; validated against {args.example}"
     )
+    if args.task != "expr":
+        every = np.concatenate([labels[v] for v in example.videos()])
+        summary = (
+            f"mean valence {every[:, 0].mean():.3f}, arousal {every[:, 1].mean():.3f}"
+            if args.task == "va"
+            else "active: " + ", ".join(f"{n} {m:.2f}" for n, m in zip(AU_NAMES, every.mean(0), strict=True))
+        )
+        print(f"over decoded frames: {summary}")  # fmt: skip
+        return 0
+    counts = np.bincount(np.concatenate([labels[v] for v in example.videos()]), minlength=len(cfg.data.classes))
     print(
         "predicted label counts over decoded frames: "
         + ", ".join(f"{c} {n}" for c, n in zip(cfg.data.classes, counts, strict=True))

@@ -50,6 +50,19 @@ def small_run(tmp_path_factory, small_store):
     return run(cfg)
 
 
+@pytest.fixture(scope="session")
+def multi_task_run(tmp_path_factory, small_store):
+    """A tiny finished run of the three tasks (3 epochs on the 12-video demo store, whose videos carry VA and AU)."""
+    from expr.config import build_config
+    from expr.train import run
+
+    out = tmp_path_factory.mktemp("mt") / "run"
+    cfg = build_config({"data.demo_videos": 12, "model.tcn_blocks": 2, "train.epochs": 3, "train.batch_size": 16,
+                        "train.output_dir": str(out), "train.log_with": "none", "train.tasks": ["expr", "va", "au"]},
+                       preset="demo")  # fmt: skip
+    return run(cfg)
+
+
 def accelerate_cmd() -> list[str]:
     """The `accelerate` executable of this interpreter's environment."""
     exe = Path(sys.executable).with_name("accelerate")

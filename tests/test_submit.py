@@ -154,3 +154,46 @@ def test_submit_takes_an_ensemble_folder_like_a_run(small_run, test_store, tmp_p
     both = frame_probs(mixed, str(store), ["test_0", "test_1"], device="cpu")
     assert not np.allclose(a["test_1"], b["test_1"])
     assert all(np.allclose(both[v], 0.25 * a[v] + 0.75 * b[v], atol=1e-6) for v in ("test_0", "test_1"))
+
+
+@pytest.mark.parametrize("task", ["va", "au"])
+def test_va_and_au_submissions_follow_the_example_and_validate(multi_task_run, small_run, tmp_path, capsys, task):
+    """A run trained on the three tasks writes each challenge's file: the example's header and lines in its order,
+    each frame's valence-arousal (or 12 units) from the path evaluation scores; a broken file is caught."""
+    from expr.data.affwild2 import AU_NAMES
+    from expr.data.store import FrameStore
+    from expr.submit import TASK_COLUMNS, frame_values
+
+    run = multi_task_run["run_dir"]
+    store = FrameStore(json_store(run))
+    videos = [store.names[v] for v in np.flatnonzero(store.splits == "validation")][:2]
+    lines = [(videos[1], n) for n in (3, 1, 2)] + [(videos[0], n) for n in (1, 50, 99999)]  # any order, past the end
+    header = "image_location," + ",".join(TASK_COLUMNS[task])
+    ex = tmp_path / "example.csv"
+    ex.write_text(header + "\n" + "".join(f"{v}/{n:05d}.jpg{',0' * len(TASK_COLUMNS[task])}\n" for v, n in lines))
+    out = tmp_path / "sub.csv"
+    assert main([run, "--task", task, "--example", str(ex), "--out", str(out), "--device", "cpu"]) == 0
+    rows = list(csv.reader(open(out)))
+    assert rows[0] == header.split(",") and [r[0] for r in rows[1:]] == [f"{v}/{n:05d}.jpg" for v, n in lines]
+    assert "validated against" in capsys.readouterr().out
+    values = np.array([[float(x) for x in r[1:]] for r in rows[1:]])
+    frames = frame_values(run, None, videos, task, "cpu")  # each line: its own frame (1-based), the last past the end
+    expected = np.array([frames[v][min(n, len(frames[v])) - 1] for v, n in lines])
+    if task == "va":
+        np.testing.assert_allclose(values, expected, atol=5e-5)
+        assert (np.abs(values) <= 1).all() and len(np.unique(values[:, 0])) > 1
+    else:
+        assert values.shape == (6, len(AU_NAMES)) and (values == (expected >= 0.5)).all()
+    broken = out.read_text().replace(rows[2][0] + ",", rows[2][0] + ",7,", 1)
+    (tmp_path / "broken.csv").write_text(broken)
+    problems = validate_submission(tmp_path / "broken.csv", read_example(ex, TASK_COLUMNS[task]), task=task)
+    assert problems and "broken.csv:3" in problems[0]
+    expr_only = small_run["run_dir"]
+    assert main([expr_only, "--task", task, "--example", str(ex), "--out", str(out), "--device", "cpu"]) == 2
+    assert f"not {task} (train.tasks)" in capsys.readouterr().err
+
+
+def json_store(run):
+    import json
+
+    return json.loads((Path(run) / "best" / "head.json").read_text())["store"]["path"]

@@ -204,40 +204,37 @@ def test_the_multi_task_loss_ignores_what_a_window_lacks():
     assert torch.isfinite(criterion(out, only_va)["loss"])
 
 
-def test_multi_task_training_on_the_demo_learns_all_three(tmp_path, small_store):
+def test_multi_task_training_on_the_demo_learns_all_three(multi_task_run):
     """The demo's VA and AU annotations follow its hidden expressions: one head learns the three tasks together,
     validated as the challenges score them, the best epoch chosen by the sum of the scores."""
     import json
+    from pathlib import Path
 
-    from expr.config import build_config
     from expr.runs import load_head
-    from expr.train import run
 
-    cfg = build_config({"data.demo_videos": 12, "model.tcn_blocks": 2, "train.epochs": 3, "train.batch_size": 16,
-                        "train.output_dir": str(tmp_path / "run"), "train.log_with": "none",
-                        "train.tasks": ["expr", "va", "au"]}, preset="demo")  # fmt: skip
-    result = run(cfg)
+    result = multi_task_run
+    run_dir = Path(result["run_dir"])
     last = result["history"][-1]
     assert result["best_metric"] == "val/score"
     assert last["val/score"] == pytest.approx(last["val/macro_f1"] + last["val/ccc"] + last["val/au_f1"])
     assert last["val/ccc"] > 0.75 and last["val/au_f1"] > 0.5 and last["val/macro_f1"] > 0.5, last
     assert set(last["val/per_au_f1"]) == set(AU_NAMES) and last["val/va_frames"] > 0
-    head = json.loads((tmp_path / "run" / "best" / "head.json").read_text())
+    head = json.loads((run_dir / "best" / "head.json").read_text())
     assert head["selected_by"] == "val/score" and head["val/ccc"] == pytest.approx(
         max(r["val/ccc"] for r in result["history"] if r["val/score"] == max(h["val/score"] for h in result["history"]))
     )
-    model, _ = load_head(tmp_path / "run")
+    model, _ = load_head(run_dir)
     assert set(model.task_heads) == {"va", "au"}
     # expr evaluate scores every task the run trained, through the same path as validation: the same numbers
     from expr.report import evaluate_run
 
-    report = evaluate_run(tmp_path / "run", device="cpu")
+    report = evaluate_run(run_dir, device="cpu")
     best = result["history"][result["best_epoch"] - 1]
     assert report["va"]["ccc"] == pytest.approx(best["val/ccc"], abs=1e-5)
     assert report["au"]["au_f1"] == pytest.approx(best["val/au_f1"], abs=1e-5)
     assert report["metrics"]["macro_f1"] == pytest.approx(best["val/macro_f1"], abs=1e-5)
     assert report["au"]["au_f1_tuned"] >= report["au"]["au_f1"]
-    out = tmp_path / "run" / "eval" / "validation"
+    out = run_dir / "eval" / "validation"
     assert all(
         (out / f).read_bytes()[:4] == b"\x89PNG" for f in ("va_density.png", "au_f1.png", "confusion_matrix.png")
     )
