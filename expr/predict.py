@@ -31,6 +31,7 @@ import numpy as np
 
 from expr.atomic import atomic_path
 from expr.config import Config, ConfigError, apply_dict, resolve_device
+from expr.data.affwild2 import AU_NAMES
 from expr.data.folder import VIDEO_SUFFIXES
 from expr.data.media import MediaError, decode_audio, probe, timed_frames
 from expr.data.store import FrameStore, StoreError, VideoRecord, write_store
@@ -285,21 +286,27 @@ def predict_video(
         for (member, _), part in zip(members[1:], parts[1:], strict=True):
             if list(part[1].data.classes) != list(cfg.data.classes):
                 raise PredictError(f"{member}: classes {list(part[1].data.classes)} differ from the first member's")
-        probs = [sum(w * part[0][k] for (_, w), part in zip(members, parts, strict=True))
+        common = set.intersection(*(set(part[0][0]) for part in parts))  # the tasks every member trained
+        probs = [{t: sum(w * part[0][k][t] for (_, w), part in zip(members, parts, strict=True)) for t in common}
                  for k in range(len(footage.people))]  # fmt: skip
     classes = list(cfg.data.classes)
     out.mkdir(parents=True, exist_ok=True)
     people = []
-    for person, p in zip(footage.people, probs, strict=True):
-        p = decision.video(p)
+    for person, outputs in zip(footage.people, probs, strict=True):
+        p = decision.video(outputs["expr"])
+        tasks = {t: outputs[t] for t in ("va", "au") if t in outputs}  # the other tasks the run trained
         csv_path = out / f"{person.name}.csv"
-        write_csv(csv_path, person, footage, p, classes)
+        write_csv(csv_path, person, footage, p, classes, tasks)
         png = out / f"{person.name}_timeline.png"
         title = video.name + (f", face {person.track}" if faces == "all" else "")
-        plot_timeline(p, person.face, footage.fps, classes, png, title, footage.audio is not None,
-                      start=footage.times[person.first])  # fmt: skip
-        people.append({"name": person.name, "track": person.track, "first": person.first, "csv": csv_path,
-                       "png": png, "labels": p.argmax(1), "probs": p, "frames": len(p)})  # fmt: skip
+        start = footage.times[person.first]
+        plot_timeline(p, person.face, footage.fps, classes, png, title, footage.audio is not None, start=start)
+        result = {"name": person.name, "track": person.track, "first": person.first, "csv": csv_path, "png": png,
+                  "labels": p.argmax(1), "probs": p, "frames": len(p), **tasks}  # fmt: skip
+        if tasks:
+            result["tasks_png"] = out / f"{person.name}_tasks.png"
+            plot_tasks(tasks, footage.fps, result["tasks_png"], title, start)
+        people.append(result)
     mp4 = None
     if annotate:
         from expr.annotate import write_annotated_video
@@ -312,22 +319,52 @@ def predict_video(
     return {"people": people, "frames": len(footage.times), "warnings": footage.warnings, "video": mp4}
 
 
-def write_csv(path: Path, person: Person, footage: Footage, probs: np.ndarray, classes: list[str]) -> None:
+def write_csv(path: Path, person: Person, footage: Footage, probs: np.ndarray, classes: list[str],
+              tasks: dict[str, np.ndarray] | None = None) -> None:  # fmt: skip
     """One row per frame of the person's span: the video's frame index and time, the track, whether a face was
-    found and its box (empty without), the label and the class probabilities."""
-    labels = probs.argmax(1)
+    found and its box (empty without), the label and the class probabilities; then, for a run trained on them,
+    ``valence``, ``arousal`` and each action unit's probability (``p_AU1`` ...)."""
+    labels, tasks = probs.argmax(1), tasks or {}
+    extra = (["valence", "arousal"] if "va" in tasks else []) + ([f"p_{n}" for n in AU_NAMES] if "au" in tasks else [])
+    columns = np.concatenate([tasks[t] for t in ("va", "au") if t in tasks], 1) if tasks else np.zeros((len(probs), 0))
     with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write("frame,time_s,track,face,box_x,box_y,box_w,box_h,label,label_name,"
-                + ",".join(f"p_{c}" for c in classes) + "\n")  # fmt: skip
+        f.write(",".join(["frame,time_s,track,face,box_x,box_y,box_w,box_h,label,label_name",
+                          *(f"p_{c}" for c in classes), *extra]) + "\n")  # fmt: skip
         for i, (lab, p) in enumerate(zip(labels, probs, strict=True)):
             face, t = person.faces[i], person.first + i
             box = ",".join(f"{v:.1f}" for v in face.box) if face is not None else ",,,"
             f.write(f"{t},{footage.times[t]:.3f},{person.track},{int(face is not None)},{box},{lab},{classes[lab]},"
-                    + ",".join(f"{x:.4f}" for x in p) + "\n")  # fmt: skip
+                    + ",".join(f"{x:.4f}" for x in [*p, *columns[i]]) + "\n")  # fmt: skip
+
+
+def plot_tasks(tasks: dict[str, np.ndarray], fps: float, path: Path, title: str, start: float = 0.0) -> None:
+    """Valence and arousal over time (lines) above the action units' probabilities (a heat map, a row per unit)."""
+    plt = pyplot()
+    panels = [t for t in ("va", "au") if t in tasks]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 2.6 * len(panels) + 0.6), dpi=110, sharex=True,
+                             squeeze=False)  # fmt: skip
+    T = len(next(iter(tasks.values())))
+    t = start + np.arange(T) / fps
+    for ax, task in zip(axes[:, 0], panels, strict=True):
+        if task == "va":
+            ax.plot(t, tasks["va"][:, 0], label="valence", color="#C44E52")
+            ax.plot(t, tasks["va"][:, 1], label="arousal", color="#4C72B0")
+            ax.axhline(0, color="0.6", lw=0.8)
+            ax.set_ylim(-1, 1)
+            ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8)
+        else:
+            image = ax.imshow(tasks["au"].T, aspect="auto", cmap="magma", vmin=0, vmax=1, interpolation="nearest",
+                              extent=(start, start + T / fps, len(AU_NAMES) - 0.5, -0.5))  # fmt: skip
+            ax.set_yticks(range(len(AU_NAMES)), AU_NAMES, fontsize=7)
+            fig.colorbar(image, cax=ax.inset_axes([1.01, 0.0, 0.015, 1.0]), label="probability")  # panels aligned
+    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xlabel("time (s)")
+    save_figure(fig, path)
 
 
 def video_probs(footage: Footage, run, out: Path, clip, wav2vec2, device: str, backbones, overrides):
-    """(each person's raw frame probabilities [T, C] (before the run's decision), the run's config) of one run or
+    """(each person's raw frame outputs: {"expr": probabilities [T, C] before the run's decision, and "va" [T, 2] /
+    "au" [T, 12] of a run trained on them}, the run's config) of one run or
     exported head; the extracted features are kept under ``out`` (one store, a video per person)."""
     model, info = load_head(run, overrides=overrides)
     cfg = info["cfg"]
@@ -359,8 +396,9 @@ def video_probs(footage: Footage, run, out: Path, clip, wav2vec2, device: str, b
     probs = []
     for v in range(len(records)):
         rows, p = predict_frames(model, store, "test", cfg.data.window, cfg.data.resolved_eval_stride(),
-                                 videos=np.array([v]), **kw)  # fmt: skip
-        probs.append(p[np.argsort(rows)])
+                                 videos=np.array([v]), tasks=cfg.train.tasks, **kw)  # fmt: skip
+        order = np.argsort(rows)
+        probs.append({t: o[order] for t, o in p.items()} if isinstance(p, dict) else {"expr": p[order]})
     return probs, cfg
 
 
@@ -464,7 +502,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for result in results:
         for person in result["people"]:
-            print(f"wrote {person['csv']} ({person['frames']} frames) and {person['png']}")
+            more = f" and {person['tasks_png']}" if "tasks_png" in person else ""
+            print(f"wrote {person['csv']} ({person['frames']} frames), {person['png']}{more}")
         if result["video"]:
             print(f"wrote {result['video']}")
     frames, seconds = sum(r["frames"] for r in results), sum(r["seconds"] for r in results)

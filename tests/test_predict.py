@@ -298,3 +298,19 @@ def test_a_variable_frame_rate_gives_each_frame_its_own_time_with_a_warning(smal
     np.testing.assert_allclose([float(r["time_s"]) for r in rows], times, atol=1e-3)
     with av.open(str(result["video"])) as out:  # the annotated video keeps them
         np.testing.assert_allclose([float(f.time) for f in out.decode(video=0)], times, atol=1e-3)
+
+
+def test_predict_writes_every_task_the_run_trained(multi_task_run, tmp_path):
+    from expr.data.affwild2 import AU_NAMES
+    from expr.predict import predict_video
+
+    video = clip_from_photo(tmp_path / "a.mp4", "astronaut", audio=False)
+    kw = dict(clip="random", wav2vec2="random", progress=False, device="cpu")
+    (person,) = predict_video(video, multi_task_run["run_dir"], tmp_path / "out", **kw)["people"]
+    rows = list(csv.DictReader(open(person["csv"])))
+    assert len(rows) == 12 and {"valence", "arousal", *(f"p_{n}" for n in AU_NAMES)} <= set(rows[0])
+    va = np.array([[float(r["valence"]), float(r["arousal"])] for r in rows])
+    au = np.array([[float(r[f"p_{n}"]) for n in AU_NAMES] for r in rows])
+    assert (np.abs(va) <= 1).all() and ((au >= 0) & (au <= 1)).all()
+    np.testing.assert_allclose(va, person["va"], atol=1e-4)
+    assert person["tasks_png"].read_bytes()[:4] == b"\x89PNG"
