@@ -16,7 +16,8 @@ run's decision calibration when ``expr calibrate`` fitted one, then its temporal
 
 ``--task va`` / ``--task au`` (a run trained with those tasks, ``train.tasks``): the example's header is
 ``image_location,valence,arousal`` or ``image_location,AU1,...,AU26``, and each line gets the frame's valence and
-arousal (4 decimals, in [-1, 1]) or its 12 units (0/1 at probability 0.5), by the same path from windows to frames
+arousal (4 decimals, in [-1, 1]) or its 12 units (0/1 at probability 0.5, or ``--au-thresholds validation``: per
+unit, the threshold that maximises F1 on the run's AU validation videos), by the same path from windows to frames
 (no calibration or smoothing: those are the expression task's).
 """
 
@@ -36,6 +37,7 @@ from expr.data.affwild2 import AU_NAMES
 from expr.data.source import open_store
 from expr.data.store import StoreError
 from expr.inference import predict_frames
+from expr.metrics import tune_au_thresholds
 from expr.options import parse_options, positional
 from expr.runs import (
     RunError,
@@ -120,6 +122,21 @@ def frame_values(run_dir, cache, videos: list[str], task: str, device="auto", ov
             a = int(store.frame_offset[v])
             out[store.names[v]] = outputs[task][(rows >= a) & (rows < a + int(store.num_frames[v]))]
     return out
+
+
+def validation_thresholds(run_dir, cache, device="auto", overrides=None) -> np.ndarray:
+    """Per-unit AU thresholds maximising each unit's F1 over the annotated frames of the AU validation videos of the
+    run's store (:func:`expr.metrics.tune_au_thresholds`)."""
+    members = ensemble_members(run_dir)
+    cfg = load_head(members[0][0] if members else run_dir, overrides=legacy_overrides(overrides, cache))[1]["cfg"]
+    store = open_store(cfg)
+    if "au" not in store.task_splits or not (store.task_splits["au"] == "validation").any():
+        raise SubmissionError(f"{store.path} has no AU validation videos to tune thresholds on")
+    names = [store.names[v] for v in np.flatnonzero(store.task_splits["au"] == "validation")]
+    values = frame_values(run_dir, cache, names, "au", device, overrides)
+    rows = [store.frame_rows([store.names.index(n)]) for n in names]
+    targets = np.concatenate([store.task_labels["au"][r] for r in rows])
+    return tune_au_thresholds(np.concatenate([values[n] for n in names]), targets)
 
 
 def example_store(cfg, videos: list[str]):
@@ -294,6 +311,9 @@ class SubmitOptions:
     task: Literal["expr", "va", "au"] = "expr"
     """the challenge: expr (expression labels), va (valence-arousal), au (action units); the run must have trained
     it (train.tasks)"""
+    au_thresholds: Literal["fixed", "validation"] = "fixed"
+    """--task au: a unit is active at probability 0.5 (fixed, the challenge's usual rule) or at per-unit thresholds
+    tuned for F1 on the run's AU validation videos (validation)"""
     format: Literal["csv", "per-video"] = "csv"
     """csv: one file (current challenge format); per-video: <video>.txt files (older format)"""
     smoothing: Smoothing | None = None
@@ -323,7 +343,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         else:
             values = frame_values(args.run_dir, args.cache, example.videos(), args.task, args.device, overrides)
-            labels = {v: (p >= 0.5).astype(np.int64) if args.task == "au" else p for v, p in values.items()}
+            thresholds = np.full(len(AU_NAMES), 0.5)
+            if args.task == "au" and args.au_thresholds == "validation":
+                thresholds = validation_thresholds(args.run_dir, args.cache, args.device, overrides)
+                print("AU thresholds tuned on validation: "
+                      + ", ".join(f"{n} {t:.2f}" for n, t in zip(AU_NAMES, thresholds, strict=True)))  # fmt: skip
+            labels = {v: (p >= thresholds).astype(np.int64) if args.task == "au" else p for v, p in values.items()}
         out = write_submission(example, labels, args.out, args.format, args.task)
         problems = validate_submission(out, example, args.format, args.task)
     except (SubmissionError, RunError, StoreError, ConfigError) as e:

@@ -184,6 +184,12 @@ def test_va_and_au_submissions_follow_the_example_and_validate(multi_task_run, s
         assert (np.abs(values) <= 1).all() and len(np.unique(values[:, 0])) > 1
     else:
         assert values.shape == (6, len(AU_NAMES)) and (values == (expected >= 0.5)).all()
+        tuned = ["--au-thresholds", "validation"]
+        assert main([run, "--task", task, "--example", str(ex), "--out", str(out), "--device", "cpu", *tuned]) == 0
+        printed = capsys.readouterr().out.split("AU thresholds tuned on validation: ")[1].splitlines()[0]
+        thresholds = np.array([float(x.split()[1]) for x in printed.split(", ")])
+        got = np.array([[float(x) for x in r[1:]] for r in list(csv.reader(open(out)))[1:]])
+        assert (got == (expected >= thresholds)).all() and not np.allclose(thresholds, 0.5)
     broken = out.read_text().replace(rows[2][0] + ",", rows[2][0] + ",7,", 1)
     (tmp_path / "broken.csv").write_text(broken)
     problems = validate_submission(tmp_path / "broken.csv", read_example(ex, TASK_COLUMNS[task]), task=task)
