@@ -279,6 +279,9 @@ MUTATIONS = [
      'labels = {v: (p >= 0.5).astype(np.int64) if args.task == "au" else p for v, p in values.items()}',
      'labels = {v: (p >= 0.3).astype(np.int64) if args.task == "au" else p for v, p in values.items()}',
      ["tests/test_submit.py", "-k", "va_and_au"]),
+    ("task-ddp-graph", "every parameter stays in a multi-task loss's graph (DDP reduces all of them)",
+     "expr/criterion.py", "total = (out.logits.sum() + out.visual_embedding.sum() + out.logit_scale.sum()) * 0.0",
+     "total = out.logits.sum() * 0.0", ["tests/test_distributed.py", "-k", "other_tasks"]),
 ]  # fmt: skip
 
 

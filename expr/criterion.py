@@ -125,7 +125,9 @@ class Criterion:
         if self.tasks == ("expr",):
             return self.expression(out, batch)
         parts: dict[str, torch.Tensor] = {}
-        total = out.logits.sum() * 0.0  # keeps every head in the graph (DDP) when a batch lacks a task's targets
+        # Every parameter stays in the graph (DDP reduces all of them) when a batch lacks a task's targets: the
+        # classifier, the contrastive projection and scale through zero terms, the task heads through their losses.
+        total = (out.logits.sum() + out.visual_embedding.sum() + out.logit_scale.sum()) * 0.0
         if "expr" in self.tasks:
             labelled = batch["label"] >= 0
             if labelled.any():

@@ -290,17 +290,19 @@ def predict_video(
         probs = [{t: sum(w * part[0][k][t] for (_, w), part in zip(members, parts, strict=True)) for t in common}
                  for k in range(len(footage.people))]  # fmt: skip
     classes = list(cfg.data.classes)
+    expressions = "expr" in cfg.train.tasks  # a VA or AU run's classifier never trained: no labels from it
     out.mkdir(parents=True, exist_ok=True)
     people = []
     for person, outputs in zip(footage.people, probs, strict=True):
         p = decision.video(outputs["expr"])
         tasks = {t: outputs[t] for t in ("va", "au") if t in outputs}  # the other tasks the run trained
         csv_path = out / f"{person.name}.csv"
-        write_csv(csv_path, person, footage, p, classes, tasks)
-        png = out / f"{person.name}_timeline.png"
+        write_csv(csv_path, person, footage, p if expressions else None, classes, tasks)
+        png = out / f"{person.name}_timeline.png" if expressions else None
         title = video.name + (f", face {person.track}" if faces == "all" else "")
         start = footage.times[person.first]
-        plot_timeline(p, person.face, footage.fps, classes, png, title, footage.audio is not None, start=start)
+        if expressions:
+            plot_timeline(p, person.face, footage.fps, classes, png, title, footage.audio is not None, start=start)
         result = {"name": person.name, "track": person.track, "first": person.first, "csv": csv_path, "png": png,
                   "labels": p.argmax(1), "probs": p, "frames": len(p), **tasks}  # fmt: skip
         if tasks:
@@ -308,7 +310,10 @@ def predict_video(
             plot_tasks(tasks, footage.fps, result["tasks_png"], title, start)
         people.append(result)
     mp4 = None
-    if annotate:
+    if annotate and not expressions:
+        footage.warnings.append(f"{video.name}: --video shows expression labels, and the run trained none")
+        logger.warning("warning: %s", footage.warnings[-1])
+    elif annotate:
         from expr.annotate import write_annotated_video
 
         try:
@@ -322,19 +327,25 @@ def predict_video(
 def write_csv(path: Path, person: Person, footage: Footage, probs: np.ndarray, classes: list[str],
               tasks: dict[str, np.ndarray] | None = None) -> None:  # fmt: skip
     """One row per frame of the person's span: the video's frame index and time, the track, whether a face was
-    found and its box (empty without), the label and the class probabilities; then, for a run trained on them,
-    ``valence``, ``arousal`` and each action unit's probability (``p_AU1`` ...)."""
-    labels, tasks = probs.argmax(1), tasks or {}
+    found and its box (empty without), the label and the class probabilities (``probs`` None: a run without the
+    expression task, no such columns); then, for a run trained on them, ``valence``, ``arousal`` and each action
+    unit's probability (``p_AU1`` ...)."""
+    tasks, T = tasks or {}, len(person.faces)
     extra = (["valence", "arousal"] if "va" in tasks else []) + ([f"p_{n}" for n in AU_NAMES] if "au" in tasks else [])
-    columns = np.concatenate([tasks[t] for t in ("va", "au") if t in tasks], 1) if tasks else np.zeros((len(probs), 0))
+    columns = np.concatenate([tasks[t] for t in ("va", "au") if t in tasks], 1) if tasks else np.zeros((T, 0))
+    expr_columns = ["label", "label_name", *(f"p_{c}" for c in classes)] if probs is not None else []
     with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.write(",".join(["frame,time_s,track,face,box_x,box_y,box_w,box_h,label,label_name",
-                          *(f"p_{c}" for c in classes), *extra]) + "\n")  # fmt: skip
-        for i, (lab, p) in enumerate(zip(labels, probs, strict=True)):
+        f.write(",".join(["frame,time_s,track,face,box_x,box_y,box_w,box_h", *expr_columns, *extra]) + "\n")
+        for i in range(T):
             face, t = person.faces[i], person.first + i
             box = ",".join(f"{v:.1f}" for v in face.box) if face is not None else ",,,"
-            f.write(f"{t},{footage.times[t]:.3f},{person.track},{int(face is not None)},{box},{lab},{classes[lab]},"
-                    + ",".join(f"{x:.4f}" for x in [*p, *columns[i]]) + "\n")  # fmt: skip
+            label = ""
+            if probs is not None:
+                lab = int(probs[i].argmax())
+                label = f",{lab},{classes[lab]}"
+            values = [*(probs[i] if probs is not None else []), *columns[i]]
+            f.write(f"{t},{footage.times[t]:.3f},{person.track},{int(face is not None)},{box}{label}"
+                    + "".join(f",{x:.4f}" for x in values) + "\n")  # fmt: skip
 
 
 def plot_tasks(tasks: dict[str, np.ndarray], fps: float, path: Path, title: str, start: float = 0.0) -> None:
@@ -502,8 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for result in results:
         for person in result["people"]:
-            more = f" and {person['tasks_png']}" if "tasks_png" in person else ""
-            print(f"wrote {person['csv']} ({person['frames']} frames), {person['png']}{more}")
+            plots = ", ".join(str(p) for p in (person["png"], person.get("tasks_png")) if p)
+            print(f"wrote {person['csv']} ({person['frames']} frames) and {plots}")
         if result["video"]:
             print(f"wrote {result['video']}")
     frames, seconds = sum(r["frames"] for r in results), sum(r["seconds"] for r in results)

@@ -76,8 +76,10 @@ def evaluate_run(
         state = PartialState(cpu=device == "cpu")
         rank, world = state.process_index, state.num_processes
     tasks = cfg.train.tasks
-    none = np.full(len(store.names), "")
-    in_split = {t: store.splits == split if t == "expr" else store.task_splits.get(t, none) == split for t in tasks}
+    missing = [t for t in tasks if t != "expr" and t not in store.task_splits]
+    if missing:
+        raise EvaluateError(f"{store.path} has no {' or '.join(missing)} labels to evaluate the run's {missing[0]} on")
+    in_split = {t: store.splits == split if t == "expr" else store.task_splits[t] == split for t in tasks}
     videos = np.flatnonzero(np.any(list(in_split.values()), axis=0))  # those of the split of any task the run has
     rows, outputs = predict_frames(
         model,
@@ -261,8 +263,8 @@ def task_markdown(report: dict[str, Any]) -> str:
 def markdown(report: dict[str, Any], classes: list[str]) -> str:
     if "metrics" not in report:
         return (f"# Evaluation: {report['split']}\n\nRun `{report['run']}`, store `{report['store']}`: "
-                f"{report['videos']} videos, {report['frames']} frames, windows of {report['window']} frames every "
-                f"{report['stride']}; tasks {', '.join(report['tasks'])}.\n")  # fmt: skip
+                f"{report['videos']} videos, windows of {report['window']} frames every {report['stride']}; tasks "
+                f"{', '.join(report['tasks'])} (each section counts its own annotated frames).\n")  # fmt: skip
 
     def f(v):
         return f"{v:.4f}"

@@ -180,6 +180,8 @@ def frame_probs(
         return {v: decision.video(p) for v, p in raw.items()}
     model, info = load_head(run_dir, overrides=overrides)
     cfg = info["cfg"]
+    if "expr" not in cfg.train.tasks:
+        raise SubmissionError(f"{run_dir}: the run trained {', '.join(cfg.train.tasks)}, not expr (train.tasks)")
     store, wanted = example_store(cfg, videos)
     device = resolve_device(device)
     decision = run_decision(run_dir, cfg)
@@ -336,6 +338,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         members = ensemble_members(args.run_dir)
         cfg = load_head(members[0][0] if members else args.run_dir, overrides=overrides)[1]["cfg"]
+        if args.task != "expr" and (args.smoothing or args.width or args.format != "csv"):
+            raise SubmissionError(f"--smoothing, --width and --format are the expression task's; --task {args.task} "
+                                  f"writes its values unsmoothed, as csv")  # fmt: skip
+        if args.task != "au" and args.au_thresholds != "fixed":
+            raise SubmissionError(f"--au-thresholds is for --task au, not --task {args.task}")
         example = read_example(args.example, TASK_COLUMNS.get(args.task, cfg.data.classes))
         if args.task == "expr":
             labels = frame_labels(

@@ -394,7 +394,9 @@ class Trainer:
             metrics["time/epoch_s"] = round(time.time() - t0, 2)
             p.history.append(metrics)
             key = selection_metric(cfg)
-            improved = metrics[key] > p.best.get("score", p.best["macro_f1"] if key == "val/macro_f1" else -math.inf)
+            same = p.best.get("metric", "val/macro_f1") == key  # a resume that changed train.select starts afresh
+            best = p.best.get("score", p.best["macro_f1"]) if same else -math.inf
+            improved = metrics[key] > best
             if improved:
                 p.best = {"macro_f1": metrics.get("val/macro_f1", float("nan")), "epoch": epoch + 1}
                 if key != "val/macro_f1":

@@ -145,3 +145,20 @@ def test_expr_prepare_on_two_processes_equals_one(tmp_path, capsys):
     assert not (tmp_path / "two" / ".parts").exists()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0 and "up to date" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize("tasks", ["va", "expr,va,au"])
+def test_two_processes_train_other_tasks(tmp_path, small_store, tasks):
+    """Under DDP every parameter must receive a gradient on every rank: a VA-only run never uses the expression
+    classifier or the contrastive projection, and a multi-task batch may hold no expression label. The gathered
+    validation equals one process's `expr evaluate`."""
+    from expr.report import evaluate_run
+
+    run_dir = tmp_path / "run"
+    launch2(SMALL + ["--train.log_with", "none", "--train.epochs", "1", "--train.tasks", tasks,
+                     "--train.output_dir", str(run_dir)])  # fmt: skip
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["num_processes"] == 2 and len(set(final["param_checksum_per_rank"])) == 1
+    (row,) = history(run_dir)
+    report = evaluate_run(run_dir, device="cpu", out_dir=run_dir / "eval-1proc")
+    assert report["va"]["ccc"] == pytest.approx(row["val/ccc"], abs=1e-6)

@@ -262,3 +262,37 @@ def test_validation_scores_va_and_au_on_their_own_validation_videos_through_the_
     # frames before the first label frame and after the last take the nearest window's (random AUs differ there)
     assert metrics["val/ccc"] > 0.95 and metrics["val/au_f1"] > 0.8 and metrics["val/macro_f1"] > 0.75
     assert metrics["val/frames"] == 40  # EXPR: c alone
+
+
+def test_a_run_without_the_expression_task_never_answers_with_its_untrained_classifier(tmp_path, small_store):
+    import csv
+
+    from expr.config import build_config
+    from expr.report import evaluate_run
+    from expr.submit import main as submit
+    from expr.train import run
+
+    cfg = build_config({"data.demo_videos": 12, "model.tcn_blocks": 1, "train.epochs": 1, "train.batch_size": 32,
+                        "train.output_dir": str(tmp_path / "run"), "train.log_with": "none", "train.tasks": ["va"]},
+                       preset="demo")  # fmt: skip
+    result = run(cfg)
+    assert result["best_metric"] == "val/ccc" and "val/macro_f1" not in result["history"][0]
+    report = evaluate_run(tmp_path / "run", device="cpu")
+    assert "metrics" not in report and report["va"]["frames"] > 0
+    assert "each section counts its own annotated frames" in (tmp_path / "run/eval/validation/report.md").read_text()
+    example = tmp_path / "ex.csv"
+    example.write_text("image_location," + ",".join(cfg.data.classes) + "\ndemo_009/00001.jpg,0\n")
+    args = [str(tmp_path / "run"), "--example", str(example), "--out", str(tmp_path / "s.csv"), "--device", "cpu"]
+    assert submit(args) == 2 and submit([*args, "--task", "va", "--au-thresholds", "validation"]) == 2
+
+    from test_predict import clip_from_photo
+
+    from expr.predict import predict_video
+
+    video = clip_from_photo(tmp_path / "a.mp4", "astronaut", audio=False)
+    got = predict_video(video, tmp_path / "run", tmp_path / "out", clip="random", wav2vec2="random", progress=False,
+                        device="cpu", annotate=True)  # fmt: skip
+    (person,) = got["people"]
+    header = next(csv.reader(open(person["csv"])))
+    assert "label" not in header and "valence" in header and person["png"] is None and got["video"] is None
+    assert any("the run trained none" in w for w in got["warnings"])

@@ -101,7 +101,8 @@ class OnlineWindowDataset(WindowDataset):
         self.size = _output_size(image_transform)
         self._aug = _augmentation(self.size) if augment else None
         self.store = None  # workers need only the small per-frame arrays below, not the feature arrays
-        self.face, self.labels = store.face, store.labels
+        self.face = store.face
+        self.labels = store.labels if self.targets is None else self.targets.labels  # masked to the split's EXPR videos
         self.fps, self.audio_start = store.fps, store.audio_start
 
     def __getitems__(self, indices):

@@ -305,7 +305,8 @@ class WindowDataset(torch.utils.data.Dataset):
         rows = s.frame_offset[video][:, None] + np.minimum(frame, s.num_frames[video][:, None] - 1)
         visual = s.visual[rows]  # [B, T, Dv]
         visual_mask = inside & s.face[rows]
-        frame_labels = np.where(inside, s.labels[rows], -1)
+        labels = s.labels if self.targets is None else self.targets.labels  # masked to the split's EXPR videos
+        frame_labels = np.where(inside, labels[rows], -1)
         # Audio frames spanning the same time: [B, Ta]
         a0, count = s.audio_span(video, start, T)
         ta = int(count.max()) if len(count) else 1

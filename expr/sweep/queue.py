@@ -267,4 +267,4 @@ def finish(handle, trial, value, attrs, pruned) -> None:
         logger.info("trial %d pruned", trial.number)
     else:
         handle.tell(trial, value)
-        logger.info("trial %d: macro-F1 %.4f", trial.number, value)
+        logger.info("trial %d: %s %.4f", trial.number, attrs.get("objective", "val/macro_f1"), value)

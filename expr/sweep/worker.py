@@ -73,6 +73,8 @@ def train_trial(settings: dict[str, Any], resume: str | None, on_epoch_end) -> t
         result = run(cfg, resume_dir=resume, on_epoch_end=on_epoch_end)
     else:
         result = run(build_config(settings), on_epoch_end=on_epoch_end)
+    if result["best_epoch"] < 1:  # no epoch ever scored (a NaN metric): a failed trial, not another epoch's numbers
+        return float("nan"), {"run_dir": result["run_dir"], "epochs_run": len(result["history"])}
     best = result["history"][result["best_epoch"] - 1]  # the epoch the run's selection metric chose
     attrs = {
         "run_dir": result["run_dir"],
@@ -211,7 +213,9 @@ def work_distributed(study, out, url, seeds, folds, n_trials, overrides, heartbe
             break
         settings, resume = message[0]
         # Every process passes a callback: the trainer broadcasts the main process's stop decision to all of them.
-        on_epoch_end, pruned = epoch_reporter(trial, study) if main else (lambda epoch, metrics: False, {"flag": False})
+        objective = selection_metric(config_from_argv(["--resume", resume])[0] if resume else build_config(settings))
+        on_epoch_end, pruned = (epoch_reporter(trial, study, objective) if main
+                                else (lambda epoch, metrics: False, {"flag": False}))  # fmt: skip
         beat = heartbeat(storage, optuna_api.trial_id(trial), heartbeat_s) if main else contextlib.nullcontext()
         with beat:
             value, attrs = train_trial(settings, resume, on_epoch_end)
