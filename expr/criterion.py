@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate.logging import get_logger
 
@@ -79,8 +78,7 @@ def frame_class_weights(store, cfg: Config) -> torch.Tensor:
 
 def au_train_weights(store) -> torch.Tensor:
     """Per-unit positive weights of the AU loss from the frames of the AU training videos."""
-    videos = np.flatnonzero(store.task_splits["au"] == "train")
-    return au_pos_weights(store.task_labels["au"][store.frame_rows(videos)])
+    return au_pos_weights(store.task_labels["au"][store.frame_rows(store.videos_in("train", "au"))])
 
 
 class Criterion:

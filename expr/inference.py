@@ -15,8 +15,15 @@ from expr.metrics import au_report, va_report
 from expr.models.online import store_encoders
 
 
+def predict_frames(model: torch.nn.Module, store, split: str, window: int, stride: int, **kw):
+    """Frame probabilities of every video of ``split`` (or of ``videos`` among them): (frame rows, [rows, C]);
+    :func:`predict_outputs` of the expression task alone."""
+    rows, outputs = predict_outputs(model, store, split, window, stride, **kw)
+    return rows, outputs["expr"]
+
+
 @torch.no_grad()
-def predict_frames(
+def predict_outputs(
     model: torch.nn.Module,
     store,
     split: str,
@@ -31,15 +38,16 @@ def predict_frames(
     encoders=None,
     flip: bool = False,
     tasks=("expr",),
-):
-    """Frame probabilities of every video of ``split`` (or of ``videos`` among them): (frame rows, [rows, C]), by
-    step 1 of :mod:`expr.evaluation`'s path (``label_rule``: the run's ``data.label_frame``; frames without a face
-    filled from the nearest face frame). ``mode="online"`` runs the store's frozen encoders on its face crops and
-    audio, as an online-trained head saw (``encoders``: (encoders, image transform) of the run, see
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Frame outputs of every video of ``split`` (or of ``videos`` among them): (frame rows, {task: [rows, K]}),
+    the class probabilities under ``expr`` and, for ``tasks`` a head trained on, valence-arousal under ``va`` and AU
+    probabilities under ``au`` (:meth:`FusionOutput.scores`), all placed on frames by step 1 of
+    :mod:`expr.evaluation`'s path (``label_rule``: the run's ``data.label_frame``; frames without a face filled from
+    the nearest face frame). ``mode="online"`` runs the store's frozen encoders on its face crops and audio, as an
+    online-trained head saw (``encoders``: (encoders, image transform) of the run, see
     :func:`expr.runs.run_encoders`; default: the store's frozen ones); ``flip`` (online mode, ``eval.flip``) averages
-    every window's probabilities with those of its mirrored crops. With ``tasks`` beyond ``("expr",)`` (a head
-    trained on them): (frame rows, {task: [rows, K]}) with the class probabilities under ``expr``, valence-arousal
-    under ``va`` and AU probabilities under ``au``, all placed on frames the same way."""
+    every window's outputs with those of its mirrored crops."""
+    names = ("expr", *(t for t in ("va", "au") if t in tasks))
     # every video of the split (the EXPR split, which holds test videos) or of the split of a task the store has
     window_tasks = ("expr", *(t for t in tasks if t != "expr" and t in store.task_splits))
     windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True, tasks=window_tasks)
@@ -73,12 +81,11 @@ def predict_frames(
             batch["audio"].to(device).float(),
             batch["audio_mask"].to(device),
         )
-        parts = [out.logits.float().softmax(-1)]
-        parts += [out.va.float()] if "va" in tasks else []
-        parts += [out.au.float().sigmoid()] if "au" in tasks else []
-        return torch.cat(parts, -1)
+        scores = out.scores(names)
+        widths[:] = [scores[t].shape[1] for t in names]
+        return torch.cat([scores[t] for t in names], -1)
 
-    chunks = []
+    chunks, widths = [], [0] * len(names)  # each task's columns, as the head gives them
     for batch in batches:
         p = window_probs(batch)
         if flip and mode == "online":
@@ -86,11 +93,7 @@ def predict_frames(
         chunks.append(p.cpu().numpy())
     probs = np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
     rows, frames = store_frame_probabilities(store, videos, data, mine, probs, label_rule)
-    if tuple(tasks) == ("expr",):
-        return rows, frames
-    widths = {"expr": model.classifier[-1].out_features, "va": 2, "au": 12}
-    edges = np.cumsum([0] + [widths[t] for t in ("expr", "va", "au") if t == "expr" or t in tasks])
-    names = [t for t in ("expr", "va", "au") if t == "expr" or t in tasks]
+    edges = np.cumsum([0, *widths])
     return rows, {t: frames[:, a:b] for t, a, b in zip(names, edges[:-1], edges[1:], strict=True)}
 
 
@@ -129,7 +132,7 @@ def validation_metrics(store, val_set, index: np.ndarray, probs: np.ndarray, cfg
     if "expr" in tasks:
         metrics, (rows, frame_probs) = expression_metrics(store, val_set, index, probs, cfg)
     for task, values in (outputs or {}).items():
-        videos = np.flatnonzero(store.task_splits[task] == "validation")
+        videos = store.videos_in("validation", task)
         task_rows, frames = store_frame_probabilities(store, videos, val_set, index, values, cfg.data.label_frame)
         targets = store.task_labels[task][task_rows]
         if task == "va":

@@ -69,8 +69,7 @@ def check_store(store, cfg: Config) -> None:
         )
     for task in cfg.train.tasks:
         for split in ("train", "validation"):
-            videos = store.videos_in(split) if task == "expr" else np.flatnonzero(store.task_splits[task] == split)
-            if not len(videos):
+            if not len(store.videos_in(split, task)):
                 what = "" if task == "expr" else f" for the task {task}"
                 raise ConfigError(f"the feature store {path} has no '{split}' videos{what} (data.cache)")
 

@@ -40,7 +40,7 @@ from expr.features.encoders import EncoderError
 from expr.features.faces import Face, FaceDetectorError, face_detector
 from expr.features.spec import SpecError, parse_spec
 from expr.features.tracks import tracks_of
-from expr.inference import predict_frames
+from expr.inference import predict_outputs
 from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
 from expr.runs import (
@@ -406,10 +406,10 @@ def video_probs(footage: Footage, run, out: Path, clip, wav2vec2, device: str, b
               encoders=run_encoders(run, cfg, store, device))  # fmt: skip
     probs = []
     for v in range(len(records)):
-        rows, p = predict_frames(model, store, "test", cfg.data.window, cfg.data.resolved_eval_stride(),
-                                 videos=np.array([v]), tasks=cfg.train.tasks, **kw)  # fmt: skip
+        rows, p = predict_outputs(model, store, "test", cfg.data.window, cfg.data.resolved_eval_stride(),
+                                  videos=np.array([v]), tasks=cfg.train.tasks, **kw)  # fmt: skip
         order = np.argsort(rows)
-        probs.append({t: o[order] for t, o in p.items()} if isinstance(p, dict) else {"expr": p[order]})
+        probs.append({t: o[order] for t, o in p.items()})
     return probs, cfg
 
 

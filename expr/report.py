@@ -29,7 +29,7 @@ from expr.data.affwild2 import AU_NAMES
 from expr.data.source import open_store
 from expr.data.store import StoreError, video_of_rows
 from expr.evaluation import Decision, frame_report
-from expr.inference import predict_frames
+from expr.inference import predict_outputs
 from expr.metrics import au_report, tune_au_thresholds, va_report
 from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
@@ -79,9 +79,9 @@ def evaluate_run(
     missing = [t for t in tasks if t != "expr" and t not in store.task_splits]
     if missing:
         raise EvaluateError(f"{store.path} has no {' or '.join(missing)} labels to evaluate the run's {missing[0]} on")
-    in_split = {t: store.splits == split if t == "expr" else store.task_splits[t] == split for t in tasks}
-    videos = np.flatnonzero(np.any(list(in_split.values()), axis=0))  # those of the split of any task the run has
-    rows, outputs = predict_frames(
+    in_split = {t: store.videos_in(split, t) for t in tasks}
+    videos = np.unique(np.concatenate(list(in_split.values())))  # those of the split of any task the run has
+    rows, outputs = predict_outputs(
         model,
         store,
         split,
@@ -95,7 +95,6 @@ def evaluate_run(
         flip=cfg.eval.flip,
         tasks=tasks,
     )
-    outputs = outputs if isinstance(outputs, dict) else {"expr": outputs}
     if world > 1:
         parts = gather_object([(rows, outputs)])
         if rank != 0:
@@ -106,7 +105,7 @@ def evaluate_run(
         outputs = {t: np.concatenate([o[t] for _, o in parts])[order] for t in outputs}
     scored = {t: task_report(t, store, rows, outputs[t], in_split[t]) for t in tasks if t != "expr"}
     task_reports = {t: r for t, (r, _, _) in scored.items()}
-    expr_rows = np.isin(video_of_rows(store.frame_offset, rows), np.flatnonzero(in_split.get("expr", [])))
+    expr_rows = np.isin(video_of_rows(store.frame_offset, rows), in_split.get("expr", []))
     rows, probs = rows[expr_rows], outputs["expr"][expr_rows]
     labels = store.labels[rows]
     if "expr" in tasks and not (labels >= 0).any():
@@ -146,9 +145,9 @@ def evaluate_run(
 
 def task_report(task: str, store, rows: np.ndarray, values: np.ndarray, videos: np.ndarray):
     """(the VA or AU scores, the scored [N, K] predictions, their targets) of frame ``values`` (rows ``rows``) over
-    the annotated frames of the task's ``videos`` (a mask per video), as the challenges score them; AU also with
+    the annotated frames of the task's ``videos``, as the challenges score them; AU also with
     per-unit thresholds tuned on these frames (optimistic: fitted where they are scored)."""
-    mine = videos[video_of_rows(store.frame_offset, rows)]
+    mine = np.isin(video_of_rows(store.frame_offset, rows), videos)
     targets, values = store.task_labels[task][rows[mine]], values[mine]
     if task == "va":
         r = va_report(values, targets)

@@ -36,7 +36,7 @@ from expr.config import ABAW_CLASSES, ConfigError, Smoothing, resolve_device
 from expr.data.affwild2 import AU_NAMES
 from expr.data.source import open_store
 from expr.data.store import StoreError
-from expr.inference import predict_frames
+from expr.inference import predict_outputs
 from expr.metrics import tune_au_thresholds
 from expr.options import parse_options, positional
 from expr.runs import (
@@ -97,14 +97,23 @@ def read_example(path: str | Path, classes=ABAW_CLASSES) -> Example:
 def frame_values(run_dir, cache, videos: list[str], task: str, device="auto", overrides=None) -> dict[str, np.ndarray]:
     """Per video, every decoded frame's ``va`` [frames, 2] (valence, arousal) or ``au`` [frames, 12] probabilities
     of the run's head trained with that task; an ensemble folder: its members' weighted mean."""
-    overrides = legacy_overrides(overrides, cache)
+    return run_outputs(run_dir, videos, task, device, legacy_overrides(overrides, cache))[0]
+
+
+def run_outputs(run_dir, videos: list[str], task: str, device="auto", overrides=None):
+    """(per video, every decoded frame's raw outputs of ``task`` (:func:`expr.inference.predict_outputs`, before any
+    decision), the run's config) of a run, or of an ensemble folder: its members' weighted mean (each member with
+    :func:`expr.runs.member_overrides`), the first member's config. Only the given videos are predicted."""
     members = ensemble_members(run_dir)
     if members is not None:
         out: dict[str, np.ndarray] = {}
+        first = None
         for run, weight in members:
-            for v, p in frame_values(run, cache, videos, task, device, member_overrides(overrides)).items():
+            part, cfg = run_outputs(run, videos, task, device, member_overrides(overrides))
+            first = first or cfg
+            for v, p in part.items():
                 out[v] = out.get(v, 0.0) + weight * p
-        return out
+        return out, first
     model, info = load_head(run_dir, overrides=overrides)
     cfg = info["cfg"]
     if task not in cfg.train.tasks:
@@ -115,13 +124,14 @@ def frame_values(run_dir, cache, videos: list[str], task: str, device="auto", ov
     out = {}
     for split in sorted(set(store.splits[wanted].tolist())):
         mine = wanted[store.splits[wanted] == split]
-        rows, outputs = predict_frames(model, store, split, cfg.data.window, cfg.data.resolved_eval_stride(),
-                                       device=device, label_rule=cfg.data.label_frame, videos=mine, mode=cfg.data.mode,
-                                       encoders=encoders, flip=cfg.eval.flip, tasks=cfg.train.tasks)  # fmt: skip
+        rows, outputs = predict_outputs(model, store, split, cfg.data.window, cfg.data.resolved_eval_stride(),
+                                        device=device, label_rule=cfg.data.label_frame, videos=mine,
+                                        mode=cfg.data.mode, encoders=encoders, flip=cfg.eval.flip,
+                                        tasks=cfg.train.tasks)  # fmt: skip
         for v in mine:
             a = int(store.frame_offset[v])
             out[store.names[v]] = outputs[task][(rows >= a) & (rows < a + int(store.num_frames[v]))]
-    return out
+    return out, cfg
 
 
 def validation_thresholds(run_dir, cache, device="auto", overrides=None) -> np.ndarray:
@@ -130,9 +140,9 @@ def validation_thresholds(run_dir, cache, device="auto", overrides=None) -> np.n
     members = ensemble_members(run_dir)
     cfg = load_head(members[0][0] if members else run_dir, overrides=legacy_overrides(overrides, cache))[1]["cfg"]
     store = open_store(cfg)
-    if "au" not in store.task_splits or not (store.task_splits["au"] == "validation").any():
+    names = [store.names[v] for v in store.videos_in("validation", "au")]
+    if not names:
         raise SubmissionError(f"{store.path} has no AU validation videos to tune thresholds on")
-    names = [store.names[v] for v in np.flatnonzero(store.task_splits["au"] == "validation")]
     values = frame_values(run_dir, cache, names, "au", device, overrides)
     rows = [store.frame_rows([store.names.index(n)]) for n in names]
     targets = np.concatenate([store.task_labels["au"][r] for r in rows])
@@ -171,43 +181,10 @@ def frame_probs(
     then the ensemble's decision. ``smoothing`` / ``width`` replace the run's (or ensemble's)."""
     overrides = legacy_overrides(overrides, cache, smoothing=smoothing, width=width)
     members = ensemble_members(run_dir)
-    if members is not None:
-        decision = ensemble_decision(run_dir, overrides)  # checked before the members' work
-        raw: dict[str, np.ndarray] = {}
-        for run, weight in members:
-            for v, p in frame_probs(run, cache, videos, device=device, overrides=member_overrides(overrides)).items():
-                raw[v] = raw.get(v, 0.0) + weight * p
-        return {v: decision.video(p) for v, p in raw.items()}
-    model, info = load_head(run_dir, overrides=overrides)
-    cfg = info["cfg"]
-    if "expr" not in cfg.train.tasks:
-        raise SubmissionError(f"{run_dir}: the run trained {', '.join(cfg.train.tasks)}, not expr (train.tasks)")
-    store, wanted = example_store(cfg, videos)
-    device = resolve_device(device)
-    decision = run_decision(run_dir, cfg)
-    encoders = run_encoders(run_dir, cfg, store, device)
-    out = {}
-    for split in sorted(set(store.splits[wanted].tolist())):  # only the example's videos are predicted
-        mine = wanted[store.splits[wanted] == split]
-        rows, probs = predict_frames(
-            model,
-            store,
-            split,
-            cfg.data.window,
-            cfg.data.resolved_eval_stride(),
-            device=device,
-            label_rule=cfg.data.label_frame,
-            videos=mine,
-            mode=cfg.data.mode,
-            encoders=encoders,
-            flip=cfg.eval.flip,
-        )
-        decided = decision.rows(rows, probs, store.num_frames, store.frame_offset)
-        for v in mine:
-            a = int(store.frame_offset[v])
-            at = (rows >= a) & (rows < a + int(store.num_frames[v]))
-            out[store.names[v]] = decided[at]
-    return out
+    decision = ensemble_decision(run_dir, overrides) if members is not None else None  # checked before the work
+    raw, cfg = run_outputs(run_dir, videos, "expr", device, overrides)
+    decision = decision or run_decision(run_dir, cfg)
+    return {v: decision.video(p) for v, p in raw.items()}
 
 
 def write_submission(example: Example, labels: dict[str, np.ndarray], out: str | Path, fmt: str = "csv",

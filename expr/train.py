@@ -293,10 +293,9 @@ class Trainer:
         tasks = [t for t in self.cfg.train.tasks if t != "expr"]
         indices, probs, outputs = [], [], {t: [] for t in tasks}
 
-        def window_outputs(batch):  # class probabilities, valence-arousal, AU probabilities
-            out = self._forward(batch)
-            extra = {"va": out.va, "au": out.au.sigmoid() if out.au is not None else None}
-            return out.logits.float().softmax(dim=-1), [extra[t].float() for t in tasks]
+        def window_outputs(batch):  # class probabilities, and the other tasks' values
+            scores = self._forward(batch).scores(("expr", *tasks))
+            return scores["expr"], [scores[t] for t in tasks]
 
         for batch in self.val_loader:
             p, extra = window_outputs(batch)

@@ -676,8 +676,12 @@ class FrameStore:
         parts = [np.arange(self.frame_offset[v], self.frame_offset[v] + self.num_frames[v]) for v in videos]
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def videos_in(self, split: str) -> np.ndarray:
-        return np.flatnonzero(self.splits == split)
+    def videos_in(self, split: str, task: str = "expr") -> np.ndarray:
+        """The videos in ``split`` of ``task`` (each Aff-Wild2 task splits the videos its own way; ``expr``'s split,
+        which also holds the test videos, is ``splits``); none for a task the store has no labels of."""
+        if task == "expr":
+            return np.flatnonzero(self.splits == split)
+        return np.flatnonzero(self.task_splits[task] == split) if task in self.task_splits else np.zeros(0, np.int64)
 
     def audio_span(self, video: np.ndarray, start: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """First audio frame (relative to the video's audio) and audio frame count of frame windows

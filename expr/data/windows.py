@@ -83,22 +83,18 @@ class TaskTargets:
     def __init__(self, store: FrameStore, split: str, tasks=("expr",), window: int = 1, rule: str = "center"):
         self.tasks, self.window, self.rule = tuple(tasks), window, rule
         self.num_frames, self.frame_offset = store.num_frames, store.frame_offset
-        member = {"expr": store.splits == split}
-        for task in tasks:
-            if task != "expr":
-                member[task] = store.task_splits[task] == split
-        self.videos = np.flatnonzero(np.any([member[t] for t in self.tasks], axis=0))
+        member = {task: store.videos_in(split, task) for task in {"expr", *tasks}}
+        self.videos = np.unique(np.concatenate([member[t] for t in self.tasks]))
 
-        def per_frame(keep):
+        def per_frame(videos):  # a mask of the frames of ``videos``
             out = np.zeros(len(store.labels), bool)
-            for v in np.flatnonzero(keep):
-                out[store.frame_offset[v] : store.frame_offset[v] + store.num_frames[v]] = True
+            out[store.frame_rows(videos)] = True
             return out
 
         self.labels = store.labels
         if "expr" not in tasks:
             self.labels = np.full(len(store.labels), -1, np.int64)
-        elif not member["expr"][self.videos].all():
+        elif not np.isin(self.videos, member["expr"]).all():
             self.labels = np.where(per_frame(member["expr"]), store.labels, -1)
         self.values = {}  # "va": [N, 2] float32 (NaN), "au": [N, 12] int8 (-1)
         for task in tasks:

@@ -106,6 +106,13 @@ class FusionOutput:
     au: torch.Tensor | None = None
     """[B, 12] action-unit logits (a head trained with the au task)."""
 
+    def scores(self, tasks=("expr",)) -> dict[str, torch.Tensor]:
+        """What each of ``tasks`` predicts for the windows, float32: ``expr`` class probabilities [B, C], ``va``
+        valence and arousal [B, 2], ``au`` action-unit probabilities [B, 12]."""
+        values = {"expr": lambda: self.logits.float().softmax(-1), "va": lambda: self.va.float(),
+                  "au": lambda: self.au.float().sigmoid()}  # fmt: skip
+        return {t: values[t]() for t in tasks}
+
 
 TASK_OUTPUTS = {"va": 2, "au": 12}
 """The outputs of each task's head beside the expression classifier."""
