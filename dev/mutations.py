@@ -192,6 +192,8 @@ MUTATIONS = [
      "    decision = ensemble_decision(run_dir, overrides) if members is not None else None",
      "    decision = None",
      ["tests/test_ensemble.py", "-k", "steps_table"]),
+    ("ens-best", "fitted ensemble weights are the best point of the greedy path", "expr/ensemble.py",
+     "if gains[pick] > best_score:", "if True:", ["tests/test_ensemble.py", "-k", "greedy_path"]),
     ("ens-oof", "each fold's frames come from the models that validated on it", "expr/ensemble.py",
      "parts.append((group[0].rows, probs, group[0].labels, group[0].subject, np.full(len(group[0].rows), fold)))",
      "parts.append((group[0].rows, members[0].probs, group[0].labels, group[0].subject, "

@@ -44,19 +44,26 @@ class EnsembleError(RunError):
 
 
 def greedy_weights(probs: list[np.ndarray], labels: np.ndarray, classes, rounds: int = 20) -> np.ndarray:
-    """Selection counts / total of greedy forward selection with replacement, by frame macro-F1 on ``labels``."""
+    """Greedy forward selection with replacement by frame macro-F1 on ``labels`` (Caruana et al. 2004): each round
+    adds the member whose addition scores best; the weights are the selection counts / total at the best point of
+    the path (ties: the earlier point, i.e. fewer selections). The first round picks the best member alone, so the
+    result never scores below it on ``labels``."""
 
     def score(p: np.ndarray) -> float:
         return classification_report(labels, p.argmax(1), classes)["macro_f1"]
 
     counts = np.zeros(len(probs))
     total = np.zeros_like(probs[0], dtype=np.float64)
+    best_score, best_counts = -np.inf, counts
     for _ in range(rounds):
         gains = [score((total + p) / (counts.sum() + 1)) for p in probs]
-        best = int(np.argmax(gains))  # ties: the earlier member
-        counts[best] += 1
-        total += probs[best]
-    return counts / counts.sum()
+        pick = int(np.argmax(gains))  # ties: the earlier member
+        counts = counts.copy()
+        counts[pick] += 1
+        total += probs[pick]
+        if gains[pick] > best_score:
+            best_score, best_counts = gains[pick], counts
+    return best_counts / best_counts.sum()
 
 
 @dataclass
