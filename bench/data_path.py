@@ -18,6 +18,10 @@ from common import Timer, machine, print_table, synthetic_store
 from expr.data.store import FrameStore
 from expr.data.windows import EpochSampler, WindowDataset, build_windows, collate_batch
 
+SMOKE = "--scale 0.0005 --batches 3 --windows 10 --steps 2 --baseline-videos 1"
+"""This script's smallest honest size: tests/test_bench.py runs it with these arguments (``{tmp}``: a temporary
+folder) and checks that it prints its figures."""
+
 
 def expr_loader(store, T, batch):
     windows = build_windows(store, "train", T)

@@ -26,6 +26,10 @@ from expr.features.encoders import load_audio_encoder, load_image_encoder
 from expr.features.spec import parse_spec
 from expr.prepare import extract_item
 
+SMOKE = "--frames 4 --batch 4 --audio-seconds 2"
+"""This script's smallest honest size: tests/test_bench.py runs it with these arguments (``{tmp}``: a temporary
+folder) and checks that it prints its figures."""
+
 ROOT = Path(__file__).resolve().parents[1]
 IMAGE = [
     "open_clip:ViT-B-32@random",

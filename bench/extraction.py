@@ -21,6 +21,10 @@ from expr.features.backbones import load_clip, load_wav2vec2
 from expr.features.encoders import AudioEncoder, open_clip_encoder
 from expr.prepare import extract_item
 
+SMOKE = "--frames 4 --naive-frames 2 --audio-seconds 2 --batch 4"
+"""This script's smallest honest size: tests/test_bench.py runs it with these arguments (``{tmp}``: a temporary
+folder) and checks that it prints its figures."""
+
 
 class NoAudio:
     dim, rate = 768, 50.0

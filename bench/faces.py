@@ -21,6 +21,10 @@ from common import machine, print_table
 from expr.data.media import iter_frames
 from expr.features.faces import face_detector
 
+SMOKE = "--frames 2 --clip-frames 10 --predict-clips bigbuckbunny"
+"""This script's smallest honest size: tests/test_bench.py runs it with these arguments (``{tmp}``: a temporary
+folder) and checks that it prints its figures."""
+
 CLIPS = {"carphone_pristine": "car (a man talking)", "bikes": "bikes (cyclists, traffic)",
          "bigbuckbunny": "cartoon (a rabbit, sound)"}  # fmt: skip
 
@@ -38,11 +42,14 @@ def photo(name: str) -> np.ndarray:
     return np.stack([image] * 3, -1) if image.ndim == 2 else image
 
 
-def clips(frames: int) -> dict[str, list[np.ndarray]]:
-    """The video clips' frames, and frames of 320 x 320 panning over each photograph (4 px a frame)."""
+def clips(frames: int, clip_frames: int | None = None) -> dict[str, list[np.ndarray]]:
+    """The video clips' frames (the first ``clip_frames`` of each; None: all), and frames of 320 x 320 panning over
+    each photograph (4 px a frame)."""
+    import itertools
+
     import cv2
 
-    out = {label: list(iter_frames(clip_path(name))) for name, label in CLIPS.items()}
+    out = {label: list(itertools.islice(iter_frames(clip_path(name)), clip_frames)) for name, label in CLIPS.items()}
     tilted = cv2.warpAffine(photo("astronaut"), cv2.getRotationMatrix2D((225, 110), -20, 1.0), (512, 512))
     sources = {
         "astronaut pan (a face)": photo("astronaut"),
@@ -62,9 +69,9 @@ def clips(frames: int) -> dict[str, list[np.ndarray]]:
     return out
 
 
-def detection_rows(frames_per_pan: int) -> list[list]:
+def detection_rows(frames_per_pan: int, clip_frames: int | None = None) -> list[list]:
     rows = []
-    for clip, frames in clips(frames_per_pan).items():
+    for clip, frames in clips(frames_per_pan, clip_frames).items():
         size = f"{frames[0].shape[1]} x {frames[0].shape[0]}"
         for name, batch in (("mtcnn", 1), ("mtcnn", 16), ("haar", 1)):
             detector = face_detector(name)
@@ -79,8 +86,37 @@ def detection_rows(frames_per_pan: int) -> list[list]:
     return rows
 
 
-def predict_rows() -> list[list]:
-    """``expr predict`` (the CLI, one process) on each clip: frames/s over the whole job."""
+def cut(source: Path, frames: int, out: Path) -> Path:
+    """The first ``frames`` frames of ``source`` (and its sound over the same time) as an MP4."""
+    import itertools
+
+    import av
+
+    from expr.data.media import decode_audio, probe
+
+    info = probe(source)
+    pictures = list(itertools.islice(iter_frames(source), frames))
+    height, width = (d - d % 2 for d in pictures[0].shape[:2])
+    with av.open(str(out), "w") as container:
+        stream = container.add_stream("libx264", rate=round(info.fps))
+        stream.height, stream.width, stream.pix_fmt = height, width, "yuv420p"
+        sound = container.add_stream("aac", rate=16_000, layout="mono") if info.has_audio else None
+        for rgb in pictures:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb[:height, :width]), "rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+        if sound is not None:
+            wave = decode_audio(source)[0][: int(16_000 * frames / info.fps)].astype(np.float32)
+            block = av.AudioFrame.from_ndarray(wave[None, :], format="fltp", layout="mono")
+            block.sample_rate = 16_000
+            container.mux(sound.encode(block))
+            container.mux(sound.encode())
+    return out
+
+
+def predict_rows(clip_frames: int | None = None, only: list[str] | None = None) -> list[list]:
+    """``expr predict`` (the CLI, one process) on each clip (the first ``clip_frames``; ``only``: these clips'
+    names): frames/s over the whole job."""
     import subprocess
     import sys
 
@@ -93,8 +129,13 @@ def predict_rows() -> list[list]:
                             "train.output_dir": f"{tmp}/run", "train.log_with": "none"}, preset="demo")  # fmt: skip
         run(cfg)
         for name, label in CLIPS.items():
+            if only and name not in only:
+                continue
+            video = (
+                clip_path(name) if clip_frames is None else cut(clip_path(name), clip_frames, Path(tmp) / f"{name}.mp4")
+            )
             for faces in ("largest", "all"):
-                cmd = [sys.executable, "-m", "expr", "predict", str(clip_path(name)), "--run", f"{tmp}/run",
+                cmd = [sys.executable, "-m", "expr", "predict", str(video), "--run", f"{tmp}/run",
                        "--out", f"{tmp}/out", "--clip", "random", "--wav2vec2", "random", "--device", "cpu",
                        "--faces", faces, "--no-progress"]  # fmt: skip
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -108,12 +149,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=30, help="frames of each photograph pan")
     parser.add_argument("--no-predict", action="store_true", help="the detectors only")
+    parser.add_argument("--clip-frames", type=int, default=None, help="only the first N frames of each clip")
+    parser.add_argument("--predict-clips", default=",".join(CLIPS), help="the clips expr predict runs on")
     args = parser.parse_args()
     print(f"{machine()}; one process\n")
     header = ["clip", "size", "detector", "frames with a face", "frames/s"]
-    print_table("Face detectors", header, detection_rows(args.frames))
+    print_table("Face detectors", header, detection_rows(args.frames, args.clip_frames))
     if not args.no_predict:
-        print_table("expr predict end to end", ["clip", "--faces", "tracks", "frames, time, rate"], predict_rows())
+        rows = predict_rows(args.clip_frames, args.predict_clips.split(","))
+        print_table("expr predict end to end", ["clip", "--faces", "tracks", "frames, time, rate"], rows)
 
 
 if __name__ == "__main__":

@@ -38,6 +38,13 @@ from expr.models.fusion import FusionHead
 from expr.models.online import OnlineModel, store_encoders
 from expr.models.tuning import Tuning
 
+SMOKE = (
+    "--window 2 --batch 1 --frames-batch 2 --steps 1 --workers 0 --video-frames 24 "
+    "--configs stage1-lora,cached,online-lora-both"
+)
+"""This script's smallest honest size: tests/test_bench.py runs it with these arguments (``{tmp}``: a temporary
+folder) and checks that it prints its figures."""
+
 CONFIGS = {
     "stage1-frozen": ("stage I", "frozen (linear probe)"),
     "stage1-lora": ("stage I", "LoRA r=8"),
@@ -157,6 +164,8 @@ def main() -> None:
     parser.add_argument("--frames-batch", type=int, default=16, help="frames per step (stage I)")
     parser.add_argument("--steps", type=int, default=3, help="steps timed per configuration (cached: 20x more)")
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="the configurations to run (default: all)")
+    parser.add_argument("--video-frames", type=int, default=240, help="frames of each of the store's 3 videos")
     parser.add_argument("--config", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     args, _ = parser.parse_known_args()
@@ -166,8 +175,11 @@ def main() -> None:
     print(f"machine: {machine()}\n")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        store = media_store(Path(tmp) / "store", videos=3, frames=240)
-        for name, (stage, what) in CONFIGS.items():
+        store = media_store(Path(tmp) / "store", videos=3, frames=args.video_frames)
+        for name in args.configs.split(","):
+            if name not in CONFIGS:
+                parser.error(f"--configs: no configuration '{name}' (choose from {', '.join(CONFIGS)})")
+            stage, what = CONFIGS[name]
             out = subprocess.run(
                 [sys.executable, __file__, *sys.argv[1:], "--config", name, "--store", str(store)],
                 capture_output=True, text=True, check=True,

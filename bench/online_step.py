@@ -25,6 +25,10 @@ from expr.losses import total_loss
 from expr.models.fusion import FusionHead
 from expr.models.online import store_encoders
 
+SMOKE = "--windows 4 --batch 1 --steps 1 --workers 0"
+"""This script's smallest honest size: tests/test_bench.py runs it with these arguments (``{tmp}``: a temporary
+folder) and checks that it prints its figures."""
+
 
 def media_store(path: Path, videos: int, frames: int, seed: int = 0) -> Path:
     """Videos at 30 fps with 112x112 JPEG face crops (Aff-Wild2's crop size), 16 kHz audio and random features."""

@@ -14,6 +14,10 @@ from pathlib import Path
 
 from common import Timer, machine, print_table, synthetic_store
 
+SMOKE = "--scale 0.0005 --dir {tmp}/store"
+"""This script's smallest honest size: tests/test_bench.py runs it with these arguments (``{tmp}``: a temporary
+folder) and checks that it prints its figures."""
+
 
 class PeakAnon:
     """Samples /proc/self/status RssAnon every 50 ms; ``peak`` in MiB."""

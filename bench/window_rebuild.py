@@ -19,24 +19,33 @@ import numpy as np
 from common import AFFWILD2_FRAMES, AFFWILD2_VIDEOS, Timer, machine, print_table
 
 from expr.config import ABAW_CLASSES
+from expr.data.store import FrameStore
 from expr.data.windows import build_windows
 
+SMOKE = "--scales 0.01"
+"""This script's smallest honest size: tests/test_bench.py runs it with these arguments (``{tmp}``: a temporary
+folder) and checks that it prints its figures."""
 
-class LabelsOnlyStore:
-    """What build_windows reads from a FrameStore: per-video offsets and counts, splits, frame labels."""
 
-    def __init__(self, scale: float, seed: int = 0):
+class LabelsOnlyStore(FrameStore):
+    """A :class:`FrameStore` with Aff-Wild2's frame and video counts and label runs but no feature arrays: it sets
+    the per-video and per-frame arrays a store opened from disk has, and inherits every method (``videos_in``,
+    ``frame_rows``, ...) from the real class, so what build_windows calls cannot drift from the store's."""
+
+    def __init__(self, scale: float, seed: int = 0):  # no super().__init__: there are no files to open
         rng = np.random.default_rng(seed)
         videos = max(4, round(AFFWILD2_VIDEOS * scale))
         n = (rng.uniform(0.5, 1.5, videos) * AFFWILD2_FRAMES * scale / videos).astype(np.int64)
+        self.path = Path(tempfile.gettempdir()) / "labels-only-store"
+        self.meta = {"classes": list(ABAW_CLASSES)}
+        self.names = [f"v{i:04d}" for i in range(videos)]
         self.num_frames = n
         self.frame_offset = np.concatenate([[0], np.cumsum(n)[:-1]])
         self.splits = np.array(["validation" if i % 5 == 0 else "train" for i in range(videos)])
         self.labels = np.repeat(rng.integers(-1, 8, int(n.sum()) // 60 + 1), 60)[: int(n.sum())]
-        self.classes = list(ABAW_CLASSES)
-
-    def videos_in(self, split):
-        return np.flatnonzero(self.splits == split)
+        self.face = np.ones(int(n.sum()), bool)
+        self.task_labels, self.task_splits, self.tasks = {}, {}, ["expr"]
+        self.split_tag = ""
 
 
 def main() -> None:
