@@ -70,9 +70,9 @@ class DataConfig:
     (the window study compares lengths at an equal budget). None: equal to ``window`` (a tiling grid; longer windows
     then get fewer steps)."""
     random_offset: bool = True
-    """Each epoch, move every training window by an offset drawn from (seed, epoch, window) among the ``stride``
-    positions of its slot whose label frame is labelled, so every labelled frame that a full window can end on or
-    centre on is a training target over the epochs (a fixed grid would only ever use one frame in ``stride``).
+    """Each epoch, move every training window to another of the ``stride`` positions of its slot whose label frame
+    has a target, cycling through them in an order drawn from (seed, window): the first ``stride`` epochs make every
+    labelled training frame a target at least once (a fixed grid would only ever use one frame in ``stride``).
     Resume stays exact. False: the fixed grid every epoch."""
     eval_stride: int | None = None
     """Frames between consecutive validation (and evaluation, submission, prediction) windows. None: 3, or the

@@ -54,6 +54,7 @@ from expr.config import (
 )
 from expr.criterion import Criterion
 from expr.data.store import StoreError
+from expr.data.windows import target_coverage
 from expr.distributed import (
     agree,
     exit_process,
@@ -258,8 +259,11 @@ class Trainer:
         if acc.is_main_process:
             if len(set(checksums)) > 1:
                 logger.warning("parameters differ between ranks: %s", checksums)
+            coverage = target_coverage(self.data.train_set, len(self.progress.history))
             summary = {
                 "best": self.progress.best,
+                # labelled training frames that were a window's label frame at least once (per task when several)
+                "target_coverage": coverage["expr"] if list(coverage) == ["expr"] else coverage,
                 "global_step": self.progress.global_step,
                 "fp16_skipped_steps": self.progress.skipped_steps,
                 "num_processes": acc.num_processes,
@@ -269,6 +273,8 @@ class Trainer:
                 "param_checksum_per_rank": checksums,
             }
             write_text(self.run_dir / "final.json", json.dumps(summary, indent=2))
+            shares = ", ".join(f"{task} {share:.1%}" for task, share in coverage.items())
+            logger.info("training targets: %s of the labelled training frames were a target at least once", shares)
 
     # ------------------------------------------------------------------------------------------- training
     def _forward(self, batch: dict[str, torch.Tensor]):

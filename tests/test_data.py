@@ -4,7 +4,7 @@ import torch
 
 from expr.data.demo import CLASS_FREQ, ensure_demo_store, generate_videos
 from expr.data.store import FrameStore, StoreError, VideoRecord, write_store
-from expr.data.windows import EpochSampler, WindowDataset, build_windows, window_starts
+from expr.data.windows import EpochSampler, WindowDataset, build_windows, label_position, window_starts
 
 
 def tiny_store(tmp_path):
@@ -47,19 +47,40 @@ def test_not_a_store_names_the_path(tmp_path):
         FrameStore(tmp_path)
 
 
-def test_window_starts_cover_the_video():
-    assert window_starts(100, 30, 30).tolist() == [0, 30, 60, 70]
-    assert window_starts(90, 30, 30).tolist() == [0, 30, 60]
-    assert window_starts(10, 30, 30).tolist() == [0]
-    assert window_starts(100, 30, 15).tolist() == [0, 15, 30, 45, 60, 70]
+def test_window_starts_put_a_label_frame_every_stride_frames_from_the_first_frame_to_the_last():
+    # center: label frames 0, 30, 60, 90 and the last, 99; each window starts T // 2 before its label frame, so the
+    # first and last windows reach past the video (those frames are masked).
+    assert window_starts(100, 30, 30).tolist() == [-15, 15, 45, 75, 84]
+    assert window_starts(91, 30, 30).tolist() == [-15, 15, 45, 75]  # the last frame, 90, is already a label frame
+    assert window_starts(10, 30, 30).tolist() == [-15, -6]  # shorter than a window: frames 0 and 9 still labelled
+    assert window_starts(100, 30, 30, "last").tolist() == [-29, 1, 31, 61, 70]
+    assert window_starts(100, 30, 15, "majority").tolist() == [0, 15, 30, 45, 60, 70]  # majority: inside the video
+    assert window_starts(10, 30, 30, "majority").tolist() == [0]
+    for rule in ("center", "last"):
+        for n, T, stride in ((100, 30, 30), (7, 10, 3), (61, 60, 1), (200, 10, 7)):
+            labels = label_position(window_starts(n, T, stride, rule), T, n, rule)
+            assert labels[0] == 0 and labels[-1] == n - 1 and (np.diff(labels) <= stride).all()
+
+
+def test_window_slots_make_every_frame_the_label_frame_of_exactly_one_slot_position():
+    from expr.data.windows import window_slots
+
+    for rule in ("center", "last"):
+        for n, T, stride in ((100, 30, 30), (7, 10, 3), (61, 60, 4), (5, 60, 30)):
+            first, span = window_slots(n, T, stride, rule)
+            starts = np.concatenate([f + np.arange(s) for f, s in zip(first, span, strict=True)])
+            assert sorted(label_position(starts, T, n, rule).tolist()) == list(range(n)), (rule, n, T, stride)
+    first, span = window_slots(100, 30, 30, "majority")  # full windows only: starts 0..70
+    assert first.tolist() == [0, 30, 60] and span.tolist() == [30, 30, 11]
 
 
 def test_window_labels_and_dropping(tmp_path):
     store, a, b = tiny_store(tmp_path)
     center = build_windows(store, "train", 10, label_rule="center")
-    assert center["start"] == [0, 10, 30, 40] and center["label"] == [0, 1, 2, 2]  # window 20-29 is all -1
+    # label frames 0, 10, 20, 30, 40 and 49; frame 20 is unlabelled
+    assert center["start"] == [-5, 5, 25, 35, 44] and center["label"] == [0, 1, 2, 2, 2]
     last = build_windows(store, "train", 10, stride=5, label_rule="last", drop_unlabelled=False)
-    assert last["label"][:4] == [0, 1, 1, -1]  # last frames 9, 14, 19, 24
+    assert last["start"][:3] == [-9, -4, 1] and last["label"][:6] == [0, 0, 1, 1, -1, -1]  # frames 0, 5, ..., 25
 
 
 def test_majority_rule(tmp_path):
@@ -73,20 +94,27 @@ def test_majority_rule(tmp_path):
 
 def test_getitems_gathers_masks_and_audio(tmp_path):
     store, a, b = tiny_store(tmp_path)
-    train = WindowDataset(store, build_windows(store, "train", 10))
-    batch = train.__getitems__([0, 3])
-    assert batch["visual"].shape == (2, 10, 4) and batch["visual"].dtype == torch.float16
-    np.testing.assert_allclose(batch["visual"][1].float().numpy(), a.visual[40:50].astype(np.float16), rtol=1e-3)
-    assert batch["visual_mask"][0].tolist() == [i % 7 != 0 for i in range(10)]
-    # 10 frames at 25 fps = 0.4 s = 20 audio frames at 50 Hz, starting at 40 / 25 * 50 = 80 for start 40
-    assert batch["audio"].shape == (2, 20, 3) and batch["audio_mask"].all()
-    np.testing.assert_allclose(batch["audio"][1].float().numpy(), a.audio[80:100].astype(np.float16), rtol=1e-3)
-    assert batch["label"].tolist() == [0, 2]
-    # A 7-frame video without audio: padding and audio fully masked.
+    train = WindowDataset(store, build_windows(store, "train", 10))  # starts -5, 5, 25, 35, 44
+    batch = train.__getitems__([0, 3, 4])
+    assert batch["visual"].shape == (3, 10, 4) and batch["visual"].dtype == torch.float16
+    np.testing.assert_allclose(batch["visual"][1].float().numpy(), a.visual[35:45].astype(np.float16), rtol=1e-3)
+    # Window 0 (frames -5..4) reaches before the video: its first five frames are masked, then frame 0 has no face.
+    assert batch["visual_mask"][0].tolist() == [False] * 5 + [i % 7 != 0 for i in range(5)]
+    assert batch["frame_labels"][0].tolist() == [-1] * 5 + [0] * 5
+    assert batch["visual_mask"][2].tolist() == [i % 7 != 0 for i in range(44, 50)] + [False] * 4  # past the end
+    # 10 frames at 25 fps = 0.4 s = 20 audio frames at 50 Hz, starting at 35 / 25 * 50 = 70 for start 35
+    assert batch["audio"].shape == (3, 20, 3) and batch["audio_mask"][1].all()
+    np.testing.assert_allclose(batch["audio"][1].float().numpy(), a.audio[70:90].astype(np.float16), rtol=1e-3)
+    assert batch["audio_mask"][0].tolist() == [False] * 10 + [True] * 10  # no audio before the video's start
+    np.testing.assert_allclose(batch["audio"][0, 10:].float().numpy(), a.audio[:10].astype(np.float16), rtol=1e-3)
+    assert (batch["audio"][0, :10] == 0).all()
+    assert batch["label"].tolist() == [0, 2, 2]
+    # A 7-frame video without audio: windows centred on frames 0 and 6, the frames outside it and the audio masked.
     val = WindowDataset(store, build_windows(store, "validation", 10))
-    vb = val.__getitems__([0])
-    assert vb["visual_mask"][0].tolist() == [True] * 7 + [False] * 3
-    assert vb["frame_labels"][0].tolist() == [1] * 7 + [-1] * 3
+    vb = val.__getitems__([0, 1])
+    assert vb["visual_mask"][0].tolist() == [False] * 5 + [True] * 5
+    assert vb["visual_mask"][1].tolist() == [True] * 6 + [False] * 4
+    assert vb["frame_labels"][1].tolist() == [1] * 6 + [-1] * 4
     assert not vb["audio_mask"].any() and vb["audio"].shape[1] >= 1
 
 
@@ -189,9 +217,9 @@ def test_window_index_is_saved_next_to_the_store_and_reused(tmp_path):
 
     store, *_ = tiny_store(tmp_path)
     first = load_or_build_windows(store, "train", 10)
-    saved = tmp_path / "s" / "windows" / "v2-train-w10-s10-center"
+    saved = tmp_path / "s" / "windows" / "v3-train-w10-s10-center"
     assert (saved / "dataset_info.json").is_file()
-    assert first["start"] == [0, 10, 30, 40]
+    assert first["start"] == [-5, 5, 25, 35, 44]
     again = load_or_build_windows(store, "train", 10)
     assert again["start"] == first["start"] and again.cache_files[0]["filename"].startswith(str(saved))
     assert load_or_build_windows(store, "train", 20, stride=5)["start"] != first["start"]

@@ -175,6 +175,20 @@ def test_each_task_trains_and_validates_on_its_own_split_of_the_videos(tmp_path)
     assert torch.isnan(batch["va"][torch.from_numpy(data.video == a)]).all()
 
 
+def test_a_frame_is_an_au_target_only_with_all_twelve_units_annotated(tmp_path):
+    from expr.data.windows import TaskTargets
+
+    store = task_store(tmp_path)
+    b = 1  # AU-validation video
+    store.task_labels["au"][store.frame_offset[b] + 20, 3] = -1  # one unit unannotated at frame 20
+    store.task_labels["au"][store.frame_offset[b] + 30] = -1  # no unit at frame 30
+    targets = TaskTargets(store, "validation", ("au",), window=10)
+    starts = np.array([15, 25, 5])  # centre frames 20, 30, 10
+    assert targets.labelled(np.full(3, b), starts).tolist() == [False, False, True]
+    rows = targets.frames_with_target("au")
+    assert len(rows) == 38 and store.frame_offset[b] + 20 not in rows
+
+
 def test_the_multi_task_loss_ignores_what_a_window_lacks():
     from types import SimpleNamespace
 
@@ -225,6 +239,8 @@ def test_multi_task_training_on_the_demo_learns_all_three(multi_task_run):
     )
     model, _ = load_head(run_dir)
     assert set(model.task_heads) == {"va", "au"}
+    coverage = json.loads((run_dir / "final.json").read_text())["target_coverage"]
+    assert set(coverage) == {"expr", "va", "au"} and all(0 < c <= 1 for c in coverage.values()), coverage
     # expr evaluate scores every task the run trained, through the same path as validation: the same numbers
     from expr.report import evaluate_run
 

@@ -122,8 +122,8 @@ class OnlineWindowDataset(WindowDataset):
         v, start, T = int(self.video[i]), int(start[0]), self.window
         n = int(self.num_frames[v])
         frame = start + np.arange(T)
-        inside = frame < n
-        rows = int(self.frame_offset[v]) + np.minimum(frame, n - 1)
+        inside = (frame >= 0) & (frame < n)  # a window may reach past either end of the video
+        rows = int(self.frame_offset[v]) + np.clip(frame, 0, n - 1)
         mask = inside & self.face[rows]
         pixels = torch.zeros((T, 3, self.size, self.size), dtype=torch.uint8)
         for t in np.flatnonzero(mask):

@@ -12,13 +12,31 @@ import torch
 from expr.atomic import atomic_path
 from expr.data.store import TASK_LABELS, FrameStore
 
-INDEX_VERSION = "v2"
+INDEX_VERSION = "v3"
 """Part of every saved window index's name: raise it when what an index holds or how its labels are chosen changes."""
 
 
-def window_starts(num_frames: int, window: int, stride: int) -> np.ndarray:
-    """Start frames of windows of ``window`` frames every ``stride`` frames, the last one ending at the video's
-    end; a video shorter than a window gets one window starting at 0 (padded, the padding masked)."""
+def label_offset(window: int, rule: str) -> int:
+    """How far a window's label frame lies from its start: ``window // 2`` for ``center``, ``window - 1`` for
+    ``last``."""
+    if rule not in ("center", "last"):
+        raise ValueError(f"window label rule '{rule}' has no single label frame (center, last)")
+    return window // 2 if rule == "center" else window - 1
+
+
+def window_starts(num_frames: int, window: int, stride: int, rule: str = "center") -> np.ndarray:
+    """Start frames of a video's windows every ``stride`` frames.
+
+    ``center`` / ``last``: label frames 0, ``stride``, ``2 * stride``, ... and the video's last frame, each window
+    placed so that its label frame is its centre (or last frame): windows near the ends reach past the video, the
+    frames outside it masked like frames without a face, so the first and last frames are predicted from windows of
+    their own. ``majority``: windows inside the video, the last one ending at its end; a video shorter than a window
+    gets one window starting at 0 (padded, the padding masked)."""
+    if rule != "majority":
+        label = np.arange(0, num_frames, stride, dtype=np.int64)
+        if label[-1] != num_frames - 1:
+            label = np.append(label, num_frames - 1)
+        return label - label_offset(window, rule)
     if num_frames <= window:
         return np.zeros(1, np.int64)
     starts = np.arange(0, num_frames - window + 1, stride, dtype=np.int64)
@@ -29,12 +47,10 @@ def window_starts(num_frames: int, window: int, stride: int) -> np.ndarray:
 
 def label_position(start: np.ndarray, window: int, num_frames: np.ndarray, rule: str) -> np.ndarray:
     """The frame (within its video) whose label a window is trained on: ``start + window // 2`` for ``center``,
-    ``start + window - 1`` for ``last``; a window padded past a short video's end takes its last frame. The one
-    definition of the target frame, used for training labels and for placing predictions back on frames."""
-    if rule not in ("center", "last"):
-        raise ValueError(f"window label rule '{rule}' has no single label frame (center, last)")
-    offset = window // 2 if rule == "center" else window - 1
-    return np.minimum(np.asarray(start) + offset, np.asarray(num_frames) - 1)
+    ``start + window - 1`` for ``last`` (kept inside the video). The one definition of the target frame, used for
+    training labels and for placing predictions back on frames."""
+    position = np.asarray(start) + label_offset(window, rule)
+    return np.clip(position, 0, np.asarray(num_frames) - 1)
 
 
 class WindowLabeler:
@@ -101,6 +117,10 @@ class TaskTargets:
             if task != "expr":
                 labels, missing = store.task_labels[task], TASK_LABELS[task][2]
                 self.values[task] = np.where(per_frame(member[task])[:, None], labels, missing).astype(labels.dtype)
+        self.members = {task: member[task] for task in self.tasks}  # the videos of the split, per task
+        self.has_target = {"va": ~np.isnan(self.values["va"]).any(1)} if "va" in self.values else {}
+        if "au" in self.values:  # an AU target needs all 12 units annotated
+            self.has_target["au"] = (self.values["au"] >= 0).all(1)
         self.labeler = WindowLabeler(self.labels, self.num_frames, self.frame_offset, len(store.classes), window, rule)
 
     def __getstate__(self):
@@ -121,19 +141,32 @@ class TaskTargets:
 
     def labelled(self, video: np.ndarray, start: np.ndarray) -> np.ndarray:
         """Windows with a target for at least one task."""
-        out = self(video, start)
-        keep = out["label"] >= 0
-        if "va" in out:
-            keep |= ~np.isnan(out["va"]).any(1)
-        if "au" in out:
-            keep |= (out["au"] >= 0).all(1)
+        keep = self.labeler(video, start) >= 0
+        if self.has_target:
+            rows = self.rows(video, start)
+            for has in self.has_target.values():
+                keep |= has[rows]
         return keep
 
+    def frames_with_target(self, task: str) -> np.ndarray:
+        """The frame rows of the split's videos of ``task`` that hold a target of ``task``."""
+        rows = np.concatenate(
+            [np.arange(self.frame_offset[v], self.frame_offset[v] + self.num_frames[v]) for v in self.members[task]]
+            or [np.zeros(0, np.int64)]
+        )
+        has = self.labels[rows] >= 0 if task == "expr" else self.has_target[task][rows]
+        return rows[has]
 
-def window_slots(num_frames: int, window: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """Training slots with a random offset: slot k may start anywhere in ``k * stride .. k * stride + span - 1``
-    (every full-window start belongs to exactly one slot); a video shorter than a window has one slot, start 0.
+
+def window_slots(num_frames: int, window: int, stride: int, rule: str = "center") -> tuple[np.ndarray, np.ndarray]:
+    """Training slots with a drawn offset: slot k may start anywhere in ``first .. first + span - 1``. ``center`` /
+    ``last``: slot k's label frames are ``k * stride .. k * stride + span - 1``, so every frame of the video is the
+    label frame of exactly one slot position (windows near the ends reach past the video, masked); ``majority``:
+    every full-window start belongs to exactly one slot, and a video shorter than a window has one slot, start 0.
     Returns (first start, span) per slot."""
+    if rule != "majority":
+        base = np.arange(0, num_frames, stride, dtype=np.int64)  # the slots' first label frames
+        return base - label_offset(window, rule), np.minimum(stride, num_frames - base)
     last = max(0, num_frames - window)  # the last start of a full window
     base = np.arange(0, last + 1, stride, dtype=np.int64)
     return base, np.minimum(stride, last + 1 - base)
@@ -177,9 +210,9 @@ def build_windows(
     targets = TaskTargets(store, split, tasks, window, label_rule)
     videos = targets.videos
     if random_offset:
-        per_video = [window_slots(int(store.num_frames[v]), window, stride) for v in videos]
+        per_video = [window_slots(int(store.num_frames[v]), window, stride, label_rule) for v in videos]
     else:
-        per_video = [(window_starts(int(store.num_frames[v]), window, stride), None) for v in videos]
+        per_video = [(window_starts(int(store.num_frames[v]), window, stride, label_rule), None) for v in videos]
     empty = np.zeros(0, np.int64)
     video = np.concatenate(
         [np.full(len(s), v, np.int64) for v, (s, _) in zip(videos, per_video, strict=True)] or [empty]
@@ -274,8 +307,11 @@ class WindowDataset(torch.utils.data.Dataset):
         return {k: v[0] for k, v in self.__getitems__([index]).items()}
 
     def starts(self, idx: np.ndarray, epoch: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """(start, label) of windows ``idx`` in ``epoch``: a window with span > 1 starts at one of its ``span``
-        positions whose label frame is labelled, drawn by :func:`draw_offsets`; the others at their own start."""
+        """(start, label) of windows ``idx`` in ``epoch``. A window with span > 1 cycles through those of its
+        ``span`` positions whose label frame has a target, in an order drawn once per window by
+        :func:`draw_offsets` from (seed, window): epoch e takes the (e mod U)-th of its U usable positions, so every
+        U <= ``stride`` epochs each of them is drawn once, the same in every process and worker and after a resume.
+        Other windows start at their own start."""
         start, label, span = self.start[idx], self.label[idx], self.span[idx]
         if not len(idx) or span.max() <= 1:
             return start, label
@@ -285,9 +321,11 @@ class WindowDataset(torch.utils.data.Dataset):
         labels = self.labeler(videos, candidate.ravel()).reshape(candidate.shape)
         labelled = labels >= 0 if self.targets is None else self.targets.labelled(videos, candidate.ravel())
         usable = (np.arange(count)[None, :] < span[:, None]) & labelled.reshape(candidate.shape)
-        keys = np.where(usable, draw_offsets(self.seed, epoch, idx, count), np.uint64(0))
-        pick = np.where(usable.any(1), keys.argmax(1), 0)
+        keys = draw_offsets(self.seed, 0, idx, count)
+        order = np.lexsort((keys, ~usable), axis=1)  # per window: usable positions first, in the order of their keys
+        turn = epoch % np.maximum(usable.sum(1), 1)
         rows = np.arange(len(idx))
+        pick = order[rows, turn]
         return candidate[rows, pick], labels[rows, pick]
 
     def __getitems__(self, indices) -> dict[str, torch.Tensor]:
@@ -296,9 +334,9 @@ class WindowDataset(torch.utils.data.Dataset):
         start, label = self.starts(idx, int(epoch[0]) if len(epoch) else 0)
         video, T = self.video[idx], self.window
         # Visual frames: [B, T]
-        frame = start[:, None] + np.arange(T)[None, :]
-        inside = frame < s.num_frames[video][:, None]
-        rows = s.frame_offset[video][:, None] + np.minimum(frame, s.num_frames[video][:, None] - 1)
+        frame = start[:, None] + np.arange(T)[None, :]  # may reach past either end of the video
+        inside = (frame >= 0) & (frame < s.num_frames[video][:, None])
+        rows = s.frame_offset[video][:, None] + np.clip(frame, 0, s.num_frames[video][:, None] - 1)
         visual = s.visual[rows]  # [B, T, Dv]
         visual_mask = inside & s.face[rows]
         labels = s.labels if self.targets is None else self.targets.labels  # masked to the split's EXPR videos
@@ -333,6 +371,22 @@ class WindowDataset(torch.utils.data.Dataset):
         out = self.targets(video, start)
         return {task: torch.from_numpy(np.asarray(out[task], np.float32 if task == "va" else np.int64))
                 for task in self.targets.values}  # fmt: skip
+
+
+def target_coverage(data: WindowDataset, epochs: int) -> dict[str, float]:
+    """Per task trained: the fraction of the split's frames with a target of that task that were a training
+    window's label frame in at least one of epochs ``0 .. epochs - 1`` (a window's offsets cycle, so ``stride``
+    epochs reach every such frame). ``data``: a dataset of training windows with its split's targets."""
+    targets, idx = data.targets, np.arange(len(data))
+    hit = np.zeros(len(targets.labels), bool)
+    for epoch in range(min(epochs, int(data.span.max(initial=1)))):  # the draws repeat after span epochs
+        start, _ = data.starts(idx, epoch)
+        hit[targets.rows(data.video, start)] = True
+    out = {}
+    for task in targets.tasks:
+        rows = targets.frames_with_target(task)
+        out[task] = float(hit[rows].mean()) if len(rows) else float("nan")
+    return out
 
 
 def collate_batch(batch):
