@@ -14,8 +14,9 @@ study:
 A window trained with ``data.label_frame`` ``center`` or ``last`` learned the label of one frame (its target,
 :func:`expr.data.windows.label_position`). Its prediction is therefore placed at that frame, and every other frame
 takes the linear interpolation between the two nearest window targets of its video. Windows reach past a video's
-ends (:func:`expr.data.windows.window_starts`), so its first and last frames are targets of their own windows. With evaluation windows every ``eval_stride`` frames, a classifier that predicts each
-window's target perfectly labels every frame correctly except within ``eval_stride / 2`` frames of a label change.
+ends (:func:`expr.data.windows.window_starts`), so its first and last frames are targets of their own windows. With
+evaluation windows every ``eval_stride`` frames, a classifier that predicts each window's target perfectly labels
+every frame correctly except within ``eval_stride / 2`` frames of a label change.
 A ``majority`` window learned the majority label of all its frames, so its prediction is spread evenly over them and
 a frame takes the mean over the windows covering it.
 """
