@@ -131,3 +131,42 @@ def test_the_prompts_clip_is_named_or_found_and_its_absence_is_an_error_only_whe
         prompt_embeddings(store({"dino": dino}, ["dino"]), cfg)
     off = build_config({"data.cache": "cache/x", "loss.contrastive_weight": 0.0})
     assert prompt_embeddings(store({"dino": dino}, ["dino"]), off).shape == (8, 512)
+
+
+def test_a_window_with_a_face_in_some_of_its_frames_enters_the_contrastive_term():
+    from types import SimpleNamespace
+
+    from expr.config import Config
+    from expr.criterion import Criterion
+    from expr.losses import text_contrastive
+
+    g = torch.Generator().manual_seed(2)
+    emb = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    text, labels = torch.randn(8, 8, generator=g), torch.tensor([0, 1, 2])
+    mask = torch.tensor([[True, False, False], [False, False, False], [True, True, True]])  # some, none, all
+    out = SimpleNamespace(logits=torch.randn(3, 8, generator=g), visual_embedding=emb, logit_scale=torch.tensor(10.0))
+    cfg = Config()
+    cfg.loss.contrastive_weight = 1.0
+    parts = Criterion(cfg, text, torch.ones(8))(out, {"label": labels, "visual_mask": mask})
+    expected = text_contrastive(emb[[0, 2]], text, labels[[0, 2]], torch.tensor(10.0))
+    assert parts["loss_con"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_the_contrastive_temperature_is_the_exponential_of_the_learned_log_scale():
+    import math
+
+    from expr.config import ModelConfig
+    from expr.models.fusion import FusionHead
+
+    cfg = ModelConfig(tcn_blocks=1, dim=16, heads=2, visual_dim=4, audio_dim=4)
+    head = FusionHead(cfg, 8)
+    assert head(*_inputs()).logit_scale.item() == pytest.approx(1 / 0.07, rel=1e-3)  # CLIP's initial temperature
+    with torch.no_grad():
+        head.logit_scale.fill_(math.log(20.0))
+    assert head(*_inputs()).logit_scale.item() == pytest.approx(20.0, rel=1e-5)
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(3)
+    return (torch.randn(2, 5, 4, generator=g), torch.ones(2, 5, dtype=torch.bool), torch.randn(2, 7, 4, generator=g),
+            torch.ones(2, 7, dtype=torch.bool))  # fmt: skip

@@ -71,3 +71,13 @@ def test_evaluate_module_loads_offline_and_agrees():
     out = metric.compute(predictions=p.tolist(), references=y.tolist())
     assert out["macro_f1"] == pytest.approx(f1_score(y, p, labels=range(8), average="macro", zero_division=0))
     assert set(out["per_class_f1"]) == set(ABAW_CLASSES)
+
+
+def test_tuned_au_thresholds_take_the_one_nearest_half_among_equally_good_ones():
+    from expr.metrics import tune_au_thresholds
+
+    # Unit 0: any threshold in (0.1, 0.9] separates perfectly -> 0.5; unit 1: only (0.6, 0.7] does -> 0.65 or 0.7.
+    probs = np.array([[0.9, 0.7], [0.1, 0.6], [0.9, 0.7], [0.1, 0.6]])
+    targets = np.array([[1, 1], [0, 0], [1, 1], [0, 0]])
+    thresholds = tune_au_thresholds(probs, targets)
+    assert thresholds[0] == pytest.approx(0.5) and thresholds[1] == pytest.approx(0.65)

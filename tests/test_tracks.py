@@ -165,3 +165,12 @@ def test_the_annotated_video_shows_boxes_and_keeps_the_sound(small_run, tmp_path
 
     edge, middle = change(slice(x - 2, x + 3)), change(slice(x + w // 2, x + w // 2 + 1))
     assert edge > 40 and middle < 10, (edge, middle)  # the box line is drawn; the face inside is left as it was
+
+
+def test_one_face_extends_at_most_one_track():
+    # Two people side by side, overlapping boxes; in frame 1 one face is found, overlapping both: it continues the
+    # track it overlaps most, and the other track gets no face in that frame.
+    frames = [[face(0, 0, 10, 10), face(4, 0, 10, 10)], [face(2, 0, 10, 10)]]
+    tracks = link_faces(frames, min_iou=0.3)
+    assert sorted(len(t.frames) for t in tracks) == [1, 2]
+    assert sum(1 in t.frames for t in tracks) == 1
