@@ -217,11 +217,31 @@ def test_frames_are_drawn_class_balanced_and_reproducibly():
     labels = np.array([0] * 90 + [1] * 10)
     sampler = FrameSampler(labels, 1000, balanced=True, seed=1)
     sampler.set_epoch(3)
-    drawn = np.array(list(sampler)) - 3 * len(labels)
+    index = np.array(list(sampler))
+    drawn = index % len(labels)
+    assert (index // len(labels)).tolist() == list(range(3000, 4000))  # the draws of epoch 3, numbered
     assert list(sampler) == list(sampler)  # from (seed, epoch) alone
     assert 0.4 < (labels[drawn] == 1).mean() < 0.6
     uniform = FrameSampler(labels, 50, balanced=False, seed=1)
     assert len(set(uniform)) == 50 == len(uniform)
+
+
+def test_a_frame_drawn_twice_in_an_epoch_is_augmented_anew(face_store):
+    from expr.data.frames import FrameDataset, FrameSampler, labelled_face_rows
+    from expr.data.store import FrameStore
+
+    store = FrameStore(face_store[0])
+    rows = labelled_face_rows(store, "train")
+    data = FrameDataset(store, rows, lambda im: torch.from_numpy(np.asarray(im.resize((32, 32)), np.float32)), True, 7)
+    sampler = FrameSampler(data.labels, 4 * len(rows), balanced=True, seed=1)  # with replacement: repeats
+    index = np.array(list(sampler))
+    position = index % len(rows)
+    values, first = np.unique(position, return_index=True)
+    again = next(k for k in range(len(index)) if k not in set(first))  # a later draw of an already drawn frame
+    earlier = first[values.tolist().index(position[again])]
+    a, b = data[int(index[earlier])]["pixels"], data[int(index[again])]["pixels"]
+    assert not torch.equal(a, b)
+    assert torch.equal(a, data[int(index[earlier])]["pixels"])  # the same draw: the same augmentation
 
 
 def test_stage_one_writes_what_stage_two_reads(face_store, tmp_path):

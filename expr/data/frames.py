@@ -33,9 +33,10 @@ def spread(rows: np.ndarray, count: int) -> np.ndarray:
 
 
 class FrameSampler(torch.utils.data.Sampler):
-    """Positions into the dataset's frames, ``epoch * len(frames) + position`` (the dataset seeds augmentation with
-    the epoch): ``per_epoch`` draws per epoch, with replacement and each class equally likely when ``balanced``,
-    else a permutation (its first ``per_epoch``)."""
+    """Positions into the dataset's frames, ``draw * len(frames) + position`` where ``draw`` numbers the draws of all
+    epochs (``epoch * per_epoch + k`` for the k-th draw of an epoch; the dataset seeds augmentation with it, so a
+    frame drawn twice in an epoch is augmented twice anew): ``per_epoch`` draws per epoch, with replacement and each
+    class equally likely when ``balanced``, else a permutation (its first ``per_epoch``)."""
 
     def __init__(self, labels: np.ndarray, per_epoch: int, balanced: bool, seed: int):
         self.labels, self.balanced, self.seed, self.epoch = np.asarray(labels), balanced, seed, 0
@@ -57,13 +58,14 @@ class FrameSampler(torch.utils.data.Sampler):
             order = torch.multinomial(self.weights, self.count, replacement=True, generator=g)
         else:
             order = torch.randperm(len(self.labels), generator=g)[: self.count]
-        base = self.epoch * len(self.labels)
-        return iter((base + order).tolist())
+        draw = self.epoch * self.count + torch.arange(len(order))
+        return iter((draw * len(self.labels) + order).tolist())
 
 
 class FrameDataset(torch.utils.data.Dataset):
-    """Item ``epoch * len(self) + i``: frame ``rows[i]`` as ``pixels`` (the encoder's input tensor, from
-    ``to_tensor(PIL image)``), ``label`` (-1 where the crop cannot be decoded: it does not count) and ``index``."""
+    """Item ``draw * len(self) + i``: frame ``rows[i]`` as ``pixels`` (the encoder's input tensor, from
+    ``to_tensor(PIL image)``; augmented from (seed, draw) when ``augment``, :class:`FrameSampler` numbering the draws
+    of every epoch), ``label`` (-1 where the crop cannot be decoded: it does not count) and ``index``."""
 
     def __init__(self, store: FrameStore, rows: np.ndarray, to_tensor: Callable, augment: bool = False, seed: int = 0):
         self.media = MediaStore(store.path / "media")
@@ -78,7 +80,7 @@ class FrameDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         from PIL import Image, UnidentifiedImageError
 
-        epoch, i = divmod(int(index), len(self.rows))
+        draw, i = divmod(int(index), len(self.rows))
         label = int(self.labels[i])
         try:
             with Image.open(io.BytesIO(self.media.jpeg(int(self.rows[i])))) as im:
@@ -87,7 +89,7 @@ class FrameDataset(torch.utils.data.Dataset):
             image, label = Image.new("RGB", (32, 32)), -1
         if self.augment:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(((self.seed * 1_000_003 + epoch) * 10_000_019 + i) % 2**63)
+                torch.manual_seed(((self.seed * 1_000_003 + draw) * 10_000_019 + i) % 2**63)
                 image = self._augmentation(image.size)(image)
         return {"pixels": self.to_tensor(image), "label": torch.tensor(label), "index": torch.tensor(i)}
 
