@@ -109,8 +109,8 @@ class DataConfig:
     """Demo data only: number of synthetic videos generated when ``cache`` is None."""
     folds: int = 0
     """k-fold cross-validation over videos: 0 = the store's own train/validation split; k >= 2 pools train and
-    validation videos and validates on fold ``fold`` of k, split by subject (``<name>_left``/``_right`` stay
-    together), never by frame."""
+    validation videos and validates on fold ``fold`` of k, split by raw video name (``<name>_left``/``_right``
+    stay together), never by frame."""
     fold: int = 0
     """The validation fold (0 .. folds - 1) when ``folds`` >= 2."""
 

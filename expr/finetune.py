@@ -152,6 +152,16 @@ class FinetuneTrainer(Trainer):
             metrics["val/macro_f1_present"] = report["macro_f1_present"]
         return metrics
 
+    def target_coverage(self) -> dict[str, float]:
+        """The labelled training face crops drawn at least once in the epochs trained."""
+        sampler, total = self.data.sampler, len(self.data.train_set)
+        drawn, epoch = np.zeros(total, bool), sampler.epoch
+        for e in range(len(self.progress.history)):
+            sampler.set_epoch(e)
+            drawn[np.fromiter(sampler, np.int64) % total] = True
+        sampler.set_epoch(epoch)
+        return {"expr": float(drawn.mean()) if total else float("nan")}
+
     def epoch_line(self, metrics: dict[str, Any], improved: bool) -> str:
         per_class = " ".join(f"{k[:4]} {v:.2f}" for k, v in metrics["val/per_class_f1"].items())
         return (

@@ -453,6 +453,7 @@ def prepare(
         for old in (out / PARTS).glob(".progress-*.json"):  # the progress of an earlier, killed job
             old.unlink()
     job.wait()
+    media = media or _recorded_media(out)  # a store that keeps its crops and audio keeps them for every video
     plan = plan_work(out, items, backbones, classes, media)
     _check_parts(out, plan, classes, media)
     job.wait()  # every process has its work list before any writes a part
@@ -726,6 +727,14 @@ def _frame_hint(item: Item) -> int:
     return len(item.crops) if item.crops else 0
 
 
+def _recorded_media(out: Path) -> bool:
+    """Whether the store at ``out`` (or the parts an interrupted run left there) keeps face crops and audio."""
+    for record in (out / "store.json", out / PARTS / "plan.json"):
+        if record.is_file():
+            return bool(json.loads(record.read_text()).get("media", False))
+    return False
+
+
 def _check_media(where: Path, recorded: bool, media: bool) -> None:
     if recorded != media:
         raise PrepareError(
@@ -825,7 +834,8 @@ class PrepareOptions:
     """text prompt of each class (default 'A face expressing {emotion}'; or --loss.prompt_template)"""
     media: bool = False
     """also keep every face crop (JPEG) and audio track (16 kHz) in the store, for online training (--data.mode
-    online: frozen backbones in the loop, frame augmentation, per-window audio encoding)"""
+    online: frozen backbones in the loop, frame augmentation, per-window audio encoding) and `expr finetune`; a
+    store prepared with it keeps them for every video added later, without the flag"""
     no_progress: bool = False
     """no progress bar"""
 

@@ -252,6 +252,10 @@ class Trainer:
             if encoders is not None:
                 save_head(encoders, self.run_dir / "best" / TUNED_ENCODERS)
 
+    def target_coverage(self) -> dict[str, float]:
+        """Per task: the labelled training frames that were a target at least once in the epochs trained."""
+        return target_coverage(self.data.train_set, len(self.progress.history))
+
     def _write_summary(self) -> None:
         """``final.json``: best result, process layout, and a parameter checksum from every rank (they must agree)."""
         acc = self.accelerator
@@ -259,7 +263,7 @@ class Trainer:
         if acc.is_main_process:
             if len(set(checksums)) > 1:
                 logger.warning("parameters differ between ranks: %s", checksums)
-            coverage = target_coverage(self.data.train_set, len(self.progress.history))
+            coverage = self.target_coverage()
             summary = {
                 "best": self.progress.best,
                 # labelled training frames that were a window's label frame at least once (per task when several)

@@ -9,11 +9,11 @@ Only reading and discovery live here (no decoding, no backbones). A tree looks l
     ROOT/cropped_aligned/<name>/00001.jpg ...                      (and/or cropped_aligned_new_50_vids)
     ROOT/<anywhere>/<video>.mp4 | .avi                             (<name> = <video>, <video>_left or <video>_right)
 
-An EXPR annotation file has a header line with the class names, then one integer per frame (frame i on line i + 1;
-``-1`` = ignore); a VA file ``valence,arousal`` then two floats in [-1, 1] per frame (``-5,-5`` = unannotated); an AU
-file the 12 unit names then 12 values 0/1 per frame (all ``-1`` = unannotated). A video may be annotated for some
-tasks only, and each task has its own train / validation split. Crops are numbered from 1; frames without a face
-have no crop.
+An EXPR annotation file has a header line with the class names, then one integer per frame (frame i on line i + 2,
+the header being line 1; ``-1`` = ignore); a VA file ``valence,arousal`` then two floats in [-1, 1] per frame
+(``-5,-5`` = unannotated); an AU file the 12 unit names then 12 values 0/1 per frame (all ``-1`` = unannotated). A
+video may be annotated for some tasks only, and each task has its own train / validation split. Crops are numbered
+from 1; frames without a face have no crop.
 """
 
 from __future__ import annotations

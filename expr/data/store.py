@@ -656,13 +656,13 @@ class FrameStore:
             return f.get_tensor("text")
 
     def use_folds(self, folds: int, fold: int, seed: int = 0) -> None:
-        """Re-split for k-fold cross-validation: train and validation videos pooled, grouped by subject (a video and
-        its ``_left``/``_right`` tracks are one group), groups dealt to ``folds`` folds in a seeded random order;
-        fold ``fold`` becomes ``validation``, the rest ``train``. Test videos stay ``test``."""
+        """Re-split for k-fold cross-validation: train and validation videos pooled, grouped by raw video name (a
+        video and its ``_left``/``_right`` tracks are one group), groups dealt to ``folds`` folds in a seeded random
+        order; fold ``fold`` becomes ``validation``, the rest ``train``. Test videos stay ``test``."""
         pooled = np.flatnonzero(np.isin(self.splits, ["train", "validation"]))
         groups = sorted({video_name(self.names[v]) for v in pooled})
         if len(groups) < folds:
-            raise StoreError(f"{self.path}: {len(groups)} subjects cannot fill {folds} folds")
+            raise StoreError(f"{self.path}: {len(groups)} raw videos cannot fill {folds} folds")
         order = np.random.default_rng(seed).permutation(len(groups))
         fold_of = {groups[g]: i % folds for i, g in enumerate(order)}
         splits = self.splits.astype(object)
