@@ -234,6 +234,11 @@ class TrainConfig:
     """The tasks trained, one head each on the shared fused representation: ``expr`` (8 classes), ``va``
     (valence-arousal, 2 outputs through tanh), ``au`` (12 action-unit logits); any combination, e.g. ``expr,va,au``.
     A frame unannotated for a task, or a video outside that task's split, stays out of that task's loss."""
+    task_overlap: Literal["exclude", "allow"] = "exclude"
+    """Aff-Wild2's tasks split the videos differently, so a video that validates (or tests) one task may train
+    another. ``exclude``: no frame of a video that is validation or test for any trained task enters any task's
+    training loss (nor the class and AU weights). ``allow``: each task trains on its own training videos, whatever
+    the others hold out; the run says how many videos and frames cross, and ``expr evaluate`` warns."""
     select: Literal["auto", "val/macro_f1", "val/ccc", "val/au_f1", "val/score"] = "auto"
     """The validation metric that picks the best epoch: a task's score (``val/macro_f1`` EXPR, ``val/ccc`` VA mean
     CCC, ``val/au_f1`` AU mean F1) or ``val/score``, their sum over the trained tasks. ``auto``: the score of the

@@ -72,13 +72,14 @@ def prompt_embeddings(store, cfg: Config) -> torch.Tensor:
 def frame_class_weights(store, cfg: Config) -> torch.Tensor:
     """Class weights from the training frames (every labelled frame once), not from the windows, whose count
     depends on the window length and stride of the run."""
-    rows = store.frame_rows(store.videos_in("train"))
+    rows = store.frame_rows(store.training_videos("expr", cfg.train.tasks, cfg.train.task_overlap))
     return class_weights(store.labels[rows], cfg.num_classes, cfg.loss.class_weights)
 
 
-def au_train_weights(store) -> torch.Tensor:
+def au_train_weights(store, cfg: Config) -> torch.Tensor:
     """Per-unit positive weights of the AU loss from the frames of the AU training videos."""
-    return au_pos_weights(store.task_labels["au"][store.frame_rows(store.videos_in("train", "au"))])
+    videos = store.training_videos("au", cfg.train.tasks, cfg.train.task_overlap)
+    return au_pos_weights(store.task_labels["au"][store.frame_rows(videos)])
 
 
 class Criterion:
@@ -94,7 +95,7 @@ class Criterion:
 
     @classmethod
     def for_store(cls, store, cfg: Config) -> Criterion:
-        au = au_train_weights(store) if "au" in cfg.train.tasks else None
+        au = au_train_weights(store, cfg) if "au" in cfg.train.tasks else None
         return cls(cfg, prompt_embeddings(store, cfg), frame_class_weights(store, cfg), au)
 
     def to(self, device) -> Criterion:

@@ -14,6 +14,7 @@ import torch
 from expr.config import PRESETS, BackboneConfig, Config, ConfigError
 from expr.data.online import OnlineWindowDataset, collate_online
 from expr.data.source import open_store
+from expr.data.store import video_of_rows
 from expr.data.windows import EpochSampler, WindowDataset, collate_batch, load_or_build_windows
 from expr.models.online import store_encoders
 from expr.models.tuning import Tuning
@@ -72,6 +73,11 @@ def check_store(store, cfg: Config) -> None:
             if not len(store.videos_in(split, task)):
                 what = "" if task == "expr" else f" for the task {task}"
                 raise ConfigError(f"the feature store {path} has no '{split}' videos{what} (data.cache)")
+        if not len(store.training_videos(task, cfg.train.tasks, cfg.train.task_overlap)):
+            raise ConfigError(
+                f"every training video of the task {task} is validation or test for another trained task: with "
+                f"train.task_overlap=exclude nothing is left to train it (train.task_overlap=allow trains on them)"
+            )
 
 
 def build_run_data(cfg: Config, acc) -> RunData:
@@ -84,9 +90,11 @@ def build_run_data(cfg: Config, acc) -> RunData:
             logger.info("data.cache is not set: using the built-in demo data at %s (synthetic; see README)", store.path)
         check_store(store, cfg)
         tasks = cfg.train.tasks
+        overlap = cfg.train.task_overlap
         train_windows = load_or_build_windows(
-            store, "train", d.window, d.stride, d.label_frame, random_offset=d.random_offset, tasks=tasks
-        )
+            store, "train", d.window, d.stride, d.label_frame, random_offset=d.random_offset, tasks=tasks,
+            overlap=overlap,
+        )  # fmt: skip
         eval_stride = d.resolved_eval_stride()
         val_windows = load_or_build_windows(
             store, "validation", d.window, eval_stride, d.label_frame, True, tasks=tasks
@@ -111,11 +119,11 @@ def build_run_data(cfg: Config, acc) -> RunData:
         # The encoders that made the store's features (and its text embeddings): frozen, or tuned with the head.
         encoders, image_transform = store_encoders(store, acc.device, tuning)
         train_set = OnlineWindowDataset(store, train_windows, image_transform, d.augment, cfg.train.seed, d.label_frame,
-                                        "train", tasks)  # fmt: skip
+                                        "train", tasks, overlap)  # fmt: skip
         val_set = OnlineWindowDataset(store, val_windows, image_transform, False, 0, d.label_frame, "validation", tasks)
         collate = collate_online
     else:
-        train_set = WindowDataset(store, train_windows, d.label_frame, cfg.train.seed, "train", tasks)
+        train_set = WindowDataset(store, train_windows, d.label_frame, cfg.train.seed, "train", tasks, overlap)
         val_set = WindowDataset(store, val_windows, d.label_frame, 0, "validation", tasks)
     # Indices carry the epoch, so every loader (persistent workers included) draws the epoch's window offsets and
     # augmentation from (seed, epoch, window) alone.
@@ -134,3 +142,14 @@ def build_run_data(cfg: Config, acc) -> RunData:
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=cfg.train.batch_size, sampler=sampler, **loader)
     val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.train.batch_size * 2, shuffle=False, **loader)
     return RunData(store, train_set, val_set, sampler, train_loader, val_loader, encoders)
+
+
+def split_record(store, train_set, val_set) -> dict[str, dict[str, list[str]]]:
+    """``RUN/videos.json``: per trained task, the videos whose frames entered training (those holding a target of
+    the task) and the videos it validated on, by their names in the store."""
+    names = np.asarray(store.names)
+    out = {}
+    for task in train_set.targets.tasks:
+        trained = np.unique(video_of_rows(store.frame_offset, train_set.targets.frames_with_target(task)))
+        out[task] = {"train": names[trained].tolist(), "validation": names[val_set.targets.members[task]].tolist()}
+    return out

@@ -40,6 +40,14 @@ class EvaluateError(RunError):
     """A run or cache that cannot be evaluated; the message names it."""
 
 
+def trained_across_tasks(run_dir, cfg) -> bool:
+    """Whether a run let one task train on another's validation or test videos: ``train.task_overlap allow``, or a
+    run from before the option existed (its config has no such key; they all did)."""
+    config = Path(run_dir) / "config.yaml"
+    legacy = config.is_file() and "task_overlap" not in config.read_text()
+    return cfg.train.task_overlap == "allow" or legacy
+
+
 def evaluate_run(
     run_dir: str | Path,
     cache: str | None = None,
@@ -79,6 +87,11 @@ def evaluate_run(
     missing = [t for t in tasks if t != "expr" and t not in store.task_splits]
     if missing:
         raise EvaluateError(f"{store.path} has no {' or '.join(missing)} labels to evaluate the run's {missing[0]} on")
+    crossing = store.crossing_videos(tasks)
+    if rank == 0 and len(tasks) > 1 and trained_across_tasks(run_dir, cfg) and len(crossing):
+        print(f"warning: {run_dir} was trained with train.task_overlap=allow: {len(crossing)} "
+              f"videos that one of its tasks validates or tests on trained another, so its validation scores are "
+              f"not held out", file=sys.stderr)  # fmt: skip
     in_split = {t: store.videos_in(split, t) for t in tasks}
     videos = np.unique(np.concatenate(list(in_split.values())))  # those of the split of any task the run has
     rows, outputs = predict_outputs(

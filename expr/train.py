@@ -67,7 +67,7 @@ from expr.features.backbones import BackboneError
 from expr.features.encoders import EncoderError
 from expr.features.spec import SpecError
 from expr.inference import mirrored, validation_metrics
-from expr.loaders import build_run_data
+from expr.loaders import build_run_data, split_record
 from expr.models.fusion import FusionHead, count_parameters
 from expr.models.online import OnlineModel
 from expr.models.tuning import TuningError, trainable_keys
@@ -161,6 +161,18 @@ class Trainer:
             self.criterion = Criterion.for_store(self.store, cfg)
         if acc.is_main_process:  # the store has set the head's input widths
             cfg.save(self.run_dir / "config.yaml")
+            record = split_record(self.store, self.data.train_set, self.data.val_set)
+            write_text(self.run_dir / "videos.json", json.dumps(record, indent=2))
+            crossing = self.store.crossing_videos(cfg.train.tasks)
+            if cfg.train.task_overlap == "exclude" and len(crossing):
+                logger.info("train.task_overlap=exclude: %d videos that one trained task validates or tests on are "
+                            "kept out of every task's training", len(crossing))  # fmt: skip
+            elif len(crossing):
+                logger.warning(
+                    "train.task_overlap=allow: %d videos (%d frames) that one trained task validates or tests on "
+                    "train another; the validation scores of this run are not held out",
+                    len(crossing), int(self.store.num_frames[crossing].sum()),
+                )  # fmt: skip
         self._build_model()
 
     def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

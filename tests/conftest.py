@@ -52,7 +52,8 @@ def small_run(tmp_path_factory, small_store):
 
 @pytest.fixture(scope="session")
 def multi_task_run(tmp_path_factory, small_store):
-    """A tiny finished run of the three tasks (3 epochs on the 12-video demo store, whose videos carry VA and AU)."""
+    """A tiny finished run of the three tasks (3 epochs on the 12-video demo store, whose videos carry VA and AU; a
+    few of them held out by one task and so kept out of every task's training)."""
     from expr.config import build_config
     from expr.train import run
 

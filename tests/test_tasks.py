@@ -153,7 +153,7 @@ def test_each_task_trains_and_validates_on_its_own_split_of_the_videos(tmp_path)
 
     store = task_store(tmp_path)
     a, b, c = 0, 1, 2
-    train = TaskTargets(store, "train", ("expr", "va", "au"), window=10)
+    train = TaskTargets(store, "train", ("expr", "va", "au"), window=10, overlap="allow")
     assert list(train.videos) == [a, b]  # c is in no task's training split
     out = train(np.array([a, b, b]), np.array([0, 0, 30]))
     assert (out["label"] == [5, 5, 35 % 8]).all()  # EXPR: both train videos, the centre frame's label
@@ -167,12 +167,39 @@ def test_each_task_trains_and_validates_on_its_own_split_of_the_videos(tmp_path)
     # the training windows of EXPR + VA: a's and b's, each kept for its task; a window whose only target is an
     # unannotated VA frame of a VA-only task set is dropped
     windows = build_windows(store, "train", 10, 10, tasks=("va",))
-    assert sorted(set(windows["video"])) == [b] and len(windows) == 4  # b's VA frames 5..39: all four windows
-    data = WindowDataset(store, build_windows(store, "train", 10, 10, tasks=("expr", "va")), split="train",
-                         tasks=("expr", "va"))  # fmt: skip
+    assert (
+        sorted(set(windows["video"])) == [b] and len(windows) == 4
+    )  # b's VA frames 5..39: label frames 10, 20, 30, 39
+    tasks = ("expr", "va")
+    data = WindowDataset(store, build_windows(store, "train", 10, 10, tasks=tasks, overlap="allow"), split="train",
+                         tasks=tasks, overlap="allow")  # fmt: skip
     batch = data.__getitems__(list(range(len(data))))
     assert batch["va"].shape == (len(data), 2) and "au" not in batch
     assert torch.isnan(batch["va"][torch.from_numpy(data.video == a)]).all()
+
+
+def test_by_default_no_video_that_one_task_holds_out_trains_another(tmp_path):
+    from expr.config import Config, ConfigError
+    from expr.criterion import frame_class_weights
+    from expr.data.windows import TaskTargets, build_windows
+    from expr.loaders import check_store
+    from expr.losses import class_weights
+
+    store = task_store(tmp_path)
+    a, b = 0, 1  # a: EXPR-train but VA-validation
+    tasks = ("expr", "va")
+    assert store.crossing_videos(tasks).tolist() == [a]
+    train = TaskTargets(store, "train", tasks, window=10)  # train.task_overlap exclude, the default
+    assert list(train.videos) == [b] and list(train.members["expr"]) == [b]
+    assert set(build_windows(store, "train", 10, 10, tasks=tasks)["video"]) == {b}
+    assert set(build_windows(store, "train", 10, 10, tasks=tasks, overlap="allow")["video"]) == {a, b}
+    cfg = Config()
+    cfg.train.tasks = tasks
+    expected = class_weights(store.labels[store.frame_rows([b])], 8, cfg.loss.class_weights)
+    torch.testing.assert_close(frame_class_weights(store, cfg), expected)  # a's frames do not weigh either
+    cfg.train.tasks = ("expr", "va", "au")  # b validates AU: nothing is left to train EXPR on
+    with pytest.raises(ConfigError, match="task_overlap"):
+        check_store(store, cfg)
 
 
 def test_a_frame_is_an_au_target_only_with_all_twelve_units_annotated(tmp_path):
@@ -239,6 +266,11 @@ def test_multi_task_training_on_the_demo_learns_all_three(multi_task_run):
     )
     model, _ = load_head(run_dir)
     assert set(model.task_heads) == {"va", "au"}
+    # the split record: no video trained a task that any trained task validated on (train.task_overlap exclude)
+    record = json.loads((run_dir / "videos.json").read_text())
+    held_out = {name for task in record.values() for name in task["validation"]}
+    assert set(record) == {"expr", "va", "au"} and all(record[t]["train"] for t in record)
+    assert not held_out & {name for task in record.values() for name in task["train"]}
     coverage = json.loads((run_dir / "final.json").read_text())["target_coverage"]
     assert set(coverage) == {"expr", "va", "au"} and all(0 < c <= 1 for c in coverage.values()), coverage
     # expr evaluate scores every task the run trained, through the same path as validation: the same numbers
@@ -255,6 +287,22 @@ def test_multi_task_training_on_the_demo_learns_all_three(multi_task_run):
         (out / f).read_bytes()[:4] == b"\x89PNG" for f in ("va_density.png", "au_f1.png", "confusion_matrix.png")
     )
     assert "## Valence-arousal" in (out / "report.md").read_text()
+
+
+def test_expr_evaluate_warns_when_a_run_trained_on_other_tasks_held_out_videos(multi_task_run, tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
+    from expr.report import evaluate_run
+
+    run = tmp_path / "run"
+    shutil.copytree(Path(multi_task_run["run_dir"]), run)
+    evaluate_run(run, device="cpu", out_dir=tmp_path / "e1")
+    assert "task_overlap" not in capsys.readouterr().err  # trained with exclude: nothing to say
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("task_overlap: exclude", "task_overlap: allow"))
+    evaluate_run(run, device="cpu", out_dir=tmp_path / "e2")
+    assert "was trained with train.task_overlap=allow: 2 videos" in capsys.readouterr().err
 
 
 def test_validation_scores_va_and_au_on_their_own_validation_videos_through_the_frame_path(tmp_path):

@@ -22,8 +22,9 @@ learns them from the same evidence): valence-arousal, a value per class (Happine
 unpleasant and calm, ...) plus a slow per-video drift and noise; and the 12 action units, each class's FACS units
 (Happiness AU6 + AU12 + AU25, Surprise AU1 + AU2 + AU25 + AU26, ...) with units dropped in some segments and
 frame noise. Some segments are unannotated (VA NaN, AU -1), every seventh video has no VA annotation and every
-ninth no AU annotation; each task keeps the expression task's split. These draws come from their own random
-stream, so the expression data is the same as without them.
+ninth no AU annotation. As in Aff-Wild2, the tasks split a few videos differently: every fifth training video
+is a VA validation video. These draws come from their own random stream, so the expression data is the same as
+without them.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import numpy as np
 from expr.config import ABAW_CLASSES
 from expr.data.store import VideoRecord, write_store
 
-DEMO_VERSION = 3  # 2: store format 2 (named feature sets); 3: VA and AU annotations
+DEMO_VERSION = 4  # 2: store format 2 (named feature sets); 3: VA and AU annotations; 4: per-task splits differ
 CLASS_FREQ = np.array([0.26, 0.08, 0.06, 0.06, 0.20, 0.10, 0.09, 0.15])  # ABAW order; Neutral, Happiness frequent
 GROUP = np.array([0, 1, 1, 3, 2, 0, 2, 3])  # visual group of each class
 PERIOD = np.array([0, 0, 0, 20.0, 20.0, 0, 2.5, 2.5])  # oscillation period in frames (0: static)
@@ -135,7 +136,9 @@ def generate_videos(
             audio = 0.05 * rng.standard_normal((na, audio_dim))
             audio[voiced] += audio_proto[truth[frame_of_audio[voiced]]]
         va, au = other_tasks(np.random.default_rng([seed, i, 17]), truth)
-        tasks = {"va": split} if i % 7 != 3 else {}
+        # Like Aff-Wild2, the tasks split some videos differently: every fifth training video validates VA
+        # (train.task_overlap decides whether such videos train the other tasks).
+        tasks = {"va": "validation" if split == "train" and i % 5 == 1 else split} if i % 7 != 3 else {}
         tasks |= {"au": split} if i % 9 != 4 else {}
         videos.append(
             VideoRecord(

@@ -93,8 +93,8 @@ class OnlineWindowDataset(WindowDataset):
     """
 
     def __init__(self, store: FrameStore, windows, image_transform, augment: bool = False, seed: int = 0,
-                 label_rule="center", split=None, tasks=("expr",)):  # fmt: skip
-        super().__init__(store, windows, label_rule, seed, split, tasks)
+                 label_rule="center", split=None, tasks=("expr",), overlap="exclude"):  # fmt: skip
+        super().__init__(store, windows, label_rule, seed, split, tasks, overlap)
         self.media = MediaStore(store.path / "media")
         self.image_transform = image_transform  # PIL -> PIL: open_clip's resize / crop / RGB steps
         self.augment = augment

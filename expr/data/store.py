@@ -683,6 +683,22 @@ class FrameStore:
             return np.flatnonzero(self.splits == split)
         return np.flatnonzero(self.task_splits[task] == split) if task in self.task_splits else np.zeros(0, np.int64)
 
+    def held_out(self, tasks) -> np.ndarray:
+        """The videos that are validation or test for any of ``tasks``."""
+        out = [self.videos_in(split, task) for task in tasks for split in ("validation", "test")]
+        return np.unique(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+    def crossing_videos(self, tasks) -> np.ndarray:
+        """The videos that one of ``tasks`` trains on and another validates or tests on."""
+        training = np.unique(np.concatenate([self.videos_in("train", task) for task in tasks]))
+        return np.intersect1d(training, self.held_out(tasks))
+
+    def training_videos(self, task: str, tasks=("expr",), overlap: str = "exclude") -> np.ndarray:
+        """The videos whose frames may train ``task`` in a run of ``tasks``: its training split, less (``overlap``
+        ``exclude``) every video another trained task validates or tests on."""
+        videos = self.videos_in("train", task)
+        return np.setdiff1d(videos, self.held_out(tasks)) if overlap == "exclude" else videos
+
     def audio_span(self, video: np.ndarray, start: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
         """First audio frame (relative to the video's audio) and audio frame count of frame windows
         (:func:`audio_overlap` at each video's frame rate, ``audio_start`` and ``audio_rate``)."""

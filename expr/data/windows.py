@@ -96,10 +96,16 @@ class TaskTargets:
     split of any task. Read at a window's label frame (the centre for ``majority``, whose EXPR label counts the
     window's frames)."""
 
-    def __init__(self, store: FrameStore, split: str, tasks=("expr",), window: int = 1, rule: str = "center"):
+    def __init__(self, store: FrameStore, split: str, tasks=("expr",), window: int = 1, rule: str = "center",
+                 overlap: str = "exclude"):  # fmt: skip
+        """``overlap``: for the ``train`` split, :meth:`FrameStore.training_videos` (``exclude`` drops every video
+        that another trained task validates or tests on)."""
         self.tasks, self.window, self.rule = tuple(tasks), window, rule
         self.num_frames, self.frame_offset = store.num_frames, store.frame_offset
-        member = {task: store.videos_in(split, task) for task in {"expr", *tasks}}
+        if split == "train":
+            member = {task: store.training_videos(task, self.tasks, overlap) for task in {"expr", *tasks}}
+        else:
+            member = {task: store.videos_in(split, task) for task in {"expr", *tasks}}
         self.videos = np.unique(np.concatenate([member[t] for t in self.tasks]))
 
         def per_frame(videos):  # a mask of the frames of ``videos``
@@ -195,6 +201,7 @@ def build_windows(
     drop_unlabelled: bool = True,
     random_offset: bool = False,
     tasks=("expr",),
+    overlap: str = "exclude",
 ):
     """The windows of one split as a ``datasets.Dataset`` with columns video, start, length, label, span: of the
     videos in ``split`` of any of ``tasks``, kept when some task has a target (:class:`TaskTargets`; ``label`` is
@@ -207,7 +214,7 @@ def build_windows(
     import datasets
 
     stride = stride or window
-    targets = TaskTargets(store, split, tasks, window, label_rule)
+    targets = TaskTargets(store, split, tasks, window, label_rule, overlap)
     videos = targets.videos
     if random_offset:
         per_video = [window_slots(int(store.num_frames[v]), window, stride, label_rule) for v in videos]
@@ -242,6 +249,7 @@ def load_or_build_windows(
     keep_unlabelled: bool = False,
     random_offset: bool = False,
     tasks=("expr",),
+    overlap: str = "exclude",
 ):
     """:func:`build_windows`, saved on disk next to the store (``windows/<key>/``) and reused: the window index is
     a ``datasets.Dataset`` of integers, so any length or stride costs seconds, never a new extraction.
@@ -254,12 +262,14 @@ def load_or_build_windows(
     name = f"{INDEX_VERSION}-{split}-w{window}-s{stride}-{label_rule}" + ("-all" if keep_unlabelled else "")
     name += "-offsets" if random_offset else ""
     name += "" if tuple(tasks) == ("expr",) else "-" + "+".join(tasks)
+    name += "-overlap" if overlap == "allow" and split == "train" and tuple(tasks) != ("expr",) else ""
     if store.split_tag:
         name += f"-{store.split_tag}"
     path = store.path / "windows" / name
     if (path / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(path))
-    windows = build_windows(store, split, window, stride, label_rule, not keep_unlabelled, random_offset, tasks)
+    windows = build_windows(store, split, window, stride, label_rule, not keep_unlabelled, random_offset, tasks,
+                            overlap)  # fmt: skip
     with atomic_path(path, replace=False) as tmp:  # another process may save the same index first
         windows.save_to_disk(str(tmp))
     return datasets.load_from_disk(str(path))
@@ -277,7 +287,7 @@ class WindowDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, store: FrameStore, windows, label_rule: str = "center", seed: int = 0, split=None,
-                 tasks=("expr",)):  # fmt: skip
+                 tasks=("expr",), overlap: str = "exclude"):  # fmt: skip
         """``split`` and ``tasks``: the windows' targets are those of :class:`TaskTargets` (a batch also holds ``va``
         [B, 2] and ``au`` [B, 12] when those tasks train); without a split, the store's EXPR labels as they are."""
         self.store = store
@@ -292,7 +302,7 @@ class WindowDataset(torch.utils.data.Dataset):
         self.window = int(lengths[0]) if len(lengths) else 1
         self.seed = seed
         self.num_frames, self.frame_offset = store.num_frames, store.frame_offset
-        self.targets = TaskTargets(store, split, tasks, self.window, label_rule) if split is not None else None
+        self.targets = TaskTargets(store, split, tasks, self.window, label_rule, overlap) if split else None
         if self.targets is not None:
             self.labeler = self.targets.labeler
         else:
