@@ -115,6 +115,8 @@ MUTATIONS = [
      "expr/data/store.py",
      'return np.setdiff1d(videos, self.held_out(tasks)) if overlap == "exclude" else videos', "return videos",
      ["tests/test_tasks.py", "-k", "holds_out"]),
+    ("select-held-out", "the cross-fitted choice scores each half with the setting chosen on the other half",
+     "expr/selection.py", "fit = half != h", "fit = half == h", ["tests/test_selection.py"]),
     ("budget", "training windows per epoch do not depend on the window length", "expr/config.py",
      "    stride: int | None = 30\n", "    stride: int | None = None\n",
      ["tests/test_train.py", "-k", "budget"]),

@@ -69,7 +69,7 @@ def write_best(run_dir: Path, state: dict[str, torch.Tensor], info: dict[str, An
     save_head(state, best / "model.safetensors")
     write_text(best / "head.json", json.dumps(info, indent=2))
     with atomic_path(best / "val_frame_probs.npz") as tmp:
-        np.savez(tmp, rows=rows, probs=probs.astype(np.float16), labels=labels)
+        np.savez(tmp, rows=rows, probs=probs.astype(np.float32), labels=labels)  # fp16 flips near-ties
 
 
 def build_head(cfg: Config, weights: Path) -> torch.nn.Module:

@@ -92,6 +92,8 @@ def test_two_setting_grid_study_reports_like_table1_and_a_rerun_redoes_nothing(t
     assert "| eval.smoothing | eval.smoothing_width | macro-F1 |" in table
     zero = [line for line in table.splitlines() if line.startswith("| mean | 0 |")][0]
     assert f"{float(rows[0]['macro_f1']):.4f}" in zero  # width 0 reproduces the trial's own metric
+    # the choice is labelled: in-sample (optimistic) beside the cross-fitted estimate
+    assert "In-sample (optimistic" in table and "Cross-fitted (the validation videos in two halves" in table
 
 
 def test_a_study_optimises_the_score_of_the_task_its_runs_train(tmp_path):

@@ -13,6 +13,7 @@ import numpy as np
 
 from expr.atomic import atomic_path, write_text
 from expr.plots import pyplot, save_figure
+from expr.sweep.posthoc import selection_paragraph
 from expr.sweep.spec import Study
 
 logger = logging.getLogger("expr.sweep")
@@ -145,6 +146,9 @@ def report_markdown(study: Study, summary, rows, handle, paper: dict | None) -> 
     ]
     if study.type == "search":
         lines += ["", "![importance](importance.png)", "", "![parallel coordinates](parallel_coordinate.png)"]
+    runs = {r.get("run_dir") for r in rows if r["state"] == "complete" and r.get("run_dir")}
+    if study.type == "posthoc" and len(runs) == 1:
+        lines += ["", selection_paragraph(study, runs.pop())]
     return "\n".join(lines) + "\n"
 
 

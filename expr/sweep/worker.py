@@ -4,18 +4,14 @@ finished run's saved outputs), alone or as one multi-process accelerate job."""
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from expr.config import ConfigError, build_config, selection_metric
-from expr.evaluation import frame_report, smooth_rows
 from expr.sweep import optuna_api
+from expr.sweep.posthoc import posthoc_trial
 from expr.sweep.queue import finish, heartbeat, next_trial, start_worker, worker_id
 from expr.sweep.spec import Study, SweepError
 from expr.train import config_from_argv, run
@@ -114,35 +110,6 @@ def run_trial(
     on_epoch_end, pruned = epoch_reporter(trial, study, selection_metric(cfg))
     value, attrs = train_trial(settings, resume, on_epoch_end)
     return value, attrs, pruned["flag"]
-
-
-def posthoc_trial(values: dict[str, Any], source_run: str | None):
-    """Score one post-processing setting on a run's saved validation frame probabilities (no retraining)."""
-
-    if not source_run:
-        raise SweepError("a posthoc study needs --run RUN_DIR (a finished run with best/val_frame_probs.npz)")
-    path = Path(source_run) / "best" / "val_frame_probs.npz"
-    if not path.is_file():
-        raise SweepError(f"{path} is missing: train the run (or re-train with this version of expr) first")
-    saved = np.load(path)
-    rows, probs, labels = saved["rows"], saved["probs"].astype(np.float64), saved["labels"]
-    info = json.loads((Path(source_run) / "best" / "head.json").read_text())
-    num_frames, frame_offset = _video_layout(info["store"]["path"])
-    method = values.get("eval.smoothing", "mean")
-    width = int(values.get("eval.smoothing_width", 0))
-    smoothed = smooth_rows(rows, probs, num_frames, frame_offset, method, width)
-    report = frame_report(labels, smoothed, info["classes"])
-    attrs = {"run_dir": str(source_run), "objective": "val/macro_f1", "per_class_f1": report["per_class_f1"]}
-    return report["macro_f1"], attrs, False
-
-
-@functools.lru_cache(maxsize=4)
-def _video_layout(store_path: str) -> tuple[np.ndarray, np.ndarray]:
-    """(num_frames, frame_offset) per video of a store, from its small ``videos`` table only (no features)."""
-    import datasets
-
-    videos = datasets.load_from_disk(str(Path(store_path) / "videos"))
-    return np.asarray(videos["num_frames"], np.int64), np.asarray(videos["frame_offset"], np.int64)
 
 
 def work(
