@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import write_text
-from expr.calibration import cross_fit, fit_offsets, video_groups
+from expr.calibration import fit_offsets, video_groups
 from expr.config import ConfigError
 from expr.data.store import StoreError
-from expr.evaluation import Decision, frame_report
+from expr.evaluation import Decision
 from expr.options import parse_options, positional
-from expr.report import decision_metrics, evaluate_run, write_report
+from expr.report import cross_fitted_metrics, decision_metrics, evaluate_run, write_report
 from expr.runs import CALIBRATION, ENSEMBLE, RunError
 
 logger = logging.getLogger("expr.calibrate")
@@ -56,18 +56,17 @@ def calibrate(
     probs = data["probs"].astype(np.float64)
     classes = list(report["metrics"]["per_class_f1"])
     if "groups" in data:  # an ensemble of a k-fold study: its folds
-        group, what = data["groups"], f"{len(np.unique(data['groups']))} folds"
+        group, what, k = data["groups"], f"{len(np.unique(data['groups']))} folds", None
     else:  # whole raw videos (both tracks of one together)
         k = min(groups, len(np.unique(data["subject"])))
         group, what = video_groups(data["subject"], k), f"{k} groups of videos"
     offsets = fit_offsets(probs, labels)
-    labelled = np.unique(group[labels >= 0])
-    held = cross_fit(probs, labels, group)[0] if len(labelled) >= 2 else None
     smoothing = report.get("smoothing") or {"method": "none", "width": 0}
     decision = Decision(tuple(float(v) for v in offsets), smoothing["method"], int(smoothing["width"]))
-    report.update(decision_metrics(labels, rows, probs, data["num_frames"], data["frame_offset"], decision, classes))
-    report["cross_fitted_metrics"] = frame_report(labels, held, classes) if held is not None else None
-    report["cross_fitted_groups"] = what
+    geometry = (data["num_frames"], data["frame_offset"])
+    report.update(decision_metrics(labels, rows, probs, *geometry, decision, classes))
+    report.update(cross_fitted_metrics(labels, rows, probs, group, what, decision, *geometry, classes))
+    held = report["cross_fitted_metrics"]
     info = {
         "classes": classes,
         "offsets": [float(v) for v in offsets],
@@ -78,6 +77,7 @@ def calibrate(
             "cross_fitted": report["cross_fitted_metrics"]["macro_f1"] if held is not None else None,
             "cross_fitted_on": what,
         },
+        "groups": k,  # the groups of videos of the cross-fitted check (None: a k-fold ensemble's folds)
     }
     write_text(path / CALIBRATION, json.dumps(info, indent=2))
     write_report(where, report, classes)

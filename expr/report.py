@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import atomic_path, write_text
-from expr.calibration import subject_ids
+from expr.calibration import cross_fit, subject_ids, video_groups
 from expr.config import ConfigError, Smoothing, resolve_device
 from expr.data.affwild2 import AU_NAMES
 from expr.data.source import open_store
@@ -33,7 +33,7 @@ from expr.inference import predict_outputs
 from expr.metrics import au_report, tune_au_thresholds, va_report
 from expr.options import parse_options, positional
 from expr.plots import pyplot, save_figure
-from expr.runs import RunError, legacy_overrides, load_head, run_decision, run_encoders, run_options_help
+from expr.runs import CALIBRATION, RunError, legacy_overrides, load_head, run_decision, run_encoders, run_options_help
 
 
 class EvaluateError(RunError):
@@ -144,6 +144,10 @@ def evaluate_run(
         ),  # fmt: skip
         **task_reports,
     }
+    subject = subject_ids(store.names, rows, store.frame_offset)
+    if "expr" in tasks:
+        report.update(in_sample_calibration(run_dir, report, labels, rows, probs, subject, decision, store.num_frames,
+                                            store.frame_offset, cfg.data.classes))  # fmt: skip
     out = Path(out_dir) if out_dir else Path(run_dir) / "eval" / split
     write_report(out, report, list(cfg.data.classes))
     if "va" in scored:
@@ -151,7 +155,6 @@ def evaluate_run(
     if "au" in scored:
         plot_au(task_reports["au"], out / "au_f1.png", f"{split}: AU F1 {task_reports['au']['au_f1']:.4f}")
     if "expr" in tasks:
-        subject = subject_ids(store.names, rows, store.frame_offset)
         save_frame_probs(out, rows, probs, labels, store.num_frames, store.frame_offset, subject=subject)
     return report
 
@@ -224,6 +227,42 @@ def decision_metrics(labels, rows, probs, num_frames, frame_offset, decision: De
     }
 
 
+def cross_fitted_metrics(
+    labels, rows, probs, groups, what: str, decision: Decision, num_frames, frame_offset, classes
+) -> dict[str, Any]:
+    """The report's held-out rows of a calibration fitted on these very frames (so its own row is in-sample):
+    ``cross_fitted_metrics`` (each group of videos calibrated with offsets fitted on the others) and, with the
+    decision's smoothing, ``cross_fitted_smoothed_metrics`` (those probabilities smoothed: a held-out estimate of
+    what a submission gets); ``calibration_in_sample`` True."""
+    out: dict[str, Any] = {"calibration_in_sample": True, "cross_fitted_groups": what, "cross_fitted_metrics": None,
+                           "cross_fitted_smoothed_metrics": None}  # fmt: skip
+    if len(np.unique(groups[np.asarray(labels) >= 0])) < 2:
+        return out
+    held = cross_fit(probs, labels, groups)[0]
+    out["cross_fitted_metrics"] = frame_report(labels, held, classes)
+    if decision.smoothing != "none" and decision.width > 1:
+        smoothed = Decision(None, decision.smoothing, decision.width).rows(rows, held, num_frames, frame_offset)
+        out["cross_fitted_smoothed_metrics"] = frame_report(labels, smoothed, classes)
+    return out
+
+
+def in_sample_calibration(
+    run_dir, report: dict[str, Any], labels, rows, probs, subject, decision: Decision, num_frames, frame_offset, classes
+) -> dict[str, Any]:
+    """When the run's calibration (``expr calibrate``) was fitted on the split and store being scored: its held-out
+    rows (:func:`cross_fitted_metrics`, over the same groups of videos as ``expr calibrate``); else nothing."""
+    file = Path(run_dir) / CALIBRATION
+    if not decision.offsets or not file.is_file():
+        return {}
+    fitted = json.loads(file.read_text()).get("fitted_on", {})
+    if fitted.get("split") != report["split"] or str(Path(fitted.get("store", "")).resolve()) != report["store"]:
+        return {}
+    k = min(int(json.loads(file.read_text()).get("groups", 5)), len(np.unique(subject)))
+    groups = video_groups(subject, k)
+    return cross_fitted_metrics(labels, rows, probs, groups, f"{k} groups of videos", decision, num_frames,
+                                frame_offset, classes)  # fmt: skip
+
+
 def save_frame_probs(out: Path, rows, probs, labels, num_frames, frame_offset, **extra) -> None:
     """``out/frame_probs.npz``: the frame rows, their raw probabilities (float64, before calibration and smoothing),
     labels, the store's video geometry (``num_frames``, ``frame_offset``) that smoothing needs, and ``extra`` arrays
@@ -281,14 +320,20 @@ def markdown(report: dict[str, Any], classes: list[str]) -> str:
     def f(v):
         return f"{v:.4f}"
 
+    in_sample = report.get("calibration_in_sample")
     rows = [("frame-level", report["metrics"])]
     if report.get("calibrated_metrics"):
-        rows.append(("+ calibration", report["calibrated_metrics"]))
+        name = "+ calibration (fitted on these frames: in-sample, optimistic)" if in_sample else "+ calibration"
+        rows.append((name, report["calibrated_metrics"]))
     if report.get("cross_fitted_metrics"):
         rows.append((f"+ calibration, cross-fitted ({report['cross_fitted_groups']})", report["cross_fitted_metrics"]))
+    s = report["smoothing"]
     if report["smoothed_metrics"]:
-        s = report["smoothing"]
-        rows.append((f"+ {s['method']} smoothing, width {s['width']}", report["smoothed_metrics"]))
+        on = " (on the in-sample calibration)" if in_sample and report.get("calibrated_metrics") else ""
+        rows.append((f"+ {s['method']} smoothing, width {s['width']}{on}", report["smoothed_metrics"]))
+    if report.get("cross_fitted_smoothed_metrics"):
+        rows.append((f"+ {s['method']} smoothing, width {s['width']}, on the cross-fitted calibration",
+                     report["cross_fitted_smoothed_metrics"]))  # fmt: skip
     head = "| | macro-F1 | accuracy | " + " | ".join(classes) + " |"
     sep = "|---" * (len(classes) + 3) + "|"
     lines = [

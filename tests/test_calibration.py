@@ -109,8 +109,19 @@ def test_expr_calibrate_records_offsets_that_evaluate_and_submit_apply(small_run
     assert len(info["offsets"]) == 8 and info["offsets"][0] == 0.0
     assert info["macro_f1"]["calibrated"] >= info["macro_f1"]["uncalibrated"]  # fitted on this split
     assert report["calibrated_metrics"]["macro_f1"] == info["macro_f1"]["calibrated"]
-    again = evaluate_run(run, device="cpu")  # evaluate applies the recorded offsets
-    assert again["calibrated_metrics"]["macro_f1"] == pytest.approx(info["macro_f1"]["calibrated"])
+    again = evaluate_run(run, device="cpu", overrides={"eval.smoothing": "mean", "eval.smoothing_width": 9})
+    assert again["calibrated_metrics"]["macro_f1"] == pytest.approx(info["macro_f1"]["calibrated"])  # applied
+    # ... and, on the split they were fitted on, the report keeps the cross-fitted row and names the in-sample one;
+    # its smoothing row says it stands on the in-sample offsets, and a cross-fitted one stands beside it
+    assert again["cross_fitted_metrics"]["macro_f1"] == pytest.approx(info["macro_f1"]["cross_fitted"])
+    table = (run / "eval" / "validation" / "report.md").read_text()
+    for row in ("+ calibration (fitted on these frames: in-sample, optimistic)",
+                "+ calibration, cross-fitted (3 groups of videos)",
+                "+ mean smoothing, width 9 (on the in-sample calibration)",
+                "+ mean smoothing, width 9, on the cross-fitted calibration"):  # fmt: skip
+        assert row in table, row
+    other = evaluate_run(run, device="cpu", split="train", out_dir=tmp_path / "t")  # offsets fitted elsewhere
+    assert other["calibrated_metrics"] and not other.get("calibration_in_sample")
     assert evaluate_run(run, device="cpu", overrides={"eval.calibrate": False})["calibrated_metrics"] is None
 
     # submit applies them too: offsets that make one class win everywhere label every frame with it
