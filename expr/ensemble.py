@@ -85,6 +85,12 @@ class Member:
 def study_runs(study: str | Path) -> list[str]:
     """The run directories of a study's best setting (highest mean macro-F1 over its seeds and folds), from the
     ``results.csv`` that ``expr sweep`` writes."""
+    return study_selection(study)["runs"]
+
+
+def study_selection(study: str | Path) -> dict[str, Any]:
+    """A study's best setting: ``runs`` (its run directories, every fold), ``setting`` (its values) and
+    ``compared`` (how many settings it was chosen among, by their mean score over the same folds)."""
     table = Path(study) / "results.csv"
     if not table.is_file():
         raise EnsembleError(f"{table} not found: --study takes the --out folder of an `expr sweep` (it writes it)")
@@ -92,12 +98,15 @@ def study_runs(study: str | Path) -> list[str]:
         rows = [r for r in csv.DictReader(f) if r.get("state") == "complete" and r.get("run_dir")]
     if not rows:
         raise EnsembleError(f"{table}: no complete trial with a run directory")
-    fixed = {"trial", "state", "macro_f1", "best_epoch", "run_dir", "train.seed", "data.fold"}
+    # what is not a setting: each trial's outcome and identity, and the repeats (seeds, folds) of one setting
+    fixed = {"trial", "state", "value", "objective", "macro_f1", "best_epoch", "run_dir", "worker", "train.seed",
+             "data.fold"}  # fmt: skip
     keys = [k for k in rows[0] if k not in fixed and not k.startswith("f1/")]
     settings: dict[tuple, list[dict[str, str]]] = {}
     for r in rows:
         settings.setdefault(tuple(r[k] for k in keys), []).append(r)
-    best = max(settings.values(), key=lambda rs: np.mean([float(r["macro_f1"]) for r in rs]))
+    score = "value" if "value" in rows[0] else "macro_f1"  # the study's objective (older tables: macro-F1)
+    chosen, best = max(settings.items(), key=lambda item: np.mean([float(r[score]) for r in item[1]]))
     if len(best) < 2:
         raise EnsembleError(
             f"{table}: the best setting has one run (a search study, or one seed and no folds): list the runs to "
@@ -110,7 +119,7 @@ def study_runs(study: str | Path) -> list[str]:
         if found is None:
             raise EnsembleError(f"{table}: trial {r['trial']}'s run {run} is not there (moved or deleted?)")
         runs.append(str(found))
-    return runs
+    return {"runs": runs, "setting": dict(zip(keys, chosen, strict=True)), "compared": len(settings)}
 
 
 def evaluate_members(runs, out: Path, split: str, cache, device) -> list[Member]:
@@ -200,7 +209,7 @@ def ensemble_smoothing(members: list[Member], smoothing: str | None, width: int 
 def ensemble(
     runs: list[str | Path], out: str | Path, split: str = "validation", weights: str = "equal",
     cache: str | None = None, device: str = "auto", smoothing: str | None = None, width: int | None = None,
-    calibrate: bool = False, groups: int = 5,
+    calibrate: bool = False, groups: int = 5, selection: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Evaluate every member on ``split``, combine, write ``out/ensemble.json`` and ``out/eval/SPLIT/`` (and
     ``out/calibration.json`` with ``calibrate``); returns the ensemble's report."""
@@ -245,6 +254,8 @@ def ensemble(
             for m, wi in zip(members, w, strict=True)
         ],  # fmt: skip
         "weights": weights,
+        # a --study ensemble: the setting and how many it was chosen among, on these same folds' scores
+        "selected": {k: v for k, v in (selection or {}).items() if k != "runs"} or None,
     }
     where = out / "eval" / split
     write_report(where, report, classes)
@@ -290,6 +301,13 @@ def steps_table(report: dict[str, Any]) -> str:
     lines.append("")
     if report["weights"] == "fit":
         lines.append("The weights were fitted on this split: the ensemble's score here is optimistic.")
+    selected = report.get("selected")
+    if folds and selected and selected["compared"] > 1:
+        setting = ", ".join(f"{k} {v}" for k, v in selected["setting"].items())
+        lines.append(f"Optimistic: the study's setting ({setting}) was chosen among {selected['compared']} settings by "
+                     f"its mean score over these same folds, so its out-of-fold score above is the best of "
+                     f"{selected['compared']} tries on the very videos it reports on; score it on other videos (a test "
+                     f"set, or a nested split) for an unbiased figure.")  # fmt: skip
     if folds:
         lines.append("For the test set every fold's model votes (equal weights); the out-of-fold score measures one "
                      "fold's model per video (an estimate for the full ensemble, whose averaged probabilities are "
@@ -332,9 +350,10 @@ def main(argv: list[str] | None = None) -> int:
             raise EnsembleError("--groups must be 2 or more")
         if bool(args.study) == bool(args.runs):
             raise EnsembleError("give the members as RUN RUN ..., or --study SWEEP_DIR, not both or neither")
-        runs = study_runs(args.study) if args.study else list(args.runs)
+        selection = study_selection(args.study) if args.study else None
+        runs = selection["runs"] if selection else list(args.runs)
         report = ensemble(runs, args.out, args.split, args.weights, args.cache, args.device, args.smoothing,
-                          args.width, args.calibrate, args.groups)  # fmt: skip
+                          args.width, args.calibrate, args.groups, selection)  # fmt: skip
     except (RunError, StoreError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

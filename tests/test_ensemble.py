@@ -130,11 +130,14 @@ def fold_runs(tmp_path_factory):
 
 
 def write_results(path, rows):
+    """A results.csv as `expr sweep` writes it (value and objective: the study's objective per trial)."""
     import csv
 
+    rows = [{**r, "value": r["macro_f1"], "objective": "val/macro_f1"} for r in rows]
     path.mkdir(parents=True, exist_ok=True)
+    fields = ["trial", "state", "value", "objective", "macro_f1", "data.window", "data.fold", "run_dir"]
     with open(path / "results.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["trial", "state", "macro_f1", "data.window", "data.fold", "run_dir"])
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -155,6 +158,8 @@ def test_a_k_fold_study_becomes_one_out_of_fold_ensemble(fold_runs, tmp_path, ca
     assert ensemble_main(["--study", str(study), "--out", str(out), "--device", "cpu", "--calibrate"]) == 0
     table = capsys.readouterr().out
     assert "out of fold" in table and "+ calibration, cross-fitted (2 folds)" in table
+    # the setting was chosen on these same folds among the study's two complete settings: said, and why
+    assert "Optimistic: the study's setting (data.window 30) was chosen among 2 settings" in table
     report = json.loads((out / "eval" / "validation" / "report.json").read_text())
     data = np.load(out / "eval" / "validation" / "frame_probs.npz")
     store = FrameStore(report["store"])
