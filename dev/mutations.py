@@ -126,6 +126,8 @@ MUTATIONS = [
     ("study-setting", "a study's setting groups its seeds and folds, not each trial's outcome columns",
      "expr/ensemble.py", '    fixed = {"trial", "state", "value", "objective", "macro_f1",',
      '    fixed = {"trial", "state", "macro_f1",', ["tests/test_ensemble.py", "-k", "k_fold"]),
+    ("tuned-folds", "a tuned feature set never validates on the videos stage I trained on", "expr/data/source.py",
+     "        if seen:", "        if False:", ["tests/test_finetune.py", "-k", "never_validates"]),
     ("budget", "training windows per epoch do not depend on the window length", "expr/config.py",
      "    stride: int | None = 30\n", "    stride: int | None = None\n",
      ["tests/test_train.py", "-k", "budget"]),

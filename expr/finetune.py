@@ -31,6 +31,7 @@ from expr.config import ConfigError, default_num_workers, options_help
 from expr.data.frames import FrameDataset, FrameSampler, labelled_face_rows, spread
 from expr.data.online import MediaStore
 from expr.data.source import open_store
+from expr.data.store import video_of_rows
 from expr.distributed import exit_process
 from expr.features.encoders import TUNED_INFO
 from expr.features.spec import SpecError, parse_spec
@@ -152,6 +153,14 @@ class FinetuneTrainer(Trainer):
             metrics["val/macro_f1_present"] = report["macro_f1_present"]
         return metrics
 
+    def trained_on(self) -> dict[str, Any]:
+        """The videos whose face crops stage I trained on (a ``finetuned:`` set records them: training or validating
+        on them later is refused), and the folds of the split it used."""
+        store, rows = self.store, self.data.train_set.rows
+        videos = np.unique(video_of_rows(store.frame_offset, rows))
+        d = self.cfg.data
+        return {"videos": [store.names[v] for v in videos], "folds": d.folds, "fold": d.fold if d.folds else None}
+
     def target_coverage(self) -> dict[str, float]:
         """The labelled training face crops drawn at least once in the epochs trained."""
         sampler, total = self.data.sampler, len(self.data.train_set)
@@ -185,7 +194,8 @@ class FinetuneTrainer(Trainer):
         rows, probs, labels = self.last_frame_probs
         write_best(self.run_dir, state, info, rows, probs, labels)
         tuned = {"backbone": str(self.spec), "tuning": dataclasses.asdict(self.tuning), "dim": self.encoder.dim,
-                 **{k: info[k] for k in ("classes", "epoch", "val/macro_f1")}}  # fmt: skip
+                 **{k: info[k] for k in ("classes", "epoch", "val/macro_f1")},
+                 "trained_on": self.trained_on()}  # fmt: skip
         write_text(self.run_dir / "best" / TUNED_INFO, json.dumps(tuned, indent=2))
 
 

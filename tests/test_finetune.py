@@ -246,6 +246,43 @@ def test_a_frame_drawn_twice_in_an_epoch_is_augmented_anew(face_store):
     assert torch.equal(a, data[int(index[earlier])]["pixels"])  # the same draw: the same augmentation
 
 
+def test_a_tuned_set_never_validates_on_the_videos_stage_one_trained_on(face_store, tmp_path, capsys):
+    from expr.config import Config
+    from expr.data.source import open_store
+    from expr.data.store import StoreError
+    from expr.train import main as train_main
+
+    store, prepare_args = face_store
+    stage_two = [a for a in prepare_args if a != "--media"]
+    cfg = Config()
+    cfg.data.cache, cfg.data.classes = str(store), tuple(CLASSES)
+
+    def check(visual, folds=0, fold=0):
+        cfg.data.visual, cfg.data.folds, cfg.data.fold = visual, folds, fold
+        return open_store(cfg)
+
+    FinetuneTrainer(_cfg(store, tmp_path / "all", **{"train.epochs": 1})).fit()  # the store's own training videos
+    trained = json.loads((tmp_path / "all" / "best" / "tuning.json").read_text())["trained_on"]
+    assert sorted(trained["videos"]) == sorted(check("clip").names[v] for v in check("clip").videos_in("train"))
+    assert prepare_main(stage_two + ["--visual", f"all=finetuned:{tmp_path / 'all'}"]) == 0
+    check("all")  # validated on the store's own validation videos: none of them tuned it
+    with pytest.raises(
+        StoreError, match=r"feature set 'all' .* trained on \d+ of the validation videos of fold 0 of 2"
+    ):
+        check("all", folds=2, fold=0)
+    # stage I per fold: its set serves that fold only
+    FinetuneTrainer(_cfg(store, tmp_path / "f0", **{"train.epochs": 1, "data.folds": 2, "data.fold": 0})).fit()
+    assert prepare_main(stage_two + ["--visual", f"f0=finetuned:{tmp_path / 'f0'}"]) == 0
+    check("f0", folds=2, fold=0)
+    with pytest.raises(StoreError, match="fold 1 of 2"):
+        check("f0", folds=2, fold=1)
+    # the command says it in one line and exits 2
+    args = ["--data.cache", str(store), "--data.visual", "all", "--data.folds", "2", "--data.classes", CLS,
+            "--train.output_dir", str(tmp_path / "r")]  # fmt: skip
+    assert train_main(args) == 2
+    assert "feature set 'all'" in capsys.readouterr().err
+
+
 def test_stage_one_writes_what_stage_two_reads(face_store, tmp_path):
     store, _ = face_store
     FinetuneTrainer(_cfg(store, tmp_path / "r", **{"train.epochs": 1})).fit()

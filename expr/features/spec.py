@@ -30,7 +30,9 @@ No torch here: specs are parsed and checked before any model is loaded.
 from __future__ import annotations
 
 import ast
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 FAMILIES = ("open_clip", "timm", "hf", "finetuned")
@@ -100,7 +102,7 @@ class EncoderSpec:
 
     def identity(self) -> dict[str, Any]:
         """What the store records of the encoder (its provenance)."""
-        return {
+        out = {
             "spec": str(self),
             "family": self.family,
             "model": self.model,
@@ -108,6 +110,18 @@ class EncoderSpec:
             "options": {k: list(v) if isinstance(v, tuple) else v for k, v in self.options},
             "random_weights": self.random,
         }
+        if self.family == "finetuned":  # the videos stage I tuned it on: no split may validate on them
+            out["trained_on"] = tuned_training(self.model)
+        return out
+
+
+def tuned_training(run: str) -> dict[str, Any] | None:
+    """What an ``expr finetune`` run (or its export) records of its training data in ``tuning.json``: ``videos``,
+    ``folds``, ``fold``; None where it does not say (an older run)."""
+    for folder in (Path(run) / "best", Path(run)):
+        if (folder / "tuning.json").is_file():
+            return json.loads((folder / "tuning.json").read_text()).get("trained_on")
+    return None
 
 
 def _value(key: str, text: str, spec: str) -> Any:

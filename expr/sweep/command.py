@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None, results_root: Path | None = None, prog: 
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         if args.folds == 1 or args.folds < 0:
             raise SweepError("--folds must be 0 (off) or at least 2")
+        for fold in range(args.folds):  # before any trial: a tuned set must not validate on its training videos
+            open_store(build_config({**overrides, "data.folds": args.folds, "data.fold": fold}))
         out = Path(args.out) if args.out else (results_root or Path("sweeps") / "results") / study.name
         if args.report and args.storage is None and not (out / "study.db").is_file():
             raise SweepError(f"{out}: no study here yet (no study.db); run it without --report first, or give --out")
