@@ -56,6 +56,8 @@ def default_num_workers(mode: str, local_processes: int = 1) -> int:
 
 Smoothing = Literal["none", "mean", "mode"]
 SMOOTHING: tuple[str, ...] = typing.get_args(Smoothing)  # eval.smoothing's choices, for every command
+VaSmoothing = Literal["none", "mean", "median"]
+VA_SMOOTHING: tuple[str, ...] = typing.get_args(VaSmoothing)  # eval.va_smoothing's choices
 
 
 @dataclass
@@ -291,6 +293,12 @@ class EvalConfig:
     ``predict``): ``mean`` = moving average of class probabilities, ``mode`` = sliding-window vote of frame labels."""
     smoothing_width: int = 0
     """Frames in the smoothing window (0 or 1: none). Metrics are reported with and without it."""
+    va_smoothing: VaSmoothing = "none"
+    """Temporal post-processing of frame valence and arousal, the leaders' cheapest CCC gain (validation, ``evaluate``,
+    ``submit --task va``, ``predict``): ``mean`` = centred moving average, ``median`` = centred moving median."""
+    va_smoothing_width: int = 0
+    """Frames in the VA smoothing window (0 or 1: none). CCC is reported with and without it; the smoothing study
+    ``va_smoothing`` tunes method and width on a run's saved validation outputs."""
     calibrate: bool = True
     """Apply the run's decision calibration (``calibration.json``, fitted by ``expr calibrate``: per-class offsets of
     the log-probabilities, before smoothing) in ``evaluate``, ``submit`` and ``predict``; false ignores it."""
@@ -576,6 +584,7 @@ def validate(cfg: Config) -> None:
             "must not exceed data.window (every validation frame must lie in a window)",
         ),
         (cfg.eval.smoothing_width >= 0, "eval.smoothing_width", "must be 0 or more"),
+        (cfg.eval.va_smoothing_width >= 0, "eval.va_smoothing_width", "must be 0 or more"),
         (
             not cfg.eval.flip or cfg.data.mode == "online",
             "eval.flip",

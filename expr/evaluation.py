@@ -29,10 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from expr.calibration import apply_offsets
-from expr.config import SMOOTHING
+from expr.config import SMOOTHING, VA_SMOOTHING
 from expr.data.store import video_of_rows
 from expr.data.windows import label_position
 from expr.metrics import classification_report
+
+METHODS = tuple(dict.fromkeys(SMOOTHING + VA_SMOOTHING))  # every temporal smoothing (EXPR and VA)
 
 
 def aggregate_frames(
@@ -139,9 +141,10 @@ def smooth(probs: np.ndarray, method: str = "none", width: int = 0) -> np.ndarra
 
     ``mean``: centred moving average of the probabilities over ``width`` frames (edges average what exists).
     ``mode``: centred mode filter of the per-frame argmax over ``width`` frames (sliding-window voting), returned as
-    one-hot rows (ties go to the lower class index). ``none`` or ``width`` <= 1: unchanged."""
-    if method not in SMOOTHING:
-        raise ValueError(f"unknown smoothing '{method}'; choose one of {', '.join(SMOOTHING)}")
+    one-hot rows (ties go to the lower class index). ``median`` (for values such as valence and arousal): centred
+    moving median of each column (edges: of what exists). ``none`` or ``width`` <= 1: unchanged."""
+    if method not in METHODS:
+        raise ValueError(f"unknown smoothing '{method}'; choose one of {', '.join(METHODS)}")
     if method == "none" or width <= 1 or len(probs) == 0:
         return probs
     T, C = probs.shape
@@ -151,6 +154,9 @@ def smooth(probs: np.ndarray, method: str = "none", width: int = 0) -> np.ndarra
     if method == "mean":
         cum = np.concatenate([np.zeros((1, C)), np.cumsum(probs, axis=0)])
         return (cum[hi] - cum[lo]) / (hi - lo)[:, None]
+    if method == "median":
+        padded = np.pad(np.asarray(probs, np.float64), ((half, width - 1 - half), (0, 0)), constant_values=np.nan)
+        return np.nanmedian(np.lib.stride_tricks.sliding_window_view(padded, width, axis=0), axis=-1)  # [T, C]
     votes = np.zeros((T + 1, C), np.int64)
     votes[1:][np.arange(T), probs.argmax(1)] = 1
     votes = np.cumsum(votes, axis=0)
@@ -163,8 +169,8 @@ def smooth_rows(
 ) -> np.ndarray:
     """Step 2 of the path: :func:`smooth` per video for the probabilities of frame ``rows`` (whole videos of a store
     whose videos have ``num_frames`` / ``frame_offset``, in any order); returns [len(rows), C] in the same order."""
-    if method not in SMOOTHING:
-        raise ValueError(f"unknown smoothing '{method}'; choose one of {', '.join(SMOOTHING)}")
+    if method not in METHODS:
+        raise ValueError(f"unknown smoothing '{method}'; choose one of {', '.join(METHODS)}")
     if method == "none" or width <= 1 or len(rows) == 0:
         return probs
     owner = video_of_rows(frame_offset, rows)

@@ -50,7 +50,9 @@ def predict_outputs(
     names = ("expr", *(t for t in ("va", "au") if t in tasks))
     # every video of the split (the EXPR split, which holds test videos) or of the split of a task the store has
     window_tasks = ("expr", *(t for t in tasks if t != "expr" and t in store.task_splits))
-    windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True, tasks=window_tasks)
+    # Every video of the split of any task is predicted (train.task_overlap decides what trains, not what is seen).
+    windows = load_or_build_windows(store, split, window, stride, label_rule, keep_unlabelled=True, tasks=window_tasks,
+                                    overlap="allow")  # fmt: skip
     videos = store.videos_in(split) if videos is None else np.asarray(videos)
     model = model.to(device)
     if mode == "online":
@@ -121,13 +123,14 @@ def store_frame_probabilities(store, videos, data, picked, probs, label_rule: st
 def validation_metrics(store, val_set, index: np.ndarray, probs: np.ndarray, cfg: Config, outputs=None):
     """Validation as the challenge scores it, from the probabilities of windows ``index`` of ``val_set`` (and the
     VA / AU ``outputs`` of those windows when the run trains those tasks): (``val/*`` metrics, (frame rows, frame
-    probabilities) of EXPR). ``val/macro_f1`` is frame-level over all classes on the EXPR validation videos; the
+    probabilities) of EXPR, {task: (frame rows, frame values, targets)} of VA / AU; ``val/smoothed_ccc`` with
+    ``eval.va_smoothing``). ``val/macro_f1`` is frame-level over all classes on the EXPR validation videos; the
     window-level metric stands beside it, and the smoothed one when ``eval.smoothing`` is set. VA and AU outputs take
     the same path to frames (placed at each window's label frame, interpolated, faceless frames filled) and are
     scored on their own task's validation videos: ``val/ccc`` (mean of ``val/ccc_valence`` and
     ``val/ccc_arousal``), ``val/au_f1`` (mean over the 12 units at 0.5) and ``val/per_au_f1``. ``val/score``: the sum
     of the trained tasks' scores."""
-    tasks, metrics = cfg.train.tasks, {}
+    tasks, metrics, task_frames = cfg.train.tasks, {}, {}
     rows, frame_probs = np.zeros(0, np.int64), np.zeros((0, len(cfg.data.classes)))
     if "expr" in tasks:
         metrics, (rows, frame_probs) = expression_metrics(store, val_set, index, probs, cfg)
@@ -135,16 +138,21 @@ def validation_metrics(store, val_set, index: np.ndarray, probs: np.ndarray, cfg
         videos = store.videos_in("validation", task)
         task_rows, frames = store_frame_probabilities(store, videos, val_set, index, values, cfg.data.label_frame)
         targets = store.task_labels[task][task_rows]
+        task_frames[task] = (task_rows, frames, targets)
         if task == "va":
             report = va_report(frames, targets)
             metrics.update({f"val/{k}": report[k] for k in ("ccc", "ccc_valence", "ccc_arousal")})
             metrics["val/va_frames"] = report["count"]
+            method, width = cfg.eval.va_smoothing, cfg.eval.va_smoothing_width
+            if method != "none" and width > 1:
+                smoothed = smooth_rows(task_rows, frames, store.num_frames, store.frame_offset, method, width)
+                metrics["val/smoothed_ccc"] = va_report(smoothed, targets)["ccc"]
         else:
             report = au_report(frames, targets, AU_NAMES)
             metrics.update({"val/au_f1": report["au_f1"], "val/per_au_f1": report["per_au_f1"]})
             metrics["val/au_frames"] = report["count"]
     metrics["val/score"] = float(sum(metrics[TASK_SCORES[t]] for t in tasks))
-    return metrics, (rows, frame_probs)
+    return metrics, (rows, frame_probs), task_frames
 
 
 def expression_metrics(store, val_set, index: np.ndarray, probs: np.ndarray, cfg: Config):

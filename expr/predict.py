@@ -35,6 +35,7 @@ from expr.data.affwild2 import AU_NAMES
 from expr.data.folder import VIDEO_SUFFIXES
 from expr.data.media import MediaError, decode_audio, probe, timed_frames
 from expr.data.store import FrameStore, StoreError, VideoRecord, write_store
+from expr.evaluation import smooth
 from expr.features.backbones import BACKBONE_KEYS, BackboneError, Backbones, backbone_options, clip_option
 from expr.features.encoders import EncoderError
 from expr.features.faces import Face, FaceDetectorError, face_detector
@@ -296,6 +297,8 @@ def predict_video(
     for person, outputs in zip(footage.people, probs, strict=True):
         p = decision.video(outputs["expr"])
         tasks = {t: outputs[t] for t in ("va", "au") if t in outputs}  # the other tasks the run trained
+        if "va" in tasks:
+            tasks["va"] = smooth(tasks["va"], cfg.eval.va_smoothing, cfg.eval.va_smoothing_width)
         csv_path = out / f"{person.name}.csv"
         write_csv(csv_path, person, footage, p if expressions else None, classes, tasks)
         png = out / f"{person.name}_timeline.png" if expressions else None

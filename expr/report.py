@@ -28,7 +28,7 @@ from expr.config import ConfigError, Smoothing, resolve_device
 from expr.data.affwild2 import AU_NAMES
 from expr.data.source import open_store
 from expr.data.store import StoreError, video_of_rows
-from expr.evaluation import Decision, frame_report
+from expr.evaluation import Decision, frame_report, smooth_rows
 from expr.inference import predict_outputs
 from expr.metrics import au_report, tune_au_thresholds, va_report
 from expr.options import parse_options, positional
@@ -118,6 +118,12 @@ def evaluate_run(
         outputs = {t: np.concatenate([o[t] for _, o in parts])[order] for t in outputs}
     scored = {t: task_report(t, store, rows, outputs[t], in_split[t]) for t in tasks if t != "expr"}
     task_reports = {t: r for t, (r, _, _) in scored.items()}
+    method, width = cfg.eval.va_smoothing, cfg.eval.va_smoothing_width
+    if "va" in scored and method != "none" and width > 1:
+        smoothed = smooth_rows(rows, outputs["va"], store.num_frames, store.frame_offset, method, width)
+        r = task_report("va", store, rows, smoothed, in_split["va"])[0]
+        task_reports["va"]["smoothed"] = {"method": method, "width": width,
+                                          **{k: r[k] for k in ("ccc", "ccc_valence", "ccc_arousal")}}  # fmt: skip
     expr_rows = np.isin(video_of_rows(store.frame_offset, rows), in_split.get("expr", []))
     rows, probs = rows[expr_rows], outputs["expr"][expr_rows]
     labels = store.labels[rows]
@@ -293,7 +299,12 @@ def task_markdown(report: dict[str, Any]) -> str:
         va = report["va"]
         lines += ["", "## Valence-arousal", "", "| | CCC | valence | arousal | frames |", "|---|---|---|---|---|",
                   f"| frame-level | {va['ccc']:.4f} | {va['ccc_valence']:.4f} | {va['ccc_arousal']:.4f} | "
-                  f"{va['frames']} |", "",
+                  f"{va['frames']} |"]  # fmt: skip
+        if va.get("smoothed"):
+            s = va["smoothed"]
+            lines.append(f"| + {s['method']} smoothing, width {s['width']} | {s['ccc']:.4f} | {s['ccc_valence']:.4f} | "
+                         f"{s['ccc_arousal']:.4f} | {va['frames']} |")  # fmt: skip
+        lines += ["",
                   "CCC as the challenge scores it (the mean of valence's and arousal's), over the frames annotated "
                   "for VA of this split's VA videos.", "", "![valence-arousal](va_density.png)"]  # fmt: skip
     if "au" in report:

@@ -42,6 +42,8 @@ RUN_OVERRIDES = (
     "data.num_workers",
     "eval.smoothing",
     "eval.smoothing_width",
+    "eval.va_smoothing",
+    "eval.va_smoothing_width",
     "eval.calibrate",
     "eval.flip",
 )
@@ -62,14 +64,20 @@ def new_run_dir() -> str:
     return str(path)
 
 
-def write_best(run_dir: Path, state: dict[str, torch.Tensor], info: dict[str, Any], rows, probs, labels) -> None:
+def write_best(run_dir: Path, state: dict[str, torch.Tensor], info: dict[str, Any], rows, probs, labels,
+               va=None) -> None:  # fmt: skip
     """``best/``: the head (head-only safetensors: no optimizer, no backbones), ``head.json`` (``info``) and the
-    epoch's validation frame probabilities (post-processing can be tuned without retraining), each atomically."""
+    epoch's validation frame probabilities (post-processing can be tuned without retraining), each atomically;
+    ``va``: (frame rows, [N, 2] valence-arousal, [N, 2] targets) of the VA validation videos, saved as
+    ``val_frame_va.npz``."""
     best = Path(run_dir) / "best"
     save_head(state, best / "model.safetensors")
     write_text(best / "head.json", json.dumps(info, indent=2))
     with atomic_path(best / "val_frame_probs.npz") as tmp:
         np.savez(tmp, rows=rows, probs=probs.astype(np.float32), labels=labels)  # fp16 flips near-ties
+    if va is not None:
+        with atomic_path(best / "val_frame_va.npz") as tmp:
+            np.savez(tmp, rows=va[0], va=np.asarray(va[1], np.float32), targets=np.asarray(va[2], np.float32))
 
 
 def build_head(cfg: Config, weights: Path) -> torch.nn.Module:

@@ -36,6 +36,7 @@ from expr.config import ABAW_CLASSES, ConfigError, Smoothing, resolve_device
 from expr.data.affwild2 import AU_NAMES
 from expr.data.source import open_store
 from expr.data.store import StoreError
+from expr.evaluation import smooth
 from expr.inference import predict_outputs
 from expr.metrics import tune_au_thresholds
 from expr.options import parse_options, positional
@@ -95,9 +96,13 @@ def read_example(path: str | Path, classes=ABAW_CLASSES) -> Example:
 
 
 def frame_values(run_dir, cache, videos: list[str], task: str, device="auto", overrides=None) -> dict[str, np.ndarray]:
-    """Per video, every decoded frame's ``va`` [frames, 2] (valence, arousal) or ``au`` [frames, 12] probabilities
-    of the run's head trained with that task; an ensemble folder: its members' weighted mean."""
-    return run_outputs(run_dir, videos, task, device, legacy_overrides(overrides, cache))[0]
+    """Per video, every decoded frame's ``va`` [frames, 2] (valence, arousal; smoothed in time as the run's
+    ``eval.va_smoothing`` says) or ``au`` [frames, 12] probabilities of the run's head trained with that task; an
+    ensemble folder: its members' weighted mean (smoothed as its first member's config says)."""
+    values, cfg = run_outputs(run_dir, videos, task, device, legacy_overrides(overrides, cache))
+    if task == "va":
+        values = {v: smooth(p, cfg.eval.va_smoothing, cfg.eval.va_smoothing_width) for v, p in values.items()}
+    return values
 
 
 def run_outputs(run_dir, videos: list[str], task: str, device="auto", overrides=None):

@@ -260,7 +260,7 @@ class Trainer:
                 "store": {"path": str(self.store.path), **self.store.meta},
             }
             rows, probs = self.last_frame_probs
-            write_best(self.run_dir, state, info, rows, probs, self.store.labels[rows])
+            write_best(self.run_dir, state, info, rows, probs, self.store.labels[rows], self.last_task_frames.get("va"))
             if encoders is not None:
                 save_head(encoders, self.run_dir / "best" / TUNED_ENCODERS)
 
@@ -333,7 +333,7 @@ class Trainer:
         order = np.argsort(index, kind="stable")
         probs = torch.cat(probs).numpy()[order]
         outputs = {t: torch.cat(v).numpy()[order] for t, v in outputs.items()}
-        metrics, self.last_frame_probs = validation_metrics(
+        metrics, self.last_frame_probs, self.last_task_frames = validation_metrics(
             self.store, self.data.val_set, index[order], probs, self.cfg, outputs
         )
         return metrics

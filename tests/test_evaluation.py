@@ -245,3 +245,11 @@ def test_commands_reading_a_run_take_dotted_overrides_and_refuse_what_cannot_cha
     assert "'model.dim' cannot change after training" in capsys.readouterr().err
     assert main([run, "--eval.smothing", "mean"]) == 2
     assert "Did you mean eval.smoothing" in capsys.readouterr().err
+
+
+def test_median_smoothing_is_a_centred_moving_median_of_each_column():
+    values = np.array([[0.0, 1], [10, 1], [0, 1], [0, 9], [5, 1], [5, 1]])
+    # width 3: each frame and its two neighbours (at the edges: those that exist; an even count takes the mean)
+    expected = [[5, 1], [0, 1], [0, 1], [0, 1], [5, 1], [5, 1]]
+    np.testing.assert_allclose(smooth(values, "median", 3), expected)
+    np.testing.assert_allclose(smooth(values, "median", 1), values)

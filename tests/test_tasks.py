@@ -305,6 +305,48 @@ def test_expr_evaluate_warns_when_a_run_trained_on_other_tasks_held_out_videos(m
     assert "was trained with train.task_overlap=allow: 2 videos" in capsys.readouterr().err
 
 
+def test_va_smoothing_is_one_path_for_validation_evaluate_submit_and_the_va_smoothing_study(multi_task_run, tmp_path):
+    import csv
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from expr.data.store import FrameStore
+    from expr.evaluation import smooth, smooth_rows
+    from expr.metrics import va_report
+    from expr.report import evaluate_run
+    from expr.submit import frame_values
+
+    run = Path(multi_task_run["run_dir"])
+    saved = np.load(run / "best" / "val_frame_va.npz")  # the best epoch's VA validation outputs
+    best = multi_task_run["history"][multi_task_run["best_epoch"] - 1]
+    assert va_report(saved["va"], saved["targets"])["ccc"] == pytest.approx(best["val/ccc"], abs=1e-5)
+    smoothing = {"eval.va_smoothing": "median", "eval.va_smoothing_width": 15}
+    report = evaluate_run(run, device="cpu", out_dir=tmp_path / "e", overrides=smoothing)
+    store = FrameStore(report["store"])
+    direct = smooth_rows(saved["rows"], saved["va"].astype(np.float64), store.num_frames, store.frame_offset,
+                         "median", 15)  # fmt: skip
+    assert report["va"]["smoothed"]["ccc"] == pytest.approx(va_report(direct, saved["targets"])["ccc"], abs=1e-4)
+    assert "| + median smoothing, width 15 |" in (tmp_path / "e" / "report.md").read_text()
+    names = [store.names[v] for v in store.videos_in("validation", "va")[:2]]
+    plain = frame_values(run, None, names, "va", device="cpu")
+    smoothed = frame_values(run, None, names, "va", device="cpu", overrides=smoothing)
+    assert any(np.abs(smoothed[n] - plain[n]).max() > 1e-3 for n in names)  # the smoothing changed something
+    for name in names:
+        np.testing.assert_allclose(smoothed[name], smooth(plain[name], "median", 15), atol=1e-6)
+    # the va_smoothing study: width 0 reproduces the run's CCC; the choice is labelled
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, str(root / "sweeps" / "run.py"), "--study", "va_smoothing", "--out", str(tmp_path / "s"),
+           "--run", str(run)]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = (tmp_path / "s" / "report.md").read_text()
+    assert "| eval.va_smoothing | eval.va_smoothing_width | CCC |" in table and "In-sample (optimistic" in table
+    rows = list(csv.DictReader(open(tmp_path / "s" / "results.csv")))
+    zero = [float(r["value"]) for r in rows if r["eval.va_smoothing_width"] == "0"]
+    assert zero and all(v == pytest.approx(best["val/ccc"], abs=1e-5) for v in zero)
+
+
 def test_validation_scores_va_and_au_on_their_own_validation_videos_through_the_frame_path(tmp_path):
     """Window outputs equal to the targets at their label frames score (nearly) perfectly once placed on frames, and
     only the frames of the task's own validation videos count."""
@@ -321,7 +363,7 @@ def test_validation_scores_va_and_au_on_their_own_validation_videos_through_the_
     perfect = TaskTargets(store, "validation", tasks, 10)(data.video, data.start)
     outputs = {"va": np.nan_to_num(perfect["va"]), "au": np.clip(perfect["au"], 0, 1).astype(np.float32)}
     probs = np.eye(8)[np.maximum(perfect["label"], 0)]
-    metrics, _ = validation_metrics(store, data, index, probs, cfg, outputs)
+    metrics, _, _ = validation_metrics(store, data, index, probs, cfg, outputs)
     assert metrics["val/va_frames"] == 35 and metrics["val/au_frames"] == 40  # a's VA frames 5..39; b's AU frames
     # frames before the first label frame and after the last take the nearest window's (random AUs differ there)
     assert metrics["val/ccc"] > 0.95 and metrics["val/au_f1"] > 0.8 and metrics["val/macro_f1"] > 0.75

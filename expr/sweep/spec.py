@@ -122,8 +122,10 @@ def load_study(name_or_path: str, folder: Path = STUDY_DIR) -> Study:
             isinstance(values, dict) and ("choices" in values or {"low", "high"} <= set(values))
         ):
             raise SweepError(f"{path}: params.{key} must be {{choices: [...]}} or {{low: .., high: .., log: ..}}")
-    if kind == "posthoc" and not set(params) <= {"eval.smoothing", "eval.smoothing_width"}:
-        raise SweepError(f"{path}: a posthoc study varies only eval.smoothing and eval.smoothing_width")
+    expr_keys, va_keys = {"eval.smoothing", "eval.smoothing_width"}, {"eval.va_smoothing", "eval.va_smoothing_width"}
+    if kind == "posthoc" and not (set(params) <= expr_keys or set(params) <= va_keys):
+        raise SweepError(f"{path}: a posthoc study varies eval.smoothing and eval.smoothing_width (expressions), or "
+                         f"eval.va_smoothing and eval.va_smoothing_width (valence-arousal)")  # fmt: skip
     return Study(
         name=path.stem,
         type=kind,
