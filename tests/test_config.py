@@ -136,6 +136,7 @@ def test_a_backbone_override_a_prepared_store_cannot_honour_is_an_error():
         visual_sets=["clip"],
         audio_set="wav2vec2",
         videos_in=lambda split, task="expr": np.arange(2),
+        training_videos=lambda task, tasks=("expr",), overlap="exclude": np.arange(2),
     )
     check_store(store, build_config({"data.cache": "cache/x"}))  # defaults: fine
     check_store(store, build_config({"data.cache": "cache/x", "backbones.clip_pretrained": "/weights/clip.pt"}))

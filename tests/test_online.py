@@ -90,7 +90,8 @@ def test_online_features_equal_the_cached_ones(media_store):
     assert visual[~b["visual_mask"]].abs().sum() == 0
     mute = torch.from_numpy(cached.video == store.names.index("mute"))
     assert mute.any() and not audio_mask[mute].any() and audio[mute].abs().sum() == 0
-    assert audio_mask[~mute].float().mean() > 0.9
+    inside = torch.from_numpy((cached.start >= 0) & (cached.start + 10 <= store.num_frames[cached.video]))
+    assert audio_mask[~mute & inside].float().mean() > 0.9  # windows reaching past the video mask that part
 
 
 def test_a_windows_audio_features_do_not_depend_on_the_rest_of_the_batch(media_store):

@@ -210,12 +210,15 @@ def test_predict_applies_the_runs_calibration(small_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(small_run["run_dir"], run)
     classes = ["Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other"]
-    (run / "calibration.json").write_text(json.dumps({"classes": classes, "offsets": [0, 0, 0, 50, 0, 0, 0, 0]}))
     video = clip_from_photo(tmp_path / "a.mp4", "astronaut", audio=False)
     kw = dict(clip="random", wav2vec2="random", progress=False, device="cpu")
-    assert (predict_video(video, run, tmp_path / "cal", **kw)["people"][0]["labels"] == 3).all()
-    plain = predict_video(video, run, tmp_path / "plain", overrides={"eval.calibrate": False}, **kw)
-    assert not (plain["people"][0]["labels"] == 3).all()
+    plain = predict_video(video, run, tmp_path / "plain", **kw)["people"][0]["labels"]
+    target = next(c for c in range(len(classes)) if not (plain == c).all())  # a class the run alone does not give
+    offsets = [50.0 if c == target else 0.0 for c in range(len(classes))]
+    (run / "calibration.json").write_text(json.dumps({"classes": classes, "offsets": offsets}))
+    assert (predict_video(video, run, tmp_path / "cal", **kw)["people"][0]["labels"] == target).all()
+    off = predict_video(video, run, tmp_path / "off", overrides={"eval.calibrate": False}, **kw)
+    assert (off["people"][0]["labels"] == plain).all()
 
 
 def test_predict_takes_several_videos_and_folders_and_goes_on_past_an_unreadable_one(small_run, tmp_path, capsys):

@@ -348,6 +348,8 @@ class WindowDataset(torch.utils.data.Dataset):
         inside = (frame >= 0) & (frame < s.num_frames[video][:, None])
         rows = s.frame_offset[video][:, None] + np.clip(frame, 0, s.num_frames[video][:, None] - 1)
         visual = s.visual[rows]  # [B, T, Dv]
+        if not inside.all():  # frames outside the video: zeros, as online mode's encoders give them (masked anyway)
+            visual[~inside] = 0
         visual_mask = inside & s.face[rows]
         labels = s.labels if self.targets is None else self.targets.labels  # masked to the split's EXPR videos
         frame_labels = np.where(inside, labels[rows], -1)
