@@ -260,10 +260,11 @@ def in_sample_calibration(
     file = Path(run_dir) / CALIBRATION
     if not decision.offsets or not file.is_file():
         return {}
-    fitted = json.loads(file.read_text()).get("fitted_on", {})
+    info = json.loads(file.read_text())
+    fitted = info.get("fitted_on", {})
     if fitted.get("split") != report["split"] or str(Path(fitted.get("store", "")).resolve()) != report["store"]:
         return {}
-    k = min(int(json.loads(file.read_text()).get("groups", 5)), len(np.unique(subject)))
+    k = min(int(info.get("groups") or 5), len(np.unique(subject)))
     groups = video_groups(subject, k)
     return cross_fitted_metrics(labels, rows, probs, groups, f"{k} groups of videos", decision, num_frames,
                                 frame_offset, classes)  # fmt: skip
