@@ -23,11 +23,18 @@ SMOKE = "--scale 0.0005 --batches 3 --windows 10 --steps 2 --baseline-videos 1"
 folder) and checks that it prints its figures."""
 
 
-def expr_loader(store, T, batch):
+def expr_loader(store, T, batch, workers: int = 0):
     windows = build_windows(store, "train", T)
     data = WindowDataset(store, windows)
     return torch.utils.data.DataLoader(
-        data, batch_size=batch, sampler=EpochSampler(len(data), 0), collate_fn=collate_batch, drop_last=True
+        data,
+        batch_size=batch,
+        sampler=EpochSampler(len(data), 0),
+        collate_fn=collate_batch,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=workers > 0 and torch.cuda.is_available(),
     )
 
 
@@ -81,33 +88,58 @@ def rate(loader, batches: int) -> float:
     return seen / t.seconds
 
 
-def head_step_rate(T: int, batch: int, steps: int) -> float:
-    """Windows per second of a full training step of the head (forward, CE + contrastive, backward, AdamW)."""
+def head_step(T: int, batch: int, steps: int, device: str = "cpu", precision: str = "fp32") -> tuple[float, float]:
+    """(windows/s, peak memory in GiB on CUDA else 0) of a full training step of the head (forward, CE + contrastive,
+    backward, AdamW) on inputs already on ``device``; ``precision``: fp32, fp16 (autocast + loss scaling) or bf16
+    (autocast), as the trainer runs them."""
     from expr.config import Config
     from expr.losses import total_loss
     from expr.models.fusion import FusionHead
 
     cfg = Config()
-    model = FusionHead(cfg.model, 8)
+    model = FusionHead(cfg.model, 8).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     ta = int(np.ceil(T / 30 * 50))
-    text = torch.nn.functional.normalize(torch.randn(8, 512), dim=-1)
-    weights = torch.ones(8)
+    text = torch.nn.functional.normalize(torch.randn(8, 512, device=device), dim=-1)
+    weights = torch.ones(8, device=device)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    kind = torch.device(device).type
+    scaler = torch.amp.GradScaler(kind) if precision == "fp16" else None
+    v, a = torch.randn(batch, T, 512, device=device), torch.randn(batch, ta, 768, device=device)
+    vm = torch.ones(batch, T, dtype=torch.bool, device=device)
+    am = torch.ones(batch, ta, dtype=torch.bool, device=device)
+    labels = torch.randint(0, 8, (batch,), device=device)
 
     def step():
-        v, a = torch.randn(batch, T, 512), torch.randn(batch, ta, 768)
-        out = model(v, torch.ones(batch, T, dtype=torch.bool), a, torch.ones(batch, ta, dtype=torch.bool))
-        labels = torch.randint(0, 8, (batch,))
-        loss = total_loss(out.logits, out.visual_embedding, out.logit_scale, labels, text, weights, 0.1)["loss"]
+        with torch.autocast(kind, dtype=dtype or torch.float32, enabled=dtype is not None):
+            out = model(v, vm, a, am)
+            loss = total_loss(out.logits, out.visual_embedding, out.logit_scale, labels, text, weights, 0.1)["loss"]
         opt.zero_grad()
-        loss.backward()
-        opt.step()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
 
     step()
+    cuda = kind == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     with Timer() as t:
         for _ in range(steps):
             step()
-    return steps * batch / t.seconds
+        if cuda:
+            torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+    return steps * batch / t.seconds, peak
+
+
+def head_step_rate(T: int, batch: int, steps: int) -> float:
+    """Windows per second of the head's fp32 training step on the CPU."""
+    return head_step(T, batch, steps)[0]
 
 
 def main() -> None:

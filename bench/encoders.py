@@ -56,14 +56,14 @@ def crops(folder: Path, n: int) -> dict[int, Path]:
     return out
 
 
-def image_rows(args, device: str) -> list[list]:
+def image_rows(args, device: str, specs: list[str] = IMAGE) -> list[list]:
     from PIL import Image
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         files = crops(Path(tmp), args.frames)
         item = Item("bench", "train", np.zeros(args.frames, np.int64), files, None, 30.0)
-        for text in IMAGE:
+        for text in specs:
             enc = load_image_encoder(parse_spec(text, "visual"), device, args.batch)
             extract_item(item, {"v": enc}, {})  # warm-up
             with Timer() as ours:
@@ -73,15 +73,17 @@ def image_rows(args, device: str) -> list[list]:
             with torch.no_grad(), Timer() as bare:
                 for _ in range(steps):
                     enc.forward(ready)
+                if device == "cuda":
+                    torch.cuda.synchronize()
             ours_rate, bare_rate = args.frames / ours.seconds, steps * args.batch / bare.seconds
             rows.append([text.split(",")[0], enc.dim, ours_rate, bare_rate, ours_rate / bare_rate])
     return rows
 
 
-def audio_rows(args, device: str) -> list[list]:
+def audio_rows(args, device: str, specs: list[str] = AUDIO) -> list[list]:
     wave = np.random.default_rng(1).standard_normal(int(args.audio_seconds * 16_000)).astype(np.float32)
     rows = []
-    for text in AUDIO:
+    for text in specs:
         enc = load_audio_encoder(parse_spec(text, "audio"), device)
         enc.encode(wave[:16_000])
         with Timer() as t:

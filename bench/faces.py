@@ -114,9 +114,11 @@ def cut(source: Path, frames: int, out: Path) -> Path:
     return out
 
 
-def predict_rows(clip_frames: int | None = None, only: list[str] | None = None) -> list[list]:
-    """``expr predict`` (the CLI, one process) on each clip (the first ``clip_frames``; ``only``: these clips'
-    names): frames/s over the whole job."""
+def predict_rows(
+    clip_frames: int | None = None, only: list[str] | None = None, device: str = "cpu", faces_modes=("largest", "all")
+) -> list[list]:
+    """``expr predict`` (the CLI, one process, encoders and detector on ``device``) on each clip (the first
+    ``clip_frames``; ``only``: these clips' names): frames/s over the whole job."""
     import subprocess
     import sys
 
@@ -134,9 +136,9 @@ def predict_rows(clip_frames: int | None = None, only: list[str] | None = None) 
             video = (
                 clip_path(name) if clip_frames is None else cut(clip_path(name), clip_frames, Path(tmp) / f"{name}.mp4")
             )
-            for faces in ("largest", "all"):
+            for faces in faces_modes:
                 cmd = [sys.executable, "-m", "expr", "predict", str(video), "--run", f"{tmp}/run",
-                       "--out", f"{tmp}/out", "--clip", "random", "--wav2vec2", "random", "--device", "cpu",
+                       "--out", f"{tmp}/out", "--clip", "random", "--wav2vec2", "random", "--device", device,
                        "--faces", faces, "--no-progress"]  # fmt: skip
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 summary = out.strip().splitlines()[-1]  # "1 of 1 videos, N frames in S s (R frames/s)"

@@ -30,6 +30,9 @@ SMOKE = "--windows 4 --batch 1 --steps 1 --workers 0"
 folder) and checks that it prints its figures."""
 
 
+HEAD_INPUTS = ("visual", "visual_mask", "audio", "audio_mask", "label")
+
+
 def media_store(path: Path, videos: int, frames: int, seed: int = 0) -> Path:
     """Videos at 30 fps with 112x112 JPEG face crops (Aff-Wild2's crop size), 16 kHz audio and random features."""
     from PIL import Image
@@ -62,13 +65,21 @@ def media_store(path: Path, videos: int, frames: int, seed: int = 0) -> Path:
     return write_store(path, records, {"classes": list(ABAW_CLASSES), "backbones": backbones, "media": True})
 
 
-def step_rate(loader, head, encoders, steps: int) -> tuple[float, float]:
-    """(windows/s of whole steps, share of step time spent in the frozen encoders)."""
+def step_rate(loader, head, encoders, steps: int, device: str = "cpu") -> tuple[float, float]:
+    """(windows/s of whole steps, share of step time spent in the frozen encoders). On CUDA the head runs under fp16
+    autocast with loss scaling (as ``single_gpu.yaml`` trains) and the encoders in fp16."""
+    head = head.to(device)
     opt = torch.optim.AdamW(head.parameters(), lr=1e-5)
-    text = torch.nn.functional.normalize(torch.randn(8, 512), dim=-1)
-    weights = torch.ones(8)
+    text = torch.nn.functional.normalize(torch.randn(8, 512, device=device), dim=-1)
+    weights = torch.ones(8, device=device)
+    cuda = torch.device(device).type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if cuda else None
     it = iter(loader)
     encode_s = 0.0
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
 
     def step():
         nonlocal encode_s, it
@@ -80,20 +91,60 @@ def step_rate(loader, head, encoders, steps: int) -> tuple[float, float]:
         if encoders is not None:
             with Timer() as t:
                 batch = encoders.encode_batch(batch)
+                sync()
             encode_s += t.seconds
-        out = head(batch["visual"].float(), batch["visual_mask"], batch["audio"].float(), batch["audio_mask"])
-        loss = total_loss(out.logits, out.visual_embedding, out.logit_scale, batch["label"], text, weights, 0.1)
+        batch = {k: batch[k].to(device, non_blocking=True) for k in HEAD_INPUTS}
+        with torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
+            out = head(batch["visual"].float(), batch["visual_mask"], batch["audio"].float(), batch["audio_mask"])
+            loss = total_loss(out.logits, out.visual_embedding, out.logit_scale, batch["label"], text, weights, 0.1)
         opt.zero_grad()
-        loss["loss"].backward()
-        opt.step()
+        if scaler is not None:
+            scaler.scale(loss["loss"]).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss["loss"].backward()
+            opt.step()
         return len(batch["label"])
 
     step()  # warm-up (worker start, first allocations)
+    sync()
     encode_s, seen = 0.0, 0
     with Timer() as t:
         for _ in range(steps):
             seen += step()
+        sync()
     return seen / t.seconds, encode_s / t.seconds
+
+
+def rows_on(device: str, windows: list[int], batch: int, steps: int, workers: int) -> list[list]:
+    """One row per window length: cached and online step rates on ``device`` over the same store."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        store = FrameStore(media_store(Path(tmp) / "store", videos=3, frames=600))
+        encoders, image_transform = store_encoders(store, device)
+        for T in windows:
+            windows_ = build_windows(store, "train", T, max(1, T // 4))
+            torch.manual_seed(0)
+            head = FusionHead(Config().model, 8)
+            cached = torch.utils.data.DataLoader(
+                WindowDataset(store, windows_),
+                batch_size=batch,
+                sampler=EpochSampler(len(windows_), 0),
+                collate_fn=collate_batch,
+            )
+            cached_rate, _ = step_rate(cached, head, None, steps * 20, device)
+            online = torch.utils.data.DataLoader(
+                OnlineWindowDataset(store, windows_, image_transform, augment=True),
+                batch_size=batch,
+                sampler=EpochSampler(len(windows_), 0),
+                collate_fn=collate_online,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+            )
+            online_rate, encoder_share = step_rate(online, head, encoders, steps, device)
+            rows.append([T, batch, cached_rate, online_rate, cached_rate / online_rate, encoder_share])
+    return rows
 
 
 def main() -> None:
@@ -104,31 +155,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="DataLoader workers of the online loader")
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        store = FrameStore(media_store(Path(tmp) / "store", videos=3, frames=600))
-        encoders, image_transform = store_encoders(store, "cpu")
-        for T in [int(x) for x in args.windows.split(",")]:
-            windows = build_windows(store, "train", T, max(1, T // 4))
-            torch.manual_seed(0)
-            head = FusionHead(Config().model, 8)
-            cached = torch.utils.data.DataLoader(
-                WindowDataset(store, windows),
-                batch_size=args.batch,
-                sampler=EpochSampler(len(windows), 0),
-                collate_fn=collate_batch,
-            )
-            cached_rate, _ = step_rate(cached, head, None, args.steps * 20)
-            online = torch.utils.data.DataLoader(
-                OnlineWindowDataset(store, windows, image_transform, augment=True),
-                batch_size=args.batch,
-                sampler=EpochSampler(len(windows), 0),
-                collate_fn=collate_online,
-                num_workers=args.workers,
-                persistent_workers=args.workers > 0,
-            )
-            online_rate, encoder_share = step_rate(online, head, encoders, args.steps)
-            rows.append([T, args.batch, cached_rate, online_rate, cached_rate / online_rate, encoder_share])
+    rows = rows_on("cpu", [int(x) for x in args.windows.split(",")], args.batch, args.steps, args.workers)
     print_table(
         "Training step: cached features vs. frozen backbones in the loop (fp32, 1 process)",
         ["T", "batch", "cached windows/s", "online windows/s", "cached / online", "online: share in encoders"],

@@ -88,6 +88,19 @@ def param_checksums(acc, model) -> list[float]:
     return gather_object([checksum])
 
 
+def loss_scale(acc, optimizer) -> float | None:
+    """The current fp16 loss scale: accelerate's GradScaler (fp16 autocast) or DeepSpeed's dynamic scaler (its ZeRO
+    optimizer's ``loss_scale``); None when no loss scaling runs (fp32, bf16)."""
+    scaler = getattr(acc, "scaler", None)
+    if scaler is not None and scaler.is_enabled():
+        return float(scaler.get_scale())
+    if acc.state.deepspeed_plugin is None or acc.mixed_precision != "fp16":
+        return None
+    inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper around DeepSpeed's optimizer
+    value = getattr(inner, "loss_scale", None)
+    return float(value) if isinstance(value, (int, float)) else None
+
+
 def leave_process_group() -> None:
     """Tear down the process group, if one is up, once every rank got here. Leaving with a live gloo/NCCL group lets
     its threads race interpreter exit ("terminate called without an active exception", SIGABRT on a finished run).

@@ -59,6 +59,7 @@ from expr.distributed import (
     agree,
     exit_process,
     leave_process_group,
+    loss_scale,
     make_accelerator,
     param_checksums,
     sync_deepspeed_config,
@@ -282,6 +283,7 @@ class Trainer:
                 "target_coverage": coverage["expr"] if list(coverage) == ["expr"] else coverage,
                 "global_step": self.progress.global_step,
                 "fp16_skipped_steps": self.progress.skipped_steps,
+                "fp16_loss_scale": loss_scale(acc, self.optimizer),  # None without fp16 loss scaling
                 "num_processes": acc.num_processes,
                 "effective_batch": self.cfg.train.batch_size * acc.num_processes * self.cfg.train.grad_accum_steps,
                 "lr": self.lr,

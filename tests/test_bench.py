@@ -15,6 +15,14 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 SCRIPTS = sorted(p for p in BENCH.glob("*.py") if re.search(r'^if __name__ == "__main__":', p.read_text(), re.M))
 
 
+def needs_gpu(script: Path) -> bool:
+    """``NEEDS_GPU = True`` at the module level: without CUDA the script says so in one line and exits 0."""
+    for node in ast.parse(script.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "NEEDS_GPU" for t in node.targets):
+            return bool(ast.literal_eval(node.value))
+    return False
+
+
 def smoke_arguments(script: Path) -> str | None:
     """The string assigned to ``SMOKE`` at the module level of ``script``, or None."""
     for node in ast.parse(script.read_text()).body:
@@ -56,4 +64,13 @@ def test_the_benchmark_runs_at_its_smallest_size_and_prints_its_figures(script, 
     proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env=env,
                           cwd=tmp_path)  # fmt: skip
     assert proc.returncode == 0, f"{script.name} {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+    if needs_gpu(script) and not _cuda():
+        assert len(proc.stdout.strip().splitlines()) == 1 and "no CUDA GPU" in proc.stdout, proc.stdout[-2000:]
+        return
     assert figure_rows(proc.stdout), f"{script.name} printed no figures:\n{proc.stdout[-2000:]}"
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -2,6 +2,7 @@
 CUDA. CI has no GPU, so these skip there; on a GPU machine `./launch.sh test tests/test_gpu.py` runs them."""
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -16,8 +17,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def _launch(args, tmp_path):
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *args]
+    """``accelerate launch ARGS`` on a port of its own (bench/gpu.py runs these tests four at a time)."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(_free_port()), *args]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -33,6 +41,7 @@ def test_zero2_fp16_trains_without_an_overflow_storm(tmp_path):
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train/loss"] < rows[0]["train/loss"]
     assert final["fp16_skipped_steps"] <= max(5, 0.05 * final["global_step"])  # the first scale-finding steps only
+    assert final["fp16_loss_scale"] >= 1.0  # DeepSpeed's dynamic scaler, read back: scaling ran
     assert final["best"]["macro_f1"] > 0.8
 
 
