@@ -21,7 +21,7 @@ from common import machine, print_table
 from expr.data.media import iter_frames
 from expr.features.faces import face_detector
 
-SMOKE = "--frames 2 --clip-frames 10 --predict-clips bigbuckbunny"
+SMOKE = "--frames 2 --clip-frames 5 --predict-clips bigbuckbunny --predict-faces largest"
 """This script's smallest honest size: tests/test_bench.py runs it with these arguments (``{tmp}``: a temporary
 folder) and checks that it prints its figures."""
 
@@ -153,12 +153,13 @@ def main() -> None:
     parser.add_argument("--no-predict", action="store_true", help="the detectors only")
     parser.add_argument("--clip-frames", type=int, default=None, help="only the first N frames of each clip")
     parser.add_argument("--predict-clips", default=",".join(CLIPS), help="the clips expr predict runs on")
+    parser.add_argument("--predict-faces", default="largest,all", help="the --faces modes expr predict runs with")
     args = parser.parse_args()
     print(f"{machine()}; one process\n")
     header = ["clip", "size", "detector", "frames with a face", "frames/s"]
     print_table("Face detectors", header, detection_rows(args.frames, args.clip_frames))
     if not args.no_predict:
-        rows = predict_rows(args.clip_frames, args.predict_clips.split(","))
+        rows = predict_rows(args.clip_frames, args.predict_clips.split(","), "cpu", args.predict_faces.split(","))
         print_table("expr predict end to end", ["clip", "--faces", "tracks", "frames, time, rate"], rows)
 
 

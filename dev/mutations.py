@@ -347,6 +347,16 @@ MUTATIONS = [
     ("task-ddp-graph", "every parameter stays in a multi-task loss's graph (DDP reduces all of them)",
      "expr/criterion.py", "total = (out.logits.sum() + out.visual_embedding.sum() + out.logit_scale.sum()) * 0.0",
      "total = out.logits.sum() * 0.0", ["tests/test_distributed.py", "-k", "other_tasks"]),
+    ("bench-smoke", "every benchmark script runs at its smallest size and prints its figures (a broken one is named)",
+     "bench/data_path.py", 'windows = build_windows(store, "train", T)',
+     'windows = build_windows(store, "training", T)',
+     ["tests/test_bench.py", "-k", "data_path"]),
+    ("gpu-one-line", "bench/gpu.py without a GPU says so in one line and exits 0", "bench/gpu.py",
+     "        return 0\n    unknown = ", "        pass\n    unknown = ", ["tests/test_bench.py", "-k", "gpu"]),
+    ("loss-scale", "final.json's fp16_loss_scale is DeepSpeed's dynamic scale under DeepSpeed fp16",
+     "expr/distributed.py",
+     'value = getattr(inner, "loss_scale", None)', 'value = getattr(optimizer, "loss_scale", None)',
+     ["tests/test_distributed.py", "-k", "loss_scale"]),
 ]  # fmt: skip
 
 

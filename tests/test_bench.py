@@ -2,6 +2,7 @@
 module-level ``SMOKE`` arguments) and must print its figures (a Markdown table with numbers)."""
 
 import ast
+import json
 import os
 import re
 import shlex
@@ -56,21 +57,79 @@ def test_figure_rows_finds_only_numeric_table_rows():
     assert figure_rows(text) == ["| x | 1.5 |"]
 
 
+RUNNERS = 2  # interpreters at once, one per core of the 2-core machines this suite targets
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(tmp_path_factory) -> dict[str, dict]:
+    """Every script at its smallest size, run as ``__main__`` in fresh interpreters (this file run as a script), each
+    interpreter running several scripts one after another: torch, transformers and open_clip are imported once per
+    interpreter, not once per script, and the pytest process keeps none of the scripts' global state. Script i runs in
+    interpreter i % RUNNERS, the interpreters at once (one thread each). Per script: exit code, stdout, stderr's end."""
+    tmp = tmp_path_factory.mktemp("bench")
+    env = {**os.environ, "EXPR_CACHE_DIR": str(tmp / "cache"), "OMP_NUM_THREADS": "1"}
+    procs = []
+    for r in range(RUNNERS):
+        names = [p.name for p in SCRIPTS[r::RUNNERS]]
+        cmd = [sys.executable, __file__, str(tmp), str(tmp / f"runs{r}.json"), *names]
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp))
+    runs = {}
+    for r, proc in enumerate(procs):
+        _, err = proc.communicate(timeout=900)
+        result = tmp / f"runs{r}.json"
+        assert result.is_file(), f"benchmark runner {r} died:\n{err[-3000:]}"
+        runs.update(json.loads(result.read_text()))
+    return runs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
-def test_the_benchmark_runs_at_its_smallest_size_and_prints_its_figures(script, tmp_path):
-    args = shlex.split(smoke_arguments(script).format(tmp=tmp_path))
-    env = {**os.environ, "EXPR_CACHE_DIR": str(tmp_path / "cache")}
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=300, env=env,
-                          cwd=tmp_path)  # fmt: skip
-    assert proc.returncode == 0, f"{script.name} {' '.join(args)} failed:\n{proc.stderr[-3000:]}"
+def test_the_benchmark_runs_at_its_smallest_size_and_prints_its_figures(script, smoke_runs):
+    run = smoke_runs[script.name]
+    assert run["code"] == 0, f"{script.name} {run['args']} failed:\n{run['stderr'][-3000:]}"
     if needs_gpu(script) and not _cuda():
-        assert len(proc.stdout.strip().splitlines()) == 1 and "no CUDA GPU" in proc.stdout, proc.stdout[-2000:]
+        assert len(run["stdout"].strip().splitlines()) == 1 and "no CUDA GPU" in run["stdout"], run["stdout"][-2000:]
         return
-    assert figure_rows(proc.stdout), f"{script.name} printed no figures:\n{proc.stdout[-2000:]}"
+    assert figure_rows(run["stdout"]), f"{script.name} printed no figures:\n{run['stdout'][-2000:]}"
 
 
 def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def run_all(tmp: Path, result: Path, names: list[str]) -> None:
+    """Run the scripts ``names`` as ``__main__`` with their SMOKE arguments in this interpreter, each in its own
+    folder, and write what each printed to ``result`` (after every script, so a crash keeps the scripts before it)."""
+    import contextlib
+    import io
+    import runpy
+    import time
+    import traceback
+
+    sys.path.insert(0, str(BENCH))
+    runs = {}
+    for script in (BENCH / name for name in names):
+        folder = tmp / script.stem
+        folder.mkdir()
+        args = shlex.split(smoke_arguments(script).format(tmp=folder))
+        out, err, code = io.StringIO(), io.StringIO(), 0
+        os.chdir(folder)
+        sys.argv = [str(script), *args]
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                runpy.run_path(str(script), run_name="__main__")
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+            except BaseException:  # noqa: BLE001 - reported per script, the others still run
+                traceback.print_exc()
+                code = 1
+        runs[script.name] = {"code": code, "args": " ".join(args), "stdout": out.getvalue(),
+                             "stderr": err.getvalue()[-6000:], "seconds": time.perf_counter() - t0}  # fmt: skip
+        result.write_text(json.dumps(runs))
+
+
+if __name__ == "__main__":
+    run_all(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3:])

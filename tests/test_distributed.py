@@ -162,3 +162,32 @@ def test_two_processes_train_other_tasks(tmp_path, small_store, tasks):
     (row,) = history(run_dir)
     report = evaluate_run(run_dir, device="cpu", out_dir=run_dir / "eval-1proc")
     assert report["va"]["ccc"] == pytest.approx(row["val/ccc"], abs=1e-6)
+
+
+def test_loss_scale_reads_the_scaler_that_runs():
+    """final.json's fp16_loss_scale: accelerate's GradScaler under fp16 autocast, DeepSpeed's ZeRO optimizer's
+    dynamic scale under DeepSpeed fp16, and None where nothing scales (fp32, bf16)."""
+    from types import SimpleNamespace as NS
+
+    from expr.distributed import loss_scale
+
+    class Scaler:
+        def __init__(self, on):
+            self.on = on
+
+        def is_enabled(self):
+            return self.on
+
+        def get_scale(self):
+            return 1024.0
+
+    zero = NS(optimizer=NS(loss_scale=2048.0))  # accelerate's wrapper around DeepSpeed's ZeRO optimizer
+
+    def acc(scaler=None, deepspeed=False, precision="no"):
+        return NS(scaler=scaler, state=NS(deepspeed_plugin=object() if deepspeed else None), mixed_precision=precision)
+
+    assert loss_scale(acc(Scaler(True), precision="fp16"), zero) == 1024.0
+    assert loss_scale(acc(deepspeed=True, precision="fp16"), zero) == 2048.0
+    assert loss_scale(acc(deepspeed=True, precision="bf16"), zero) is None
+    assert loss_scale(acc(Scaler(False), precision="bf16"), zero) is None
+    assert loss_scale(acc(), zero) is None
