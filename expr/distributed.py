@@ -101,12 +101,33 @@ def loss_scale(acc, optimizer) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
+# What gloo and NCCL say when a process of the group is gone (killed, its machine down or unreachable).
+PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "nccl", "timed out", "timeout")
+
+
+def peer_failure(exc: BaseException) -> str | None:
+    """The collective's own words when ``exc`` says that another process of a multi-process run stopped, else None.
+    A killed peer closes its sockets, so gloo raises at the next collective (seconds); a peer that hangs instead is
+    noticed after the process group's timeout (torch's default: 30 minutes for gloo, 10 for NCCL)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) < 2 or not isinstance(exc, RuntimeError):
+        return None
+    text = str(exc)
+    dist_error = getattr(torch.distributed, "DistError", ())
+    if isinstance(exc, dist_error) or any(s in text.lower() for s in PEER_LOST):
+        return text.strip().splitlines()[0][-300:] if text.strip() else type(exc).__name__
+    return None
+
+
 def leave_process_group() -> None:
     """Tear down the process group, if one is up, once every rank got here. Leaving with a live gloo/NCCL group lets
     its threads race interpreter exit ("terminate called without an active exception", SIGABRT on a finished run).
-    Entry points only: a sweep worker trains many runs in one group."""
+    Entry points only: a sweep worker trains many runs in one group. A group that lost a process is torn down
+    without waiting for it."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()  # no rank tears down while another still writes
+        try:
+            torch.distributed.barrier()  # no rank tears down while another still writes
+        except RuntimeError:
+            pass  # a process of the group is gone: nobody left to wait for
         torch.distributed.destroy_process_group()
 
 

@@ -62,6 +62,7 @@ from expr.distributed import (
     loss_scale,
     make_accelerator,
     param_checksums,
+    peer_failure,
     sync_deepspeed_config,
 )
 from expr.features.backbones import BackboneError
@@ -511,12 +512,22 @@ def launch(argv: list[str], trainer: type[Trainer], default_preset: str | None =
         return 2, None
     from accelerate import PartialState
 
+    run = None
     try:
-        result = trainer(cfg, resume_dir=resume).fit()
+        run = trainer(cfg, resume_dir=resume)
+        result = run.fit()
         is_main = PartialState().is_main_process
     except (ConfigError, StoreError, BackboneError, EncoderError, SpecError, TuningError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2, None
+    except RuntimeError as e:
+        lost = peer_failure(e)
+        if lost is None:
+            raise
+        where = getattr(run, "run_dir", None) or cfg.train.output_dir or "RUN_DIR"
+        print(f"error: another process of this run stopped ({lost}). Finished epochs and the last kept state are in "
+              f"{where}: relaunch every machine with --resume {where}", file=sys.stderr)  # fmt: skip
+        return 1, None
     finally:
         leave_process_group()  # entry point only: run() may be called again
     return 0, result if is_main else None
