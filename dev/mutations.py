@@ -357,6 +357,9 @@ MUTATIONS = [
      "expr/distributed.py",
      'value = getattr(inner, "loss_scale", None)', 'value = getattr(optimizer, "loss_scale", None)',
      ["tests/test_distributed.py", "-k", "loss_scale"]),
+    ("peer-lost", "a multi-process run that loses a process says so in one line (relaunch with --resume)",
+     "expr/distributed.py", "any(s in text.lower() for s in PEER_LOST)", "any(s in text for s in PEER_LOST)",
+     ["tests/test_distributed.py", "-k", "lost_peer"]),
 ]  # fmt: skip
 
 

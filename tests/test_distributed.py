@@ -191,3 +191,17 @@ def test_loss_scale_reads_the_scaler_that_runs():
     assert loss_scale(acc(deepspeed=True, precision="bf16"), zero) is None
     assert loss_scale(acc(Scaler(False), precision="bf16"), zero) is None
     assert loss_scale(acc(), zero) is None
+
+
+def test_a_lost_peer_is_recognised_only_in_a_multi_process_run(monkeypatch):
+    """gloo's and NCCL's words for a process that is gone become expr's one-line error; other errors stay errors."""
+    from expr.distributed import peer_failure
+
+    gone = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:28906. GLHF!")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert "Connection closed by peer" in peer_failure(gone)
+    assert "NCCL" in peer_failure(RuntimeError("NCCL communicator was aborted on rank 1"))
+    assert peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert peer_failure(ValueError("Connection closed by peer")) is None
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert peer_failure(gone) is None  # one process: nobody else to lose
