@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--baseline-videos", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=0, help="also time the memory-mapped loader with N workers")
     args = parser.parse_args()
     print(f"machine: {machine()}\n")
     path = synthetic_store(args.scale)
@@ -177,7 +178,11 @@ def main() -> None:
                 max(3, args.batches // 10),
             )
             head = head_step_rate(T, args.batch, args.steps)
-            rows.append([T, ours, ram, per_frame, per_video, head, ours / per_frame, ours / per_video, ours / head])
+            row = [T, ours, ram, per_frame, per_video, head, ours / per_frame, ours / per_video, ours / head]
+            if args.workers:
+                many = rate(expr_loader(store, T, args.batch, args.workers), args.batches)
+                row += [many, many / head]
+            rows.append(row)
     print_table(
         f"Data path vs. baselines and the head's training step (batch {args.batch}, scale {args.scale:g}, 1 process)",
         [
@@ -190,7 +195,8 @@ def main() -> None:
             "x per-frame",
             "x per-video",
             "x head step",
-        ],
+        ]
+        + ([f"expr, {args.workers} workers", "x head step"] if args.workers else []),
         rows,
     )
 
