@@ -109,14 +109,12 @@ def test_expr_evaluate_on_two_processes_matches_one(small_run, tmp_path):
     assert two["frames"] == one["frames"] and two["metrics"] == one["metrics"]
 
 
-def test_expr_prepare_on_two_processes_equals_one(tmp_path, capsys):
-    """`accelerate launch -m expr prepare`: each process extracts every other video into its parts, the main process
-    assembles; the store equals a one-process run's, and a second launch finds nothing to do."""
-    import numpy as np
+def prepare_on_one_process(tmp_path: Path) -> list[str]:
+    """An Aff-Wild2 tree (tmp_path/aw) prepared by one process into tmp_path/one with tiny random encoders; returns
+    the `expr prepare` arguments (without --out) for a multi-process run to repeat."""
     import torch
     from mediatree import affwild2_tree
 
-    from expr.data.store import FrameStore
     from expr.prepare import main
 
     root = tmp_path / "aw"
@@ -130,6 +128,26 @@ def test_expr_prepare_on_two_processes_equals_one(tmp_path, capsys):
         assert main([*args, "--out", str(tmp_path / "one")]) == 0
     finally:
         torch.set_num_threads(threads)
+    return args
+
+
+def assert_same_store(one: Path, two: Path) -> None:
+    import numpy as np
+
+    from expr.data.store import FrameStore
+
+    a, b = FrameStore(one), FrameStore(two)
+    assert a.names == b.names and a.num_audio.tolist() == b.num_audio.tolist()
+    np.testing.assert_array_equal(a.visual, b.visual)
+    np.testing.assert_array_equal(a.audio, b.audio)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert not (two / ".parts").exists()
+
+
+def test_expr_prepare_on_two_processes_equals_one(tmp_path, capsys):
+    """`accelerate launch -m expr prepare`: each process extracts every other video into its parts, the main process
+    assembles; the store equals a one-process run's, and a second launch finds nothing to do."""
+    args = prepare_on_one_process(tmp_path)
     cmd = accelerate_cmd() + [
         "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "expr", "prepare", *args,
@@ -137,12 +155,7 @@ def test_expr_prepare_on_two_processes_equals_one(tmp_path, capsys):
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    one, two = FrameStore(tmp_path / "one"), FrameStore(tmp_path / "two")
-    assert one.names == two.names and one.num_audio.tolist() == two.num_audio.tolist()
-    np.testing.assert_array_equal(one.visual, two.visual)
-    np.testing.assert_array_equal(one.audio, two.audio)
-    np.testing.assert_array_equal(one.labels, two.labels)
-    assert not (tmp_path / "two" / ".parts").exists()
+    assert_same_store(tmp_path / "one", tmp_path / "two")
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert again.returncode == 0 and "up to date" in again.stdout + again.stderr
 

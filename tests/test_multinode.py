@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT, accelerate_cmd
-from test_distributed import free_port, launch2
+from test_distributed import assert_same_store, free_port, launch2, prepare_on_one_process
 from test_train import SMALL, TRAIN, history
 
 pytestmark = pytest.mark.slow
@@ -116,32 +116,10 @@ def test_killing_machine_1_ends_machine_0_with_a_clear_error_and_both_resume(tmp
 def test_prepare_sharded_over_two_machines_equals_one_process(tmp_path):
     """`expr prepare` on machine 0 and machine 1: every process extracts its share of the videos into the shared
     output's parts, machine 0's main process assembles; the store equals a one-process run's."""
-    import numpy as np
-    import torch
-    from mediatree import affwild2_tree
-
-    from expr.data.store import FrameStore
-    from expr.prepare import main
-
-    root = tmp_path / "aw"
-    affwild2_tree(root)
-    tiny = "timm:vit_small_patch14_dinov2@random,img_size=28,depth=1,embed_dim=32,num_heads=2"
-    w2v = "hf:facebook/wav2vec2-base@random,num_hidden_layers=1"
-    args = ["affwild2", str(root), "--visual", f"v={tiny}", "--audio", f"a={w2v}", "--no-progress"]
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each launched process runs: the same float reductions, bit for bit
-    try:
-        assert main([*args, "--out", str(tmp_path / "one")]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    args = prepare_on_one_process(tmp_path)
     procs = machines([*args, "--out", str(tmp_path / "two")], entry=["-m", "expr", "prepare"], log_dir=tmp_path)
     assert wait_all(procs) == [0, 0], (tmp_path / "machine0.log").read_text()[-3000:]
-    one, two = FrameStore(tmp_path / "one"), FrameStore(tmp_path / "two")
-    assert one.names == two.names and one.num_audio.tolist() == two.num_audio.tolist()
-    np.testing.assert_array_equal(one.visual, two.visual)
-    np.testing.assert_array_equal(one.audio, two.audio)
-    np.testing.assert_array_equal(one.labels, two.labels)
-    assert not (tmp_path / "two" / ".parts").exists()
+    assert_same_store(tmp_path / "one", tmp_path / "two")
     logs = [(tmp_path / f"machine{r}.log").read_text() for r in (0, 1)]
     assert "extracted" in logs[1] and "train with --data.cache" not in logs[1]  # machine 1 extracted its share,
     assert "train with --data.cache" in logs[0]  # machine 0 assembled the store and said so
