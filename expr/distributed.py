@@ -101,8 +101,10 @@ def loss_scale(acc, optimizer) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-# What gloo and NCCL say when a process of the group is gone (killed, its machine down or unreachable).
-PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "nccl", "timed out", "timeout")
+# What gloo and NCCL say when a process of the group is gone (killed, its machine down or unreachable): its sockets
+# closed, the communicator aborted by the watchdog, or a collective that waited out the group's timeout.
+PEER_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe", "communicator was aborted",
+             "collective operation timeout", "timed out waiting")  # fmt: skip
 
 
 def peer_failure(exc: BaseException) -> str | None:

@@ -214,7 +214,9 @@ def test_a_lost_peer_is_recognised_only_in_a_multi_process_run(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert "Connection closed by peer" in peer_failure(gone)
     assert "NCCL" in peer_failure(RuntimeError("NCCL communicator was aborted on rank 1"))
+    assert "Timed out" in peer_failure(RuntimeError("[gloo/.../unbound_buffer.cc:81] Timed out waiting 1800000ms"))
     assert peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied")) is None
+    assert peer_failure(RuntimeError("DataLoader timed out after 5 seconds")) is None  # not a collective
     assert peer_failure(ValueError("Connection closed by peer")) is None
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert peer_failure(gone) is None  # one process: nobody else to lose
