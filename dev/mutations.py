@@ -360,6 +360,10 @@ MUTATIONS = [
     ("peer-lost", "a multi-process run that loses a process says so in one line (relaunch with --resume)",
      "expr/distributed.py", "any(s in text.lower() for s in PEER_LOST)", "any(s in text for s in PEER_LOST)",
      ["tests/test_distributed.py", "-k", "lost_peer"]),
+    ("remote-code", "a model folder that names its own code is refused in one line; its code never runs",
+     "expr/features/encoders.py", "    if asks:\n        raise EncoderError(",
+     "    if False:\n        raise EncoderError(",
+     ["tests/test_encoders.py", "-k", "own_code"]),
 ]  # fmt: skip
 
 

@@ -181,3 +181,27 @@ def test_unknown_models_and_missing_weights_are_one_line():
     assert "\n" not in str(err.value)
     with pytest.raises(EncoderError, match="random weights need the model's architecture"):
         load_audio_encoder(parse_spec("hf:someone/mystery-model@random"))
+
+
+@pytest.mark.parametrize("modality", ["visual", "audio"])
+def test_a_model_folder_with_its_own_code_is_refused_and_its_code_never_runs(tmp_path, modality):
+    """A `hf:` folder whose config.json names its own modelling code (auto_map): transformers would ask on the
+    terminal whether to run it; expr refuses in one line, and the folder's code never runs."""
+    import json
+
+    marker = tmp_path / "ran"
+    folder = tmp_path / "model"
+    folder.mkdir()
+    auto_map = {"AutoConfig": "configuration_x.XConfig", "AutoModel": "modeling_x.XModel"}
+    (folder / "config.json").write_text(json.dumps({"model_type": "xcustom", "auto_map": auto_map}))
+    code = f"open({str(marker)!r}, 'w').write('ran')\nfrom transformers import PretrainedConfig\n"
+    (folder / "configuration_x.py").write_text(code + "class XConfig(PretrainedConfig):\n    model_type = 'xcustom'\n")
+    (folder / "modeling_x.py").write_text(code)
+    load = load_image_encoder if modality == "visual" else load_audio_encoder
+    args = ("cpu", 4) if modality == "visual" else ("cpu",)
+    refused = r"never runs code that comes with a model folder \(trust_remote_code=False\)"
+    with pytest.raises(EncoderError, match=refused):
+        load(parse_spec(f"hf:{folder}", modality), *args)
+    with pytest.raises(EncoderError, match="trust_remote_code=False"):  # the same for @random (config only)
+        load(parse_spec(f"hf:{folder}@random", modality), *args)
+    assert not marker.exists()

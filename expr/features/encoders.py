@@ -21,6 +21,7 @@ state or range of hidden states that ``layer`` names.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 from collections.abc import Callable
@@ -239,14 +240,34 @@ def _hf_source(spec: EncoderSpec) -> tuple[str, bool]:
 
 def cached_first(load: Callable, source: str, offline: bool):
     """``load(source)`` from the local Hugging Face cache first (no network round trips, which take minutes to time
-    out on a machine without internet), then from the hub unless ``offline``."""
+    out on a machine without internet), then from the hub unless ``offline``. Never with the model's own code:
+    ``trust_remote_code=False`` (transformers then refuses a config that names its own modelling code instead of
+    asking on the terminal)."""
     with _quiet():
         try:
-            return load(source, local_files_only=True)
-        except Exception:  # noqa: BLE001 - not cached (the type differs between libraries and versions)
-            if offline:
+            return load(source, local_files_only=True, trust_remote_code=False)
+        except Exception as e:  # noqa: BLE001 - not cached (the type differs between libraries and versions)
+            if offline or "trust_remote_code" in str(e):
                 raise
-        return load(source)
+        return load(source, trust_remote_code=False)
+
+
+def refuse_remote_code(spec: EncoderSpec, source: str, local: bool, error: Exception | None = None) -> None:
+    """An ``EncoderError`` when the model's ``config.json`` names its own code (``auto_map``), read before anything
+    is loaded, or when transformers refused it (``error``): expr runs no code that comes with a model folder."""
+    asks = error is not None and "trust_remote_code" in str(error)
+    config = Path(source) / "config.json"
+    if not asks and local and config.is_file():
+        try:
+            asks = "auto_map" in json.loads(config.read_text())
+        except (ValueError, OSError):
+            asks = False  # a broken config.json: transformers says what is wrong with it
+    if asks:
+        raise EncoderError(
+            f"encoder '{spec}': the model's config.json names its own Python code (auto_map), and expr never runs "
+            f"code that comes with a model folder (trust_remote_code=False): use a model whose architecture "
+            f"transformers ships, or its weights converted to one"
+        )
 
 
 def hf_config(spec: EncoderSpec):
@@ -256,9 +277,11 @@ def hf_config(spec: EncoderSpec):
     import transformers
 
     source, local = _hf_source(spec)
+    refuse_remote_code(spec, source, local)
     try:
         config = cached_first(transformers.AutoConfig.from_pretrained, source, local or spec.random)
     except Exception as e:  # noqa: BLE001 - offline hub lookups fail in many ways
+        refuse_remote_code(spec, source, local, e)
         if not spec.random:
             raise unavailable(spec, e, f"huggingface-cli download {spec.model}") from None
         name = spec.model.lower()
