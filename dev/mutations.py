@@ -364,6 +364,18 @@ MUTATIONS = [
      "expr/features/encoders.py", "    if asks:\n        raise EncoderError(",
      "    if False:\n        raise EncoderError(",
      ["tests/test_encoders.py", "-k", "own_code"]),
+    ("resume-keeps-run", "a resume that would change the run (a shape, the schedule) is refused before anything runs",
+     "expr/train.py", "        if changes:  # refused before", "        if False:  # refused before",
+     ["tests/test_train.py", "-k", "stop_and_resume and epoch_end"]),
+    ("state-fallback", "a resume state that does not load falls back to the older kept one, with a warning",
+     "expr/checkpoint.py", "        if i + 1 == len(candidates):", "        if True:",
+     ["tests/test_train.py", "-k", "damaged_newest"]),
+    ("state-pointer", "states/latest.json may only name a state folder inside the run", "expr/checkpoint.py",
+     "if not isinstance(named, str) or Path(named).name != named", "if not isinstance(named, str)",
+     ["tests/test_train.py", "-k", "damaged_newest"]),
+    ("config-after-state", "a resumed run rewrites config.yaml only once its state has loaded", "expr/train.py",
+     "            if not self.resuming:\n                self.save_config()",
+     "            if True:\n                self.save_config()", ["tests/test_train.py", "-k", "damaged_newest"]),
 ]  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ import torch
 from expr.atomic import atomic_path, write_text
 from expr.config import ConfigError
 from expr.models.tuning import trainable_keys
+
+logger = logging.getLogger("expr.checkpoint")
 
 
 class CheckpointError(ValueError):
@@ -62,16 +65,34 @@ def save_progress(acc, run_dir: Path, progress: Progress, keep_last: int) -> Non
 
 def resume_progress(acc, run_dir: Path, steps_per_epoch: int) -> Progress:
     """Load the newest resume state of ``run_dir`` into ``acc``; the progress points at the next step to take (the
-    next epoch's first when the state was saved at an epoch's end). Called by all ranks."""
-    state, saved = latest_state(run_dir / "states", run_dir)
-    sums = saved.pop("epoch_sums_per_rank")
-    if len(sums) != acc.num_processes:  # before load_state, which fails obscurely on a mismatch
-        raise ConfigError(
-            f"--resume {run_dir}: the state was saved by {len(sums)} processes, this launch has "
-            f"{acc.num_processes}; resume with the same number of processes"
-        )
-    acc.load_state(str(state), **_partial_load(acc))
-    progress = Progress(**saved, epoch_sums=list(sums[acc.process_index]))
+    next epoch's first when the state was saved at an epoch's end). A state that does not load (damaged, cut short)
+    is skipped for the next older kept one, with a warning. Called by all ranks."""
+    from accelerate.utils import gather_object
+
+    candidates = kept_states(run_dir / "states", run_dir)
+    for i, state in enumerate(candidates):
+        error = None
+        try:
+            saved = json.loads((state / "progress.json").read_text())
+            sums = saved.pop("epoch_sums_per_rank")
+            if len(sums) != acc.num_processes:  # before load_state, which fails obscurely on a mismatch
+                raise ConfigError(
+                    f"--resume {run_dir}: the state was saved by {len(sums)} processes, this launch has "
+                    f"{acc.num_processes}; resume with the same number of processes"
+                )
+            acc.load_state(str(state), **_partial_load(acc))
+            progress = Progress(**saved, epoch_sums=list(sums[acc.process_index]))
+        except ConfigError:
+            raise
+        except Exception as e:  # noqa: BLE001 - a damaged state fails in many ways (JSON, safetensors, pickle)
+            error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+        errors = [e for e in gather_object([error]) if e]  # every rank moves on together
+        if not errors:
+            break
+        if i + 1 == len(candidates):
+            raise CheckpointError(f"--resume {run_dir}: no kept state loads (the oldest, {state.name}: {errors[0]})")
+        logger.warning("resume state %s does not load (%s): resuming from the older %s", state, errors[0],
+                       candidates[i + 1].name)  # fmt: skip
     if progress.step_in_epoch >= steps_per_epoch:  # saved at the end of an epoch
         progress.epoch, progress.step_in_epoch, progress.epoch_sums = progress.epoch + 1, 0, [0.0, 0.0]
     return progress
@@ -130,13 +151,26 @@ def _partial_load(acc) -> dict[str, Any]:
     return {"load_module_strict": False} if _deepspeed(acc) else {"strict": False}
 
 
-def latest_state(state_dir: Path, run_dir: Path) -> tuple[Path, dict[str, Any]]:
-    """(the newest state folder, its progress) of a run, for ``--resume``."""
+def kept_states(state_dir: Path, run_dir: Path) -> list[Path]:
+    """The run's kept resume states, newest first: the one ``latest.json`` names, then the other ``step*`` folders.
+    ``latest.json`` may only name a folder inside ``states/``; an unreadable one is passed over for the folders."""
     latest = state_dir / "latest.json"
-    if not latest.is_file():
+    folders = sorted((p for p in state_dir.glob("step*") if p.is_dir()), reverse=True)
+    if not latest.is_file() and not folders:
         raise ConfigError(f"--resume {run_dir}: no saved state found ({latest} is missing)")
-    state = state_dir / json.loads(latest.read_text())["state"]
-    return state, json.loads((state / "progress.json").read_text())
+    named = None
+    try:
+        named = json.loads(latest.read_text())["state"]
+    except (OSError, ValueError, KeyError, TypeError):
+        logger.warning("%s is unreadable: resuming from the newest kept state folder", latest)
+    if named is not None:
+        if not isinstance(named, str) or Path(named).name != named or named in (".", "..") or not named.strip():
+            raise ConfigError(
+                f"--resume {run_dir}: {latest} names {named!r}, which is not a state folder of this run "
+                f"(states/stepNNNNNNNN); delete {latest} to resume from the newest kept state"
+            )
+        folders = [state_dir / named] + [p for p in folders if p.name != named]
+    return folders
 
 
 def head_state_dict(state_dir: str | Path) -> dict[str, torch.Tensor]:

@@ -338,6 +338,26 @@ class Config:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+# What a resume may change: where the data is read from and how the run is run, logged and checkpointed. Everything
+# else (the model's shapes, the data, the loss, the schedule, evaluation) is the run being continued.
+RESUME_MAY_CHANGE = frozenset({
+    "data.cache", "data.in_memory", "data.num_workers", "train.output_dir", "train.log_with", "train.log_every_steps",
+    "train.checkpoint_every_steps", "train.keep_last_states", "train.cpu_threads", "train.stop_after_steps",
+})  # fmt: skip
+
+
+def resume_changes(saved: Config, new: Config) -> list[str]:
+    """``key: old -> new`` for each setting a resume would change that a resumed run must keep (``RESUME_MAY_CHANGE``
+    lists those it may change)."""
+    old, now = saved.to_dict(), new.to_dict()
+    return [
+        f"{section}.{key}: {old[section].get(key)!r} -> {value!r}"
+        for section, values in now.items()
+        for key, value in values.items()
+        if f"{section}.{key}" not in RESUME_MAY_CHANGE and old[section].get(key) != value
+    ]
+
+
 # The demo preset: the built-in demo data is small and must train in minutes on a laptop CPU, so it uses a
 # larger learning rate and fewer epochs than the paper. Everything else stays at the paper's values.
 PRESETS: dict[str, dict[str, Any]] = {

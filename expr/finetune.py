@@ -75,8 +75,8 @@ class FinetuneTrainer(Trainer):
         self.tuning = Tuning.image(cfg.finetune)
         model, self.encoder = build_frame_classifier(self.spec, self.tuning, cfg.num_classes, cfg.finetune.dropout)
         self.data = self._frames(store, self.encoder.to_batch)
-        if acc.is_main_process:
-            cfg.save(self.run_dir / "config.yaml")
+        if acc.is_main_process and not self.resuming:
+            self.save_config()
         enc_lr = (cfg.finetune.lr or cfg.train.lr) / cfg.train.lr  # as a factor of the (scaled) head lr
 
         def groups(lr: float) -> list[dict]:

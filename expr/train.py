@@ -40,7 +40,7 @@ if not torch.cuda.is_available():  # DeepSpeed picks its accelerator when first 
 from accelerate.logging import get_logger
 
 from expr.atomic import write_text
-from expr.checkpoint import Progress, resume_progress, save_head, save_progress
+from expr.checkpoint import CheckpointError, Progress, resume_progress, save_head, save_progress
 from expr.config import (
     Config,
     ConfigError,
@@ -49,6 +49,7 @@ from expr.config import (
     load_yaml,
     options_help,
     parse_cli,
+    resume_changes,
     selection_metric,
     validate,
 )
@@ -144,6 +145,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         acc.wait_for_everyone()
         set_seed(cfg.train.seed)
+        self.resuming = bool(resume_dir)  # config.yaml is then rewritten only once the state has loaded
         self._setup()
         if trackers:
             acc.init_trackers("expr", config=_flat_config(cfg))
@@ -151,6 +153,7 @@ class Trainer:
         if resume_dir:
             if acc.is_main_process:  # rows written after the state was saved belong to work that will be redone
                 write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in p.history))
+                self.save_config()
             logger.info("resumed %s at epoch %d, step %d", run_dir, p.epoch + 1, p.step_in_epoch)
         self.start_epoch, self.skip_steps = p.epoch, p.step_in_epoch
 
@@ -162,7 +165,8 @@ class Trainer:
         with acc.main_process_first():  # the main process caches the prompts' text embeddings first
             self.criterion = Criterion.for_store(self.store, cfg)
         if acc.is_main_process:  # the store has set the head's input widths
-            cfg.save(self.run_dir / "config.yaml")
+            if not self.resuming:
+                self.save_config()
             record = split_record(self.store, self.data.train_set, self.data.val_set)
             write_text(self.run_dir / "videos.json", json.dumps(record, indent=2))
             crossing = self.store.crossing_videos(cfg.train.tasks)
@@ -265,6 +269,10 @@ class Trainer:
             write_best(self.run_dir, state, info, rows, probs, self.store.labels[rows], self.last_task_frames.get("va"))
             if encoders is not None:
                 save_head(encoders, self.run_dir / "best" / TUNED_ENCODERS)
+
+    def save_config(self) -> None:
+        """``config.yaml``: the resolved config (written once a resumed run's state has loaded, never before)."""
+        self.cfg.save(self.run_dir / "config.yaml")
 
     def target_coverage(self) -> dict[str, float]:
         """Per task: the labelled training frames that were a target at least once in the epochs trained."""
@@ -471,13 +479,22 @@ def config_from_argv(argv: list[str], default_preset: str | None = None) -> tupl
         saved = Path(resume) / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"--resume {resume}: not a run directory ({saved} is missing)")
-        cfg = Config()
-        apply_dict(cfg, load_yaml(saved), str(saved))
+        cfg, recorded = Config(), Config()
+        for c in (cfg, recorded):
+            apply_dict(c, load_yaml(saved), str(saved))
         cfg.train.stop_after_steps = 0  # a simulated kill is not part of the run to continue
         for f in files:
             apply_dict(cfg, load_yaml(f), f)
         apply_dict(cfg, overrides, "command line")
         validate(cfg)
+        validate(recorded)
+        changes = resume_changes(recorded, cfg)
+        if changes:  # refused before anything is built or written: the run stays as it was
+            raise ConfigError(
+                f"--resume {resume} would change what the run is ({'; '.join(changes)}): a resumed run keeps its "
+                f"model, data, loss, schedule and evaluation. Resume without these options, or start a new run "
+                f"(another --train.output_dir) to change them"
+            )
         return cfg, resume
     return build_config(overrides, files, preset or default_preset), None
 
@@ -517,7 +534,7 @@ def launch(argv: list[str], trainer: type[Trainer], default_preset: str | None =
         run = trainer(cfg, resume_dir=resume)
         result = run.fit()
         is_main = PartialState().is_main_process
-    except (ConfigError, StoreError, BackboneError, EncoderError, SpecError, TuningError) as e:
+    except (ConfigError, StoreError, BackboneError, EncoderError, SpecError, TuningError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2, None
     except RuntimeError as e:

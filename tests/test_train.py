@@ -132,6 +132,15 @@ def test_stop_and_resume_in_process_with_accumulation(tmp_path, small_store, whe
     cfg, _ = config_from_argv(args + ["--train.output_dir", str(tmp_path / "b")])
     with pytest.raises(ConfigError, match="--resume"):
         run(cfg)
+    # A resume that would change what the run is (a shape, the schedule) is refused before anything is written; one
+    # that changes how it runs (logging) is not.
+    files = {f: f.read_bytes() for f in (tmp_path / "b").rglob("*") if f.is_file()}
+    for change, said in [("--model.dim", "model.dim: 512 -> 128"), ("--train.epochs", "train.epochs: 2 -> 3")]:
+        value = said.rsplit(" ", 1)[1]
+        with pytest.raises(ConfigError, match=f"would change what the run is \\({said}\\)"):
+            config_from_argv(["--resume", str(tmp_path / "b"), change, value])
+    assert {f: f.read_bytes() for f in (tmp_path / "b").rglob("*") if f.is_file()} == files
+    assert config_from_argv(["--resume", str(tmp_path / "b"), "--train.log_every_steps", "5"])[1] == str(tmp_path / "b")
 
 
 def _train_windows(cfg):
@@ -327,3 +336,31 @@ def test_quickstart_demo_run_reaches_the_bar(tmp_path):
     head.load_state_dict(load_file(run_dir / "best" / "model.safetensors"))
     info = json.loads((run_dir / "best" / "head.json").read_text())
     assert info["val/macro_f1"] == pytest.approx(best)
+
+
+def test_a_damaged_newest_state_falls_back_to_the_older_one_and_pointers_stay_in_the_run(tmp_path, small_store,
+                                                                                      caplog):  # fmt: skip
+    from expr.config import ConfigError
+    from expr.train import config_from_argv, run
+
+    args = SMALL + ["--train.log_with", "none", "--train.epochs", "1", "--train.checkpoint_every_steps", "2"]
+    run(config_from_argv(args + ["--train.output_dir", str(tmp_path / "ref")])[0])
+    b = tmp_path / "b"
+    run(config_from_argv(args + ["--train.output_dir", str(b), "--train.stop_after_steps", "4"])[0])
+    states = sorted(p.name for p in (b / "states").glob("step*"))
+    assert states == ["step00000002", "step00000004"]
+    weights = b / "states" / "step00000004" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # cut short, as by a full disk
+    config = (b / "config.yaml").read_bytes()
+    # latest.json may name only a state folder of this run
+    latest = b / "states" / "latest.json"
+    saved = latest.read_text()
+    latest.write_text('{"state": "../../elsewhere"}')
+    with pytest.raises(ConfigError, match="not a state folder of this run"):
+        run(*config_from_argv(["--resume", str(b)]))
+    assert (b / "config.yaml").read_bytes() == config  # a resume that fails writes nothing (stop_after_steps stays)
+    latest.write_text(saved)
+    with caplog.at_level("WARNING", logger="expr.checkpoint"):
+        second = run(*config_from_argv(["--resume", str(b)]))
+    assert "step00000004 does not load" in caplog.text and "resuming from the older step00000002" in caplog.text
+    assert second["completed"] and history(b) == history(tmp_path / "ref")  # steps 3-4 redone: the same run
