@@ -376,6 +376,9 @@ MUTATIONS = [
     ("config-after-state", "a resumed run rewrites config.yaml only once its state has loaded", "expr/train.py",
      "            if not self.resuming:\n                self.save_config()",
      "            if True:\n                self.save_config()", ["tests/test_train.py", "-k", "damaged_newest"]),
+    ("run-lock", "a run directory has one writer: a second training or resume into a live run is refused",
+     "expr/locks.py", "            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "            pass",
+     ["tests/test_train.py", "-k", "one_writer"]),
 ]  # fmt: skip
 
 

@@ -71,6 +71,7 @@ from expr.features.encoders import EncoderError
 from expr.features.spec import SpecError
 from expr.inference import mirrored, validation_metrics
 from expr.loaders import build_run_data, split_record
+from expr.locks import FolderLock, LockedError
 from expr.models.fusion import FusionHead, count_parameters
 from expr.models.online import OnlineModel
 from expr.models.tuning import TuningError, trainable_keys
@@ -141,8 +142,10 @@ class Trainer:
         self.run_dir = Path(run_dir)
         acc.project_configuration.logging_dir = str(self.run_dir / "logs")
         cfg.train.output_dir = str(self.run_dir)
-        if acc.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = None
+        if acc.is_main_process:  # one writer per run directory, for as long as this run trains
+            hint = f"wait for it to finish (--resume {self.run_dir} then continues it), or choose another directory"
+            self.lock = FolderLock(self.run_dir, "run", hint).acquire()
         acc.wait_for_everyone()
         set_seed(cfg.train.seed)
         self.resuming = bool(resume_dir)  # config.yaml is then rewritten only once the state has loaded
@@ -407,7 +410,18 @@ class Trainer:
         bar.close()
         return False
 
+    def close(self) -> None:
+        """Let go of the run directory (its lock); :meth:`fit` does this when it returns."""
+        if self.lock is not None:
+            self.lock.release()
+
     def fit(self) -> dict[str, Any]:
+        try:
+            return self._fit()
+        finally:
+            self.close()
+
+    def _fit(self) -> dict[str, Any]:
         cfg, acc, p = self.cfg, self.accelerator, self.progress
         stopped = False
         for epoch in range(self.start_epoch, cfg.train.epochs):
@@ -534,7 +548,16 @@ def launch(argv: list[str], trainer: type[Trainer], default_preset: str | None =
         run = trainer(cfg, resume_dir=resume)
         result = run.fit()
         is_main = PartialState().is_main_process
-    except (ConfigError, StoreError, BackboneError, EncoderError, SpecError, TuningError, CheckpointError) as e:
+    except (
+        ConfigError,
+        StoreError,
+        BackboneError,
+        EncoderError,
+        SpecError,
+        TuningError,
+        CheckpointError,
+        LockedError,
+    ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2, None
     except RuntimeError as e:
@@ -546,6 +569,8 @@ def launch(argv: list[str], trainer: type[Trainer], default_preset: str | None =
               f"{where}: relaunch every machine with --resume {where}", file=sys.stderr)  # fmt: skip
         return 1, None
     finally:
+        if run is not None:
+            run.close()
         leave_process_group()  # entry point only: run() may be called again
     return 0, result if is_main else None
 

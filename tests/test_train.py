@@ -364,3 +364,24 @@ def test_a_damaged_newest_state_falls_back_to_the_older_one_and_pointers_stay_in
         second = run(*config_from_argv(["--resume", str(b)]))
     assert "step00000004 does not load" in caplog.text and "resuming from the older step00000002" in caplog.text
     assert second["completed"] and history(b) == history(tmp_path / "ref")  # steps 3-4 redone: the same run
+
+
+def test_a_run_directory_has_one_writer(tmp_path, small_store):
+    """A second training (or a resume) into a run directory that a live process writes is refused naming that
+    process; the lock goes with its holder, so a finished or killed run never blocks the next command."""
+    from expr.locks import FolderLock, LockedError
+    from expr.train import config_from_argv, run
+
+    args = SMALL + ["--train.log_with", "none", "--train.epochs", "1", "--train.output_dir", str(tmp_path / "r")]
+    holder = FolderLock(tmp_path / "r", "run").acquire()  # as a training that has just started would hold it
+    with pytest.raises(LockedError, match=rf"being written by pid {os.getpid()} on host .* \(.*\.lock\)"):
+        run(config_from_argv(args)[0])
+    assert not (tmp_path / "r" / "config.yaml").exists()  # refused before writing anything
+    holder.release()
+    assert run(config_from_argv(args)[0])["completed"]  # released by fit: the same process can go on
+    assert run(*config_from_argv(["--resume", str(tmp_path / "r")]))["completed"]
+    hold = f"FolderLock({str(tmp_path / 'k')!r}, 'run').acquire()"
+    code = f"from expr.locks import FolderLock; import os; {hold}; os._exit(9)"
+    killed = subprocess.run([sys.executable, "-c", code], cwd=ROOT)
+    assert killed.returncode == 9
+    FolderLock(tmp_path / "k", "run").acquire().release()  # a holder that died holds nothing

@@ -1,0 +1,61 @@
+"""One writer at a time: an exclusive lock on a folder that a command writes (a run directory, a store being
+prepared), held for as long as the command writes it.
+
+The lock is ``flock`` on ``FOLDER/.lock``: the kernel releases it when the holder's process ends, however it ends
+(a kill, a crash), so a stale lock never blocks the next run. The file also says who holds it (pid, host, since
+when), for the message a second writer gets.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import time
+from pathlib import Path
+
+
+class LockedError(RuntimeError):
+    """Another process writes this folder now."""
+
+
+class FolderLock:
+    """``with FolderLock(folder, "training run"):`` or ``lock = FolderLock(...).acquire()`` ... ``lock.release()``."""
+
+    def __init__(self, folder: str | Path, what: str, hint: str = "wait for it to finish, or stop it"):
+        self.folder, self.what, self.hint = Path(folder), what, hint
+        self.path = self.folder / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> FolderLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise LockedError(
+                f"{self.folder}: this {self.what} is being written by {holder} ({self.path}); {self.hint}. Two "
+                f"writers at once would mix their files"
+            ) from None
+        os.ftruncate(fd, 0)
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {when}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> FolderLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+__all__ = ["FolderLock", "LockedError"]
