@@ -379,6 +379,9 @@ MUTATIONS = [
     ("run-lock", "a run directory has one writer: a second training or resume into a live run is refused",
      "expr/locks.py", "            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "            pass",
      ["tests/test_train.py", "-k", "one_writer"]),
+    ("store-lock", "one expr prepare per store at a time: a second one is refused naming the first",
+     "expr/prepare.py", "        lock.acquire()\n", "        pass\n",
+     ["tests/test_prepare.py", "-k", "one_preparation"]),
 ]  # fmt: skip
 
 

@@ -22,13 +22,15 @@ class LockedError(RuntimeError):
 class FolderLock:
     """``with FolderLock(folder, "training run"):`` or ``lock = FolderLock(...).acquire()`` ... ``lock.release()``."""
 
-    def __init__(self, folder: str | Path, what: str, hint: str = "wait for it to finish, or stop it"):
+    def __init__(self, folder: str | Path, what: str, hint: str = "wait for it to finish, or stop it", beside=False):
+        """``beside``: the lock file is ``.NAME.lock`` next to the folder (for a folder that is replaced whole, as a
+        store is when it is assembled), not ``FOLDER/.lock``."""
         self.folder, self.what, self.hint = Path(folder), what, hint
-        self.path = self.folder / ".lock"
+        self.path = self.folder.with_name(f".{self.folder.name}.lock") if beside else self.folder / ".lock"
         self._fd: int | None = None
 
     def acquire(self) -> FolderLock:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

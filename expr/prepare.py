@@ -68,6 +68,7 @@ from expr.features.backbones import (
 )
 from expr.features.encoders import EncoderError
 from expr.features.spec import EncoderSpec, SpecError, parse_named, parse_spec
+from expr.locks import FolderLock, LockedError
 from expr.options import parse_options, positional
 
 logger = logging.getLogger("expr.prepare")
@@ -446,6 +447,20 @@ def prepare(
         raise PrepareError(f"video names appear twice: {', '.join(dup[:10])}")
     staging = out.with_name(out.name + ".assembling")
     job = Job.current(backbones)
+    lock = None
+    if job.rank == 0:  # one preparation of a store at a time (they would share its parts and staging folder)
+        lock = FolderLock(out, "store", "wait for that expr prepare to finish, then run this one", beside=True)
+        lock.acquire()
+    try:
+        return _prepare(items, out, staging, job, backbones, classes, prompt_template, source, workers, progress,
+                        stop_after, media)  # fmt: skip
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _prepare(items, out, staging, job, backbones, classes, prompt_template, source, workers, progress, stop_after,
+             media) -> dict[str, Any]:  # fmt: skip
     if job.rank == 0:
         if (staging / "store.json").is_file():  # killed while moving the assembled store into place
             logger.info("finishing the interrupted assembly of %s", out)
@@ -993,6 +1008,7 @@ def main(argv: list[str] | None = None) -> int:
         SpecError,
         PrepareError,
         StoreError,
+        LockedError,
         OSError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)

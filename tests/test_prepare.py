@@ -263,6 +263,23 @@ def test_interrupted_extraction_resumes_without_redoing_finished_videos(tree, pr
         prepare(items, out, other, classes, progress=False)
 
 
+def test_a_store_has_one_preparation_at_a_time(tree, tmp_path):
+    """Two `expr prepare` on one --out would share its parts and staging folder: the second is refused naming the
+    first, before it extracts anything; once the first is gone, the store can be prepared."""
+    from expr.locks import FolderLock, LockedError
+
+    root, _ = tree
+    items, source, classes = affwild2_items(root)
+    out = tmp_path / "store"
+    first = FolderLock(out, "store", beside=True).acquire()  # as a running expr prepare holds it
+    with pytest.raises(LockedError, match=r"this store is being written by pid \d+ on host"):
+        prepare(items, out, small_backbones(), classes, source=source, progress=False)
+    assert not out.exists()
+    first.release()
+    prepare(items[:2], out, small_backbones(), classes, source=source, progress=False)
+    assert (out / "store.json").is_file()
+
+
 def test_malformed_annotation_stops_before_any_extraction_naming_file_and_line(tmp_path, capsys):
     from expr.prepare import main
 
