@@ -382,6 +382,8 @@ MUTATIONS = [
     ("store-lock", "one expr prepare per store at a time: a second one is refused naming the first",
      "expr/prepare.py", "        lock.acquire()\n", "        pass\n",
      ["tests/test_prepare.py", "-k", "one_preparation"]),
+    ("config-bounds", "a config beyond sane bounds (widths, window, heads, batch) is refused before anything is built",
+     "expr/config.py", "(1 <= w <= MAX_WIDTH, key,", "(1 <= w, key,", ["tests/test_config.py", "-k", "sane_bounds"]),
 ]  # fmt: skip
 
 

@@ -324,7 +324,10 @@ class Config:
         ``values``, validated; no preset (the values already carry it). Errors name ``source``."""
         cfg = cls()
         apply_dict(cfg, values, source)
-        validate(cfg)
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
         return cfg
 
     @property
@@ -592,8 +595,33 @@ def selection_metric(cfg: Config) -> str:
     return TASK_SCORES[cfg.train.tasks[0]] if len(cfg.train.tasks) == 1 else "val/score"
 
 
+# Sane bounds: far beyond any model or run expr is for, far below what would exhaust a machine while building it. A
+# run folder's config.yaml (or an export's config.json) is checked against them before anything is built.
+MAX_WIDTH, MAX_WINDOW, MAX_BLOCKS, MAX_BATCH, MAX_EPOCHS = 16_384, 10_000, 64, 65_536, 100_000
+
+
+def _bounds(cfg: Config) -> list[tuple[bool, str, str]]:
+    m = cfg.model
+    widths = [("model.dim", m.dim), ("model.visual_dim", m.visual_dim), ("model.audio_dim", m.audio_dim),
+              ("model.text_dim", m.text_dim)] + [("model.mlp_hidden", w) for w in m.mlp_hidden]  # fmt: skip
+    checks = [(1 <= w <= MAX_WIDTH, key, f"must be in 1 .. {MAX_WIDTH:,} (it is {w:,})") for key, w in widths]
+    return checks + [
+        (cfg.data.window <= MAX_WINDOW, "data.window", f"must be at most {MAX_WINDOW:,} frames"),
+        (m.tcn_blocks <= MAX_BLOCKS, "model.tcn_blocks", f"must be at most {MAX_BLOCKS}"),
+        (1 <= m.tcn_kernel <= MAX_BLOCKS, "model.tcn_kernel", f"must be in 1 .. {MAX_BLOCKS}"),
+        (1 <= m.heads <= MAX_BLOCKS, "model.heads", f"must be in 1 .. {MAX_BLOCKS}"),
+        (cfg.train.batch_size <= MAX_BATCH, "train.batch_size", f"must be at most {MAX_BATCH:,}"),
+        (cfg.train.epochs <= MAX_EPOCHS, "train.epochs", f"must be at most {MAX_EPOCHS:,}"),
+        (cfg.finetune.lora_rank <= MAX_WIDTH, "finetune.lora_rank", f"must be at most {MAX_WIDTH:,}"),
+    ]
+
+
 def validate(cfg: Config) -> None:
-    """Cross-field checks that a type alone cannot express."""
+    """Sane bounds (``_bounds``, first: the other checks divide by some of them), then cross-field checks that a type
+    alone cannot express."""
+    for ok, key, msg in _bounds(cfg):
+        if not ok:
+            raise ConfigError(f"config key '{key}': {msg}")
     checks = [
         (cfg.data.window >= 1, "data.window", "must be at least 1"),
         (cfg.data.stride is None or cfg.data.stride >= 1, "data.stride", "must be at least 1"),

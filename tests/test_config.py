@@ -150,3 +150,26 @@ def test_test_time_flips_are_refused_in_cached_mode_with_the_alternative():
     with pytest.raises(ConfigError, match="eval.flip.*flip=1"):
         build_config({"eval.flip": True})
     assert build_config({"eval.flip": True, "data.mode": "online"}).eval.flip
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("model.dim", 1 << 24), ("model.mlp_hidden", [512, 1 << 30]), ("data.window", 10**7), ("model.heads", 0),
+     ("model.visual_dim", 0), ("train.batch_size", 10**9), ("model.tcn_blocks", 10_000)],
+)  # fmt: skip
+def test_a_run_folders_config_beyond_sane_bounds_is_refused_before_anything_is_built(tmp_path, key, value):
+    """A crafted or damaged config.yaml (huge widths or windows would ask for terabytes while the model is built) is
+    refused naming the file and the key, before any model exists."""
+    import yaml
+
+    from expr.runs import load_run
+
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    values = Config().to_dict()
+    section, name = key.split(".")
+    values[section][name] = value
+    (run / "config.yaml").write_text(yaml.safe_dump(values))
+    (run / "best" / "model.safetensors").write_bytes(b"not read: the config is refused first")
+    with pytest.raises(ConfigError, match=rf"{run / 'config.yaml'}: config key '{key}': must be"):
+        load_run(run)
