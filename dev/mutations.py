@@ -384,6 +384,10 @@ MUTATIONS = [
      ["tests/test_prepare.py", "-k", "one_preparation"]),
     ("config-bounds", "a config beyond sane bounds (widths, window, heads, batch) is refused before anything is built",
      "expr/config.py", "(1 <= w <= MAX_WIDTH, key,", "(1 <= w, key,", ["tests/test_config.py", "-k", "sane_bounds"]),
+    ("example-frame-zero", "an example line naming frame 0 is refused by name (frames count from 00001.jpg)",
+     "expr/submit.py", "        if int(stem) < 1:", "        if False:", ["tests/test_submit.py", "-k", "frame_zero"]),
+    ("example-trained", "an example naming the store's train or validation videos is warned about", "expr/submit.py",
+     "    if trained:\n", "    if False:\n", ["tests/test_submit.py", "-k", "training_videos"]),
 ]  # fmt: skip
 
 

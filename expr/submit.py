@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -65,6 +65,7 @@ TASK_COLUMNS = {"va": ("valence", "arousal"), "au": AU_NAMES}
 class Example:
     header: list[str]
     lines: list[tuple[str, int]]  # (video, 1-based frame number), in file order
+    warnings: list[str] = field(default_factory=list)  # what the file holds that a test example should not
 
     def videos(self) -> list[str]:
         return list(dict.fromkeys(v for v, _ in self.lines))
@@ -82,7 +83,7 @@ def read_example(path: str | Path, classes=ABAW_CLASSES) -> Example:
     expected = ["image_location", *classes]
     if header != expected:
         raise SubmissionError(f"{path}:1: header {','.join(header)} is not {','.join(expected)}")
-    lines = []
+    lines, first_seen, repeats = [], {}, []
     for n, row in enumerate(rows[1:], start=2):
         if not row or not row[0].strip():
             continue
@@ -91,8 +92,17 @@ def read_example(path: str | Path, classes=ABAW_CLASSES) -> Example:
         stem = image.rsplit(".", 1)[0]
         if not video or not stem.isdigit():
             raise SubmissionError(f"{path}:{n}: image_location {loc!r} is not <video>/<nnnnn>.jpg")
+        if int(stem) < 1:
+            raise SubmissionError(f"{path}:{n}: image_location {loc!r} names frame 0: the challenge numbers a "
+                                  f"video's frames from 00001.jpg; is this file the challenge's example?")  # fmt: skip
+        if (video, int(stem)) in first_seen:
+            repeats.append(f"{path}:{n} repeats line {first_seen[video, int(stem)]} ({loc})")
+        first_seen.setdefault((video, int(stem)), n)
         lines.append((video, int(stem)))
-    return Example(header, lines)
+    warnings = []
+    if repeats:
+        warnings.append(f"{len(repeats)} lines repeat an earlier one (each gets the same prediction): {repeats[0]}")
+    return Example(header, lines, warnings)
 
 
 def frame_values(run_dir, cache, videos: list[str], task: str, device="auto", overrides=None) -> dict[str, np.ndarray]:
@@ -165,7 +175,13 @@ def example_store(cfg, videos: list[str]):
             f"{len(missing)} videos of the example are not in {store.path}: {', '.join(missing[:8])}. Prepare them "
             f"with `expr prepare ... --test-names FILE --out {store.path}`"
         )
-    return store, np.array([store.names.index(v) for v in videos], np.int64)
+    index = np.array([store.names.index(v) for v in videos], np.int64)
+    trained = [store.names[i] for i in index if store.splits[i] in ("train", "validation")]
+    if trained:
+        print(f"warning: {len(trained)} videos of the example are in the train or validation split of {store.path}, "
+              f"not its test split (first: {trained[0]}): a test example names test videos; is --example the right "
+              f"file?", file=sys.stderr)  # fmt: skip
+    return store, index
 
 
 def frame_labels(
@@ -326,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.task != "au" and args.au_thresholds != "fixed":
             raise SubmissionError(f"--au-thresholds is for --task au, not --task {args.task}")
         example = read_example(args.example, TASK_COLUMNS.get(args.task, cfg.data.classes))
+        for warning in example.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
         if args.task == "expr":
             labels = frame_labels(
                 args.run_dir, args.cache, example.videos(), args.smoothing, args.width, args.device, overrides

@@ -37,6 +37,20 @@ def test_a_malformed_example_line_is_named(tmp_path):
         read_example(ex)
 
 
+def test_frame_zero_is_refused_and_repeated_lines_are_warned_about(tmp_path):
+    """The challenge numbers frames from 00001.jpg: a line naming 00000.jpg would silently get the last frame's
+    label (index -1), so it is refused by name; a line repeated is kept (the example decides) but said."""
+    ex = tmp_path / "example.csv"
+    ex.write_text(HEADER + "\nvid/00001.jpg,0\nvid/00000.jpg,0\n")
+    with pytest.raises(SubmissionError, match=r"example.csv:3: image_location 'vid/00000.jpg' names frame 0"):
+        read_example(ex)
+    ex.write_text(HEADER + "\nvid/00001.jpg,0\nvid/00002.jpg,0\nvid/00001.jpg,0\n")
+    example = read_example(ex)
+    assert len(example.lines) == 3
+    assert example.warnings == [f"1 lines repeat an earlier one (each gets the same prediction): {ex}:4 repeats line "
+                                "2 (vid/00001.jpg)"]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def test_store(tmp_path_factory):
     """Two demo videos prepared as the test split (no labels), one with a run of missing faces."""
@@ -84,6 +98,19 @@ def test_the_validator_catches_order_missing_lines_and_bad_labels(tmp_path):
     assert any("2 frame lines, the example has 3" in p for p in problems)
     assert any("bad.csv:2" in p and "v/00001.jpg" in p for p in problems)  # order
     assert any("label '9'" in p for p in problems)
+
+
+def test_an_example_naming_training_videos_is_warned_about(small_run, small_store, tmp_path, capsys):
+    from expr.data.store import FrameStore
+
+    store = FrameStore(small_store)
+    train = store.names[int(store.videos_in("train")[0])]
+    ex = tmp_path / "example.csv"
+    ex.write_text(HEADER + f"\n{train}/00001.jpg,0\n{train}/00002.jpg,0\n")
+    args = [small_run["run_dir"], "--cache", str(small_store), "--example", str(ex), "--out", str(tmp_path / "p.csv")]
+    assert main(args) == 0  # it may be deliberate (a dry run on known videos): a warning, not a refusal
+    err = capsys.readouterr().err
+    assert f"1 videos of the example are in the train or validation split of {small_store}" in err and train in err
 
 
 def test_videos_missing_from_the_cache_are_named(small_run, test_store, tmp_path, capsys):
