@@ -388,6 +388,15 @@ MUTATIONS = [
      "expr/submit.py", "        if int(stem) < 1:", "        if False:", ["tests/test_submit.py", "-k", "frame_zero"]),
     ("example-trained", "an example naming the store's train or validation videos is warned about", "expr/submit.py",
      "    if trained:\n", "    if False:\n", ["tests/test_submit.py", "-k", "training_videos"]),
+    ("store-rows", "a store whose record does not match its data (a set's width, audio counts) is refused on opening",
+     "expr/data/store.py", "            if len(array) != n:", "            if False:",
+     ["tests/test_store_info.py", "-k", "does_not_match"]),
+    ("store-labels", "a store's labels are classes or -1, checked on opening", "expr/data/store.py",
+     "bad = np.flatnonzero((self.labels < -1) | (self.labels >= len(self.classes)))",
+     "bad = np.flatnonzero(self.labels < -1)", ["tests/test_store_info.py", "-k", "outside_the_classes"]),
+    ("verify-first", "--verify compares sizes and checksums before it parses anything", "expr/store_info.py",
+     "        if args.verify:  # sizes and checksums first", "        if False:  # sizes and checksums first",
+     ["tests/test_store_info.py", "-k", "before_reading_any"]),
 ]  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from expr.data.store import FrameStore, StoreError, problem_lines, verify_files
+from expr.data.store import FrameStore, StoreError, problem_lines, read_header, verify_files
 from expr.options import parse_options, positional
 
 
@@ -79,13 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     doc = __doc__.split("\n\n")[0]
     args, _ = parse_options(StoreInfoOptions, argv[1:], "expr store info", "store", doc, config_keys=False)
     try:
+        if args.verify:  # sizes and checksums first: the damage --verify exists to report must not stop it
+            header = Path(args.store) / "store.json"
+            if not header.is_file():
+                raise StoreError(f"{args.store}: not a feature store (no store.json). Create one with `expr prepare`.")
+            meta = read_header(header)
+            problems = verify_files(Path(args.store), meta)
+            if problems:
+                print(f"damaged store ({len(problems)} of {len(meta.get('files', {}))} recorded files):\n  "
+                      + "\n  ".join(problems), file=sys.stderr)  # fmt: skip
+                return 1
+            if not meta.get("files"):
+                print(f"error: {header} records no data files, so nothing can be verified", file=sys.stderr)
+                return 1
         store = FrameStore(args.store)
         print(describe(store))
         if args.verify:
-            problems = verify_files(Path(args.store), store.meta)
-            if problems:
-                print("damaged store:\n  " + "\n  ".join(problems), file=sys.stderr)
-                return 1
             print(f"  verified: every data file matches its recorded size and SHA-256 ({len(store.meta['files'])})")
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)

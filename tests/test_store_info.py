@@ -21,7 +21,7 @@ def test_info_lists_sets_videos_and_files(store, capsys):
     out = capsys.readouterr().out
     assert "format 2" in out and "videos: 4" in out
     assert "clip" in out and "visual" in out and "512" in out and "wav2vec2" in out and "768" in out
-    assert "defaults: visual clip, audio wav2vec2" in out and "data files: 4" in out
+    assert "defaults: visual clip, audio wav2vec2" in out and "data files: 12" in out  # 4 tables + their 8 records
 
 
 def test_a_truncated_data_file_is_named_when_the_store_opens(store):
@@ -57,5 +57,65 @@ def test_header_records_every_data_file(store):
     assert not any(f.startswith("windows") for f in data_files(store))
     files = json.loads((store / "store.json").read_text())["files"]
     arrow = {str(p.relative_to(store)) for p in store.rglob("*.arrow") if p.parts[-3] != "windows"}
-    assert set(files) == arrow and {"sets/clip/data-00000-of-00001.arrow", "frames/data-00000-of-00001.arrow"} <= arrow
+    records = {str(p.relative_to(store)) for p in store.rglob("*.json") if p.name != "store.json"}
+    assert set(files) == arrow | records  # the tables and the records that datasets reads them with
+    assert {"sets/clip/data-00000-of-00001.arrow", "frames/data-00000-of-00001.arrow"} <= arrow
+    assert {"frames/state.json", "sets/clip/dataset_info.json"} <= records
     assert all(len(v["sha256"]) == 64 and v["bytes"] == (store / f).stat().st_size for f, v in files.items())
+
+
+def _edit_header(store, edit) -> None:
+    header = json.loads((store / "store.json").read_text())
+    edit(header)
+    (store / "store.json").write_text(json.dumps(header))
+
+
+def test_a_store_record_that_does_not_match_its_data_is_refused(store, caplog):
+    """store.json is checked against the data when the store opens: a changed width (512 frames of 512 values read as
+    1024 rows of 256), shifted audio counts, a broken or incomplete record: each one line naming the store."""
+    import shutil
+
+    for edit, said in [
+        (lambda h: h["sets"]["clip"].update(dim=256), "feature set 'clip' has .* rows of 256 values where its"),
+        (lambda h: h["sets"]["wav2vec2"].update(counts=h["sets"]["wav2vec2"]["counts"][:-1]), "audio set 'wav2vec2'"),
+        (lambda h: h.pop("sets"), "no 'sets' key"),
+        (lambda h: h.pop("classes"), "no 'classes' key"),
+    ]:
+        copy = shutil.copytree(store, store.parent / "copy", dirs_exist_ok=False)
+        _edit_header(copy, edit)
+        with pytest.raises(StoreError, match=said):
+            FrameStore(copy)
+        shutil.rmtree(copy)
+    (store / "store.json").write_text('{"format_version": 2, "classes": [')  # cut short
+    with pytest.raises(StoreError, match=r"store.json: damaged store record, not JSON"):
+        FrameStore(store)
+
+
+def test_a_store_without_its_file_record_says_so(store, caplog):
+    _edit_header(store, lambda h: h.pop("files"))
+    with caplog.at_level("WARNING", logger="expr.store"):
+        FrameStore(store)
+    assert "records no data files: a truncated or replaced file would go unnoticed" in caplog.text
+    assert main(["info", str(store), "--verify"]) == 1
+
+
+def test_labels_outside_the_classes_are_named_when_the_store_opens(tmp_path):
+    videos = generate_videos(2, seed=3)
+    videos[1].labels[7] = 11  # 8 classes: a damaged or foreign label column
+    store = write_store(tmp_path / "store", videos, {"classes": list(ABAW_CLASSES)})
+    with pytest.raises(StoreError, match=rf"frame 7 of video {videos[1].name} has label 11, not one of its 8 classes"):
+        FrameStore(store)
+
+
+def test_verify_reports_every_damaged_file_before_reading_any(store, capsys):
+    """--verify compares sizes and checksums before it parses anything: the damage it exists to report (a record
+    file cut short, a table with garbage) is listed, all of it, instead of stopping it."""
+    (store / "videos" / "state.json").write_text("{not json")
+    table = store / "frames" / "data-00000-of-00001.arrow"
+    table.write_bytes(b"\xff" * table.stat().st_size)  # same size, garbage
+    assert main(["info", str(store), "--verify"]) == 1
+    err = capsys.readouterr().err
+    assert "videos/state.json: " in err and "frames/data-00000-of-00001.arrow: SHA-256 differs" in err
+    (store / "store.json").write_text("[]")
+    assert main(["info", str(store), "--verify"]) == 2
+    assert "damaged store record (a JSON list, not an object)" in capsys.readouterr().err

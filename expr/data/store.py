@@ -23,6 +23,7 @@ an ``audio/`` folder: the sets ``clip`` and ``wav2vec2``) are still read.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import atomic_path, write_text
+
+logger = logging.getLogger("expr.store")
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -390,11 +393,12 @@ def data_files(root: Path, previous: dict[str, Any] | None = None) -> dict[str, 
     a file ``previous`` lists with the same size and modification time keeps its recorded checksum (adding a feature
     set does not read the others again)."""
     out = {}
-    for p in sorted(root.rglob("*.arrow")):
+    read = [p for p in root.rglob("*") if p.suffix in (".arrow", ".json") and p.is_file()]  # tables and their records
+    for p in sorted(read + [root / "text.safetensors"] if (root / "text.safetensors").is_file() else read):
         rel = str(p.relative_to(root))
         parts = p.relative_to(root).parts
-        if parts[0] not in DATA_FOLDERS or any(part.startswith(".") for part in parts):
-            continue  # window indexes (windows/) are caches, not data
+        if (parts[0] not in DATA_FOLDERS and rel != "text.safetensors") or any(part.startswith(".") for part in parts):
+            continue  # window indexes (windows/) are caches, not data; store.json records the others
         stat = p.stat()
         old = (previous or {}).get(rel)
         if isinstance(old, dict) and old.get("bytes") == stat.st_size and old.get("mtime_ns") == stat.st_mtime_ns:
@@ -416,12 +420,12 @@ def verify_files(root: Path, meta: dict[str, Any]) -> list[str]:
     problems = []
     for rel, entry in meta.get("files", {}).items():
         path = root / rel
-        size = entry["bytes"] if isinstance(entry, dict) else entry
+        size = entry.get("bytes") if isinstance(entry, dict) else entry
         if not path.is_file():
             problems.append(f"{rel}: missing")
         elif path.stat().st_size != size:
             problems.append(f"{rel}: {path.stat().st_size} bytes, {size} were written")
-        elif isinstance(entry, dict) and sha256(path) != entry["sha256"]:
+        elif isinstance(entry, dict) and sha256(path) != entry.get("sha256"):
             problems.append(f"{rel}: SHA-256 differs from the one recorded when it was written")
     return problems
 
@@ -531,7 +535,7 @@ class FrameStore:
         header_path = self.path / "store.json"
         if not header_path.is_file():
             raise StoreError(f"{self.path}: not a feature store (no store.json). Create one with `expr prepare`.")
-        self.meta: dict[str, Any] = json.loads(header_path.read_text())
+        self.meta: dict[str, Any] = read_header(header_path)
         version = self.meta.get("format_version")
         if version not in READABLE_VERSIONS:
             raise StoreError(
@@ -582,10 +586,36 @@ class FrameStore:
         self.num_audio = counts
         self.audio_offset = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
         self.audio_rate = np.full(len(self.names), rate)
+        self._check_record(arrays)
         if in_memory:
             self.visual = ConcatColumns([_in_ram(a) for a in arrays]) if len(arrays) > 1 else _in_ram(self.visual)
             self.audio = _in_ram(self.audio)
         self.split_tag = ""  # names a re-split (k-fold) in window index keys
+
+    def _check_record(self, visual_arrays: list) -> None:
+        """``store.json`` against the data: every chosen set has one row per frame (visual) or per audio step of the
+        recorded counts (audio), the videos' frame counts add up, and every label is a class or unlabelled."""
+        damaged = f"{self.path}: damaged store:"
+        fix = "copy the store again, or re-run expr prepare into a new --out"
+        n = len(self.labels)
+        if int(self.num_frames.sum()) != n or len(self.frame_offset) != len(self.names):
+            raise StoreError(f"{damaged} its videos list {int(self.num_frames.sum())} frames, frames/ holds {n}; {fix}")
+        for name, array in zip(self.visual_sets, visual_arrays, strict=True):
+            if len(array) != n:
+                raise StoreError(f"{damaged} feature set '{name}' has {len(array)} rows of {self.sets[name]['dim']} "
+                                 f"values where its {n} frames need {n} (store.json's width or the data is wrong); "
+                                 f"{fix}")  # fmt: skip
+        if self.audio_set is not None and (
+            len(self.num_audio) != len(self.names) or len(self.audio) != int(self.num_audio.sum())
+        ):
+            raise StoreError(f"{damaged} audio set '{self.audio_set}' has {len(self.audio)} rows, its recorded counts "
+                             f"say {int(self.num_audio.sum())} over {len(self.num_audio)} videos; {fix}")  # fmt: skip
+        bad = np.flatnonzero((self.labels < -1) | (self.labels >= len(self.classes)))
+        if len(bad):
+            v = int(video_of_rows(self.frame_offset, bad[:1])[0])
+            raise StoreError(f"{damaged} frame {int(bad[0] - self.frame_offset[v])} of video {self.names[v]} has "
+                             f"label {int(self.labels[bad[0]])}, not one of its {len(self.classes)} classes or -1 "
+                             f"(unlabelled); {len(bad)} such frames; {fix}")  # fmt: skip
 
     def _chosen(self, names, modality: str) -> list[str]:
         """The set names asked for (validated), or the store's defaults."""
@@ -721,6 +751,25 @@ def problem_lines(summary: dict[str, Any]) -> list[str]:
         if names:
             lines.append(f"  {len(names)} videos {what}: {', '.join(names[:8])}{' ...' if len(names) > 8 else ''}")
     return lines
+
+
+def read_header(path: Path) -> dict[str, Any]:
+    """A store's ``store.json``, with the keys every reader needs; a broken one is a ``StoreError`` naming it."""
+    fix = "restore it from a copy of the store, or re-run expr prepare into a new --out"
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path}: damaged store record, not JSON ({e}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise StoreError(f"{path}: damaged store record (a JSON {type(meta).__name__}, not an object); {fix}")
+    needed = ["classes"] + (["sets"] if meta.get("format_version", 1) != 1 else [])
+    missing = [k for k in needed if k not in meta]
+    if missing:
+        raise StoreError(f"{path}: damaged store record: no '{missing[0]}' key; {fix}")
+    if "files" not in meta:
+        logger.warning("%s records no data files: a truncated or replaced file would go unnoticed until it is read "
+                       "(`expr store info %s --verify` cannot check it either)", path, path.parent)  # fmt: skip
+    return meta
 
 
 def check_files(root: Path, meta: dict[str, Any]) -> None:
