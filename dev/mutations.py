@@ -397,6 +397,9 @@ MUTATIONS = [
     ("verify-first", "--verify compares sizes and checksums before it parses anything", "expr/store_info.py",
      "        if args.verify:  # sizes and checksums first", "        if False:  # sizes and checksums first",
      ["tests/test_store_info.py", "-k", "before_reading_any"]),
+    ("non-finite", "a non-finite training loss stops the run naming the store, set and first bad frame",
+     "expr/train.py", "            if not math.isfinite(value) and acc.mixed_precision",
+     "            if False and acc.mixed_precision", ["tests/test_train.py", "-k", "non_finite"]),
 ]  # fmt: skip
 
 

@@ -118,6 +118,10 @@ def epoch_line(metrics: dict[str, Any], epochs: int, improved: bool) -> str:
     return line
 
 
+class NonFiniteError(RuntimeError):
+    """The training loss is not a number: damaged features (named) or a diverged run."""
+
+
 class Trainer:
     """One training run. Construct, then :meth:`fit`."""
 
@@ -273,6 +277,14 @@ class Trainer:
             if encoders is not None:
                 save_head(encoders, self.run_dir / "best" / TUNED_ENCODERS)
 
+    def non_finite(self, step: int, value: float) -> str:
+        """What a non-finite training loss at ``step`` comes from: the store's first non-finite feature, if any."""
+        bad = self.store.first_non_finite()
+        if bad:
+            return f"the training loss is {value} at step {step}: {bad}; the store is damaged, prepare it again"
+        return (f"the training loss is {value} at step {step} although every feature is finite: training diverged; "
+                f"lower train.lr (now {self.lr:g}) or set train.max_grad_norm")  # fmt: skip
+
     def save_config(self) -> None:
         """``config.yaml``: the resolved config (written once a resumed run's state has loaded, never before)."""
         self.cfg.save(self.run_dir / "config.yaml")
@@ -384,7 +396,10 @@ class Trainer:
                 self.scheduler.step()
                 self.optimizer.zero_grad()
             n = batch["label"].shape[0]
-            p.epoch_sums[0] += float(losses["loss"].detach()) * n
+            value = float(losses["loss"].detach())
+            if not math.isfinite(value) and acc.mixed_precision != "fp16":  # fp16: overflow is the scaler's to skip
+                raise NonFiniteError(self.non_finite(p.global_step + 1, value))
+            p.epoch_sums[0] += value * n
             p.epoch_sums[1] += n
             if not acc.sync_gradients:
                 continue
@@ -557,6 +572,7 @@ def launch(argv: list[str], trainer: type[Trainer], default_preset: str | None =
         TuningError,
         CheckpointError,
         LockedError,
+        NonFiniteError,
     ) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2, None

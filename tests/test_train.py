@@ -385,3 +385,27 @@ def test_a_run_directory_has_one_writer(tmp_path, small_store):
     killed = subprocess.run([sys.executable, "-c", code], cwd=ROOT)
     assert killed.returncode == 9
     FolderLock(tmp_path / "k", "run").acquire().release()  # a holder that died holds nothing
+
+
+def test_a_non_finite_feature_stops_training_naming_the_store_set_and_frame(tmp_path):
+    """A NaN in the features (a damaged store) would train a head of NaNs and save it as best without a word: the
+    first non-finite loss stops the run, naming the store, the set and the first bad frame."""
+    from expr.config import ABAW_CLASSES
+    from expr.data.demo import generate_videos
+    from expr.data.store import write_store
+    from expr.train import NonFiniteError, config_from_argv, run
+
+    videos = generate_videos(6, seed=5)
+    train = next(v for v in videos if v.split == "train")
+    train.visual[17:, 3], train.face[17:] = np.nan, True  # from frame 17 on: some window trains on it
+    meta = {"source": "test", "classes": list(ABAW_CLASSES),
+            "backbones": {"clip": "none (synthetic features)", "wav2vec2": "none (synthetic features)"},
+            "sets": {"clip": {"family": "synthetic"}, "wav2vec2": {"family": "synthetic"}}}  # fmt: skip
+    store = write_store(tmp_path / "store", videos, meta)
+    args = ["--data.cache", str(store), "--backbones.clip_pretrained", "random", "--model.tcn_blocks", "1",
+            "--train.batch_size", "16", "--train.log_with",
+            "none", "--train.epochs", "1", "--train.output_dir", str(tmp_path / "run")]  # fmt: skip
+    said = rf"{store}: feature set 'clip' has a non-finite value at row \d+ \(frame 17 of video {train.name}\)"
+    with pytest.raises(NonFiniteError, match=said):
+        run(config_from_argv(args)[0])
+    assert not (tmp_path / "run" / "best").exists()  # nothing saved as best

@@ -617,6 +617,25 @@ class FrameStore:
                              f"label {int(self.labels[bad[0]])}, not one of its {len(self.classes)} classes or -1 "
                              f"(unlabelled); {len(bad)} such frames; {fix}")  # fmt: skip
 
+    def first_non_finite(self, chunk: int = 1 << 16) -> str | None:
+        """Where the first NaN or infinite feature of the chosen sets is (set, video, frame or audio step), or None.
+        A scan of every row: for saying why a loss is not finite, not for every opening."""
+        sources = [(n, self.set_array(n), "visual") for n in self.visual_sets]
+        if self.audio_set is not None:
+            sources.append((self.audio_set, self.audio, "audio"))
+        for name, array, modality in sources:
+            for start in range(0, len(array), chunk):
+                rows = np.asarray(array[start : start + chunk], np.float32)
+                bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+                if len(bad):
+                    row = start + int(bad[0])
+                    offsets = self.frame_offset if modality == "visual" else self.audio_offset
+                    v = int(np.searchsorted(offsets, row, side="right") - 1)
+                    unit = "frame" if modality == "visual" else "audio step"
+                    return (f"{self.path}: feature set '{name}' has a non-finite value at row {row} ({unit} "
+                            f"{row - int(offsets[v])} of video {self.names[v]})")  # fmt: skip
+        return None
+
     def _chosen(self, names, modality: str) -> list[str]:
         """The set names asked for (validated), or the store's defaults."""
         if names is None:
