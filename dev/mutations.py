@@ -400,6 +400,10 @@ MUTATIONS = [
     ("non-finite", "a non-finite training loss stops the run naming the store, set and first bad frame",
      "expr/train.py", "            if not math.isfinite(value) and acc.mixed_precision",
      "            if False and acc.mixed_precision", ["tests/test_train.py", "-k", "non_finite"]),
+    ("replace-keeps-old", "a folder being replaced stays whole until the new one is in place; a killed writer's "
+     "leftovers are swept (the old one put back)", "expr/atomic.py",
+     '            if kind == "old" and not path.exists():', "            if False:",
+     ["tests/test_atomic.py", "-k", "never_loses"]),
 ]  # fmt: skip
 
 
