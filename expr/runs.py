@@ -83,7 +83,18 @@ def write_best(run_dir: Path, state: dict[str, torch.Tensor], info: dict[str, An
 def build_head(cfg: Config, weights: Path) -> torch.nn.Module:
     """The head of ``cfg`` with the safetensors ``weights`` (eval mode, CPU)."""
     model = FusionHead(cfg.model, cfg.num_classes, cfg.train.tasks)
-    model.load_state_dict(load_file(str(weights)))
+    try:
+        state = load_file(str(weights))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a cut or garbled file
+        raise RunError(f"{weights}: damaged head weights ({type(e).__name__}: {str(e)[:160]}); export them again "
+                       f"from a kept state (`expr export-head RUN_DIR/states/stepN --out {weights}`) or train "
+                       f"again") from None  # fmt: skip
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise RunError(
+            f"{weights}: these weights do not fit the head its config.yaml describes ({str(e)[:200]})"
+        ) from None
     return model.eval()
 
 

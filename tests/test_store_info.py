@@ -119,3 +119,23 @@ def test_verify_reports_every_damaged_file_before_reading_any(store, capsys):
     (store / "store.json").write_text("[]")
     assert main(["info", str(store), "--verify"]) == 2
     assert "damaged store record (a JSON list, not an object)" in capsys.readouterr().err
+
+
+def test_a_damaged_table_record_is_one_line_naming_the_store(store):
+    record = store / "videos" / "state.json"
+    record.write_bytes(b"{" + b"x" * (record.stat().st_size - 1))  # same size: only parsing it finds the damage
+    with pytest.raises(StoreError, match=r"damaged store: its frames or videos table does not load .*--verify"):
+        FrameStore(store)
+
+
+def test_damaged_head_weights_are_one_line_naming_the_file(small_run, tmp_path, capsys):
+    import shutil
+
+    from expr.report import main as evaluate_main
+
+    run = shutil.copytree(small_run["run_dir"], tmp_path / "run")
+    weights = run / "best" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert evaluate_main([str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: damaged head weights" in err and "export-head" in err and "Traceback" not in err

@@ -548,6 +548,11 @@ class FrameStore:
             videos = datasets.load_from_disk(str(self.path / "videos")).to_dict()
         except FileNotFoundError as e:
             raise StoreError(f"{self.path}: incomplete feature store ({e})") from None
+        except Exception as e:  # noqa: BLE001 - a damaged table or record fails inside datasets / Arrow in many ways
+            raise StoreError(
+                f"{self.path}: damaged store: its frames or videos table does not load ({type(e).__name__}: "
+                f"{str(e)[:200]}); `expr store info {self.path} --verify` names the damaged files"
+            ) from None
         self.face = frames.column("face").to_numpy().astype(bool)  # [N]
         self.labels = frames.column("label").to_numpy().astype(np.int64)  # [N]
         self.task_labels: dict[str, np.ndarray] = {}  # "va": [N, 2] float32 (NaN), "au": [N, 12] int8 (-1)
@@ -679,6 +684,11 @@ class FrameStore:
             table = datasets.load_from_disk(str(self.path / "sets" / name)).data.table
         except FileNotFoundError as e:
             raise StoreError(f"{self.path}: feature set '{name}' is missing its folder ({e})") from None
+        except Exception as e:  # noqa: BLE001 - as above
+            raise StoreError(
+                f"{self.path}: damaged store: feature set '{name}' does not load ({type(e).__name__}: "
+                f"{str(e)[:200]}); `expr store info {self.path} --verify` names the damaged files"
+            ) from None
         return _fixed_to_numpy(table.column("feature"), int(self.sets[name]["dim"]))
 
     @property
