@@ -404,6 +404,9 @@ MUTATIONS = [
      "leftovers are swept (the old one put back)", "expr/atomic.py",
      '            if kind == "old" and not path.exists():', "            if False:",
      ["tests/test_atomic.py", "-k", "never_loses"]),
+    ("label-twice", "a label file giving one frame (or clip) two different labels is refused naming both lines",
+     "expr/data/folder.py", "    if first[1] != label:", "    if False:",
+     ["tests/test_prepare.py", "-k", "folder_layout_errors"]),
 ]  # fmt: skip
 
 

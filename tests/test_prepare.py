@@ -358,6 +358,11 @@ def test_folder_layout_with_frame_folders_videos_and_a_label_csv(tmp_path):
         ("video,label\nclip1\n", "labels.csv:2: 1 fields"),
         ("name,label\n", "no 'video' column"),
         ("video,label\nnowhere,calm\n", "no video or frame folder"),
+        ("video,label\nclip1,calm\nclip1,angry\n", "labels.csv:3: video clip1 is labelled 1 here and 0 on line 2"),
+        (
+            "video,frame,label\nclip1,0,calm\nclip1,1,calm\nclip1,0,angry\n",
+            "labels.csv:4: frame 0 of video clip1 is labelled 1 here and 0 on line 2",
+        ),
     ],
 )
 def test_folder_layout_errors_name_the_file_and_line(tmp_path, text, match):

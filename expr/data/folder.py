@@ -83,7 +83,7 @@ def read_labels_csv(path: str | Path, classes: Sequence[str]) -> dict[str, dict[
                 raise AnnotationError(f"{where}: {len(row)} fields, the header has {len(header)}")
             name = Path(row[col["video"]].strip()).stem
             label = _parse_label(row[col["label"]], classes, where)
-            entry = videos.setdefault(name, {"split": None, "clip": None, "frames": {}})
+            entry = videos.setdefault(name, {"split": None, "clip": None, "frames": {}, "lines": {}})
             if "split" in col:
                 split = row[col["split"]].strip().lower()
                 if split not in ("train", "validation", "test"):
@@ -98,12 +98,23 @@ def read_labels_csv(path: str | Path, classes: Sequence[str]) -> dict[str, dict[
                     raise AnnotationError(f"{where}: frame {row[col['frame']]!r} is not an integer") from None
                 if frame < 0:
                     raise AnnotationError(f"{where}: frame {frame} is negative (frames are 0-based)")
+                _once(entry, frame, label, line_no, where, f"frame {frame} of video {name}")
                 entry["frames"][frame] = label
             else:
+                _once(entry, None, label, line_no, where, f"video {name}")
                 entry["clip"] = label
     if not videos:
         raise AnnotationError(f"{path}: no label rows")
+    for entry in videos.values():
+        del entry["lines"]
     return videos
+
+
+def _once(entry: dict[str, Any], key, label, line_no: int, where: str, what: str) -> None:
+    """A label given twice must be the same label: two different ones are refused naming both lines."""
+    first = entry["lines"].setdefault(key, (line_no, label))
+    if first[1] != label:
+        raise AnnotationError(f"{where}: {what} is labelled {label} here and {first[1]} on line {first[0]}; keep one")
 
 
 def _hash_split(name: str, fraction: float) -> str:
