@@ -407,6 +407,9 @@ MUTATIONS = [
     ("label-twice", "a label file giving one frame (or clip) two different labels is refused naming both lines",
      "expr/data/folder.py", "    if first[1] != label:", "    if False:",
      ["tests/test_prepare.py", "-k", "folder_layout_errors"]),
+    ("rotation", "frames are read as they are shown: the display matrix's rotation is applied (portrait phone video)",
+     "expr/data/media.py", 'yield time, upright(frame.to_ndarray(format="rgb24"), frame.rotation)',
+     'yield time, frame.to_ndarray(format="rgb24")', ["tests/test_tracks.py", "-k", "sideways"]),
 ]  # fmt: skip
 
 

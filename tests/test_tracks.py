@@ -71,6 +71,31 @@ def test_mtcnn_finds_the_man_in_the_car_in_every_frame_more_often_than_haar_batc
     assert sum(haar.detect(f) is not None for f in frames[::4]) < 28  # it loses him when he turns (71 of 120)
 
 
+def test_a_phone_video_stored_sideways_is_read_upright(tmp_path):
+    """Phones store portrait video sideways with a display matrix saying how to turn it: frames are read as they are
+    shown, so the detector finds an upright face (eyes side by side above the mouth), not one lying on its side."""
+    import av
+    import skimage.data
+
+    face = skimage.data.astronaut()[:320, 96:352]  # 320 x 256, portrait, the face in the upper half
+    stored = np.ascontiguousarray(np.rot90(face, -1))  # turned clockwise, as the phone's sensor saw it
+    path = tmp_path / "portrait.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = stored.shape[1], stored.shape[0], "yuv420p"
+        stream.set_display_rotation(90)  # shown turned back, counter-clockwise
+        for _ in range(4):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(stored, "rgb24")))
+        container.mux(stream.encode())
+    frames = list(iter_frames(path))
+    assert frames[0].shape == face.shape
+    assert np.abs(frames[0].astype(int) - face).mean() < 12  # the picture as shown (lossy H.264)
+    mtcnn = face_detector("mtcnn")
+    for found in map(mtcnn.detect, frames):  # an upright face: eyes side by side, above the mouth
+        eyes, mouth = found.landmarks[:2], found.landmarks[3:]
+        assert eyes[:, 1].max() < mouth[:, 1].min() and abs(eyes[0, 0] - eyes[1, 0]) > abs(eyes[0, 1] - eyes[1, 1])
+
+
 def two_people(path: Path, late: int = 20) -> Path:
     """The car clip (60 frames at 30 fps) with, from frame ``late``, a slow pan over scikit-image's astronaut beside
     it (grey before): two people, one on each side, the second appearing late; and a 440 Hz tone."""

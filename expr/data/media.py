@@ -101,6 +101,13 @@ def decode_audio(
     return wave, (first_time or 0.0) - video_start
 
 
+def upright(rgb: np.ndarray, rotation: float) -> np.ndarray:
+    """A decoded picture as it is meant to be shown: phones store portrait video sideways with a display matrix that
+    says to rotate it (``rotation``: degrees counter-clockwise, as FFmpeg's players apply it)."""
+    turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+
+
 def iter_frames(path: str | Path) -> Iterator[np.ndarray]:
     """The video's frames in order as [H, W, 3] uint8 RGB arrays; a stretch that cannot be decoded raises
     :class:`MediaError`."""
@@ -144,4 +151,4 @@ def timed_frames(path: str | Path, skipped: list[float] | None = None) -> Iterat
             for frame in frames:
                 time = float(frame.time) - start if frame.time is not None else index / rate
                 index += 1
-                yield time, frame.to_ndarray(format="rgb24")
+                yield time, upright(frame.to_ndarray(format="rgb24"), frame.rotation)
