@@ -410,6 +410,9 @@ MUTATIONS = [
     ("rotation", "frames are read as they are shown: the display matrix's rotation is applied (portrait phone video)",
      "expr/data/media.py", 'yield time, upright(frame.to_ndarray(format="rgb24"), frame.rotation)',
      'yield time, frame.to_ndarray(format="rgb24")', ["tests/test_tracks.py", "-k", "sideways"]),
+    ("audio-file", "an audio file (a cover picture included) is named as one, not read as a one-frame video",
+     "expr/data/media.py", "if not s.disposition & av.stream.Disposition.attached_pic]", "]",
+     ["tests/test_prepare.py", "-k", "audio_file"]),
 ]  # fmt: skip
 
 

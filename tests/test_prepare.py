@@ -124,6 +124,33 @@ def test_unreadable_video_is_a_media_error_naming_the_file(tmp_path):
         probe(bad)
 
 
+@pytest.mark.parametrize("cover", [False, True])
+def test_an_audio_file_is_called_one_not_a_video_without_audio(tmp_path, cover):
+    """A sound file (one with a cover picture too, which containers list as a video stream) is named for what it is."""
+    import av
+
+    from expr.data.media import MediaError, iter_frames
+
+    path = tmp_path / "song.mp4"  # mp4 keeps the cover picture's disposition (matroska drops it)
+    with av.open(str(path), "w") as container:
+        sound = container.add_stream("aac", rate=16_000, layout="mono")
+        if cover:
+            art = container.add_stream("mjpeg", rate=1)
+            art.width, art.height, art.pix_fmt = 32, 32, "yuvj420p"
+            art.disposition = av.stream.Disposition.attached_pic
+            container.mux(art.encode(av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), "rgb24")))
+            container.mux(art.encode())
+        block = av.AudioFrame.from_ndarray(np.zeros((1, 16_000), np.float32), format="fltp", layout="mono")
+        block.sample_rate = 16_000
+        container.mux(sound.encode(block))
+        container.mux(sound.encode())
+    said = r"song.mp4: an audio file \(sound" + (" and a cover picture" if cover else "") + r", no video\)"
+    with pytest.raises(MediaError, match=said):
+        probe(path)
+    with pytest.raises(MediaError, match=said):
+        next(iter_frames(path))
+
+
 # ----------------------------------------------------------------------------------------------- encoders
 def test_chunked_wav2vec2_stitches_to_the_whole_track_encoding():
     # Per-frame layer norm and no transformer layer: with enough context, chunks give exactly the whole-track

@@ -36,6 +36,20 @@ def _open(path: Path):
         raise MediaError(f"{path}: cannot open video ({e})") from None
 
 
+def video_stream(container, path: Path):
+    """The first video stream that is a video (not an audio file's cover picture); none: a :class:`MediaError`
+    saying what the file is."""
+    import av
+
+    videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+    if videos:
+        return videos[0]
+    if container.streams.audio:
+        art = " and a cover picture" if container.streams.video else ""
+        raise MediaError(f"{path}: an audio file (sound{art}, no video): expr needs video of faces")
+    raise MediaError(f"{path}: no video stream")
+
+
 def probe(path: str | Path, tolerant: bool = False) -> VideoInfo:
     """Frame rate, frame count, time base and start of the first video stream of ``path``; ``tolerant``: a container
     that breaks off counts the packets before the break instead of raising."""
@@ -43,9 +57,7 @@ def probe(path: str | Path, tolerant: bool = False) -> VideoInfo:
 
     path = Path(path)
     with _open(path) as container:
-        if not container.streams.video:
-            raise MediaError(f"{path}: no video stream")
-        stream = container.streams.video[0]
+        stream = video_stream(container, path)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate:
             raise MediaError(f"{path}: the video stream has no frame rate")
@@ -124,9 +136,7 @@ def timed_frames(path: str | Path, skipped: list[float] | None = None) -> Iterat
 
     path = Path(path)
     with _open(path) as container:
-        if not container.streams.video:
-            raise MediaError(f"{path}: no video stream")
-        stream = container.streams.video[0]
+        stream = video_stream(container, path)
         stream.thread_type = "AUTO"
         rate = float(stream.average_rate or stream.guessed_rate or 30)
         start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
