@@ -413,6 +413,9 @@ MUTATIONS = [
     ("audio-file", "an audio file (a cover picture included) is named as one, not read as a one-frame video",
      "expr/data/media.py", "if not s.disposition & av.stream.Disposition.attached_pic]", "]",
      ["tests/test_prepare.py", "-k", "audio_file"]),
+    ("rng-state", "a resume state whose random state does not load counts as damaged (accelerate would go on without)",
+     "expr/checkpoint.py", '            _check_random_state(state / f"random_states_{acc.process_index}.pkl")',
+     "            pass", ["tests/test_train.py", "-k", "damaged_newest and random_states"]),
 ]  # fmt: skip
 
 

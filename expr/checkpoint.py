@@ -80,6 +80,7 @@ def resume_progress(acc, run_dir: Path, steps_per_epoch: int) -> Progress:
                     f"--resume {run_dir}: the state was saved by {len(sums)} processes, this launch has "
                     f"{acc.num_processes}; resume with the same number of processes"
                 )
+            _check_random_state(state / f"random_states_{acc.process_index}.pkl")
             acc.load_state(str(state), **_partial_load(acc))
             progress = Progress(**saved, epoch_sums=list(sums[acc.process_index]))
         except ConfigError:
@@ -96,6 +97,17 @@ def resume_progress(acc, run_dir: Path, steps_per_epoch: int) -> Progress:
     if progress.step_in_epoch >= steps_per_epoch:  # saved at the end of an epoch
         progress.epoch, progress.step_in_epoch, progress.epoch_sums = progress.epoch + 1, 0, [0.0, 0.0]
     return progress
+
+
+def _check_random_state(path: Path) -> None:
+    """This process's random state loads as accelerate loads it: accelerate swallows a missing or refused one and
+    goes on without it, and the resumed run would no longer be the same run."""
+    from accelerate.utils import load
+
+    states = load(path)  # missing: FileNotFoundError; a pickle torch refuses to load: UnpicklingError
+    missing = {"random_state", "numpy_random_seed", "torch_manual_seed"} - set(states)
+    if missing:
+        raise ValueError(f"{path.name} lacks {', '.join(sorted(missing))}")
 
 
 def save_state(acc, state_dir: Path, name: str, progress: dict[str, Any], keep_last: int) -> None:

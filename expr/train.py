@@ -129,8 +129,6 @@ class Trainer:
     """Online mode with trainable encoders: the prepared model is an :class:`~expr.models.online.OnlineModel`."""
 
     def __init__(self, cfg: Config, resume_dir: str | None = None, on_epoch_end: EpochCallback | None = None):
-        from accelerate.utils import set_seed
-
         self.cfg, self.on_epoch_end = cfg, on_epoch_end
         trackers = [t.strip() for t in (cfg.train.log_with or "").split(",") if t.strip() not in ("", "none")]
         run_dir = resume_dir or cfg.train.output_dir
@@ -150,6 +148,17 @@ class Trainer:
         if acc.is_main_process:  # one writer per run directory, for as long as this run trains
             hint = f"wait for it to finish (--resume {self.run_dir} then continues it), or choose another directory"
             self.lock = FolderLock(self.run_dir, "run", hint).acquire()
+        try:
+            self._start(resume_dir, trackers)
+        except BaseException:
+            self.close()  # a run that cannot start holds nothing
+            raise
+
+    def _start(self, resume_dir: str | None, trackers: list[str]) -> None:
+        """Everything after the run directory is ours: data, model, and the resumed state."""
+        from accelerate.utils import set_seed
+
+        cfg, acc = self.cfg, self.accelerator
         acc.wait_for_everyone()
         set_seed(cfg.train.seed)
         self.resuming = bool(resume_dir)  # config.yaml is then rewritten only once the state has loaded
@@ -161,7 +170,7 @@ class Trainer:
             if acc.is_main_process:  # rows written after the state was saved belong to work that will be redone
                 write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in p.history))
                 self.save_config()
-            logger.info("resumed %s at epoch %d, step %d", run_dir, p.epoch + 1, p.step_in_epoch)
+            logger.info("resumed %s at epoch %d, step %d", self.run_dir, p.epoch + 1, p.step_in_epoch)
         self.start_epoch, self.skip_steps = p.epoch, p.step_in_epoch
 
     def _setup(self) -> None:

@@ -338,8 +338,9 @@ def test_quickstart_demo_run_reaches_the_bar(tmp_path):
     assert info["val/macro_f1"] == pytest.approx(best)
 
 
+@pytest.mark.parametrize("damaged", ["model.safetensors", "random_states_0.pkl"])
 def test_a_damaged_newest_state_falls_back_to_the_older_one_and_pointers_stay_in_the_run(tmp_path, small_store,
-                                                                                      caplog):  # fmt: skip
+                                                                                      caplog, damaged):  # fmt: skip
     from expr.config import ConfigError
     from expr.train import config_from_argv, run
 
@@ -349,8 +350,14 @@ def test_a_damaged_newest_state_falls_back_to_the_older_one_and_pointers_stay_in
     run(config_from_argv(args + ["--train.output_dir", str(b), "--train.stop_after_steps", "4"])[0])
     states = sorted(p.name for p in (b / "states").glob("step*"))
     assert states == ["step00000002", "step00000004"]
-    weights = b / "states" / "step00000004" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # cut short, as by a full disk
+    newest = b / "states" / "step00000004" / damaged
+    if damaged == "model.safetensors":
+        newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # cut short, as by a full disk
+    else:  # a pickle torch refuses to load (accelerate would go on without the random state)
+        import fractions
+        import pickle
+
+        newest.write_bytes(pickle.dumps({"random_state": fractions.Fraction(1, 3)}))
     config = (b / "config.yaml").read_bytes()
     # latest.json may name only a state folder of this run
     latest = b / "states" / "latest.json"
