@@ -14,6 +14,7 @@ def test_prompts():
     ]
 
 
+@pytest.mark.slow
 def test_text_embeddings_through_open_clip_are_seeded_and_cached(expr_cache):
     classes = ["Neutral", "Anger", "Happiness"]
     emb = text_embeddings(classes, "A face expressing {emotion}", "ViT-B-32", "random")

@@ -89,6 +89,7 @@ def test_a_decision_calibrates_before_it_smooths():
     np.testing.assert_allclose(both[20:], d.video(probs[20:]))
 
 
+@pytest.mark.slow
 def test_expr_calibrate_records_offsets_that_evaluate_and_submit_apply(small_run, tmp_path, capsys):
     """A run calibrated by `expr calibrate`: calibration.json beside its config, the report's rows (without, with,
     cross-fitted), and evaluate and submit applying the offsets (and ignoring them with eval.calibrate false)."""

@@ -42,6 +42,7 @@ def evaluate_on_one_process(run_dir: Path) -> tuple[float, int]:
     return report["metrics"]["macro_f1"], report["frames"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("zero_stage", [None, 2, 3], ids=["ddp", "zero2", "zero3"])
 def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, small_store, zero_stage):
     args = SMALL + ["--train.log_with", "none", "--train.min_lr_ratio", "0.1"]
@@ -91,6 +92,7 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, small_store,
     assert history(ref)[0]["val/frames"] <= frames
 
 
+@pytest.mark.slow
 def test_expr_evaluate_on_two_processes_matches_one(small_run, tmp_path):
     """`accelerate launch -m expr evaluate`: each process takes whole videos, the main process scores."""
     import json
@@ -144,6 +146,7 @@ def assert_same_store(one: Path, two: Path) -> None:
     assert not (two / ".parts").exists()
 
 
+@pytest.mark.slow
 def test_expr_prepare_on_two_processes_equals_one(tmp_path, capsys):
     """`accelerate launch -m expr prepare`: each process extracts every other video into its parts, the main process
     assembles; the store equals a one-process run's, and a second launch finds nothing to do."""
@@ -160,6 +163,7 @@ def test_expr_prepare_on_two_processes_equals_one(tmp_path, capsys):
     assert again.returncode == 0 and "up to date" in again.stdout + again.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tasks", ["va", "expr,va,au"])
 def test_two_processes_train_other_tasks(tmp_path, small_store, tasks):
     """Under DDP every parameter must receive a gradient on every rank: a VA-only run never uses the expression

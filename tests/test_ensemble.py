@@ -142,6 +142,7 @@ def write_results(path, rows):
         writer.writerows(rows)
 
 
+@pytest.mark.slow
 def test_a_k_fold_study_becomes_one_out_of_fold_ensemble(fold_runs, tmp_path, capsys):
     """`expr ensemble --study DIR`: the best setting's runs, every fold; scored out of fold (each video by the model
     that did not train on it), calibration checked fold against fold."""

@@ -114,6 +114,7 @@ def test_stage_one_resume_after_a_kill_equals_the_uninterrupted_run(face_store, 
         export_head(next((tmp_path / "killed" / "states").glob("step*")), tmp_path / "head.safetensors")
 
 
+@pytest.mark.slow
 def test_tuned_encoder_beats_the_frozen_one_in_stage_one_and_stage_two(face_store, tmp_path, capsys):
     store, prepare_args = face_store
     long = {"train.epochs": 10, "finetune.lr": 1e-2}
@@ -301,6 +302,7 @@ def _online(store, out, method, **overrides):
     return build_config(values)
 
 
+@pytest.mark.slow
 def test_online_lora_trains_with_the_head_and_beats_the_frozen_encoder(face_store, tmp_path):
     from expr.report import evaluate_run
     from expr.train import Trainer
@@ -391,6 +393,7 @@ def test_tuned_encoders_keep_the_eval_behaviour_of_their_frozen_weights(face_sto
     assert encoders.wav2vec2.encoder.layers[-1].training and encoders.wav2vec2.config.layerdrop == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher, command", [("ddp", "finetune"), ("zero2", "train")])
 def test_tuning_on_two_processes_resumes_and_keeps_ranks_identical(face_store, tmp_path, launcher, command):
     """Stage I under DDP, and online LoRA under DeepSpeed ZeRO-2 (trainable encoder parameters inside the engine;
@@ -520,6 +523,7 @@ def test_linear_attention_equals_multihead_attention(mask):
         assert torch.allclose(LinearAttention(mha)(q, q, q)[0], mha(q, q, q, need_weights=False)[0], atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "backbone",
     [

@@ -3,9 +3,11 @@
 import subprocess
 import sys
 
+import pytest
 from conftest import accelerate_cmd
 
 
+@pytest.mark.slow
 def test_every_dependency_imports():
     code = (
         "import torch, accelerate, deepspeed, open_clip, transformers, datasets, evaluate, optuna, yaml, av, "

@@ -192,6 +192,7 @@ def test_online_training_trains_the_head_only_and_evaluate_reproduces_its_metric
     assert report["metrics"]["macro_f1"] == pytest.approx(result["best_macro_f1"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_online_resume_mid_epoch_equals_an_uninterrupted_run(media_store, tmp_path):
     """Augmented training stopped after 3 steps (mid-epoch) and resumed ends with the uninterrupted run's metrics and
     head. The reference loads in the main process, the interrupted run in a worker: the draws depend on neither."""
@@ -223,6 +224,7 @@ LAUNCHERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", sorted(LAUNCHERS))
 def test_online_training_on_two_processes_keeps_ranks_identical(media_store, tmp_path, launcher):
     """DDP and DeepSpeed ZeRO-2 on 2 CPU processes through accelerate launch, with DataLoader workers decoding crops;

@@ -178,6 +178,7 @@ def test_predict_runs_the_encoders_of_the_feature_sets_the_head_was_trained_on(t
     assert '"spec": "' + vit + '"' in features.read_text()
 
 
+@pytest.mark.slow
 def test_predict_takes_an_ensemble_folder_like_a_run(small_run, tmp_path):
     import json
 
@@ -201,6 +202,7 @@ def test_predict_takes_an_ensemble_folder_like_a_run(small_run, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_predict_applies_the_runs_calibration(small_run, tmp_path):
     import json
     import shutil
@@ -221,6 +223,7 @@ def test_predict_applies_the_runs_calibration(small_run, tmp_path):
     assert (off["people"][0]["labels"] == plain).all()
 
 
+@pytest.mark.slow
 def test_predict_takes_several_videos_and_folders_and_goes_on_past_an_unreadable_one(small_run, tmp_path, capsys):
     from expr.predict import main
 
@@ -303,6 +306,7 @@ def test_a_variable_frame_rate_gives_each_frame_its_own_time_with_a_warning(smal
         np.testing.assert_allclose([float(f.time) for f in out.decode(video=0)], times, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_predict_writes_every_task_the_run_trained(multi_task_run, tmp_path):
     from expr.data.affwild2 import AU_NAMES
     from expr.predict import predict_video

@@ -413,6 +413,7 @@ def test_folder_layout_errors_name_the_file_and_line(tmp_path, text, match):
 
 
 # ----------------------------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_prepare_then_train_from_the_command_line(tree, tmp_path):
     """The users' path with full-size random backbones: `expr prepare affwild2` then training on the cache."""
     root, _ = tree

@@ -150,6 +150,7 @@ def test_export_is_a_self_contained_model_folder_that_loads_like_the_run(small_r
         assert torch.equal(exported(*args).logits, original(*args).logits)
 
 
+@pytest.mark.slow
 def test_submit_takes_an_ensemble_folder_like_a_run(small_run, test_store, tmp_path):
     """`expr submit ENSEMBLE`: its members' weighted frame probabilities; two identical members give the run's file."""
     import json

@@ -63,6 +63,7 @@ def test_a_typo_in_a_study_file_names_the_key(tmp_path):
         load_study(str(bad))
 
 
+@pytest.mark.slow
 def test_two_setting_grid_study_reports_like_table1_and_a_rerun_redoes_nothing(tmp_path):
     out = tmp_path / "out"
     cmd = RUN + ["--study", str(study_yaml(tmp_path)), "--out", str(out)] + TINY + ["--train.epochs", "2"]
@@ -96,6 +97,7 @@ def test_two_setting_grid_study_reports_like_table1_and_a_rerun_redoes_nothing(t
     assert "In-sample (optimistic" in table and "Cross-fitted (the validation videos in two halves" in table
 
 
+@pytest.mark.slow
 def test_a_study_optimises_the_score_of_the_task_its_runs_train(tmp_path):
     """Runs that train valence-arousal select their best epoch by the mean CCC; the study optimises that, and its
     report says so."""
@@ -113,6 +115,7 @@ def test_a_study_optimises_the_score_of_the_task_its_runs_train(tmp_path):
         assert float(row["value"]) == pytest.approx(max(h["val/ccc"] for h in history))
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_continued_by_rerunning_the_same_command(tmp_path):
     out = tmp_path / "out"
     cmd = RUN + ["--study", str(study_yaml(tmp_path)), "--out", str(out), "--heartbeat", "1"] + TINY
@@ -192,6 +195,7 @@ def postgres():
         shutil.rmtree(tmp_path, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_postgresql_study_and_run_each_setting_once(tmp_path, postgres):
     study = study_yaml(tmp_path, windows=(5, 10, 15, 20), name="pg4")
     out = tmp_path / "out"
@@ -208,6 +212,7 @@ def test_two_workers_share_one_postgresql_study_and_run_each_setting_once(tmp_pa
     assert len({t.user_attrs["worker"] for t in all_trials}) == 2  # both workers took trials
 
 
+@pytest.mark.slow
 def test_a_search_study_samples_prunes_and_plots(tmp_path):
     study = tmp_path / "search2.yaml"
     study.write_text(
@@ -229,6 +234,7 @@ def test_a_search_study_samples_prunes_and_plots(tmp_path):
     assert "| data.window | train.lr | macro-F1 |" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_worker_can_be_a_two_process_accelerate_job(tmp_path):
     """`accelerate launch sweeps/run.py`: the main process claims and reports, both processes train each trial."""
     from conftest import accelerate_cmd
@@ -270,6 +276,7 @@ def test_the_optuna_adapter_works_on_the_pinned_optuna(tmp_path):
     assert [t.value for t in study.get_trials(deepcopy=False)] == [0.5]
 
 
+@pytest.mark.slow
 def test_the_backbones_study_runs_every_feature_set_of_the_store(tmp_path):
     """`--study backbones`: a grid over the store's visual x audio sets, reported like the other studies."""
     import numpy as np

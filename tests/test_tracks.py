@@ -131,6 +131,7 @@ def two_people(path: Path, late: int = 20) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_predict_with_faces_all_writes_one_track_per_person_left_to_right(small_run, tmp_path):
     from expr.data.store import FrameStore
     from expr.predict import predict_video
@@ -159,6 +160,7 @@ def test_predict_with_faces_all_writes_one_track_per_person_left_to_right(small_
     assert [p["name"] for p in largest["people"]] == ["two"] and largest["people"][0]["frames"] == 60
 
 
+@pytest.mark.slow
 def test_the_annotated_video_shows_boxes_and_keeps_the_sound(small_run, tmp_path):
     """On the cartoon clip with sound (1280 x 720, 25 fps): an H.264 / AAC MP4 of every frame, on the source's
     clock, the faces boxed."""

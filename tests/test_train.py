@@ -72,6 +72,7 @@ def test_wrong_type_stops_before_any_work(tmp_path):
     assert out.returncode == 2 and "train.lr" in out.stderr
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted(tmp_path, small_store):
     from expr.train import config_from_argv, run
 
@@ -108,6 +109,7 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, small_store):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["epoch_end", "mid_epoch"])
 def test_stop_and_resume_in_process_with_accumulation(tmp_path, small_store, where):
     from expr.config import ConfigError
@@ -296,6 +298,7 @@ def test_pinned_loss_curve_of_a_short_demo_run(small_run):
     assert got["val/macro_f1"] == pytest.approx(PINNED["val/macro_f1"], abs=2e-3), got
 
 
+@pytest.mark.slow
 def test_quickstart_demo_run_reaches_the_bar(tmp_path):
     """The README's main command as `./launch.sh train` runs it on a machine without a GPU (accelerate_configs/
     cpu.yaml: two DDP processes over gloo), all defaults: demo data, demo preset, validation macro-F1 >= 0.90."""
@@ -338,6 +341,7 @@ def test_quickstart_demo_run_reaches_the_bar(tmp_path):
     assert info["val/macro_f1"] == pytest.approx(best)
 
 
+@pytest.mark.slow
 def test_damaged_newest_states_fall_back_to_the_older_one_and_pointers_stay_in_the_run(tmp_path, small_store, caplog):
     """Three kept states: the newest with its weights cut short (a full disk), the next with a random state torch
     refuses to load (accelerate would go on without it): the resume falls back to the oldest, says so for each, and
