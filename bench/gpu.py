@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -97,20 +99,22 @@ def part_training(args) -> tuple[str, dict]:
     settings = TRAINING if args.device == "cuda" else [("rehearsal (cpu.yaml)", "cpu", [])]
     for name, config, options in settings:
         run_dir = args.work / "train" / config / (options[1] if options else "default")
+        shutil.rmtree(run_dir, ignore_errors=True)  # a rerun of the check trains afresh
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                f"accelerate_configs/{config}.yaml", "--num_processes", "1", "--main_process_port", str(free_port()),
                *options, "expr/train.py", "--train.output_dir", str(run_dir), "--train.log_with", "none",
                *args.train_options.split()]  # fmt: skip
         log = open(args.out / f"train-{len(procs)}.log", "w")
         env = {**os.environ, "OMP_NUM_THREADS": "2"}
-        procs[name] = (subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env), run_dir, log)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        procs[name] = (proc, run_dir, log)
         procs[name] = (*procs[name], time.perf_counter())
     rows, data = [], {}
     for name, (proc, run_dir, log, t0) in procs.items():
         try:
             code = proc.wait(timeout=args.part_timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)  # the launcher and the training process under it
             code = "timeout"
         seconds = time.perf_counter() - t0
         log.close()

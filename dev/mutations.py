@@ -389,7 +389,7 @@ MUTATIONS = [
     ("example-trained", "an example naming the store's train or validation videos is warned about", "expr/submit.py",
      "    if trained:\n", "    if False:\n", ["tests/test_submit.py", "-k", "training_videos"]),
     ("store-rows", "a store whose record does not match its data (a set's width, audio counts) is refused on opening",
-     "expr/data/store.py", "            if len(array) != n:", "            if False:",
+     "expr/data/store.py", "        if width is not None and width != dim:", "        if False:",
      ["tests/test_store_info.py", "-k", "does_not_match"]),
     ("store-labels", "a store's labels are classes or -1, checked on opening", "expr/data/store.py",
      "bad = np.flatnonzero((self.labels < -1) | (self.labels >= len(self.classes)))",

@@ -66,12 +66,20 @@ def save_progress(acc, run_dir: Path, progress: Progress, keep_last: int) -> Non
 def resume_progress(acc, run_dir: Path, steps_per_epoch: int) -> Progress:
     """Load the newest resume state of ``run_dir`` into ``acc``; the progress points at the next step to take (the
     next epoch's first when the state was saved at an epoch's end). A state that does not load (damaged, cut short)
-    is skipped for the next older kept one, with a warning. Called by all ranks."""
+    is skipped for the next older kept one, with a warning, and renamed ``.damaged-stepN`` so that it is neither
+    resumed nor counted among the kept states again. Called by all ranks; every rank checks its own files first and
+    they load (a collective under DeepSpeed) only when all of them passed."""
     from accelerate.utils import gather_object
 
     candidates = kept_states(run_dir / "states", run_dir)
+    if not candidates:
+        raise ConfigError(f"--resume {run_dir}: no saved state found (no states/step* folder)")
+
+    def agreed(error: str | None) -> list[str]:
+        return [e for e in gather_object([error]) if e]  # every rank moves on together
+
     for i, state in enumerate(candidates):
-        error = None
+        error, progress = None, None
         try:
             saved = json.loads((state / "progress.json").read_text())
             sums = saved.pop("epoch_sums_per_rank")
@@ -81,22 +89,33 @@ def resume_progress(acc, run_dir: Path, steps_per_epoch: int) -> Progress:
                     f"{acc.num_processes}; resume with the same number of processes"
                 )
             _check_random_state(state / f"random_states_{acc.process_index}.pkl")
-            acc.load_state(str(state), **_partial_load(acc))
-            progress = Progress(**saved, epoch_sums=list(sums[acc.process_index]))
         except ConfigError:
             raise
         except Exception as e:  # noqa: BLE001 - a damaged state fails in many ways (JSON, safetensors, pickle)
-            error = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-        errors = [e for e in gather_object([error]) if e]  # every rank moves on together
+            error = _describe(e)
+        errors = agreed(error)
+        if not errors:  # every rank's own files are sound: load together
+            try:
+                acc.load_state(str(state), **_partial_load(acc))
+                progress = Progress(**saved, epoch_sums=list(sums[acc.process_index]))
+            except Exception as e:  # noqa: BLE001
+                error = _describe(e)
+            errors = agreed(error)
         if not errors:
             break
         if i + 1 == len(candidates):
             raise CheckpointError(f"--resume {run_dir}: no kept state loads (the oldest, {state.name}: {errors[0]})")
         logger.warning("resume state %s does not load (%s): resuming from the older %s", state, errors[0],
                        candidates[i + 1].name)  # fmt: skip
+        if acc.is_main_process and state.is_dir():  # out of the kept states: never resumed or counted again
+            os.replace(state, state.with_name(f".damaged-{state.name}"))
     if progress.step_in_epoch >= steps_per_epoch:  # saved at the end of an epoch
         progress.epoch, progress.step_in_epoch, progress.epoch_sums = progress.epoch + 1, 0, [0.0, 0.0]
     return progress
+
+
+def _describe(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
 
 
 def _check_random_state(path: Path) -> None:
@@ -181,7 +200,8 @@ def kept_states(state_dir: Path, run_dir: Path) -> list[Path]:
                 f"--resume {run_dir}: {latest} names {named!r}, which is not a state folder of this run "
                 f"(states/stepNNNNNNNN); delete {latest} to resume from the newest kept state"
             )
-        folders = [state_dir / named] + [p for p in folders if p.name != named]
+        named_folder = [state_dir / named] if (state_dir / named).is_dir() else []  # set aside as damaged: skip
+        folders = named_folder + [p for p in folders if p.name != named]
     return folders
 
 

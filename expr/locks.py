@@ -3,16 +3,21 @@ prepared), held for as long as the command writes it.
 
 The lock is ``flock`` on ``FOLDER/.lock``: the kernel releases it when the holder's process ends, however it ends
 (a kill, a crash), so a stale lock never blocks the next run. The file also says who holds it (pid, host, since
-when), for the message a second writer gets.
+when), for the message a second writer gets. The lock is as wide as the file system's ``flock``: every process of
+one machine, and every machine where the shared file system supports it (NFSv4, Lustre with ``flock``); where it
+is refused, the command goes on with a warning.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 import time
 from pathlib import Path
+
+logger = logging.getLogger("expr.locks")
 
 
 class LockedError(RuntimeError):
@@ -41,9 +46,17 @@ class FolderLock:
                 f"{self.folder}: this {self.what} is being written by {holder} ({self.path}); {self.hint}. Two "
                 f"writers at once would mix their files"
             ) from None
-        os.ftruncate(fd, 0)
-        when = time.strftime("%Y-%m-%d %H:%M:%S")
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {when}\n".encode(), 0)
+        except OSError as e:  # a file system without flock (some network mounts): go on, unprotected, and say so
+            os.close(fd)
+            logger.warning("%s: cannot lock %s (%s): nothing stops a second writer of this %s", self.folder, self.path,
+                           e.strerror or e, self.what)  # fmt: skip
+            return self
+        try:
+            os.ftruncate(fd, 0)
+            when = time.strftime("%Y-%m-%d %H:%M:%S")
+            os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {when}\n".encode(), 0)
+        except OSError:
+            pass  # the note of who holds it is for messages only; the lock holds without it
         self._fd = fd
         return self
 

@@ -54,6 +54,7 @@ from expr.data.store import (
     VideoRecord,
     add_sets,
     problem_lines,
+    write_header,
     write_store,
 )
 from expr.features.backbones import (
@@ -710,6 +711,7 @@ def assemble(out: Path, staging: Path, plan: Plan, encoders: _Encoders, classes,
             str(staging / "text.safetensors"),
             metadata={"template": prompt_template, "classes": json.dumps(list(classes)), "set": backbones.text_set()},
         )
+        write_header(staging, json.loads((staging / "store.json").read_text()))  # its size and checksum recorded too
     _swap_in(staging, out)
     return stats.result()
 

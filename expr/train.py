@@ -122,6 +122,10 @@ class NonFiniteError(RuntimeError):
     """The training loss is not a number: damaged features (named) or a diverged run."""
 
 
+FP16_NON_FINITE_STEPS = 50
+"""Under fp16 loss scaling, this many non-finite losses in a row are not overflow any more: the run stops."""
+
+
 class Trainer:
     """One training run. Construct, then :meth:`fit`."""
 
@@ -130,6 +134,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume_dir: str | None = None, on_epoch_end: EpochCallback | None = None):
         self.cfg, self.on_epoch_end = cfg, on_epoch_end
+        self._non_finite_steps = 0
         trackers = [t.strip() for t in (cfg.train.log_with or "").split(",") if t.strip() not in ("", "none")]
         run_dir = resume_dir or cfg.train.output_dir
         if not resume_dir and run_dir and any((Path(run_dir) / f).exists() for f in ("metrics.jsonl", "states")):
@@ -144,10 +149,16 @@ class Trainer:
         self.run_dir = Path(run_dir)
         acc.project_configuration.logging_dir = str(self.run_dir / "logs")
         cfg.train.output_dir = str(self.run_dir)
-        self.lock = None
+        self.lock, refused = None, None
         if acc.is_main_process:  # one writer per run directory, for as long as this run trains
             hint = f"wait for it to finish (--resume {self.run_dir} then continues it), or choose another directory"
-            self.lock = FolderLock(self.run_dir, "run", hint).acquire()
+            try:
+                self.lock = FolderLock(self.run_dir, "run", hint).acquire()
+            except LockedError as e:
+                refused = str(e)
+        refused = agree(acc, refused)  # every process stops with the same line, none waits in a collective
+        if refused:
+            raise LockedError(refused)
         try:
             self._start(resume_dir, trackers)
         except BaseException:
@@ -290,8 +301,8 @@ class Trainer:
         """What a non-finite training loss at ``step`` comes from: the store's first non-finite feature, if any."""
         bad = self.store.first_non_finite()
         if bad:
-            return f"the training loss is {value} at step {step}: {bad}; the store is damaged, prepare it again"
-        return (f"the training loss is {value} at step {step} although every feature is finite: training diverged; "
+            return f"the training loss is not finite at step {step}: {bad}; the store is damaged, prepare it again"
+        return (f"the training loss is not finite at step {step} although every feature is finite: training diverged; "
                 f"lower train.lr (now {self.lr:g}) or set train.max_grad_norm")  # fmt: skip
 
     def save_config(self) -> None:
@@ -406,7 +417,12 @@ class Trainer:
                 self.optimizer.zero_grad()
             n = batch["label"].shape[0]
             value = float(losses["loss"].detach())
-            if not math.isfinite(value) and acc.mixed_precision != "fp16":  # fp16: overflow is the scaler's to skip
+            p_bad = self._non_finite_steps = (self._non_finite_steps + 1) if not math.isfinite(value) else 0
+            # fp16: a loss overflow is the scaler's to skip, unless it never ends (NaN features under fp16)
+            stop = p_bad >= (FP16_NON_FINITE_STEPS if acc.mixed_precision == "fp16" else 1)
+            if acc.num_processes > 1:  # every process stops at the same step, none waits in the next all-reduce
+                stop = bool(acc.reduce(torch.tensor(float(stop), device=acc.device), reduction="sum").item())
+            if stop:
                 raise NonFiniteError(self.non_finite(p.global_step + 1, value))
             p.epoch_sums[0] += value * n
             p.epoch_sums[1] += n
@@ -524,8 +540,14 @@ def config_from_argv(argv: list[str], default_preset: str | None = None) -> tupl
         for f in files:
             apply_dict(cfg, load_yaml(f), f)
         apply_dict(cfg, overrides, "command line")
-        validate(cfg)
-        validate(recorded)
+        try:
+            validate(recorded)
+        except ConfigError as e:
+            raise ConfigError(f"{saved}: {e}") from None
+        try:
+            validate(cfg)
+        except ConfigError as e:
+            raise ConfigError(f"--resume {resume} with these options: {e}") from None
         changes = resume_changes(recorded, cfg)
         if changes:  # refused before anything is built or written: the run stays as it was
             raise ConfigError(

@@ -378,6 +378,7 @@ def test_damaged_newest_states_fall_back_to_the_older_one_and_pointers_stay_in_t
     assert "step00000006 does not load (SafetensorError" in caplog.text
     assert "step00000004 does not load" in caplog.text and "resuming from the older step00000002" in caplog.text
     assert second["completed"] and history(b) == history(tmp_path / "ref")  # steps 3-6 redone: the same run
+    assert {".damaged-step00000004", ".damaged-step00000006"} <= {p.name for p in states.iterdir()}  # set aside
 
 
 def test_a_run_directory_has_one_writer(tmp_path, small_store):

@@ -689,7 +689,14 @@ class FrameStore:
                 f"{self.path}: damaged store: feature set '{name}' does not load ({type(e).__name__}: "
                 f"{str(e)[:200]}); `expr store info {self.path} --verify` names the damaged files"
             ) from None
-        return _fixed_to_numpy(table.column("feature"), int(self.sets[name]["dim"]))
+        column, dim = table.column("feature"), int(self.sets[name].get("dim", 0))
+        width = getattr(column.type, "list_size", None)
+        if width is not None and width != dim:  # before a reshape reads the rows at the wrong width
+            raise StoreError(
+                f"{self.path}: damaged store: feature set '{name}' holds rows of {width} values, store.json says "
+                f"{dim}; copy the store again, or re-run expr prepare into a new --out"
+            )
+        return _fixed_to_numpy(column, dim)
 
     @property
     def feature_sets(self) -> dict[str, dict[str, Any]]:
@@ -806,7 +813,7 @@ def check_files(root: Path, meta: dict[str, Any]) -> None:
     short, a full disk) is named here, before a reader fails deep inside Arrow."""
     for rel, entry in meta.get("files", {}).items():
         path = root / rel
-        size = entry["bytes"] if isinstance(entry, dict) else entry
+        size = entry.get("bytes") if isinstance(entry, dict) else entry
         if not path.is_file():
             raise StoreError(f"{root}: damaged store: {rel} is missing; copy the store again or re-run expr prepare")
         if path.stat().st_size != size:
