@@ -89,11 +89,15 @@ class Timer:
         self.seconds = time.perf_counter() - self.t0
 
 
-def print_table(title: str, header: list[str], rows: list[list]) -> str:
+def format_table(title: str, header: list[str], rows: list[list]) -> str:
+    """A Markdown table under a ``###`` title, numbers formatted as the benchmarks print them."""
     lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for r in rows:
-        lines.append("| " + " | ".join(_fmt(x) for x in r) + " |")
-    text = "\n".join(lines)
+    lines += ["| " + " | ".join(_fmt(x) for x in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def print_table(title: str, header: list[str], rows: list[list]) -> str:
+    text = format_table(title, header, rows)
     print(text + "\n")
     return text
 

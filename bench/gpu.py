@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 from common import ROOT, Timer, machine
+from common import format_table as table
 
 SMOKE = "--parts head_step --steps 2 --out {tmp}/gpu"
 """This script's smallest honest size (the head's step on the GPU); on a machine without a GPU (CI), the one line
@@ -47,14 +48,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def table(title: str, header: list[str], rows: list[list]) -> str:
-    from common import _fmt
-
-    lines = [f"### {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(x) for x in r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------------- the parts

@@ -2,13 +2,13 @@
 CUDA. CI has no GPU, so these skip there; on a GPU machine `./launch.sh test tests/test_gpu.py` runs them."""
 
 import json
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 from conftest import ROOT
+from test_distributed import free_port
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
@@ -17,15 +17,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(args, tmp_path):
     """``accelerate launch ARGS`` on a port of its own (bench/gpu.py runs these tests four at a time)."""
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(_free_port()), *args]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--main_process_port", str(free_port()), *args]
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
