@@ -123,7 +123,7 @@ def predict_rows(
     import sys
 
     from expr.config import build_config
-    from expr.train import run
+    from expr.training.trainer import run
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,7 +21,7 @@ from expr.config import ABAW_CLASSES, Config
 from expr.data.online import OnlineWindowDataset, collate_online
 from expr.data.store import FrameStore, VideoRecord, write_store
 from expr.data.windows import EpochSampler, WindowDataset, build_windows, collate_batch
-from expr.losses import total_loss
+from expr.training.losses import total_loss
 from expr.models.fusion import FusionHead
 from expr.models.online import store_encoders
 

@@ -8,6 +8,6 @@ if __name__ == "__main__":
     code = main()
     if "torch" not in sys.modules:  # nothing distributed ran (e.g. --help): no process group to leave
         sys.exit(code)
-    from expr.distributed import exit_process
+    from expr.training.distributed import exit_process
 
     exit_process(code)

@@ -1,7 +1,7 @@
 """``python sweeps/run.py --study window [-- --train.epochs 2]``: ``expr sweep`` from a checkout, without installing.
 
 Results default to this checkout's ``sweeps/results/<study>/``. Everything else is ``expr sweep``
-(:mod:`expr.sweep.command`; ``python sweeps/run.py --help`` lists the options).
+(:mod:`expr.cli.sweep`; ``python sweeps/run.py --help`` lists the options).
 """
 
 import sys
@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from expr.distributed import exit_process
-from expr.sweep.command import main
+from expr.training.distributed import exit_process
+from expr.cli.sweep import main
 
 if __name__ == "__main__":
     exit_process(main(results_root=ROOT / "sweeps" / "results", prog="python sweeps/run.py"))

@@ -33,7 +33,7 @@ def small_store(expr_cache):
 def small_run(tmp_path_factory, small_store):
     """A tiny finished run (2 epochs on the 12-video demo store) for evaluation and submission tests."""
     from expr.config import build_config
-    from expr.train import run
+    from expr.training.trainer import run
 
     out = tmp_path_factory.mktemp("run") / "r"
     cfg = build_config(
@@ -55,7 +55,7 @@ def multi_task_run(tmp_path_factory, small_store):
     """A tiny finished run of the three tasks (3 epochs on the 12-video demo store, whose videos carry VA and AU; a
     few of them held out by one task and so kept out of every task's training)."""
     from expr.config import build_config
-    from expr.train import run
+    from expr.training.trainer import run
 
     out = tmp_path_factory.mktemp("mt") / "run"
     cfg = build_config({"data.demo_videos": 12, "model.tcn_blocks": 2, "train.epochs": 3, "train.batch_size": 16,

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from expr.calibration import apply_offsets, cross_fit, fit_offsets, macro_f1, subject_ids, video_groups
-from expr.evaluation import Decision
+from expr.scoring.calibration import apply_offsets, cross_fit, fit_offsets, macro_f1, subject_ids, video_groups
+from expr.scoring.decision import Decision
 
 
 def biased_case(n=3000, classes=5, seed=0):
@@ -80,7 +80,7 @@ def test_a_decision_calibrates_before_it_smooths():
     probs, _, _ = biased_case(40)
     offsets = (0.0, 2.0, 0.0, -1.0, 0.0)
     d = Decision(offsets, "mode", 5)
-    from expr.evaluation import smooth
+    from expr.scoring.decision import smooth
 
     np.testing.assert_allclose(d.video(probs), smooth(apply_offsets(probs, offsets), "mode", 5))
     rows, num_frames, frame_offset = np.arange(40), np.array([20, 20]), np.array([0, 20])
@@ -95,10 +95,10 @@ def test_expr_calibrate_records_offsets_that_evaluate_and_submit_apply(small_run
     cross-fitted), and evaluate and submit applying the offsets (and ignoring them with eval.calibrate false)."""
     import shutil
 
-    from expr.calibrate import main as calibrate_main
+    from expr.cli.calibrate import main as calibrate_main
     from expr.data.store import FrameStore
-    from expr.report import evaluate_run
-    from expr.submit import frame_labels
+    from expr.runs.evaluate import evaluate_run
+    from expr.runs.submission import frame_labels
 
     run = tmp_path / "run"
     shutil.copytree(small_run["run_dir"], run)

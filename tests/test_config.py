@@ -105,8 +105,8 @@ def test_num_classes_follows_class_list():
 
 
 def test_train_help_lists_every_option_with_its_docstring(capsys):
+    from expr.cli.train import main
     from expr.config import field_docs
-    from expr.train import main
 
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
@@ -124,7 +124,7 @@ def test_a_backbone_override_a_prepared_store_cannot_honour_is_an_error():
 
     import numpy as np
 
-    from expr.loaders import check_store
+    from expr.training.loaders import check_store
 
     recorded = {"clip": "ViT-B-32", "clip_pretrained": "/weights/clip.pt", "wav2vec2": "/weights/w2v"}
     store = SimpleNamespace(
@@ -162,7 +162,7 @@ def test_a_run_folders_config_beyond_sane_bounds_is_refused_before_anything_is_b
     refused naming the file and the key, before any model exists."""
     import yaml
 
-    from expr.runs import load_run
+    from expr.runs.layout import load_run
 
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)

@@ -36,7 +36,7 @@ def launch2(args: list[str], zero_stage: int | None = None) -> str:
 def evaluate_on_one_process(run_dir: Path) -> tuple[float, int]:
     """Frame-level macro-F1 of the run's best head, and the number of validation windows, computed by
     `expr evaluate`'s code in this single process."""
-    from expr.report import evaluate_run
+    from expr.runs.evaluate import evaluate_run
 
     report = evaluate_run(run_dir, out_dir=run_dir / "eval-1proc")
     return report["metrics"]["macro_f1"], report["frames"]
@@ -57,7 +57,7 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, small_store,
     # process would).
     from test_train import _train_windows
 
-    from expr.train import config_from_argv
+    from expr.config import config_from_argv
 
     windows = len(_train_windows(config_from_argv(args)[0]))
     assert final["global_step"] == 2 * math.ceil(windows / 32)
@@ -75,7 +75,7 @@ def test_two_processes_train_resume_and_evaluate_like_one(tmp_path, small_store,
     # Any resume state exports to one head file that reproduces the trained parameters.
     from safetensors.torch import load_file
 
-    from expr.checkpoint import export_head
+    from expr.training.checkpoint import export_head
 
     last = json.loads((b / "states" / "latest.json").read_text())["state"]
     head = load_file(export_head(b / "states" / last, tmp_path / "head.safetensors"))
@@ -97,7 +97,7 @@ def test_expr_evaluate_on_two_processes_matches_one(small_run, tmp_path):
     """`accelerate launch -m expr evaluate`: each process takes whole videos, the main process scores."""
     import json
 
-    from expr.report import evaluate_run
+    from expr.runs.evaluate import evaluate_run
 
     one = evaluate_run(small_run["run_dir"], stride=5, out_dir=tmp_path / "one")
     cmd = accelerate_cmd() + [
@@ -117,7 +117,7 @@ def prepare_on_one_process(tmp_path: Path) -> list[str]:
     import torch
     from mediatree import affwild2_tree
 
-    from expr.prepare import main
+    from expr.extract.prepare import main
 
     root = tmp_path / "aw"
     affwild2_tree(root)
@@ -169,7 +169,7 @@ def test_two_processes_train_other_tasks(tmp_path, small_store, tasks):
     """Under DDP every parameter must receive a gradient on every rank: a VA-only run never uses the expression
     classifier or the contrastive projection, and a multi-task batch may hold no expression label. The gathered
     validation equals one process's `expr evaluate`."""
-    from expr.report import evaluate_run
+    from expr.runs.evaluate import evaluate_run
 
     run_dir = tmp_path / "run"
     launch2(SMALL + ["--train.log_with", "none", "--train.epochs", "1", "--train.tasks", tasks,
@@ -186,7 +186,7 @@ def test_loss_scale_reads_the_scaler_that_runs():
     dynamic scale under DeepSpeed fp16, and None where nothing scales (fp32, bf16)."""
     from types import SimpleNamespace as NS
 
-    from expr.distributed import loss_scale
+    from expr.training.distributed import loss_scale
 
     class Scaler:
         def __init__(self, on):
@@ -212,7 +212,7 @@ def test_loss_scale_reads_the_scaler_that_runs():
 
 def test_a_lost_peer_is_recognised_only_in_a_multi_process_run(monkeypatch):
     """gloo's and NCCL's words for a process that is gone become expr's one-line error; other errors stay errors."""
-    from expr.distributed import peer_failure
+    from expr.training.distributed import peer_failure
 
     gone = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:28906. GLHF!")
     monkeypatch.setenv("WORLD_SIZE", "2")

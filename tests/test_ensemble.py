@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from expr.ensemble import EnsembleError, ensemble, greedy_weights
-from expr.ensemble import main as ensemble_main
+from expr.cli.ensemble import main as ensemble_main
+from expr.runs.ensemble import EnsembleError, ensemble, greedy_weights
 
 
 def test_an_ensemble_of_identical_runs_equals_the_run(small_run, tmp_path, capsys):
@@ -30,7 +30,7 @@ def test_fitted_weights_never_score_below_the_best_member():
         logits = rng.normal(0, 1, (600, 4))
         logits[np.arange(600), labels] += skill
         members.append(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))
-    from expr.metrics import classification_report
+    from expr.scoring.metrics import classification_report
 
     def f1(p):
         return classification_report(labels, p.argmax(1), classes)["macro_f1"]
@@ -44,7 +44,7 @@ def test_fitted_weights_never_score_below_the_best_member():
 def test_fitted_weights_are_the_best_point_of_the_greedy_path_on_1000_random_cases():
     """Property: whatever the members, classes and frame counts, the fitted ensemble scores at least its best member
     on the data it was fitted on (the last round of the path may score lower; the best point may not)."""
-    from expr.metrics import classification_report
+    from expr.scoring.metrics import classification_report
 
     rng = np.random.default_rng(1)
     below = 0
@@ -99,8 +99,8 @@ def test_the_steps_table_shows_best_run_ensemble_calibration_and_smoothing(small
     assert info["smoothing"] == {"method": "mean", "width": 9}
     # the ensemble's decision is what submit applies: its calibration, then its smoothing, on the members' raw mean
     from expr.data.store import FrameStore
-    from expr.evaluation import Decision
-    from expr.submit import frame_probs
+    from expr.runs.submission import frame_probs
+    from expr.scoring.decision import Decision
 
     store = FrameStore(report["store"])
     name = store.names[store.videos_in("validation")[0]]
@@ -117,7 +117,7 @@ def test_the_steps_table_shows_best_run_ensemble_calibration_and_smoothing(small
 def fold_runs(tmp_path_factory):
     """One run per fold of a 2-fold split of the demo store (1 epoch each)."""
     from expr.config import build_config
-    from expr.train import run
+    from expr.training.trainer import run
 
     base = tmp_path_factory.mktemp("folds")
     runs = []
@@ -183,7 +183,7 @@ def test_a_k_fold_study_becomes_one_out_of_fold_ensemble(fold_runs, tmp_path, ca
 def fake_member(monkeypatch, reports, folds=None, smoothing=None):
     """evaluate_run replaced: member i gets reports[i] (classes, store, rows), folds[i], smoothing[i] and random
     probabilities."""
-    from expr.report import save_frame_probs
+    from expr.runs.evaluate import save_frame_probs
 
     folds, smoothing = folds or [None] * len(reports), smoothing or [("none", 0)] * len(reports)
     calls = iter(zip(reports, folds, smoothing, strict=True))
@@ -198,7 +198,7 @@ def fake_member(monkeypatch, reports, folds=None, smoothing=None):
         return {"store": store, "metrics": metrics, "calibrated_metrics": None, "smoothed_metrics": None,
                 "folds": fold, "smoothing": {"method": method, "width": width}}  # fmt: skip
 
-    monkeypatch.setattr("expr.ensemble.evaluate_run", evaluate_run)
+    monkeypatch.setattr("expr.runs.ensemble.evaluate_run", evaluate_run)
 
 
 def test_members_that_differ_in_classes_store_or_frames_are_named(monkeypatch, tmp_path):
@@ -218,7 +218,7 @@ def test_members_that_differ_in_classes_store_or_frames_are_named(monkeypatch, t
 
 def test_members_with_other_window_lengths_combine_frame_by_frame(small_run, tmp_path):
     from expr.config import build_config
-    from expr.train import run
+    from expr.training.trainer import run
 
     cfg = build_config({"data.demo_videos": 12, "data.window": 24, "data.eval_stride": 6, "model.tcn_blocks": 2,
                         "train.epochs": 1, "train.batch_size": 16, "train.output_dir": str(tmp_path / "w24"),
@@ -261,7 +261,7 @@ def test_fold_and_smoothing_mismatches_are_named(monkeypatch, tmp_path):
 
 def test_an_ensembles_decision_overrides_are_parsed_like_a_runs(tmp_path):
     from expr.config import CliText, ConfigError
-    from expr.runs import RunError, ensemble_decision
+    from expr.runs.layout import RunError, ensemble_decision
 
     folder = tmp_path / "e"
     folder.mkdir()
@@ -289,7 +289,7 @@ def test_an_ensembles_decision_overrides_are_parsed_like_a_runs(tmp_path):
 
 
 def test_a_study_whose_best_setting_has_one_run_is_refused(tmp_path):
-    from expr.ensemble import study_runs
+    from expr.runs.ensemble import study_runs
 
     (tmp_path / "trials" / "0001").mkdir(parents=True)
     write_results(tmp_path, [

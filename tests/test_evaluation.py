@@ -3,7 +3,7 @@ import pytest
 from sklearn.metrics import f1_score
 
 from expr.data.windows import label_position, window_starts
-from expr.evaluation import (
+from expr.scoring.decision import (
     aggregate_frames,
     fill_missing_faces,
     frame_probabilities,
@@ -190,7 +190,7 @@ def test_expr_evaluate_scores_frames_like_training_and_writes_a_report(small_run
     import json
     from pathlib import Path
 
-    from expr.report import main
+    from expr.cli.evaluate import main
 
     run_dir = Path(small_run["run_dir"])
     assert main([str(run_dir), "--smoothing", "mode", "--width", "9"]) == 0
@@ -219,7 +219,7 @@ def test_expr_evaluate_scores_frames_like_training_and_writes_a_report(small_run
 
 
 def test_expr_evaluate_explains_a_missing_head(tmp_path, capsys):
-    from expr.report import main
+    from expr.cli.evaluate import main
 
     (tmp_path / "config.yaml").write_text("{}\n")
     assert main([str(tmp_path)]) == 2
@@ -231,7 +231,7 @@ def test_commands_reading_a_run_take_dotted_overrides_and_refuse_what_cannot_cha
     shaped the trained head is refused by name, and a typo gets the config's suggestion."""
     import json
 
-    from expr.report import main
+    from expr.cli.evaluate import main
 
     run = small_run["run_dir"]
     assert main([run, "--eval.smoothing", "mean", "--eval.smoothing_width=9", "--data.eval_stride", "5",

@@ -13,12 +13,12 @@ from facetask import CLASSES, face_task
 from mediatree import small_backbone_dirs
 from safetensors.torch import load_file
 
+from expr.cli.finetune import main as finetune_main
 from expr.config import build_config
 from expr.data.store import FrameStore
-from expr.finetune import FinetuneTrainer
-from expr.finetune import main as finetune_main
+from expr.extract.prepare import main as prepare_main
 from expr.models.frame import load_frame_classifier
-from expr.prepare import main as prepare_main
+from expr.training.finetune import FinetuneTrainer
 
 CLS = str(CLASSES)
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +108,7 @@ def test_stage_one_resume_after_a_kill_equals_the_uninterrupted_run(face_store, 
         assert a["val/macro_f1"] == pytest.approx(b["val/macro_f1"], abs=1e-9)
     w1, w2 = (load_file(str(tmp_path / r / "best" / "model.safetensors")) for r in ("full", "killed"))
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
-    from expr.checkpoint import CheckpointError, export_head
+    from expr.training.checkpoint import CheckpointError, export_head
 
     with pytest.raises(CheckpointError, match="expr export RUN_DIR"):  # a stage I state holds no fusion head
         export_head(next((tmp_path / "killed" / "states").glob("step*")), tmp_path / "head.safetensors")
@@ -126,7 +126,7 @@ def test_tuned_encoder_beats_the_frozen_one_in_stage_one_and_stage_two(face_stor
     stage_two = [a for a in prepare_args if a != "--media"] + ["--visual", f"tuned=finetuned:{tmp_path / 'lora'}"]
     assert prepare_main(stage_two) == 0
     assert FrameStore(store, visual="tuned").feature_sets["tuned"]["spec"] == f"finetuned:{tmp_path / 'lora'}"
-    from expr.train import run
+    from expr.training.trainer import run
 
     scores = {}
     for name in ("clip", "tuned"):  # the same head and budget as the online tests, on cached features
@@ -137,7 +137,7 @@ def test_tuned_encoder_beats_the_frozen_one_in_stage_one_and_stage_two(face_stor
     # expr predict on a raw video rebuilds the tuned set from its spec (the stage I run), as the head was trained
     from test_predict import clip_from_photo
 
-    from expr.predict import predict_video
+    from expr.video.predict import predict_video
 
     video = clip_from_photo(tmp_path / "a.mp4", "astronaut")
     result = predict_video(video, tmp_path / "tuned", tmp_path / "out", progress=False)
@@ -148,7 +148,7 @@ def test_tuned_encoder_beats_the_frozen_one_in_stage_one_and_stage_two(face_stor
 def test_tuned_features_and_exports_give_the_same_outputs(face_store, tmp_path):
     from PIL import Image
 
-    from expr.export import main as export_main
+    from expr.cli.export import main as export_main
     from expr.features.encoders import load_image_encoder
     from expr.features.spec import parse_spec
 
@@ -191,14 +191,14 @@ def test_clear_errors(face_store, tmp_path, small_store, capsys):
         == 2
     )
     assert "finetune.lora_targets" in capsys.readouterr().err
-    from expr.train import main as train_main
+    from expr.cli.train import main as train_main
 
     online = ["--data.cache", str(store), "--data.mode", "online", "--finetune.method", "last_n"]
     assert train_main([*online, "--finetune.last_n", "9", "--train.output_dir", str(tmp_path / "y"), *base[2:]]) == 2
     assert "finetune.last_n=9, but VisionTransformer has 2 blocks" in capsys.readouterr().err
     assert finetune_main(["--data.cache", str(store), *base, "--finetune.methd", "lora"]) == 2
     assert "finetune.method" in capsys.readouterr().err  # a typo gets a suggestion
-    from expr.report import main as evaluate_main
+    from expr.cli.evaluate import main as evaluate_main
 
     FinetuneTrainer(_cfg(store, tmp_path / "s1", **{"train.epochs": 1})).fit()
     assert evaluate_main([str(tmp_path / "s1")]) == 2
@@ -248,10 +248,10 @@ def test_a_frame_drawn_twice_in_an_epoch_is_augmented_anew(face_store):
 
 
 def test_a_tuned_set_never_validates_on_the_videos_stage_one_trained_on(face_store, tmp_path, capsys):
+    from expr.cli.train import main as train_main
     from expr.config import Config
     from expr.data.source import open_store
     from expr.data.store import StoreError
-    from expr.train import main as train_main
 
     store, prepare_args = face_store
     stage_two = [a for a in prepare_args if a != "--media"]
@@ -304,8 +304,8 @@ def _online(store, out, method, **overrides):
 
 @pytest.mark.slow
 def test_online_lora_trains_with_the_head_and_beats_the_frozen_encoder(face_store, tmp_path):
-    from expr.report import evaluate_run
-    from expr.train import Trainer
+    from expr.runs.evaluate import evaluate_run
+    from expr.training.trainer import Trainer
 
     store, _ = face_store
     frozen = Trainer(_online(store, tmp_path / "frozen", "frozen")).fit()["best_macro_f1"]
@@ -328,8 +328,8 @@ def test_online_lora_trains_with_the_head_and_beats_the_frozen_encoder(face_stor
     assert evaluate_run(tmp_path / "lora", device="cpu")["metrics"]["macro_f1"] == pytest.approx(lora, abs=1e-6)
     from test_predict import clip_from_photo
 
-    from expr.export import main as export_main
-    from expr.predict import predict_video
+    from expr.cli.export import main as export_main
+    from expr.video.predict import predict_video
 
     assert export_main([str(tmp_path / "lora"), "--out", str(tmp_path / "export")]) == 0
     assert (tmp_path / "export" / "encoders.safetensors").is_file()
@@ -341,8 +341,8 @@ def test_online_lora_trains_with_the_head_and_beats_the_frozen_encoder(face_stor
 
 
 def test_online_lora_resume_after_a_kill_equals_the_uninterrupted_run(face_store, tmp_path):
-    from expr.train import main as train_main
-    from expr.train import run
+    from expr.cli.train import main as train_main
+    from expr.training.trainer import run
 
     store, _ = face_store
     both = {"train.epochs": 2, "finetune.audio_method": "lora"}
@@ -352,8 +352,8 @@ def test_online_lora_resume_after_a_kill_equals_the_uninterrupted_run(face_store
     state = load_file(str(next((tmp_path / "killed" / "states").glob("step*")) / "model.safetensors"))
     assert all(k.startswith("head.") or "lora_" in k for k in state)  # the state holds what trains, no base weight
     assert any("wav2vec2" in k for k in state)
-    from expr.checkpoint import export_head
     from expr.models.fusion import FusionHead
+    from expr.training.checkpoint import export_head
 
     state_dir = next((tmp_path / "killed" / "states").glob("step*"))
     FusionHead(run_config(tmp_path / "killed").model, 4).load_state_dict(
@@ -370,7 +370,7 @@ def test_online_lora_resume_after_a_kill_equals_the_uninterrupted_run(face_store
 
 
 def test_encoder_tuning_outside_online_mode_is_refused(face_store, tmp_path):
-    from expr.train import Trainer
+    from expr.training.trainer import Trainer
 
     store, _ = face_store
     with pytest.raises(Exception, match="data.mode=online"):
@@ -378,8 +378,8 @@ def test_encoder_tuning_outside_online_mode_is_refused(face_store, tmp_path):
 
 
 def test_tuned_encoders_keep_the_eval_behaviour_of_their_frozen_weights(face_store):
+    from expr.features.tuning import Tuning
     from expr.models.online import store_encoders
-    from expr.models.tuning import Tuning
 
     store, _ = face_store
     lora = Tuning("lora", lora_dropout=0.1)
@@ -437,7 +437,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     from mediatree import SMALL_CLIP_TEXT, SMALL_CLIP_VISION, SMALL_WAV2VEC2
     from transformers import Wav2Vec2Config, Wav2Vec2Model
 
-    from expr.models.tuning import Tuning, apply, set_mode
+    from expr.features.tuning import Tuning, apply, set_mode
 
     def grads(build, family, x, checkpointing):
         torch.manual_seed(0)
@@ -480,7 +480,7 @@ def run_config(run_dir):
 def test_a_convnext_has_four_stages():
     import timm
 
-    from expr.models.tuning import layer_ids
+    from expr.features.tuning import layer_ids
 
     ids, n = layer_ids(timm.create_model("convnext_tiny", num_classes=0))
     assert n == 4 and ids["stem.0.weight"] == 0 and ids["stages.3.blocks.0.conv_dw.weight"] == 4
@@ -489,7 +489,7 @@ def test_a_convnext_has_four_stages():
 def test_last_n_on_a_cnn_trains_its_last_stage_and_keeps_frozen_batch_norms_fixed():
     import timm
 
-    from expr.models.tuning import Tuning, apply, layer_ids, set_mode
+    from expr.features.tuning import Tuning, apply, layer_ids, set_mode
 
     torch.manual_seed(0)
     model = apply(timm.create_model("resnet18", num_classes=0), "timm", Tuning("last_n", last_n=1))
@@ -506,7 +506,7 @@ def test_last_n_on_a_cnn_trains_its_last_stage_and_keeps_frozen_batch_norms_fixe
 
 @pytest.mark.parametrize("mask", ["none", "bool", "float", "per_head"])
 def test_linear_attention_equals_multihead_attention(mask):
-    from expr.models.tuning import LinearAttention
+    from expr.features.tuning import LinearAttention
 
     torch.manual_seed(0)
     mha = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()

@@ -42,8 +42,8 @@ def test_zero2_fp16_trains_without_an_overflow_storm(tmp_path):
 def test_online_mode_runs_fp16_encoders_on_the_gpu(tmp_path):
     from mediatree import affwild2_tree, small_backbone_dirs
 
+    from expr.extract.prepare import items_from_affwild2, prepare
     from expr.features.backbones import Backbones
-    from expr.prepare import items_from_affwild2, prepare
 
     clip, w2v = small_backbone_dirs(tmp_path / "weights")
     affwild2_tree(tmp_path / "aw")
@@ -72,7 +72,7 @@ def test_tuned_encoders_train_in_half_precision_on_the_gpu(tmp_path, config, com
     from facetask import CLASSES, face_task
     from mediatree import small_backbone_dirs
 
-    from expr.prepare import main as prepare_main
+    from expr.extract.prepare import main as prepare_main
 
     clip, w2v = small_backbone_dirs(tmp_path / "weights", clip_layers=2)
     csv = face_task(tmp_path / "tree")

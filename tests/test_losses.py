@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from expr.losses import class_weights, text_contrastive, total_loss
+from expr.training.losses import class_weights, text_contrastive, total_loss
 
 
 def test_contrastive_matches_a_hand_computed_case():
@@ -111,7 +111,7 @@ def test_the_prompts_clip_is_named_or_found_and_its_absence_is_an_error_only_whe
     from types import SimpleNamespace
 
     from expr.config import ConfigError, build_config
-    from expr.criterion import prompt_embeddings, text_source
+    from expr.training.criterion import prompt_embeddings, text_source
 
     clip = {"modality": "visual", "family": "open_clip", "model": "ViT-B-32", "weights": "random"}
     big = {"modality": "visual", "family": "open_clip", "model": "ViT-L-14", "weights": "laion2b_s32b_b82k"}
@@ -137,8 +137,8 @@ def test_a_window_with_a_face_in_some_of_its_frames_enters_the_contrastive_term(
     from types import SimpleNamespace
 
     from expr.config import Config
-    from expr.criterion import Criterion
-    from expr.losses import text_contrastive
+    from expr.training.criterion import Criterion
+    from expr.training.losses import text_contrastive
 
     g = torch.Generator().manual_seed(2)
     emb = torch.nn.functional.normalize(torch.randn(3, 8, generator=g), dim=-1)

@@ -4,7 +4,7 @@ from sklearn.metrics import confusion_matrix as sk_confusion
 from sklearn.metrics import f1_score
 
 from expr.config import ABAW_CLASSES
-from expr.metrics import METRIC_PATH, classification_report
+from expr.scoring.metrics import METRIC_PATH, classification_report
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -74,7 +74,7 @@ def test_evaluate_module_loads_offline_and_agrees():
 
 
 def test_tuned_au_thresholds_take_the_one_nearest_half_among_equally_good_ones():
-    from expr.metrics import tune_au_thresholds
+    from expr.scoring.metrics import tune_au_thresholds
 
     # Unit 0: any threshold in (0.1, 0.9] separates perfectly -> 0.5; unit 1: only (0.6, 0.7] does -> 0.65 or 0.7.
     probs = np.array([[0.9, 0.7], [0.1, 0.6], [0.9, 0.7], [0.1, 0.6]])

@@ -17,9 +17,9 @@ from expr.config import Config
 from expr.data.online import OnlineWindowDataset, collate_online
 from expr.data.store import FrameStore, StoreError
 from expr.data.windows import WindowDataset, load_or_build_windows
+from expr.extract.prepare import PrepareError, items_from_affwild2, prepare
 from expr.features.backbones import Backbones
 from expr.models.online import store_encoders
-from expr.prepare import PrepareError, items_from_affwild2, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = {"visual_dim": 16, "audio_dim": 32, "text_dim": 16}
@@ -171,8 +171,8 @@ def test_training_windows_are_augmented_alike_across_their_frames(media_store):
 
 
 def test_online_training_trains_the_head_only_and_evaluate_reproduces_its_metric(media_store, tmp_path):
-    from expr.report import evaluate_run
-    from expr.train import Trainer
+    from expr.runs.evaluate import evaluate_run
+    from expr.training.trainer import Trainer
 
     out, _, _ = media_store
     trainer = Trainer(_cfg(out, tmp_path / "run", epochs=2))
@@ -198,7 +198,8 @@ def test_online_resume_mid_epoch_equals_an_uninterrupted_run(media_store, tmp_pa
     head. The reference loads in the main process, the interrupted run in a worker: the draws depend on neither."""
     from safetensors.torch import load_file
 
-    from expr.train import config_from_argv, run
+    from expr.config import config_from_argv
+    from expr.training.trainer import run
 
     def history(result):
         return [{k: v for k, v in r.items() if k != "time/epoch_s"} for r in result["history"]]
@@ -246,7 +247,7 @@ def test_online_training_on_two_processes_keeps_ranks_identical(media_store, tmp
 
 
 def test_online_mode_needs_a_store_prepared_with_media(media_store, tmp_path):
-    from expr.train import Trainer
+    from expr.training.trainer import Trainer
 
     _, root, backbones = media_store
     items, source, classes = _items(root)
@@ -265,8 +266,8 @@ def test_predict_runs_an_online_trained_head_online(media_store, tmp_path):
 
     from test_predict import clip_from_photo
 
-    from expr.predict import predict_video
-    from expr.train import run
+    from expr.training.trainer import run
+    from expr.video.predict import predict_video
 
     out, _, _ = media_store
     result = run(_cfg(out, tmp_path / "run"))
@@ -282,9 +283,9 @@ def test_predict_runs_an_online_trained_head_online(media_store, tmp_path):
 def test_flipped_test_time_views_are_averaged_alike_in_validation_and_evaluate(media_store, tmp_path):
     """eval.flip: every window also seen on its mirrored crops, the two probabilities averaged, by training's
     validation and by evaluate (one number), and not the same numbers as without the views."""
-    from expr.inference import mirrored
-    from expr.report import evaluate_run
-    from expr.train import Trainer
+    from expr.runs.evaluate import evaluate_run
+    from expr.scoring.outputs import mirrored
+    from expr.training.trainer import Trainer
 
     out, _, _ = media_store
     cfg = _cfg(out, tmp_path / "run")

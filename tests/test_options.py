@@ -8,8 +8,8 @@ from typing import Literal
 
 import pytest
 
+from expr.cli.options import parse_options, positional
 from expr.config import docstrings
-from expr.options import parse_options, positional
 
 
 @dataclass(kw_only=True)
@@ -60,15 +60,15 @@ def test_mistakes_name_the_option(capsys, argv, message):
 
 
 def command_options():
-    from expr.calibrate import CalibrateOptions
-    from expr.ensemble import EnsembleOptions
-    from expr.export import ExportHeadOptions, ExportOptions
-    from expr.predict import PredictOptions
-    from expr.prepare import AffWild2Options, FolderOptions
-    from expr.report import EvaluateOptions
-    from expr.store_info import StoreInfoOptions
-    from expr.submit import SubmitOptions
-    from expr.sweep.command import SweepOptions
+    from expr.cli.calibrate import CalibrateOptions
+    from expr.cli.ensemble import EnsembleOptions
+    from expr.cli.evaluate import EvaluateOptions
+    from expr.cli.export import ExportHeadOptions, ExportOptions
+    from expr.cli.predict import PredictOptions
+    from expr.cli.store import StoreInfoOptions
+    from expr.cli.submit import SubmitOptions
+    from expr.cli.sweep import SweepOptions
+    from expr.extract.prepare import AffWild2Options, FolderOptions
 
     return [
         ("evaluate", [], EvaluateOptions),

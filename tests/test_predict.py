@@ -124,7 +124,7 @@ def clip_from_photo(path, name, frames=12, fps=10, audio=True):
 
 @pytest.mark.parametrize("name, audio", [("astronaut", True), ("astronaut", False), ("coffee", True)])
 def test_predict_gives_every_frame_a_label_with_missing_streams_masked(small_run, tmp_path, name, audio, caplog):
-    from expr.predict import predict_video
+    from expr.video.predict import predict_video
 
     video = clip_from_photo(tmp_path / f"{name}.mp4", name, audio=audio)
     result = predict_video(
@@ -144,7 +144,7 @@ def test_predict_gives_every_frame_a_label_with_missing_streams_masked(small_run
 
 
 def test_a_demo_trained_model_asks_for_backbones(small_run, tmp_path):
-    from expr.predict import PredictError, predict_video
+    from expr.video.predict import PredictError, predict_video
 
     video = clip_from_photo(tmp_path / "a.mp4", "astronaut", audio=False)
     with pytest.raises(PredictError, match="--clip and --wav2vec2"):
@@ -156,9 +156,10 @@ def test_predict_runs_the_encoders_of_the_feature_sets_the_head_was_trained_on(t
     by spec) predicts a raw video with those same encoders, found from the run alone."""
     from mediatree import affwild2_tree
 
-    from expr.predict import predict_video
-    from expr.prepare import main as prepare
-    from expr.train import config_from_argv, run
+    from expr.config import config_from_argv
+    from expr.extract.prepare import main as prepare
+    from expr.training.trainer import run
+    from expr.video.predict import predict_video
 
     root = tmp_path / "aw"
     affwild2_tree(root)
@@ -182,7 +183,7 @@ def test_predict_runs_the_encoders_of_the_feature_sets_the_head_was_trained_on(t
 def test_predict_takes_an_ensemble_folder_like_a_run(small_run, tmp_path):
     import json
 
-    from expr.predict import predict_video
+    from expr.video.predict import predict_video
 
     video = clip_from_photo(tmp_path / "a.mp4", "astronaut", audio=False)
     run = small_run["run_dir"]
@@ -207,7 +208,7 @@ def test_predict_applies_the_runs_calibration(small_run, tmp_path):
     import json
     import shutil
 
-    from expr.predict import predict_video
+    from expr.video.predict import predict_video
 
     run = tmp_path / "run"
     shutil.copytree(small_run["run_dir"], run)
@@ -225,7 +226,7 @@ def test_predict_applies_the_runs_calibration(small_run, tmp_path):
 
 @pytest.mark.slow
 def test_predict_takes_several_videos_and_folders_and_goes_on_past_an_unreadable_one(small_run, tmp_path, capsys):
-    from expr.predict import main
+    from expr.cli.predict import main
 
     videos = tmp_path / "videos"
     (videos / "day2").mkdir(parents=True)
@@ -254,7 +255,7 @@ def test_predict_takes_several_videos_and_folders_and_goes_on_past_an_unreadable
 def test_a_stretch_that_cannot_be_decoded_counts_as_frames_without_a_face_with_a_warning(small_run, tmp_path):
     import av
 
-    from expr.predict import predict_video
+    from expr.video.predict import predict_video
 
     video = clip_from_photo(tmp_path / "a.mp4", "astronaut", frames=40, audio=False)
     data = bytearray(video.read_bytes())
@@ -281,7 +282,7 @@ def test_a_variable_frame_rate_gives_each_frame_its_own_time_with_a_warning(smal
 
     import av
 
-    from expr.predict import predict_video
+    from expr.video.predict import predict_video
 
     times = np.cumsum([0] + [0.04, 0.2] * 10)[:20]  # 25 and 5 frames/s alternating
     path = tmp_path / "vfr.mp4"
@@ -309,7 +310,7 @@ def test_a_variable_frame_rate_gives_each_frame_its_own_time_with_a_warning(smal
 @pytest.mark.slow
 def test_predict_writes_every_task_the_run_trained(multi_task_run, tmp_path):
     from expr.data.affwild2 import AU_NAMES
-    from expr.predict import predict_video
+    from expr.video.predict import predict_video
 
     video = clip_from_photo(tmp_path / "a.mp4", "astronaut", audio=False)
     kw = dict(clip="random", wav2vec2="random", progress=False, device="cpu")

@@ -22,10 +22,10 @@ from mediatree import (
 
 from expr.data.media import decode_audio, probe
 from expr.data.store import FrameStore, StoreError
+from expr.extract.prepare import PrepareError, extract_item, prepare
 from expr.features.backbones import BackboneError, Backbones, load_wav2vec2
 from expr.features.encoders import AudioEncoder, open_clip_encoder
 from expr.features.spec import parse_spec
-from expr.prepare import PrepareError, extract_item, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +71,7 @@ def small_backbones(audio=None) -> Backbones:
 def affwild2_items(root, test=True):
     from types import SimpleNamespace
 
-    from expr.prepare import items_from_affwild2
+    from expr.extract.prepare import items_from_affwild2
 
     args = SimpleNamespace(
         root=str(root), test_names=str(root / "test_names.txt") if test else None, annotation_dir=None, crop_dirs=None
@@ -267,7 +267,7 @@ def test_interrupted_extraction_resumes_without_redoing_finished_videos(tree, pr
     }
     assert not (out / "store.json").exists() and len(list((out / ".parts").glob("*.npz"))) == 3
     (out / ".parts" / ".t1.tmp999.npz").write_bytes(b"half a file")  # a kill during a write leaves only a temp file
-    import expr.prepare as prep
+    import expr.extract.prepare as prep
 
     calls = []
     real = prep.extract_item
@@ -308,7 +308,7 @@ def test_a_store_has_one_preparation_at_a_time(tree, tmp_path):
 
 
 def test_malformed_annotation_stops_before_any_extraction_naming_file_and_line(tmp_path, capsys):
-    from expr.prepare import main
+    from expr.extract.prepare import main
 
     root = tmp_path / "aw"
     write_annotation(root / "EXPR_Classification_Challenge" / "Train_Set" / "ok.txt", [0, 1, 2])
@@ -325,8 +325,8 @@ def test_prepare_and_predict_take_the_configs_backbone_keys(tmp_path, capsys):
     --wav2vec2 mean, converted in one place both ways; both spellings at once, or a key that does not shape a store,
     is an error naming it."""
     from expr.config import ConfigError
+    from expr.extract.prepare import main
     from expr.features.backbones import backbone_options, clip_option
-    from expr.prepare import main
 
     keys = {"backbones.clip_pretrained": "random", "backbones.wav2vec2": "random"}
     assert backbone_options(keys, None, None, "x") == ("random", "random")
@@ -471,7 +471,7 @@ def test_prepare_then_train_from_the_command_line(tree, tmp_path):
 
 
 def test_a_kill_while_the_store_is_moved_into_place_is_finished_by_the_next_run(prepared, tree, tmp_path, monkeypatch):
-    import expr.prepare as prep
+    import expr.extract.prepare as prep
 
     root, _ = tree
     items, source, classes = affwild2_items(root)
@@ -522,7 +522,7 @@ def test_a_new_feature_set_is_added_beside_the_others_and_never_overwritten(prep
     """A second run with another encoder adds a set without touching the existing ones or extracting them again;
     training selects sets by name (several visual sets concatenated per frame); a name that exists with another
     provenance is refused; videos added later get every set of the store."""
-    import expr.prepare as prep
+    import expr.extract.prepare as prep
 
     root, _ = tree
     items, source, classes = affwild2_items(root)
@@ -555,8 +555,8 @@ def test_a_new_feature_set_is_added_beside_the_others_and_never_overwritten(prep
     with pytest.raises(StoreError, match="no visual feature set 'dinov2' \\(it has clip, dino\\)"):
         FrameStore(out, visual="dinov2")
     # Training on two visual sets and the new audio set: the head's widths follow the store, the run records them.
-    from expr.config import Config, load_yaml
-    from expr.train import config_from_argv, run
+    from expr.config import Config, config_from_argv, load_yaml
+    from expr.training.trainer import run
 
     args = ["--data.cache", str(out), "--data.visual", "clip,dino", "--data.audio", "wavlm", "--data.window", "10"]
     args += ["--train.epochs", "1", "--train.batch_size", "8", "--train.log_with", "none"]
@@ -586,7 +586,7 @@ def test_a_new_feature_set_is_added_beside_the_others_and_never_overwritten(prep
 
 
 def test_new_sets_of_a_store_with_media_come_from_its_own_crops_and_audio(tree, tmp_path, monkeypatch):
-    import expr.prepare as prep
+    import expr.extract.prepare as prep
 
     root, _ = tree
     items, source, classes = affwild2_items(root, test=False)
@@ -601,7 +601,7 @@ def test_new_sets_of_a_store_with_media_come_from_its_own_crops_and_audio(tree, 
 
 
 def test_feature_set_options_on_the_command_line(tmp_path, capsys):
-    from expr.prepare import main
+    from expr.extract.prepare import main
 
     base = ["affwild2", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main([*base, "--visual", "timm:efficientnet_b0"]) == 2
@@ -666,7 +666,7 @@ def test_va_and_au_annotations_are_stored_beside_the_expressions_with_their_own_
     expr_split = dict(zip(store.names, store.splits, strict=True))
     assert split["au"]["pair_left"] == "validation" and expr_split["pair_left"] == "train"
     assert expr_split["t1"] == "test"
-    from expr.store_info import describe
+    from expr.data.store_info import describe
 
     text = describe(store)
     assert "va labels: videos train 2, validation 1; frames 96" in text and "au labels: videos train 0" in text

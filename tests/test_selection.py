@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from expr.selection import cross_fitted_choice
+from expr.scoring.selection import cross_fitted_choice
 
 
 def test_each_half_is_scored_with_the_setting_chosen_on_the_other():

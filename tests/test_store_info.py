@@ -5,10 +5,10 @@ import json
 
 import pytest
 
+from expr.cli.store import main
 from expr.config import ABAW_CLASSES
 from expr.data.demo import generate_videos
 from expr.data.store import FrameStore, StoreError, write_store
-from expr.store_info import main
 
 
 @pytest.fixture
@@ -134,7 +134,7 @@ def test_a_damaged_table_record_is_one_line_naming_the_store(store):
 def test_damaged_head_weights_are_one_line_naming_the_file(small_run, tmp_path, capsys):
     import shutil
 
-    from expr.report import main as evaluate_main
+    from expr.cli.evaluate import main as evaluate_main
 
     run = shutil.copytree(small_run["run_dir"], tmp_path / "run")
     weights = run / "best" / "model.safetensors"

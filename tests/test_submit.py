@@ -4,10 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from expr.cli.submit import main
 from expr.config import ABAW_CLASSES
-from expr.submit import (
+from expr.runs.submission import (
     SubmissionError,
-    main,
     read_example,
     validate_submission,
     write_submission,
@@ -129,11 +129,11 @@ def test_export_is_a_self_contained_model_folder_that_loads_like_the_run(small_r
 
     import torch
 
+    from expr.cli.export import main as export_main
     from expr.data.demo import ensure_demo_store
     from expr.data.store import FrameStore
     from expr.data.windows import WindowDataset, load_or_build_windows
-    from expr.export import main as export_main
-    from expr.runs import load_head
+    from expr.runs.layout import load_head
 
     out = tmp_path / "model"
     assert export_main([small_run["run_dir"], "--out", str(out)]) == 0
@@ -155,10 +155,10 @@ def test_submit_takes_an_ensemble_folder_like_a_run(small_run, test_store, tmp_p
     """`expr submit ENSEMBLE`: its members' weighted frame probabilities; two identical members give the run's file."""
     import json
 
+    from expr.cli.ensemble import main as ensemble_main
     from expr.config import build_config
-    from expr.ensemble import main as ensemble_main
-    from expr.submit import frame_probs
-    from expr.train import run
+    from expr.runs.submission import frame_probs
+    from expr.training.trainer import run
 
     store, videos = test_store
     ex = tmp_path / "example.csv"
@@ -190,7 +190,7 @@ def test_va_and_au_submissions_follow_the_example_and_validate(multi_task_run, s
     each frame's valence-arousal (or 12 units) from the path evaluation scores; a broken file is caught."""
     from expr.data.affwild2 import AU_NAMES
     from expr.data.store import FrameStore
-    from expr.submit import TASK_COLUMNS, frame_values
+    from expr.runs.submission import TASK_COLUMNS, frame_values
 
     run = multi_task_run["run_dir"]
     store = FrameStore(json_store(run))

@@ -7,8 +7,8 @@ import torch
 from sklearn.metrics import f1_score
 
 from expr.data.affwild2 import AU_NAMES, AnnotationError, read_au_annotation, read_va_annotation
-from expr.losses import au_loss, au_pos_weights, ccc_loss
-from expr.metrics import au_report, ccc, tune_au_thresholds, va_report
+from expr.scoring.metrics import au_report, ccc, tune_au_thresholds, va_report
+from expr.training.losses import au_loss, au_pos_weights, ccc_loss
 
 AU_HEADER = ",".join(AU_NAMES)
 
@@ -180,10 +180,10 @@ def test_each_task_trains_and_validates_on_its_own_split_of_the_videos(tmp_path)
 
 def test_by_default_no_video_that_one_task_holds_out_trains_another(tmp_path):
     from expr.config import Config, ConfigError
-    from expr.criterion import frame_class_weights
     from expr.data.windows import TaskTargets, build_windows
-    from expr.loaders import check_store
-    from expr.losses import class_weights
+    from expr.training.criterion import frame_class_weights
+    from expr.training.loaders import check_store
+    from expr.training.losses import class_weights
 
     store = task_store(tmp_path)
     a, b = 0, 1  # a: EXPR-train but VA-validation
@@ -220,7 +220,7 @@ def test_the_multi_task_loss_ignores_what_a_window_lacks():
     from types import SimpleNamespace
 
     from expr.config import build_config
-    from expr.criterion import Criterion
+    from expr.training.criterion import Criterion
 
     cfg = build_config({"train.tasks": ["expr", "va", "au"], "loss.contrastive_weight": 0.0})
     criterion = Criterion(cfg, torch.zeros(8, 4), torch.ones(8), torch.ones(12))
@@ -251,7 +251,7 @@ def test_multi_task_training_on_the_demo_learns_all_three(multi_task_run):
     import json
     from pathlib import Path
 
-    from expr.runs import load_head
+    from expr.runs.layout import load_head
 
     result = multi_task_run
     run_dir = Path(result["run_dir"])
@@ -274,7 +274,7 @@ def test_multi_task_training_on_the_demo_learns_all_three(multi_task_run):
     coverage = json.loads((run_dir / "final.json").read_text())["target_coverage"]
     assert set(coverage) == {"expr", "va", "au"} and all(0 < c <= 1 for c in coverage.values()), coverage
     # expr evaluate scores every task the run trained, through the same path as validation: the same numbers
-    from expr.report import evaluate_run
+    from expr.runs.evaluate import evaluate_run
 
     report = evaluate_run(run_dir, device="cpu")
     best = result["history"][result["best_epoch"] - 1]
@@ -293,7 +293,7 @@ def test_expr_evaluate_warns_when_a_run_trained_on_other_tasks_held_out_videos(m
     import shutil
     from pathlib import Path
 
-    from expr.report import evaluate_run
+    from expr.runs.evaluate import evaluate_run
 
     run = tmp_path / "run"
     shutil.copytree(Path(multi_task_run["run_dir"]), run)
@@ -312,10 +312,10 @@ def test_va_smoothing_is_one_path_for_validation_evaluate_submit_and_the_va_smoo
     from pathlib import Path
 
     from expr.data.store import FrameStore
-    from expr.evaluation import smooth, smooth_rows
-    from expr.metrics import va_report
-    from expr.report import evaluate_run
-    from expr.submit import frame_values
+    from expr.runs.evaluate import evaluate_run
+    from expr.runs.submission import frame_values
+    from expr.scoring.decision import smooth, smooth_rows
+    from expr.scoring.metrics import va_report
 
     run = Path(multi_task_run["run_dir"])
     saved = np.load(run / "best" / "val_frame_va.npz")  # the best epoch's VA validation outputs
@@ -352,7 +352,7 @@ def test_validation_scores_va_and_au_on_their_own_validation_videos_through_the_
     only the frames of the task's own validation videos count."""
     from expr.config import build_config
     from expr.data.windows import TaskTargets, WindowDataset, build_windows
-    from expr.inference import validation_metrics
+    from expr.scoring.outputs import validation_metrics
 
     store = task_store(tmp_path)
     tasks = ("expr", "va", "au")
@@ -373,10 +373,10 @@ def test_validation_scores_va_and_au_on_their_own_validation_videos_through_the_
 def test_a_run_without_the_expression_task_never_answers_with_its_untrained_classifier(tmp_path, small_store):
     import csv
 
+    from expr.cli.submit import main as submit
     from expr.config import build_config
-    from expr.report import evaluate_run
-    from expr.submit import main as submit
-    from expr.train import run
+    from expr.runs.evaluate import evaluate_run
+    from expr.training.trainer import run
 
     cfg = build_config({"data.demo_videos": 12, "model.tcn_blocks": 1, "train.epochs": 1, "train.batch_size": 32,
                         "train.output_dir": str(tmp_path / "run"), "train.log_with": "none", "train.tasks": ["va"]},
@@ -393,7 +393,7 @@ def test_a_run_without_the_expression_task_never_answers_with_its_untrained_clas
 
     from test_predict import clip_from_photo
 
-    from expr.predict import predict_video
+    from expr.video.predict import predict_video
 
     video = clip_from_photo(tmp_path / "a.mp4", "astronaut", audio=False)
     got = predict_video(video, tmp_path / "run", tmp_path / "out", clip="random", wav2vec2="random", progress=False,

@@ -10,7 +10,7 @@ import pytest
 
 from expr.data.media import iter_frames
 from expr.features.faces import Face, face_detector
-from expr.features.tracks import iou, link_faces, tracks_of
+from expr.video.tracks import iou, link_faces, tracks_of
 
 
 def clip(name: str) -> Path:
@@ -134,7 +134,7 @@ def two_people(path: Path, late: int = 20) -> Path:
 @pytest.mark.slow
 def test_predict_with_faces_all_writes_one_track_per_person_left_to_right(small_run, tmp_path):
     from expr.data.store import FrameStore
-    from expr.predict import predict_video
+    from expr.video.predict import predict_video
 
     video = two_people(tmp_path / "two.mp4", late=20)
     kw = dict(clip="random", wav2vec2="random", progress=False, device="cpu")
@@ -166,7 +166,7 @@ def test_the_annotated_video_shows_boxes_and_keeps_the_sound(small_run, tmp_path
     clock, the faces boxed."""
     import av
 
-    from expr.predict import predict_video
+    from expr.video.predict import predict_video
 
     source = clip("bigbuckbunny")
     kw = dict(clip="random", wav2vec2="random", progress=False, device="cpu")

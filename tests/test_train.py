@@ -74,7 +74,8 @@ def test_wrong_type_stops_before_any_work(tmp_path):
 
 @pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted(tmp_path, small_store):
-    from expr.train import config_from_argv, run
+    from expr.config import config_from_argv
+    from expr.training.trainer import run
 
     # Uninterrupted reference, in-process through run(cfg).
     cfg, _ = config_from_argv(SMALL + ["--train.output_dir", str(tmp_path / "ref"), "--train.log_with", "none"])
@@ -112,8 +113,8 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, small_store):
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["epoch_end", "mid_epoch"])
 def test_stop_and_resume_in_process_with_accumulation(tmp_path, small_store, where):
-    from expr.config import ConfigError
-    from expr.train import config_from_argv, run
+    from expr.config import ConfigError, config_from_argv
+    from expr.training.trainer import run
 
     args = SMALL + ["--train.log_with", "none", "--model.fusion", "v2a", "--train.grad_accum_steps", "2"]
     cfg, _ = config_from_argv(args + ["--train.output_dir", str(tmp_path / "ref")])
@@ -158,7 +159,7 @@ def _train_windows(cfg):
 def test_training_budget_does_not_depend_on_the_window_length(small_store):
     # The window study compares lengths at an equal budget: by default an epoch has one training window per
     # data.stride frames whatever the window, so 10 and 60 frames train for (nearly) the same number of steps.
-    from expr.train import config_from_argv
+    from expr.config import config_from_argv
 
     counts = {}
     for T in (10, 15, 30, 60):
@@ -168,7 +169,7 @@ def test_training_budget_does_not_depend_on_the_window_length(small_store):
 
 
 def test_warmup_then_cosine_to_the_floor():
-    from expr.optim import cosine_schedule
+    from expr.training.optim import cosine_schedule
 
     model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=2.0)
@@ -191,7 +192,7 @@ def test_warmup_then_cosine_to_the_floor():
 def test_weight_decay_falls_on_kernels_only():
     from expr.config import ModelConfig
     from expr.models.fusion import FusionHead
-    from expr.optim import param_groups
+    from expr.training.optim import param_groups
 
     model = FusionHead(ModelConfig(tcn_blocks=2), 8)
     decay, no_decay = param_groups(model, 0.01)
@@ -211,8 +212,9 @@ def test_weight_decay_falls_on_kernels_only():
 
 
 def test_class_weights_come_from_training_frames_not_windows(tmp_path, small_store):
-    from expr.losses import class_weights
-    from expr.train import Trainer, config_from_argv
+    from expr.config import config_from_argv
+    from expr.training.losses import class_weights
+    from expr.training.trainer import Trainer
 
     cfg, _ = config_from_argv(SMALL + ["--train.log_with", "none", "--train.output_dir", str(tmp_path / "r")])
     trainer = Trainer(cfg)
@@ -349,8 +351,8 @@ def test_damaged_newest_states_fall_back_to_the_older_one_and_pointers_stay_in_t
     import fractions
     import pickle
 
-    from expr.config import ConfigError
-    from expr.train import config_from_argv, run
+    from expr.config import ConfigError, config_from_argv
+    from expr.training.trainer import run
 
     args = SMALL + ["--train.log_with", "none", "--train.epochs", "1", "--train.checkpoint_every_steps", "2",
                     "--train.keep_last_states", "3"]  # fmt: skip
@@ -373,7 +375,7 @@ def test_damaged_newest_states_fall_back_to_the_older_one_and_pointers_stay_in_t
         run(*config_from_argv(["--resume", str(b)]))
     assert (b / "config.yaml").read_bytes() == config  # a resume that fails writes nothing (stop_after_steps stays)
     latest.write_text(saved)
-    with caplog.at_level("WARNING", logger="expr.checkpoint"):
+    with caplog.at_level("WARNING", logger="expr.training.checkpoint"):
         second = run(*config_from_argv(["--resume", str(b)]))
     assert "step00000006 does not load (SafetensorError" in caplog.text
     assert "step00000004 does not load" in caplog.text and "resuming from the older step00000002" in caplog.text
@@ -384,8 +386,9 @@ def test_damaged_newest_states_fall_back_to_the_older_one_and_pointers_stay_in_t
 def test_a_run_directory_has_one_writer(tmp_path, small_store):
     """A second training (or a resume) into a run directory that a live process writes is refused naming that
     process; the lock goes with its holder, so a finished or killed run never blocks the next command."""
+    from expr.config import config_from_argv
     from expr.locks import FolderLock, LockedError
-    from expr.train import config_from_argv, run
+    from expr.training.trainer import run
 
     args = SMALL + ["--train.log_with", "none", "--train.epochs", "1", "--train.output_dir", str(tmp_path / "r")]
     holder = FolderLock(tmp_path / "r", "run").acquire()  # as a training that has just started would hold it
@@ -404,10 +407,10 @@ def test_a_run_directory_has_one_writer(tmp_path, small_store):
 def test_a_non_finite_feature_stops_training_naming_the_store_set_and_frame(tmp_path):
     """A NaN in the features (a damaged store) would train a head of NaNs and save it as best without a word: the
     first non-finite loss stops the run, naming the store, the set and the first bad frame."""
-    from expr.config import ABAW_CLASSES
+    from expr.config import ABAW_CLASSES, config_from_argv
     from expr.data.demo import generate_videos
     from expr.data.store import write_store
-    from expr.train import NonFiniteError, config_from_argv, run
+    from expr.training.trainer import NonFiniteError, run
 
     videos = generate_videos(6, seed=5)
     train = next(v for v in videos if v.split == "train")

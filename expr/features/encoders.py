@@ -362,7 +362,7 @@ def _named_errors(spec: EncoderSpec):
 TUNED_INFO = "tuning.json"
 """The file beside a tuned encoder's ``model.safetensors`` (an ``expr finetune`` run's ``best/`` folder, or its
 ``expr export``) that says what was tuned: ``backbone`` (the base encoder's spec), ``tuning`` (the fields of
-:class:`expr.models.tuning.Tuning`), ``merged`` (an export whose adapters were merged into full weights), ``dim``,
+:class:`expr.features.tuning.Tuning`), ``merged`` (an export whose adapters were merged into full weights), ``dim``,
 ``classes``."""
 
 
@@ -387,7 +387,7 @@ def load_tuned(path: str | Path, device="cpu", spec: EncoderSpec | None = None):
 
     from safetensors.torch import load_file
 
-    from expr.models.tuning import Tuning, apply, tuned_keys
+    from expr.features.tuning import Tuning, apply, tuned_keys
 
     folder = tuned_folder(path)
     info = json.loads((folder / TUNED_INFO).read_text())

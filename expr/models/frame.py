@@ -1,5 +1,5 @@
 """The frame classifier of stage I (``expr finetune``): an image encoder of any family, tuned as the config says
-(:mod:`expr.models.tuning`), its pooled feature, dropout and one linear layer to the classes.
+(:mod:`expr.features.tuning`), its pooled feature, dropout and one linear layer to the classes.
 
 Its feature is exactly what the encoder gives ``expr prepare`` (the family's pooling), so the tuned encoder makes a
 feature set (``--visual NAME=finetuned:RUN_DIR``) on which stage II trains the temporal head.
@@ -12,7 +12,7 @@ from torch import nn
 
 from expr.features.encoders import ImageEncoder, load_image_encoder, load_tuned
 from expr.features.spec import EncoderSpec, parse_spec
-from expr.models.tuning import Tuning, apply, set_mode, tower
+from expr.features.tuning import Tuning, apply, set_mode, tower
 
 
 class FrameClassifier(nn.Module):

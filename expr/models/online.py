@@ -15,7 +15,7 @@ from torch import nn
 from expr.data.store import StoreError
 from expr.features.backbones import load_clip, load_wav2vec2, split_preprocess
 from expr.features.encoders import conv_geometry
-from expr.models.tuning import Tuning, apply, set_mode
+from expr.features.tuning import Tuning, apply, set_mode
 
 
 class FrozenEncoders(nn.Module):
@@ -167,7 +167,7 @@ def store_encoders(store, device, tuning: tuple[Tuning, Tuning] | None = None) -
 class OnlineModel(nn.Module):
     """Tuned encoders and the head as one module (what accelerate prepares when an encoder trains):
     ``forward(pixels, visual_mask, wave, wave_mask, wave_length) -> FusionOutput``. Only what trains is saved:
-    ``pretrained`` names the encoders (:func:`expr.models.tuning.trainable_keys`)."""
+    ``pretrained`` names the encoders (:func:`expr.features.tuning.trainable_keys`)."""
 
     pretrained = ("encoders",)
 

@@ -1,7 +1,7 @@
 """Post-processing studies (``type: posthoc``: the ``smoothing`` study of expressions, ``va_smoothing`` of valence
 and arousal): one setting scored on a finished run's saved validation outputs, no retraining; and the report's
 paragraph on the choice, with its in-sample score named optimistic beside a cross-fitted estimate
-(:mod:`expr.selection`)."""
+(:mod:`expr.scoring.selection`)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from expr.calibration import subject_ids
-from expr.evaluation import frame_report, smooth_rows
-from expr.metrics import va_report
-from expr.selection import cross_fitted_choice
+from expr.scoring.calibration import subject_ids
+from expr.scoring.decision import frame_report, smooth_rows
+from expr.scoring.metrics import va_report
+from expr.scoring.selection import cross_fitted_choice
 from expr.sweep.spec import Study, SweepError
 
 VA_KEYS = ("eval.va_smoothing", "eval.va_smoothing_width")

@@ -9,12 +9,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from expr.config import ConfigError, build_config, selection_metric
+from expr.config import ConfigError, build_config, config_from_argv, selection_metric
 from expr.sweep import optuna_api
 from expr.sweep.posthoc import posthoc_trial
 from expr.sweep.queue import finish, heartbeat, next_trial, start_worker, worker_id
 from expr.sweep.spec import Study, SweepError
-from expr.train import config_from_argv, run
+from expr.training.trainer import run
 
 logger = logging.getLogger("expr.sweep")
 

@@ -1,0 +1,293 @@
+"""``expr submit``: the ABAW prediction file for the test videos, validated against the organisers' example.
+
+    expr submit RUN_DIR --cache CACHE --example EXAMPLE.csv --out predictions.csv [--format csv|per-video]
+    expr submit RUN_DIR --task va|au --cache CACHE --example EXAMPLE.csv --out predictions.csv
+
+The example file lists, in order, every frame to predict: a header
+``image_location,Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other`` then ``<video>/<nnnnn>.jpg,...``
+lines (frame numbers from 1). The output has the same header and exactly those lines, each ending in a label 0-7.
+
+How every listed frame gets a label: windows of the run's length slide over each video (stride: the run's
+``data.eval_stride``), and the path that training's validation and ``expr evaluate`` score (:mod:`expr.scoring.decision`)
+turns their predictions into frame labels: each window's prediction placed at its label frame and interpolated
+between them, a frame without a face crop given the probabilities of the nearest frame in time that has one, the
+run's decision calibration when ``expr calibrate`` fitted one, then its temporal smoothing (``eval.*``, or
+``--smoothing/--width``) per video. A listed frame past the video's decoded end takes the last frame's label.
+
+``--task va`` / ``--task au`` (a run trained with those tasks, ``train.tasks``): the example's header is
+``image_location,valence,arousal`` or ``image_location,AU1,...,AU26``, and each line gets the frame's valence and
+arousal (4 decimals, in [-1, 1]) or its 12 units (0/1 at probability 0.5, or ``--au-thresholds validation``: per
+unit, the threshold that maximises F1 on the run's AU validation videos), by the same path from windows to frames
+(no calibration or smoothing: those are the expression task's).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from expr.atomic import atomic_path, write_text
+from expr.config import ABAW_CLASSES, resolve_device
+from expr.data.affwild2 import AU_NAMES
+from expr.data.source import open_store
+from expr.runs.layout import (
+    ensemble_decision,
+    ensemble_members,
+    legacy_overrides,
+    load_head,
+    member_overrides,
+    run_decision,
+    run_encoders,
+)
+from expr.scoring.decision import smooth
+from expr.scoring.metrics import tune_au_thresholds
+from expr.scoring.outputs import predict_outputs
+
+
+class SubmissionError(ValueError):
+    """An example file, cache or submission that does not fit; the message names the file and line."""
+
+
+TASK_COLUMNS = {"va": ("valence", "arousal"), "au": AU_NAMES}
+"""The columns after ``image_location`` of the VA and AU challenges' files (EXPR's: the class names)."""
+
+
+@dataclass
+class Example:
+    header: list[str]
+    lines: list[tuple[str, int]]  # (video, 1-based frame number), in file order
+    warnings: list[str] = field(default_factory=list)  # what the file holds that a test example should not
+
+    def videos(self) -> list[str]:
+        return list(dict.fromkeys(v for v, _ in self.lines))
+
+
+def read_example(path: str | Path, classes=ABAW_CLASSES) -> Example:
+    path = Path(path)
+    if not path.is_file():
+        raise SubmissionError(f"{path}: example file not found")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise SubmissionError(f"{path}:1: empty file")
+    header = [h.strip() for h in rows[0]]
+    expected = ["image_location", *classes]
+    if header != expected:
+        raise SubmissionError(f"{path}:1: header {','.join(header)} is not {','.join(expected)}")
+    lines, first_seen, repeats = [], {}, []
+    for n, row in enumerate(rows[1:], start=2):
+        if not row or not row[0].strip():
+            continue
+        loc = row[0].strip()
+        video, _, image = loc.rpartition("/")
+        stem = image.rsplit(".", 1)[0]
+        if not video or not stem.isdigit():
+            raise SubmissionError(f"{path}:{n}: image_location {loc!r} is not <video>/<nnnnn>.jpg")
+        if int(stem) < 1:
+            raise SubmissionError(f"{path}:{n}: image_location {loc!r} names frame 0: the challenge numbers a "
+                                  f"video's frames from 00001.jpg; is this file the challenge's example?")  # fmt: skip
+        if (video, int(stem)) in first_seen:
+            repeats.append(f"{path}:{n} repeats line {first_seen[video, int(stem)]} ({loc})")
+        first_seen.setdefault((video, int(stem)), n)
+        lines.append((video, int(stem)))
+    warnings = []
+    if repeats:
+        warnings.append(f"{len(repeats)} lines repeat an earlier one (each gets the same prediction): {repeats[0]}")
+    return Example(header, lines, warnings)
+
+
+def frame_values(run_dir, cache, videos: list[str], task: str, device="auto", overrides=None) -> dict[str, np.ndarray]:
+    """Per video, every decoded frame's ``va`` [frames, 2] (valence, arousal; smoothed in time as the run's
+    ``eval.va_smoothing`` says) or ``au`` [frames, 12] probabilities of the run's head trained with that task; an
+    ensemble folder: its members' weighted mean (smoothed as its first member's config says)."""
+    values, cfg = run_outputs(run_dir, videos, task, device, legacy_overrides(overrides, cache))
+    if task == "va":
+        values = {v: smooth(p, cfg.eval.va_smoothing, cfg.eval.va_smoothing_width) for v, p in values.items()}
+    return values
+
+
+def run_outputs(run_dir, videos: list[str], task: str, device="auto", overrides=None):
+    """(per video, every decoded frame's raw outputs of ``task`` (:func:`expr.scoring.outputs.predict_outputs`, before any
+    decision), the run's config) of a run, or of an ensemble folder: its members' weighted mean (each member with
+    :func:`expr.runs.layout.member_overrides`), the first member's config. Only the given videos are predicted."""
+    members = ensemble_members(run_dir)
+    if members is not None:
+        out: dict[str, np.ndarray] = {}
+        first = None
+        for run, weight in members:
+            part, cfg = run_outputs(run, videos, task, device, member_overrides(overrides))
+            first = first or cfg
+            for v, p in part.items():
+                out[v] = out.get(v, 0.0) + weight * p
+        return out, first
+    model, info = load_head(run_dir, overrides=overrides)
+    cfg = info["cfg"]
+    if task not in cfg.train.tasks:
+        raise SubmissionError(f"{run_dir}: the run trained {', '.join(cfg.train.tasks)}, not {task} (train.tasks)")
+    store, wanted = example_store(cfg, videos)
+    device = resolve_device(device)
+    encoders = run_encoders(run_dir, cfg, store, device)
+    out = {}
+    for split in sorted(set(store.splits[wanted].tolist())):
+        mine = wanted[store.splits[wanted] == split]
+        rows, outputs = predict_outputs(model, store, split, cfg.data.window, cfg.data.resolved_eval_stride(),
+                                        device=device, label_rule=cfg.data.label_frame, videos=mine,
+                                        mode=cfg.data.mode, encoders=encoders, flip=cfg.eval.flip,
+                                        tasks=cfg.train.tasks)  # fmt: skip
+        for v in mine:
+            a = int(store.frame_offset[v])
+            out[store.names[v]] = outputs[task][(rows >= a) & (rows < a + int(store.num_frames[v]))]
+    return out, cfg
+
+
+def validation_thresholds(run_dir, cache, device="auto", overrides=None) -> np.ndarray:
+    """Per-unit AU thresholds maximising each unit's F1 over the annotated frames of the AU validation videos of the
+    run's store (:func:`expr.scoring.metrics.tune_au_thresholds`)."""
+    members = ensemble_members(run_dir)
+    cfg = load_head(members[0][0] if members else run_dir, overrides=legacy_overrides(overrides, cache))[1]["cfg"]
+    store = open_store(cfg)
+    names = [store.names[v] for v in store.videos_in("validation", "au")]
+    if not names:
+        raise SubmissionError(f"{store.path} has no AU validation videos to tune thresholds on")
+    values = frame_values(run_dir, cache, names, "au", device, overrides)
+    rows = [store.frame_rows([store.names.index(n)]) for n in names]
+    targets = np.concatenate([store.task_labels["au"][r] for r in rows])
+    return tune_au_thresholds(np.concatenate([values[n] for n in names]), targets)
+
+
+def example_store(cfg, videos: list[str]):
+    """(the run's store, the indices of ``videos`` in it); every video must be there."""
+    store = open_store(cfg)
+    if list(store.classes) != list(cfg.data.classes):
+        raise SubmissionError(f"{store.path}: classes {store.classes} differ from the run's {list(cfg.data.classes)}")
+    missing = [v for v in videos if v not in store.names]
+    if missing:
+        raise SubmissionError(
+            f"{len(missing)} videos of the example are not in {store.path}: {', '.join(missing[:8])}. Prepare them "
+            f"with `expr prepare ... --test-names FILE --out {store.path}`"
+        )
+    index = np.array([store.names.index(v) for v in videos], np.int64)
+    trained = [store.names[i] for i in index if store.splits[i] in ("train", "validation")]
+    if trained:
+        print(f"warning: {len(trained)} videos of the example are in the train or validation split of {store.path}, "
+              f"not its test split (first: {trained[0]}): a test example names test videos; is --example the right "
+              f"file?", file=sys.stderr)  # fmt: skip
+    return store, index
+
+
+def frame_labels(
+    run_dir, cache, videos: list[str], smoothing=None, width=None, device="auto", overrides=None
+) -> dict[str, np.ndarray]:
+    """Per video: the label of every decoded frame (see the module docstring for how). ``overrides``: as for
+    :func:`expr.runs.layout.load_run`; ``cache``, ``smoothing`` and ``width`` set data.cache and eval.smoothing(_width).
+    ``run_dir`` may be an ensemble folder (``expr ensemble``): its members' probabilities, weighted."""
+    probs = frame_probs(run_dir, cache, videos, smoothing, width, device, overrides)
+    return {v: p.argmax(1) for v, p in probs.items()}
+
+
+def frame_probs(
+    run_dir, cache, videos: list[str], smoothing=None, width=None, device="auto", overrides=None
+) -> dict[str, np.ndarray]:
+    """Per video: the class probabilities of every decoded frame, [frames, C], after the run's decision (its
+    calibration, then its smoothing); of an ensemble folder, the weighted mean of its members' raw probabilities,
+    then the ensemble's decision. ``smoothing`` / ``width`` replace the run's (or ensemble's)."""
+    overrides = legacy_overrides(overrides, cache, smoothing=smoothing, width=width)
+    members = ensemble_members(run_dir)
+    decision = ensemble_decision(run_dir, overrides) if members is not None else None  # checked before the work
+    raw, cfg = run_outputs(run_dir, videos, "expr", device, overrides)
+    decision = decision or run_decision(run_dir, cfg)
+    return {v: decision.video(p) for v, p in raw.items()}
+
+
+def write_submission(example: Example, labels: dict[str, np.ndarray], out: str | Path, fmt: str = "csv",
+                     task: str = "expr") -> Path:  # fmt: skip
+    """The submission of per-video frame ``labels`` (EXPR: [frames] labels; VA: [frames, 2] values; AU: [frames,
+    12] 0/1) for every line of ``example``; a frame past a video's decoded end takes its last frame's."""
+    out = Path(out)
+    width = len(example.header) - 1
+    if fmt == "csv":
+        with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
+            f.write(",".join(example.header) + "\n")
+            for video, frame in example.lines:
+                lab = labels[video]
+                value = lab[min(frame - 1, len(lab) - 1)] if len(lab) else np.zeros(width if task != "expr" else ())
+                if task == "va":
+                    text = ",".join(f"{float(x):.4f}" for x in value)
+                elif task == "au":
+                    text = ",".join(str(int(x)) for x in value)
+                else:
+                    text = str(int(value))
+                f.write(f"{video}/{frame:05d}.jpg,{text}\n")
+        return out
+    if task != "expr":
+        raise SubmissionError(f"--format per-video is the expression task's older layout; --task {task} writes csv")
+    out.mkdir(parents=True, exist_ok=True)  # per-video: <video>.txt with a header line and one label per frame
+    for video in example.videos():
+        lab = labels[video]
+        frames = [f for v, f in example.lines if v == video]
+        values = [int(lab[min(f - 1, len(lab) - 1)]) if len(lab) else 0 for f in frames]
+        write_text(out / f"{video}.txt", ",".join(example.header[1:]) + "\n" + "\n".join(map(str, values)) + "\n")
+    return out
+
+
+def validate_submission(path: str | Path, example: Example, fmt: str = "csv", task: str = "expr") -> list[str]:
+    """Problems of a submission against the example (videos, frame lines, order, values: EXPR labels in range, VA
+    numbers in [-1, 1], AU 0/1 for each unit); [] = valid."""
+    path = Path(path)
+    num_classes = len(example.header) - 1
+    problems: list[str] = []
+
+    def check_label(text: str, where: str) -> None:
+        if not text.strip().lstrip("-").isdigit() or not 0 <= int(text) < num_classes:
+            problems.append(f"{where}: label {text!r} is not an integer in 0..{num_classes - 1}")
+
+    def check_values(values: list[str], where: str) -> None:
+        for name, text in zip(example.header[1:], values, strict=True):
+            try:
+                x = float(text)
+            except ValueError:
+                x = float("nan")
+            ok = -1.0 <= x <= 1.0 if task == "va" else text.strip() in ("0", "1")
+            if not ok:
+                what = "a number in [-1, 1]" if task == "va" else "0 or 1"
+                problems.append(f"{where}: {name} {text!r} is not {what}")
+
+    if fmt == "csv":
+        with open(path, newline="") as f:
+            rows = list(csv.reader(f))
+        if not rows or [h.strip() for h in rows[0]] != example.header:
+            problems.append(f"{path}:1: the header differs from the example's")
+        body = rows[1:]
+        if len(body) != len(example.lines):
+            problems.append(f"{path}: {len(body)} frame lines, the example has {len(example.lines)}")
+        for n, (row, (video, frame)) in enumerate(zip(body, example.lines, strict=False), start=2):
+            want = f"{video}/{frame:05d}.jpg"
+            if not row or row[0] != want:
+                problems.append(f"{path}:{n}: {row[0] if row else ''!r} where the example has {want!r}")
+            fields = 2 if task == "expr" else len(example.header)
+            if len(row) != fields:
+                names = "image_location,label" if task == "expr" else ",".join(example.header)
+                problems.append(f"{path}:{n}: expected {fields} fields ({names}), got {len(row)}")
+            elif task == "expr":
+                check_label(row[1], f"{path}:{n}")
+            else:
+                check_values(row[1:], f"{path}:{n}")
+            if len(problems) > 20:
+                break
+        return problems
+    for video in example.videos():
+        file = path / f"{video}.txt"
+        if not file.is_file():
+            problems.append(f"{file}: missing")
+            continue
+        lines = file.read_text().splitlines()
+        frames = sum(1 for v, _ in example.lines if v == video)
+        if len(lines) - 1 != frames:
+            problems.append(f"{file}: {len(lines) - 1} labels, the example lists {frames} frames")
+        for n, line in enumerate(lines[1:], start=2):
+            check_label(line, f"{file}:{n}")
+    return problems
