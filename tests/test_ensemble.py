@@ -181,24 +181,25 @@ def test_a_k_fold_study_becomes_one_out_of_fold_ensemble(fold_runs, tmp_path, ca
 
 
 def fake_member(monkeypatch, reports, folds=None, smoothing=None):
-    """evaluate_run replaced: member i gets reports[i] (classes, store, rows), folds[i], smoothing[i] and random
+    """evaluate_member replaced: member i gets reports[i] (classes, store, rows), folds[i], smoothing[i] and random
     probabilities."""
-    from expr.runs.evaluate import save_frame_probs
+    from expr.runs.evaluate import Frames
 
     folds, smoothing = folds or [None] * len(reports), smoothing or [("none", 0)] * len(reports)
     calls = iter(zip(reports, folds, smoothing, strict=True))
 
-    def evaluate_run(run, cache=None, split="validation", device="cpu", out_dir=None):
+    def evaluate_member(run, cache, split, device, out_dir):
         (classes, store, rows), fold, (method, width) = next(calls)
         out_dir.mkdir(parents=True)
         probs = np.random.default_rng(len(rows)).dirichlet(np.ones(len(classes)), len(rows))
-        save_frame_probs(out_dir, rows, probs, np.zeros(len(rows), np.int64), np.array([100]), np.array([0]),
-                         subject=np.zeros(len(rows), np.int64))  # fmt: skip
+        zeros = np.zeros(len(rows), np.int64)
+        frames = Frames(rows, probs, zeros, np.array([100]), np.array([0]), zeros)
+        frames.save(out_dir)
         metrics = {"macro_f1": 0.5, "per_class_f1": dict.fromkeys(classes, 0.5)}
         return {"store": store, "metrics": metrics, "calibrated_metrics": None, "smoothed_metrics": None,
-                "folds": fold, "smoothing": {"method": method, "width": width}}  # fmt: skip
+                "folds": fold, "smoothing": {"method": method, "width": width}}, frames  # fmt: skip
 
-    monkeypatch.setattr("expr.runs.ensemble.evaluate_run", evaluate_run)
+    monkeypatch.setattr("expr.runs.ensemble.evaluate_member", evaluate_member)
 
 
 def test_members_that_differ_in_classes_store_or_frames_are_named(monkeypatch, tmp_path):

@@ -18,7 +18,8 @@ from expr.config import build_config
 from expr.data.store import FrameStore
 from expr.extract.prepare import main as prepare_main
 from expr.models.frame import load_frame_classifier
-from expr.training.finetune import FinetuneTrainer
+from expr.training.finetune import FrameUnit
+from expr.training.trainer import Trainer
 
 CLS = str(CLASSES)
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ def _encoder_state(trainer):
 def test_only_the_intended_weights_change(face_store, tmp_path, method, changes):
     store, _ = face_store
     cfg = _cfg(store, tmp_path / "r", method, **{"train.epochs": 1, "finetune.last_n": 1})
-    trainer = FinetuneTrainer(cfg)
+    trainer = Trainer(cfg, unit=FrameUnit)
     before = _encoder_state(trainer)
     trainer.fit()
     after = _encoder_state(trainer)
@@ -82,7 +83,7 @@ def test_only_the_intended_weights_change(face_store, tmp_path, method, changes)
 def test_layer_wise_learning_rate_decay(face_store, tmp_path):
     store, _ = face_store
     cfg = _cfg(store, tmp_path / "r", "full", **{"finetune.layer_decay": 0.5, "train.epochs": 1})
-    trainer = FinetuneTrainer(cfg)
+    trainer = Trainer(cfg, unit=FrameUnit)
     lrs = {g["name"]: g["initial_lr"] for g in trainer.optimizer.param_groups if "name" in g}
     # 2 blocks: the embedding (layer0) at lr x 0.5^3, block i at lr x 0.5^(2 - i), the layers after them at lr.
     lr = trainer.lr
@@ -98,9 +99,9 @@ def test_layer_wise_learning_rate_decay(face_store, tmp_path):
 
 def test_stage_one_resume_after_a_kill_equals_the_uninterrupted_run(face_store, tmp_path):
     store, _ = face_store
-    full = FinetuneTrainer(_cfg(store, tmp_path / "full")).fit()
+    full = Trainer(_cfg(store, tmp_path / "full"), unit=FrameUnit).fit()
     killed = _cfg(store, tmp_path / "killed", **{"train.stop_after_steps": 13})  # mid epoch 2 (8 steps per epoch)
-    assert FinetuneTrainer(killed).fit()["stopped"]
+    assert Trainer(killed, unit=FrameUnit).fit()["stopped"]
     assert finetune_main(["--resume", str(tmp_path / "killed"), "--train.log_with", "none"]) == 0
     rows = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     for a, b in zip(full["history"], rows, strict=True):
@@ -118,8 +119,8 @@ def test_stage_one_resume_after_a_kill_equals_the_uninterrupted_run(face_store, 
 def test_tuned_encoder_beats_the_frozen_one_in_stage_one_and_stage_two(face_store, tmp_path, capsys):
     store, prepare_args = face_store
     long = {"train.epochs": 10, "finetune.lr": 1e-2}
-    frozen = FinetuneTrainer(_cfg(store, tmp_path / "frozen", "frozen", **long)).fit()["best_macro_f1"]
-    lora = FinetuneTrainer(_cfg(store, tmp_path / "lora", "lora", **long)).fit()["best_macro_f1"]
+    frozen = Trainer(_cfg(store, tmp_path / "frozen", "frozen", **long), unit=FrameUnit).fit()["best_macro_f1"]
+    lora = Trainer(_cfg(store, tmp_path / "lora", "lora", **long), unit=FrameUnit).fit()["best_macro_f1"]
     assert lora > frozen + 0.3, (frozen, lora)
     # Stage II: the tuned encoder's features as a new set of the store (from its own crops), the head trained on them;
     # as docs/finetune.md writes it, without repeating --media (the store knows it keeps its crops).
@@ -153,7 +154,9 @@ def test_tuned_features_and_exports_give_the_same_outputs(face_store, tmp_path):
     from expr.features.spec import parse_spec
 
     store, _ = face_store
-    FinetuneTrainer(_cfg(store, tmp_path / "run", **{"train.epochs": 1, "finetune.lora_targets": ("c_fc",)})).fit()
+    Trainer(
+        _cfg(store, tmp_path / "run", **{"train.epochs": 1, "finetune.lora_targets": ("c_fc",)}), unit=FrameUnit
+    ).fit()
     model, info = load_frame_classifier(tmp_path / "run")
     rng = np.random.default_rng(0)
     images = [Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)) for _ in range(5)]
@@ -200,7 +203,7 @@ def test_clear_errors(face_store, tmp_path, small_store, capsys):
     assert "finetune.method" in capsys.readouterr().err  # a typo gets a suggestion
     from expr.cli.evaluate import main as evaluate_main
 
-    FinetuneTrainer(_cfg(store, tmp_path / "s1", **{"train.epochs": 1})).fit()
+    Trainer(_cfg(store, tmp_path / "s1", **{"train.epochs": 1}), unit=FrameUnit).fit()
     assert evaluate_main([str(tmp_path / "s1")]) == 2
     assert "is an `expr finetune` run" in capsys.readouterr().err  # not a head: the message says what to do
     with pytest.raises(Exception, match="not an `expr finetune` run|neither"):
@@ -262,7 +265,9 @@ def test_a_tuned_set_never_validates_on_the_videos_stage_one_trained_on(face_sto
         cfg.data.visual, cfg.data.folds, cfg.data.fold = visual, folds, fold
         return open_store(cfg)
 
-    FinetuneTrainer(_cfg(store, tmp_path / "all", **{"train.epochs": 1})).fit()  # the store's own training videos
+    Trainer(
+        _cfg(store, tmp_path / "all", **{"train.epochs": 1}), unit=FrameUnit
+    ).fit()  # the store's own training videos
     trained = json.loads((tmp_path / "all" / "best" / "tuning.json").read_text())["trained_on"]
     assert sorted(trained["videos"]) == sorted(check("clip").names[v] for v in check("clip").videos_in("train"))
     assert prepare_main(stage_two + ["--visual", f"all=finetuned:{tmp_path / 'all'}"]) == 0
@@ -272,7 +277,7 @@ def test_a_tuned_set_never_validates_on_the_videos_stage_one_trained_on(face_sto
     ):
         check("all", folds=2, fold=0)
     # stage I per fold: its set serves that fold only
-    FinetuneTrainer(_cfg(store, tmp_path / "f0", **{"train.epochs": 1, "data.folds": 2, "data.fold": 0})).fit()
+    Trainer(_cfg(store, tmp_path / "f0", **{"train.epochs": 1, "data.folds": 2, "data.fold": 0}), unit=FrameUnit).fit()
     assert prepare_main(stage_two + ["--visual", f"f0=finetuned:{tmp_path / 'f0'}"]) == 0
     check("f0", folds=2, fold=0)
     with pytest.raises(StoreError, match="fold 1 of 2"):
@@ -286,7 +291,7 @@ def test_a_tuned_set_never_validates_on_the_videos_stage_one_trained_on(face_sto
 
 def test_stage_one_writes_what_stage_two_reads(face_store, tmp_path):
     store, _ = face_store
-    FinetuneTrainer(_cfg(store, tmp_path / "r", **{"train.epochs": 1})).fit()
+    Trainer(_cfg(store, tmp_path / "r", **{"train.epochs": 1}), unit=FrameUnit).fit()
     info = json.loads((tmp_path / "r" / "best" / "tuning.json").read_text())
     assert info["backbone"].startswith("open_clip:local-dir:") and info["tuning"]["method"] == "lora"
     assert info["dim"] == 16 and info["classes"] == list(CLASSES)
@@ -545,7 +550,7 @@ def test_every_family_tunes_and_becomes_a_feature_set(face_store, tmp_path, back
     cfg = _cfg(
         store, tmp_path / "r", method, **{"train.epochs": 1, "finetune.backbone": backbone, "finetune.last_n": 1}
     )
-    trainer = FinetuneTrainer(cfg)
+    trainer = Trainer(cfg, unit=FrameUnit)
     trained = [n for n, p in trainer.model.named_parameters() if p.requires_grad and n.startswith("encoder.")]
     assert trained and all(("lora_" in n) if method == "lora" else ".layer4." in n or "layer4." in n for n in trained)
     assert trainer.fit()["completed"]

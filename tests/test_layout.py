@@ -1,9 +1,9 @@
 """The package's structure: two floors, and imports that point down the data flow with nothing in a circle.
 
-``expr/cli/`` holds the commands (one module per command, which ``expr.cli.COMMANDS`` dispatches to, and their helpers); every other
-package is library, and the library never imports ``expr.cli``. A command never imports another command. Library
-packages sit on floors in data-flow order (``FLOORS``): a module imports only from its own floor or the floors below.
-Every import counts, including those inside functions, which would otherwise hide the structure; imports under
+``expr/cli/`` holds the commands (one module per command, which ``expr.cli.COMMANDS`` dispatches to, and their helpers);
+every other package is library, and the library never imports ``expr.cli``. A command never imports another command.
+Library packages sit on floors in data-flow order (``FLOORS``): a module imports only from its own floor or the floors
+below. Every import counts, including those inside functions, which would otherwise hide the structure; imports under
 ``if TYPE_CHECKING:`` are annotations only and do not count.
 """
 

@@ -220,9 +220,9 @@ def test_class_weights_come_from_training_frames_not_windows(tmp_path, small_sto
     trainer = Trainer(cfg)
     store = trainer.store
     frames = store.labels[store.frame_rows(store.videos_in("train"))]
-    torch.testing.assert_close(trainer.class_weights.cpu(), class_weights(frames, 8, "inverse"))
+    torch.testing.assert_close(trainer.unit.class_weights.cpu(), class_weights(frames, 8, "inverse"))
     windows = np.asarray(_train_windows(cfg)["label"])
-    assert not torch.allclose(trainer.class_weights.cpu(), class_weights(windows, 8, "inverse"))
+    assert not torch.allclose(trainer.unit.class_weights.cpu(), class_weights(windows, 8, "inverse"))
 
 
 def test_training_windows_are_drawn_anew_each_epoch_and_cover_every_labelled_frame_within_stride_epochs(small_store):

@@ -16,10 +16,11 @@ from expr.locks import LockedError
 from expr.training.checkpoint import CheckpointError
 from expr.training.distributed import leave_process_group, peer_failure
 from expr.training.trainer import NonFiniteError, Trainer
+from expr.training.unit import TrainUnit
 
 
-def launch(argv: list[str], trainer: type[Trainer], default_preset: str | None = None):
-    """A training command's body: parse ``argv``, fit ``trainer`` (or resume), and turn the errors a user can fix
+def launch(argv: list[str], unit: type[TrainUnit], default_preset: str | None = None):
+    """A training command's body: parse ``argv``, train ``unit`` (or resume), and turn the errors a user can fix
     into one line. Returns (exit code, the result dict on the main process, else None)."""
     # Our own messages at INFO; libraries (open_clip logs through the root logger) only from WARNING up.
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.WARNING)
@@ -33,7 +34,7 @@ def launch(argv: list[str], trainer: type[Trainer], default_preset: str | None =
 
     run = None
     try:
-        run = trainer(cfg, resume_dir=resume)
+        run = Trainer(cfg, resume_dir=resume, unit=unit)
         result = run.fit()
         is_main = PartialState().is_main_process
     except (

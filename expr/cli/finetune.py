@@ -21,7 +21,7 @@ import sys
 
 from expr.cli._training import launch
 from expr.config import options_help
-from expr.training.finetune import FinetuneTrainer
+from expr.training.finetune import FrameUnit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Options (defaults of the finetune preset):\n")
         print(options_help("finetune"))
         return 0
-    code, result = launch(argv, FinetuneTrainer, default_preset="finetune")
+    code, result = launch(argv, FrameUnit, default_preset="finetune")
     if result is not None:
         run_dir = result["run_dir"]
         print(f"best val/macro_f1 {result['best_macro_f1']:.4f} (frames) at epoch {result['best_epoch']}; run: "

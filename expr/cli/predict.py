@@ -13,8 +13,8 @@ or no audio, a variable frame rate or a stretch that cannot be decoded still get
 
 Writes, per track, ``DIR/<name>.csv`` (frame, time, track, face found and its box, label, class probabilities) and
 ``DIR/<name>_timeline.png``; per video the extracted features (``DIR/<video>_features/``, a video per track) and with
-``--video`` ``DIR/<video>_annotated.mp4`` (:mod:`expr.video.annotate`). Folders are searched recursively, and a video that
-cannot be read is reported while the others go on."""
+``--video`` ``DIR/<video>_annotated.mp4`` (:mod:`expr.video.annotate`). Folders are searched recursively, and a video
+that cannot be read is reported while the others go on."""
 
 from __future__ import annotations
 

@@ -8,11 +8,12 @@ The example file lists, in order, every frame to predict: a header
 lines (frame numbers from 1). The output has the same header and exactly those lines, each ending in a label 0-7.
 
 How every listed frame gets a label: windows of the run's length slide over each video (stride: the run's
-``data.eval_stride``), and the path that training's validation and ``expr evaluate`` score (:mod:`expr.scoring.decision`)
-turns their predictions into frame labels: each window's prediction placed at its label frame and interpolated
-between them, a frame without a face crop given the probabilities of the nearest frame in time that has one, the
-run's decision calibration when ``expr calibrate`` fitted one, then its temporal smoothing (``eval.*``, or
-``--smoothing/--width``) per video. A listed frame past the video's decoded end takes the last frame's label.
+``data.eval_stride``), and the path that training's validation and ``expr evaluate`` score
+(:mod:`expr.scoring.decision`) turns their predictions into frame labels: each window's prediction placed at its label
+frame and interpolated between them, a frame without a face crop given the probabilities of the nearest frame in time
+that has one, the run's decision calibration when ``expr calibrate`` fitted one, then its temporal smoothing
+(``eval.*``, or ``--smoothing/--width``) per video. A listed frame past the video's decoded end takes the last frame's
+label.
 
 ``--task va`` / ``--task au`` (a run trained with those tasks, ``train.tasks``): the example's header is
 ``image_location,valence,arousal`` or ``image_location,AU1,...,AU26``, and each line gets the frame's valence and
@@ -30,14 +31,12 @@ import numpy as np
 
 from expr.cli.options import parse_options, positional
 from expr.config import ConfigError, Smoothing
-from expr.data.affwild2 import AU_NAMES
 from expr.data.store import StoreError
 from expr.runs.layout import (
     RunError,
-    ensemble_members,
-    load_head,
     run_options_help,
 )
+from expr.runs.run import Run
 from expr.runs.submission import (
     TASK_COLUMNS,
     SubmissionError,
@@ -48,6 +47,7 @@ from expr.runs.submission import (
     validation_thresholds,
     write_submission,
 )
+from expr.tasks import AU_NAMES
 
 
 @dataclass(kw_only=True)
@@ -86,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         run_options_help(),
     )
     try:
-        members = ensemble_members(args.run_dir)
-        cfg = load_head(members[0][0] if members else args.run_dir, overrides=overrides)[1]["cfg"]
+        cfg = Run.open(args.run_dir, overrides).cfg
         if args.task != "expr" and (args.smoothing or args.width or args.format != "csv"):
             raise SubmissionError(f"--smoothing, --width and --format are the expression task's; --task {args.task} "
                                   f"writes its values unsmoothed, as csv")  # fmt: skip

@@ -17,7 +17,7 @@ import sys
 
 from expr.cli._training import launch
 from expr.config import options_help
-from expr.training.trainer import Trainer
+from expr.training.head import HeadUnit
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Options (defaults of the paper preset; without data.cache the demo preset applies):\n")
         print(options_help())
         return 0
-    code, result = launch(argv, Trainer)
+    code, result = launch(argv, HeadUnit)
     if result is not None:
         print(
             f"best {result['best_metric']} {result['best_score']:.4f} at epoch {result['best_epoch']}; run: "

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from expr.config.sections import TASK_SCORES, TASKS, ConfigError
+from expr.config.sections import ConfigError
+from expr.tasks import TASK_SCORES, TASKS
 
 if TYPE_CHECKING:
     from expr.config.tree import Config

@@ -8,11 +8,7 @@ import typing
 from dataclasses import dataclass
 from typing import Literal
 
-ABAW_CLASSES = ("Neutral", "Anger", "Disgust", "Fear", "Happiness", "Sadness", "Surprise", "Other")
-TASKS = ("expr", "va", "au")
-"""Aff-Wild2's three tasks: expressions (8 classes), valence-arousal, 12 action units."""
-TASK_SCORES = {"expr": "val/macro_f1", "va": "val/ccc", "au": "val/au_f1"}
-"""Each task's challenge score, as validation reports it."""
+from expr.tasks import ABAW_CLASSES, TASK_SCORES, TASKS  # noqa: F401  (the config's names for them)
 
 
 class ConfigError(ValueError):

@@ -26,8 +26,9 @@ import numpy as np
 
 from expr.config import ABAW_CLASSES
 from expr.data.store import video_name
+from expr.tasks import AU_NAMES, EXPR, TASKS, VA
 
-ANNOTATION_DIRS = ("EXPR_Classification_Challenge", "EXPR_Recognition_Challenge")
+ANNOTATION_DIRS = EXPR.annotation_dirs
 SPLIT_DIRS = {"Train_Set": "train", "Validation_Set": "validation"}
 CROP_DIRS = ("cropped_aligned", "cropped_aligned_new_50_vids")
 VIDEO_SUFFIXES = (".mp4", ".avi")
@@ -37,14 +38,9 @@ class AnnotationError(ValueError):
     """A malformed annotation file; the message names the file and line."""
 
 
-VA_HEADER = ("valence", "arousal")
-VA_UNANNOTATED = -5.0
-AU_NAMES = ("AU1", "AU2", "AU4", "AU6", "AU7", "AU10", "AU12", "AU15", "AU23", "AU24", "AU25", "AU26")
-TASK_DIRS = {
-    "expr": ANNOTATION_DIRS,
-    "va": ("VA_Estimation_Challenge", "VA_Set"),
-    "au": ("AU_Detection_Challenge", "AU_Set"),
-}
+VA_HEADER = VA.names
+VA_UNANNOTATED = VA.file_missing
+TASK_DIRS = {name: t.annotation_dirs for name, t in TASKS.items()}
 """The annotation folders of each ABAW task on Aff-Wild2 (the first found is read)."""
 
 

@@ -18,6 +18,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from expr.config import ModelConfig
+from expr.tasks import OTHER_TASKS, TASKS
 
 
 class CausalConv1d(nn.Module):
@@ -109,13 +110,14 @@ class FusionOutput:
     def scores(self, tasks=("expr",)) -> dict[str, torch.Tensor]:
         """What each of ``tasks`` predicts for the windows, float32: ``expr`` class probabilities [B, C], ``va``
         valence and arousal [B, 2], ``au`` action-unit probabilities [B, 12]."""
-        values = {"expr": lambda: self.logits.float().softmax(-1), "va": lambda: self.va.float(),
-                  "au": lambda: self.au.float().sigmoid()}  # fmt: skip
-        return {t: values[t]() for t in tasks}
+        raw = {"expr": self.logits, "va": self.va, "au": self.au}
+        return {t: ACTIVATIONS[TASKS[t].kind](raw[t].float()) for t in tasks}
 
 
-TASK_OUTPUTS = {"va": 2, "au": 12}
+TASK_OUTPUTS = {name: t.width for name, t in OTHER_TASKS.items()}
 """The outputs of each task's head beside the expression classifier."""
+ACTIVATIONS = {"classes": lambda x: x.softmax(-1), "values": lambda x: x, "units": torch.sigmoid}
+"""From a task's raw outputs to what it predicts (``values`` heads end in tanh already)."""
 
 
 class FusionHead(nn.Module):

@@ -1,6 +1,6 @@
 """``expr calibrate RUN_OR_ENSEMBLE [--split validation] [--groups 5]``: fit the per-class decision offsets that
-raise macro-F1 (:mod:`expr.scoring.calibration`) on a labelled split, write them to ``calibration.json`` beside the run's
-config (or in the ensemble or export folder), and report the split without them, with them, and cross-fitted.
+raise macro-F1 (:mod:`expr.scoring.calibration`) on a labelled split, write them to ``calibration.json`` beside the
+run's config (or in the ensemble or export folder), and report the split without them, with them, and cross-fitted.
 
 From then on ``expr evaluate``, ``expr submit`` and ``expr predict`` apply them (before the smoothing);
 ``--eval.calibrate false`` ignores them, deleting the file removes them. The cross-fitted row is the one to judge by:
@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 
 from expr.atomic import write_text
-from expr.runs.evaluate import cross_fitted_metrics, decision_metrics, evaluate_run, write_report
-from expr.runs.layout import CALIBRATION, ENSEMBLE, RunError
+from expr.runs.evaluate import cross_fitted_metrics, decision_metrics, evaluate
+from expr.runs.layout import CALIBRATION, ENSEMBLE, RunError, legacy_overrides
+from expr.runs.report import write_report
+from expr.runs.run import Run
 from expr.scoring.calibration import fit_offsets, video_groups
 from expr.scoring.decision import Decision
 
@@ -36,17 +38,23 @@ def calibrate(
     where = path / "eval" / split
     ensemble = (path / ENSEMBLE).is_file()
     if not ensemble:  # the run's raw frame probabilities, through evaluate's own path
-        if not evaluate_run(path, cache, split, device=device, out_dir=where, overrides={"eval.calibrate": False}):
+        run = Run.open(path, legacy_overrides({"eval.calibrate": False}, cache))
+        report, frames = evaluate(run, split, device, where)
+        if not report:
             return {}  # a secondary process under accelerate launch: the main one fits and writes
+        if frames is None:
+            raise RunError(f"{path}: the run trained no expression classifier (train.tasks): nothing to calibrate")
+        data = {"rows": frames.rows, "labels": frames.labels, "probs": frames.probs, "subject": frames.subject,
+                "num_frames": frames.num_frames, "frame_offset": frames.frame_offset}  # fmt: skip
     elif cache is not None:
         raise RunError(f"{path} is an ensemble, scored on its members' store: --cache belongs to `expr ensemble`")
     elif not (where / "frame_probs.npz").is_file():
         raise RunError(f"{path}: no frame probabilities of split '{split}'; run `expr ensemble ... --split {split}`")
-    report = json.loads((where / "report.json").read_text())
-    data = np.load(where / "frame_probs.npz")
+    else:
+        report = json.loads((where / "report.json").read_text())
+        data = dict(np.load(where / "frame_probs.npz"))
     if "subject" not in data:
-        again = "run `expr ensemble` again" if ensemble else "evaluate the run again"
-        raise RunError(f"{where / 'frame_probs.npz'} predates calibration; {again}")
+        raise RunError(f"{where / 'frame_probs.npz'} predates calibration; run `expr ensemble` again")
     rows, labels = data["rows"], data["labels"]
     probs = data["probs"].astype(np.float64)
     classes = list(report["metrics"]["per_class_f1"])

@@ -30,8 +30,10 @@ import numpy as np
 from expr.atomic import write_text
 from expr.data.store import video_of_rows
 from expr.runs.calibrate import calibrate as calibrate_folder
-from expr.runs.evaluate import decision_metrics, evaluate_run, save_frame_probs, write_report
-from expr.runs.layout import CALIBRATION, ENSEMBLE, RunError
+from expr.runs.evaluate import Frames, decision_metrics, evaluate
+from expr.runs.layout import CALIBRATION, ENSEMBLE, RunError, ensemble_members, legacy_overrides
+from expr.runs.report import save_frame_probs, write_report
+from expr.runs.run import Run
 from expr.scoring.decision import Decision
 from expr.scoring.metrics import classification_report
 
@@ -118,15 +120,23 @@ def study_selection(study: str | Path) -> dict[str, Any]:
     return {"runs": runs, "setting": dict(zip(keys, chosen, strict=True)), "compared": len(settings)}
 
 
+def evaluate_member(run: str, cache, split: str, device, out_dir: Path) -> tuple[dict[str, Any], Frames]:
+    """A member's report (written under ``out_dir``) and its scored frames: :func:`expr.runs.evaluate.evaluate`."""
+    if ensemble_members(run) is not None:
+        raise EnsembleError(f"{run} is an ensemble folder itself: list its members instead")
+    report, frames = evaluate(Run.open(run, legacy_overrides(None, cache)), split, device, out_dir)
+    if frames is None:
+        raise EnsembleError(f"{run}: the run trained no expression classifier (train.tasks); ensembles combine those")
+    return report, frames
+
+
 def evaluate_members(runs, out: Path, split: str, cache, device) -> list[Member]:
     members = []
     for i, run in enumerate(runs):
         where = out / "members" / f"{i:02d}-{Path(run).name}"
-        report = evaluate_run(run, cache=cache, split=split, device=device, out_dir=where)
-        data = np.load(where / "frame_probs.npz")
-        geometry = (data["num_frames"], data["frame_offset"])
-        members.append(Member(str(run), report, data["rows"], data["probs"].astype(np.float64), data["labels"],
-                              geometry, data["subject"]))  # fmt: skip
+        report, f = evaluate_member(run, cache, split, device, where)
+        members.append(Member(str(run), report, f.rows, np.asarray(f.probs, np.float64), f.labels, f.geometry,
+                              f.subject))  # fmt: skip
     first = members[0]
     classes = list(first.report["metrics"]["per_class_f1"])  # the run's classes, in order
     for m in members[1:]:

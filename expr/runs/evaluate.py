@@ -16,29 +16,27 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from expr.atomic import atomic_path, write_text
 from expr.config import resolve_device
-from expr.data.affwild2 import AU_NAMES
 from expr.data.source import open_store
 from expr.data.store import video_of_rows
-from expr.plots import pyplot, save_figure
 from expr.runs.layout import (
     CALIBRATION,
     RunError,
+    ensemble_members,
     legacy_overrides,
-    load_head,
-    run_decision,
-    run_encoders,
 )
+from expr.runs.report import plot_au, plot_va, save_frame_probs, write_report
+from expr.runs.run import Run
 from expr.scoring.calibration import cross_fit, subject_ids, video_groups
 from expr.scoring.decision import Decision, frame_report, smooth_rows
 from expr.scoring.metrics import au_report, tune_au_thresholds, va_report
-from expr.scoring.outputs import predict_outputs
+from expr.tasks import AU_NAMES
 
 
 class EvaluateError(RunError):
@@ -68,19 +66,115 @@ def evaluate_run(
     change the run's config where it can change after training (:data:`expr.runs.layout.RUN_OVERRIDES`); ``cache``,
     ``stride``, ``smoothing`` and ``width`` are the same as data.cache, data.eval_stride, eval.smoothing and
     eval.smoothing_width."""
+    if ensemble_members(run_dir) is not None:
+        raise RunError(
+            f"{run_dir} is an ensemble folder: `expr ensemble` scores it (its report is under {run_dir}/eval/SPLIT); "
+            f"`expr submit`, `expr predict` and `expr calibrate` take it like a run"
+        )
+    run = Run.open(run_dir, legacy_overrides(overrides, cache, stride, smoothing, width))
+    return evaluate(run, split, device, out_dir)[0]
 
-    model, info = load_head(run_dir, overrides=legacy_overrides(overrides, cache, stride, smoothing, width))
-    cfg = info["cfg"]
-    store = open_store(cfg)
+
+def evaluate(run: Run, split: str = "validation", device: str = "auto", out_dir=None):
+    """(the report of :func:`evaluate_run`, the scored expression frames as :class:`Frames` or None) of an opened
+    run. Under ``accelerate launch`` each process predicts whole videos and the main one scores them all (the
+    others return ({}, None))."""
+    cfg, tasks = run.cfg, run.cfg.train.tasks
+    store = split_store(run, split)
+    in_split = {t: store.videos_in(split, t) for t in tasks}
+    videos = np.unique(np.concatenate(list(in_split.values())))  # those of the split of any task the run has
+    got = gathered_outputs(run, store, split, videos, resolve_device(device))
+    if got is None:
+        return {}, None
+    rows, outputs = got
+    task_reports, scored = other_task_reports(cfg, store, rows, outputs, in_split)
+    expr_rows = np.isin(video_of_rows(store.frame_offset, rows), in_split.get("expr", []))
+    frames = Frames.of_store(store, rows[expr_rows], outputs["expr"][expr_rows])
+    if "expr" in tasks and not (frames.labels >= 0).any():
+        raise EvaluateError(f"split '{split}' of {store.path} has no labelled frames (for test videos use expr submit)")
+    if not any(r["frames"] for r in task_reports.values()) and "expr" not in tasks:
+        raise EvaluateError(f"split '{split}' of {store.path} has no frames annotated for {', '.join(tasks)}")
+    report = {
+        "run": str(Path(run.path).resolve()),
+        "store": str(store.path.resolve()),
+        "split": split,
+        "folds": {"k": cfg.data.folds, "fold": cfg.data.fold} if cfg.data.folds else None,
+        "window": cfg.data.window,
+        "stride": cfg.data.resolved_eval_stride(),
+        "videos": int(len(videos)),
+        "frames": int(len(frames.rows)),
+        "labelled_frames": int((frames.labels >= 0).sum()),
+        "flip": bool(cfg.eval.flip and cfg.data.mode == "online"),
+        "tasks": list(tasks),
+        **(frames.metrics(run.decision, cfg.data.classes) if "expr" in tasks else {}),
+        **task_reports,
+    }
+    if "expr" in tasks:
+        report.update(in_sample_calibration(run.path, report, frames, run.decision, cfg.data.classes))
+    out = Path(out_dir) if out_dir else Path(run.path) / "eval" / split
+    write_report(out, report, list(cfg.data.classes))
+    if "va" in scored:
+        plot_va(*scored["va"][1:], out / "va_density.png", f"{split}: CCC {task_reports['va']['ccc']:.4f}")
+    if "au" in scored:
+        plot_au(task_reports["au"], out / "au_f1.png", f"{split}: AU F1 {task_reports['au']['au_f1']:.4f}")
+    if "expr" in tasks:
+        frames.save(out)
+    return report, frames if "expr" in tasks else None
+
+
+@dataclass
+class Frames:
+    """The scored frames of the expression task: store rows, raw probabilities (before the decision), labels, the
+    store's video geometry that smoothing needs (``num_frames``, ``frame_offset``) and each row's raw video
+    (``subject``, for grouping)."""
+
+    rows: np.ndarray
+    probs: np.ndarray
+    labels: np.ndarray
+    num_frames: np.ndarray
+    frame_offset: np.ndarray
+    subject: np.ndarray
+
+    @classmethod
+    def of_store(cls, store, rows: np.ndarray, probs: np.ndarray) -> Frames:
+        subject = subject_ids(store.names, rows, store.frame_offset)
+        return cls(rows, probs, store.labels[rows], store.num_frames, store.frame_offset, subject)
+
+    @property
+    def geometry(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.num_frames, self.frame_offset
+
+    def metrics(self, decision: Decision, classes) -> dict[str, Any]:
+        return decision_metrics(self.labels, self.rows, self.probs, *self.geometry, decision, classes)
+
+    def save(self, out: Path) -> None:
+        save_frame_probs(out, self.rows, self.probs, self.labels, *self.geometry, subject=self.subject)
+
+
+def split_store(run: Run, split: str):
+    """The run's store, checked: it has ``split``, the run's classes, and labels of every task the run trained;
+    a warning when the run let one task train on another's held-out videos."""
+    store, cfg = open_store(run.cfg), run.cfg
     if split not in set(store.splits.tolist()):
         raise EvaluateError(f"{store.path}: no videos in split '{split}' (it has {sorted(set(store.splits.tolist()))})")
     if list(store.classes) != list(cfg.data.classes):
         raise EvaluateError(f"{store.path}: classes {store.classes} differ from the run's {list(cfg.data.classes)}")
-    stride = cfg.data.resolved_eval_stride()
-    decision = run_decision(run_dir, cfg)
-    device = resolve_device(device)
-    # Under `accelerate launch` each process takes whole videos (every world_size-th); the main process gathers
-    # their frame probabilities and scores them: the same numbers as one process.
+    tasks = cfg.train.tasks
+    missing = [t for t in tasks if t != "expr" and t not in store.task_splits]
+    if missing:
+        raise EvaluateError(f"{store.path} has no {' or '.join(missing)} labels to evaluate the run's {missing[0]} on")
+    crossing = store.crossing_videos(tasks)
+    if int(os.environ.get("RANK", 0)) == 0 and len(tasks) > 1 and trained_across_tasks(run.path, cfg) and len(crossing):
+        print(f"warning: {run.path} was trained with train.task_overlap=allow: {len(crossing)} "
+              f"videos that one of its tasks validates or tests on trained another, so its validation scores are "
+              f"not held out", file=sys.stderr)  # fmt: skip
+    return store
+
+
+def gathered_outputs(run: Run, store, split: str, videos: np.ndarray, device: str):
+    """(frame rows in order, {task: raw outputs}) of ``videos``. Under ``accelerate launch`` each process takes whole
+    videos (every world_size-th); the main process gathers their outputs (the same numbers as one process) and the
+    others get None."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     if world > 1:
         from accelerate import PartialState
@@ -88,40 +182,21 @@ def evaluate_run(
 
         state = PartialState(cpu=device == "cpu")
         rank, world = state.process_index, state.num_processes
-    tasks = cfg.train.tasks
-    missing = [t for t in tasks if t != "expr" and t not in store.task_splits]
-    if missing:
-        raise EvaluateError(f"{store.path} has no {' or '.join(missing)} labels to evaluate the run's {missing[0]} on")
-    crossing = store.crossing_videos(tasks)
-    if rank == 0 and len(tasks) > 1 and trained_across_tasks(run_dir, cfg) and len(crossing):
-        print(f"warning: {run_dir} was trained with train.task_overlap=allow: {len(crossing)} "
-              f"videos that one of its tasks validates or tests on trained another, so its validation scores are "
-              f"not held out", file=sys.stderr)  # fmt: skip
-    in_split = {t: store.videos_in(split, t) for t in tasks}
-    videos = np.unique(np.concatenate(list(in_split.values())))  # those of the split of any task the run has
-    rows, outputs = predict_outputs(
-        model,
-        store,
-        split,
-        cfg.data.window,
-        stride,
-        device=device,
-        label_rule=cfg.data.label_frame,
-        videos=videos[rank::world],
-        mode=cfg.data.mode,
-        encoders=run_encoders(run_dir, cfg, store, device),
-        flip=cfg.eval.flip,
-        tasks=tasks,
-    )
-    if world > 1:
-        parts = gather_object([(rows, outputs)])
-        if rank != 0:
-            return {}
-        rows = np.concatenate([r for r, _ in parts])
-        order = np.argsort(rows, kind="stable")
-        rows = rows[order]
-        outputs = {t: np.concatenate([o[t] for _, o in parts])[order] for t in outputs}
-    scored = {t: task_report(t, store, rows, outputs[t], in_split[t]) for t in tasks if t != "expr"}
+    rows, outputs = run.window_outputs(store, split, videos[rank::world], device)
+    if world == 1:
+        return rows, outputs
+    parts = gather_object([(rows, outputs)])
+    if rank != 0:
+        return None
+    rows = np.concatenate([r for r, _ in parts])
+    order = np.argsort(rows, kind="stable")
+    return rows[order], {t: np.concatenate([o[t] for _, o in parts])[order] for t in outputs}
+
+
+def other_task_reports(cfg, store, rows, outputs, in_split):
+    """({task: its report} and {task: (report, scored values, targets)}) of the VA / AU tasks the run trained, VA
+    also smoothed as ``eval.va_smoothing`` says."""
+    scored = {t: task_report(t, store, rows, outputs[t], in_split[t]) for t in cfg.train.tasks if t != "expr"}
     task_reports = {t: r for t, (r, _, _) in scored.items()}
     method, width = cfg.eval.va_smoothing, cfg.eval.va_smoothing_width
     if "va" in scored and method != "none" and width > 1:
@@ -129,45 +204,7 @@ def evaluate_run(
         r = task_report("va", store, rows, smoothed, in_split["va"])[0]
         task_reports["va"]["smoothed"] = {"method": method, "width": width,
                                           **{k: r[k] for k in ("ccc", "ccc_valence", "ccc_arousal")}}  # fmt: skip
-    expr_rows = np.isin(video_of_rows(store.frame_offset, rows), in_split.get("expr", []))
-    rows, probs = rows[expr_rows], outputs["expr"][expr_rows]
-    labels = store.labels[rows]
-    if "expr" in tasks and not (labels >= 0).any():
-        raise EvaluateError(f"split '{split}' of {store.path} has no labelled frames (for test videos use expr submit)")
-    if not any(r["frames"] for r in task_reports.values()) and "expr" not in tasks:
-        raise EvaluateError(f"split '{split}' of {store.path} has no frames annotated for {', '.join(tasks)}")
-    report = {
-        "run": str(Path(run_dir).resolve()),
-        "store": str(store.path.resolve()),
-        "split": split,
-        "folds": {"k": cfg.data.folds, "fold": cfg.data.fold} if cfg.data.folds else None,
-        "window": cfg.data.window,
-        "stride": stride,
-        "videos": int(len(videos)),
-        "frames": int(len(rows)),
-        "labelled_frames": int((labels >= 0).sum()),
-        "flip": bool(cfg.eval.flip and cfg.data.mode == "online"),
-        "tasks": list(tasks),
-        **(
-            decision_metrics(labels, rows, probs, store.num_frames, store.frame_offset, decision, cfg.data.classes)
-            if "expr" in tasks
-            else {}
-        ),  # fmt: skip
-        **task_reports,
-    }
-    subject = subject_ids(store.names, rows, store.frame_offset)
-    if "expr" in tasks:
-        report.update(in_sample_calibration(run_dir, report, labels, rows, probs, subject, decision, store.num_frames,
-                                            store.frame_offset, cfg.data.classes))  # fmt: skip
-    out = Path(out_dir) if out_dir else Path(run_dir) / "eval" / split
-    write_report(out, report, list(cfg.data.classes))
-    if "va" in scored:
-        plot_va(*scored["va"][1:], out / "va_density.png", f"{split}: CCC {task_reports['va']['ccc']:.4f}")
-    if "au" in scored:
-        plot_au(task_reports["au"], out / "au_f1.png", f"{split}: AU F1 {task_reports['au']['au_f1']:.4f}")
-    if "expr" in tasks:
-        save_frame_probs(out, rows, probs, labels, store.num_frames, store.frame_offset, subject=subject)
-    return report
+    return task_reports, scored
 
 
 def task_report(task: str, store, rows: np.ndarray, values: np.ndarray, videos: np.ndarray):
@@ -185,40 +222,6 @@ def task_report(task: str, store, rows: np.ndarray, values: np.ndarray, videos: 
     scores = {"au_f1": plain["au_f1"], "per_au_f1": plain["per_au_f1"], "au_f1_tuned": tuned["au_f1"],
               "thresholds": dict(zip(AU_NAMES, thresholds.tolist(), strict=True))}  # fmt: skip
     return {**scores, "frames": plain["count"]}, values, targets
-
-
-def plot_va(values: np.ndarray, targets: np.ndarray, path: Path, title: str) -> None:
-    """Predicted against annotated valence and arousal as two density plots (2-D histograms, log colour), the
-    diagonal marked."""
-    import matplotlib
-
-    plt = pyplot()
-    keep = ~np.isnan(targets).any(1)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 4.2), dpi=110)
-    for k, (ax, name) in enumerate(zip(axes, ("valence", "arousal"), strict=True)):
-        ax.hist2d(targets[keep, k], values[keep, k], bins=40, range=[[-1, 1], [-1, 1]], cmap="viridis",
-                  norm=matplotlib.colors.LogNorm(), cmin=1)  # fmt: skip
-        ax.plot([-1, 1], [-1, 1], color="0.4", lw=1, ls="--")
-        ax.set_xlabel(f"annotated {name}")
-        ax.set_ylabel(f"predicted {name}")
-        ax.set_aspect("equal")
-    fig.suptitle(title)
-    save_figure(fig, path)
-
-
-def plot_au(report: dict[str, Any], path: Path, title: str) -> None:
-    """F1 per action unit at 0.5 and at the tuned thresholds, as bars."""
-    plt = pyplot()
-    names = list(report["per_au_f1"])
-    fig, ax = plt.subplots(figsize=(8, 3.6), dpi=110)
-    ax.bar(np.arange(len(names)), [report["per_au_f1"][n] for n in names], color="#4C72B0")
-    ax.axhline(report["au_f1"], color="black", lw=1, ls="--", label=f"mean {report['au_f1']:.3f}")
-    ax.set_xticks(np.arange(len(names)), names)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("F1 (threshold 0.5)")
-    ax.legend(loc="upper right", fontsize=8)
-    ax.set_title(title)
-    save_figure(fig, path)
 
 
 def decision_metrics(labels, rows, probs, num_frames, frame_offset, decision: Decision, classes) -> dict[str, Any]:
@@ -257,9 +260,7 @@ def cross_fitted_metrics(
     return out
 
 
-def in_sample_calibration(
-    run_dir, report: dict[str, Any], labels, rows, probs, subject, decision: Decision, num_frames, frame_offset, classes
-) -> dict[str, Any]:
+def in_sample_calibration(run_dir, report: dict[str, Any], frames: Frames, decision: Decision, classes):
     """When the run's calibration (``expr calibrate``) was fitted on the split and store being scored: its held-out
     rows (:func:`cross_fitted_metrics`, over the same groups of videos as ``expr calibrate``); else nothing."""
     file = Path(run_dir) / CALIBRATION
@@ -269,148 +270,8 @@ def in_sample_calibration(
     fitted = info.get("fitted_on", {})
     if fitted.get("split") != report["split"] or str(Path(fitted.get("store", "")).resolve()) != report["store"]:
         return {}
+    subject = frames.subject
     k = min(int(info.get("groups") or 5), len(np.unique(subject)))
     groups = video_groups(subject, k)
-    return cross_fitted_metrics(labels, rows, probs, groups, f"{k} groups of videos", decision, num_frames,
-                                frame_offset, classes)  # fmt: skip
-
-
-def save_frame_probs(out: Path, rows, probs, labels, num_frames, frame_offset, **extra) -> None:
-    """``out/frame_probs.npz``: the frame rows, their raw probabilities (float64, before calibration and smoothing),
-    labels, the store's video geometry (``num_frames``, ``frame_offset``) that smoothing needs, and ``extra`` arrays
-    (``subject``: each row's raw video, for grouping; ``groups``: an out-of-fold ensemble's folds)."""
-    with atomic_path(out / "frame_probs.npz") as tmp, open(tmp, "wb") as f:
-        np.savez(f, rows=rows, probs=np.asarray(probs, np.float64), labels=labels, num_frames=num_frames,
-                 frame_offset=frame_offset, **extra)  # fmt: skip
-
-
-def write_report(out: Path, report: dict[str, Any], classes: list[str]) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "report.json", json.dumps(report, indent=2))
-    write_text(out / "report.md", markdown(report, classes) + task_markdown(report))
-    if "metrics" not in report:  # a run without the expression task
-        return
-    plot_confusion(
-        np.array(report["metrics"]["confusion_matrix"]),
-        classes,
-        out / "confusion_matrix.png",
-        f"{report['split']}: frame-level macro-F1 {report['metrics']['macro_f1']:.4f}",
-    )
-
-
-def task_markdown(report: dict[str, Any]) -> str:
-    """The VA and AU sections of report.md (empty for an expression-only run)."""
-    lines = []
-    if "va" in report:
-        va = report["va"]
-        lines += ["", "## Valence-arousal", "", "| | CCC | valence | arousal | frames |", "|---|---|---|---|---|",
-                  f"| frame-level | {va['ccc']:.4f} | {va['ccc_valence']:.4f} | {va['ccc_arousal']:.4f} | "
-                  f"{va['frames']} |"]  # fmt: skip
-        if va.get("smoothed"):
-            s = va["smoothed"]
-            lines.append(f"| + {s['method']} smoothing, width {s['width']} | {s['ccc']:.4f} | {s['ccc_valence']:.4f} | "
-                         f"{s['ccc_arousal']:.4f} | {va['frames']} |")  # fmt: skip
-        lines += ["",
-                  "CCC as the challenge scores it (the mean of valence's and arousal's), over the frames annotated "
-                  "for VA of this split's VA videos.", "", "![valence-arousal](va_density.png)"]  # fmt: skip
-    if "au" in report:
-        au = report["au"]
-        names = list(au["per_au_f1"])
-        lines += ["", "## Action units", "", "| | mean F1 | " + " | ".join(names) + " | frames |",
-                  "|---" * (len(names) + 3) + "|",
-                  f"| threshold 0.5 | {au['au_f1']:.4f} | " + " | ".join(f"{au['per_au_f1'][n]:.3f}" for n in names)
-                  + f" | {au['frames']} |",
-                  f"| tuned thresholds | {au['au_f1_tuned']:.4f} | "
-                  + " | ".join(f"{au['thresholds'][n]:.2f}" for n in names) + " | |", "",
-                  "The challenge's score is the mean F1 over the 12 units at 0.5. The tuned row's thresholds (its "
-                  "cells) were fitted per unit on these frames: optimistic here, to be fitted on validation and "
-                  "applied to test.", "", "![AU F1](au_f1.png)"]  # fmt: skip
-    return "\n".join(lines) + ("\n" if lines else "")
-
-
-def markdown(report: dict[str, Any], classes: list[str]) -> str:
-    if "metrics" not in report:
-        return (f"# Evaluation: {report['split']}\n\nRun `{report['run']}`, store `{report['store']}`: "
-                f"{report['videos']} videos, windows of {report['window']} frames every {report['stride']}; tasks "
-                f"{', '.join(report['tasks'])} (each section counts its own annotated frames).\n")  # fmt: skip
-
-    def f(v):
-        return f"{v:.4f}"
-
-    in_sample = report.get("calibration_in_sample")
-    rows = [("frame-level", report["metrics"])]
-    if report.get("calibrated_metrics"):
-        name = "+ calibration (fitted on these frames: in-sample, optimistic)" if in_sample else "+ calibration"
-        rows.append((name, report["calibrated_metrics"]))
-    if report.get("cross_fitted_metrics"):
-        rows.append((f"+ calibration, cross-fitted ({report['cross_fitted_groups']})", report["cross_fitted_metrics"]))
-    s = report["smoothing"]
-    if report["smoothed_metrics"]:
-        on = " (on the in-sample calibration)" if in_sample and report.get("calibrated_metrics") else ""
-        rows.append((f"+ {s['method']} smoothing, width {s['width']}{on}", report["smoothed_metrics"]))
-    if report.get("cross_fitted_smoothed_metrics"):
-        rows.append((f"+ {s['method']} smoothing, width {s['width']}, on the cross-fitted calibration",
-                     report["cross_fitted_smoothed_metrics"]))  # fmt: skip
-    head = "| | macro-F1 | accuracy | " + " | ".join(classes) + " |"
-    sep = "|---" * (len(classes) + 3) + "|"
-    lines = [
-        f"# Evaluation: {report['split']}",
-        "",
-        f"Run `{report['run']}`, store `{report['store']}`: {report['videos']} videos, {report['frames']} frames "
-        f"({report['labelled_frames']} labelled), windows of {report['window']} frames every {report['stride']}.",
-        "",
-        head,
-        sep,
-    ]
-    for name, m in rows:
-        per = " | ".join(f(m["per_class_f1"][c]) for c in classes)
-        lines.append(f"| {name} | {f(m['macro_f1'])} | {f(m['accuracy'])} | {per} |")
-    lines += ["", "Per-class cells are F1 scores. Macro-F1 is the mean over all classes, as the challenge scores it."]
-    if report.get("calibrated_metrics"):
-        lines.append(
-            "Rows add their step to the one above. The calibration offsets were fitted on labelled frames (`expr "
-            "calibrate`); scored on the split they were fitted on they are optimistic, the cross-fitted row (fitted on "
-            "other videos or folds than it scores) is not."
-        )
-    absent = report["metrics"]["absent_classes"]
-    if absent:
-        lines.append(
-            f"No frame of this split is labelled {', '.join(absent)}: they count 0 in macro-F1; the mean over the "
-            f"other classes is {report['metrics']['macro_f1_present']:.4f}."
-        )
-    lines.append("")
-    lines += [
-        "Confusion matrix (rows: true class, columns: predicted):",
-        "",
-        "![confusion matrix](confusion_matrix.png)",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str) -> None:
-    """Row-normalised confusion matrix with counts, readable at a glance."""
-
-    plt = pyplot()
-
-    with np.errstate(invalid="ignore", divide="ignore"):
-        norm = np.where(cm.sum(1, keepdims=True) > 0, cm / cm.sum(1, keepdims=True), 0.0)
-    fig, ax = plt.subplots(figsize=(1.0 * len(classes) + 2, 0.9 * len(classes) + 1.5), dpi=110)
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(len(classes)), classes, rotation=40, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    for i in range(len(classes)):
-        for j in range(len(classes)):
-            ax.text(
-                j,
-                i,
-                f"{norm[i, j]:.2f}\n{cm[i, j]}",
-                ha="center",
-                va="center",
-                fontsize=7,
-                color="white" if norm[i, j] > 0.5 else "black",
-            )
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
-    save_figure(fig, path)
+    return cross_fitted_metrics(frames.labels, frames.rows, frames.probs, groups, f"{k} groups of videos", decision,
+                                *frames.geometry, classes)  # fmt: skip

@@ -15,19 +15,16 @@ An exported folder (``expr export``) holds config.json + model.safetensors + REA
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from expr.atomic import atomic_path, write_text
-from expr.training.rundir import TUNED_ENCODERS  # noqa: F401  (read beside a run's head)
 from expr.config import Config, ConfigError, apply_dict, field_docs, load_yaml, validate
-from expr.scoring.decision import Decision
 from expr.models.fusion import FusionHead
+from expr.scoring.decision import Decision
+from expr.training.rundir import TUNED_ENCODERS  # noqa: F401  (read beside a run's head)
 
 EXPORT_FORMAT = 1
 # What a command reading a finished run (evaluate, submit, predict) may change in the run's config: where its data is
@@ -158,8 +155,8 @@ def run_encoders(path: str | Path, cfg: Config, store, device):
     (``finetune.method`` / ``finetune.audio_method``). ``path``: a run directory or an export."""
     if cfg.data.mode != "online":
         return None
-    from expr.models.online import store_encoders
     from expr.features.tuning import Tuning, tuned_keys
+    from expr.models.online import store_encoders
 
     tuning = (Tuning.image(cfg.finetune), Tuning.audio(cfg.finetune))
     if not any(t.trains for t in tuning):

@@ -8,11 +8,12 @@ The example file lists, in order, every frame to predict: a header
 lines (frame numbers from 1). The output has the same header and exactly those lines, each ending in a label 0-7.
 
 How every listed frame gets a label: windows of the run's length slide over each video (stride: the run's
-``data.eval_stride``), and the path that training's validation and ``expr evaluate`` score (:mod:`expr.scoring.decision`)
-turns their predictions into frame labels: each window's prediction placed at its label frame and interpolated
-between them, a frame without a face crop given the probabilities of the nearest frame in time that has one, the
-run's decision calibration when ``expr calibrate`` fitted one, then its temporal smoothing (``eval.*``, or
-``--smoothing/--width``) per video. A listed frame past the video's decoded end takes the last frame's label.
+``data.eval_stride``), and the path that training's validation and ``expr evaluate`` score
+(:mod:`expr.scoring.decision`) turns their predictions into frame labels: each window's prediction placed at its label
+frame and interpolated between them, a frame without a face crop given the probabilities of the nearest frame in time
+that has one, the run's decision calibration when ``expr calibrate`` fitted one, then its temporal smoothing
+(``eval.*``, or ``--smoothing/--width``) per video. A listed frame past the video's decoded end takes the last frame's
+label.
 
 ``--task va`` / ``--task au`` (a run trained with those tasks, ``train.tasks``): the example's header is
 ``image_location,valence,arousal`` or ``image_location,AU1,...,AU26``, and each line gets the frame's valence and
@@ -31,21 +32,15 @@ from pathlib import Path
 import numpy as np
 
 from expr.atomic import atomic_path, write_text
-from expr.config import ABAW_CLASSES, resolve_device
-from expr.data.affwild2 import AU_NAMES
+from expr.config import ABAW_CLASSES
 from expr.data.source import open_store
 from expr.runs.layout import (
-    ensemble_decision,
-    ensemble_members,
     legacy_overrides,
-    load_head,
-    member_overrides,
-    run_decision,
-    run_encoders,
 )
+from expr.runs.run import Run
 from expr.scoring.decision import smooth
 from expr.scoring.metrics import tune_au_thresholds
-from expr.scoring.outputs import predict_outputs
+from expr.tasks import AU_NAMES
 
 
 class SubmissionError(ValueError):
@@ -104,52 +99,29 @@ def frame_values(run_dir, cache, videos: list[str], task: str, device="auto", ov
     """Per video, every decoded frame's ``va`` [frames, 2] (valence, arousal; smoothed in time as the run's
     ``eval.va_smoothing`` says) or ``au`` [frames, 12] probabilities of the run's head trained with that task; an
     ensemble folder: its members' weighted mean (smoothed as its first member's config says)."""
-    values, cfg = run_outputs(run_dir, videos, task, device, legacy_overrides(overrides, cache))
+    run = Run.open(run_dir, legacy_overrides(overrides, cache))
+    values = task_outputs(run, videos, task, device)
     if task == "va":
-        values = {v: smooth(p, cfg.eval.va_smoothing, cfg.eval.va_smoothing_width) for v, p in values.items()}
+        values = {v: smooth(p, run.cfg.eval.va_smoothing, run.cfg.eval.va_smoothing_width) for v, p in values.items()}
     return values
 
 
-def run_outputs(run_dir, videos: list[str], task: str, device="auto", overrides=None):
-    """(per video, every decoded frame's raw outputs of ``task`` (:func:`expr.scoring.outputs.predict_outputs`, before any
-    decision), the run's config) of a run, or of an ensemble folder: its members' weighted mean (each member with
-    :func:`expr.runs.layout.member_overrides`), the first member's config. Only the given videos are predicted."""
-    members = ensemble_members(run_dir)
-    if members is not None:
-        out: dict[str, np.ndarray] = {}
-        first = None
-        for run, weight in members:
-            part, cfg = run_outputs(run, videos, task, device, member_overrides(overrides))
-            first = first or cfg
-            for v, p in part.items():
-                out[v] = out.get(v, 0.0) + weight * p
-        return out, first
-    model, info = load_head(run_dir, overrides=overrides)
-    cfg = info["cfg"]
-    if task not in cfg.train.tasks:
-        raise SubmissionError(f"{run_dir}: the run trained {', '.join(cfg.train.tasks)}, not {task} (train.tasks)")
-    store, wanted = example_store(cfg, videos)
-    device = resolve_device(device)
-    encoders = run_encoders(run_dir, cfg, store, device)
-    out = {}
-    for split in sorted(set(store.splits[wanted].tolist())):
-        mine = wanted[store.splits[wanted] == split]
-        rows, outputs = predict_outputs(model, store, split, cfg.data.window, cfg.data.resolved_eval_stride(),
-                                        device=device, label_rule=cfg.data.label_frame, videos=mine,
-                                        mode=cfg.data.mode, encoders=encoders, flip=cfg.eval.flip,
-                                        tasks=cfg.train.tasks)  # fmt: skip
-        for v in mine:
-            a = int(store.frame_offset[v])
-            out[store.names[v]] = outputs[task][(rows >= a) & (rows < a + int(store.num_frames[v]))]
-    return out, cfg
+def task_outputs(run: Run, videos: list[str], task: str, device="auto") -> dict[str, np.ndarray]:
+    """Per video, every decoded frame's raw outputs of ``task`` (:meth:`Run.outputs`, before any decision) of a run
+    or ensemble; each run reads the videos from its own store, where every one of them must be."""
+    if task not in run.tasks:
+        trained = run.members[0][0] if run.members else run
+        which = next((m for m, _ in run.members or [] if task not in m.tasks), trained)
+        raise SubmissionError(f"{which.path}: the run trained {', '.join(which.tasks)}, not {task} (train.tasks)")
+    outputs = run.outputs(videos, store=lambda r: example_store(r.cfg, videos)[0], device=device)
+    return {v: o[task] for v, o in outputs.items()}
 
 
 def validation_thresholds(run_dir, cache, device="auto", overrides=None) -> np.ndarray:
     """Per-unit AU thresholds maximising each unit's F1 over the annotated frames of the AU validation videos of the
     run's store (:func:`expr.scoring.metrics.tune_au_thresholds`)."""
-    members = ensemble_members(run_dir)
-    cfg = load_head(members[0][0] if members else run_dir, overrides=legacy_overrides(overrides, cache))[1]["cfg"]
-    store = open_store(cfg)
+    run = Run.open(run_dir, legacy_overrides(overrides, cache))
+    store = open_store((run.members[0][0] if run.members else run).cfg)
     names = [store.names[v] for v in store.videos_in("validation", "au")]
     if not names:
         raise SubmissionError(f"{store.path} has no AU validation videos to tune thresholds on")
@@ -195,12 +167,8 @@ def frame_probs(
     """Per video: the class probabilities of every decoded frame, [frames, C], after the run's decision (its
     calibration, then its smoothing); of an ensemble folder, the weighted mean of its members' raw probabilities,
     then the ensemble's decision. ``smoothing`` / ``width`` replace the run's (or ensemble's)."""
-    overrides = legacy_overrides(overrides, cache, smoothing=smoothing, width=width)
-    members = ensemble_members(run_dir)
-    decision = ensemble_decision(run_dir, overrides) if members is not None else None  # checked before the work
-    raw, cfg = run_outputs(run_dir, videos, "expr", device, overrides)
-    decision = decision or run_decision(run_dir, cfg)
-    return {v: decision.video(p) for v, p in raw.items()}
+    run = Run.open(run_dir, legacy_overrides(overrides, cache, smoothing=smoothing, width=width))
+    return {v: run.decision.video(p) for v, p in task_outputs(run, videos, "expr", device).items()}
 
 
 def write_submission(example: Example, labels: dict[str, np.ndarray], out: str | Path, fmt: str = "csv",

@@ -1,5 +1,6 @@
 """A trained head over a store's windows: window probabilities, then frame probabilities by the one path of
-:mod:`expr.scoring.decision`. Training's validation, ``expr evaluate``, ``expr submit`` and ``expr predict`` call this."""
+:mod:`expr.scoring.decision`. Training's validation, ``expr evaluate``, ``expr submit`` and ``expr predict`` call
+this."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import numpy as np
 import torch
 
 from expr.config import TASK_SCORES, Config, default_num_workers
-from expr.data.affwild2 import AU_NAMES
 from expr.data.online import OnlineWindowDataset, collate_online
 from expr.data.windows import WindowDataset, load_or_build_windows
 from expr.models.online import store_encoders
 from expr.scoring.decision import frame_probabilities, frame_report, smooth_rows
 from expr.scoring.metrics import au_report, va_report
+from expr.tasks import AU_NAMES, OTHER_TASKS
 
 
 def predict_frames(model: torch.nn.Module, store, split: str, window: int, stride: int, **kw):
@@ -42,12 +43,12 @@ def predict_outputs(
     """Frame outputs of every video of ``split`` (or of ``videos`` among them): (frame rows, {task: [rows, K]}),
     the class probabilities under ``expr`` and, for ``tasks`` a head trained on, valence-arousal under ``va`` and AU
     probabilities under ``au`` (:meth:`FusionOutput.scores`), all placed on frames by step 1 of
-    :mod:`expr.scoring.decision`'s path (``label_rule``: the run's ``data.label_frame``; frames without a face filled from
-    the nearest face frame). ``mode="online"`` runs the store's frozen encoders on its face crops and audio, as an
+    :mod:`expr.scoring.decision`'s path (``label_rule``: the run's ``data.label_frame``; frames without a face filled
+    from the nearest face frame). ``mode="online"`` runs the store's frozen encoders on its face crops and audio, as an
     online-trained head saw (``encoders``: (encoders, image transform) of the run, see
-    :func:`expr.runs.layout.run_encoders`; default: the store's frozen ones); ``flip`` (online mode, ``eval.flip``) averages
-    every window's outputs with those of its mirrored crops."""
-    names = ("expr", *(t for t in ("va", "au") if t in tasks))
+    :func:`expr.runs.layout.run_encoders`; default: the store's frozen ones); ``flip`` (online mode, ``eval.flip``)
+    averages every window's outputs with those of its mirrored crops."""
+    names = ("expr", *(t for t in OTHER_TASKS if t in tasks))
     # every video of the split (the EXPR split, which holds test videos) or of the split of a task the store has
     window_tasks = ("expr", *(t for t in tasks if t != "expr" and t in store.task_splits))
     # Every video of the split of any task is predicted (train.task_overlap decides what trains, not what is seen).
@@ -105,8 +106,8 @@ def mirrored(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def store_frame_probabilities(store, videos, data, picked, probs, label_rule: str):
-    """Step 1 of :mod:`expr.scoring.decision`'s path over a store: the probabilities of windows ``picked`` of ``data`` (a
-    window dataset) placed on the frames of ``videos`` -> (frame rows, [rows, C])."""
+    """Step 1 of :mod:`expr.scoring.decision`'s path over a store: the probabilities of windows ``picked`` of ``data``
+    (a window dataset) placed on the frames of ``videos`` -> (frame rows, [rows, C])."""
     return frame_probabilities(
         store.num_frames,
         store.frame_offset,

@@ -84,8 +84,9 @@ def au_train_weights(store, cfg: Config) -> torch.Tensor:
 
 class Criterion:
     """``criterion(out, batch)`` -> the loss terms of one batch for the run's ``train.tasks``: EXPR's
-    :func:`expr.training.losses.total_loss` (``loss_cls``, ``loss_con``) over the windows with an EXPR label, ``loss_va``
-    (CCC or MSE) and ``loss_au`` (weighted BCE) over those with VA / AU targets; ``loss``: their weighted sum."""
+    :func:`expr.training.losses.total_loss` (``loss_cls``, ``loss_con``) over the windows with an EXPR label,
+    ``loss_va`` (CCC or MSE) and ``loss_au`` (weighted BCE) over those with VA / AU targets; ``loss``: their weighted
+    sum."""
 
     def __init__(self, cfg: Config, text: torch.Tensor, weights: torch.Tensor, au_weights: torch.Tensor | None = None):
         self.loss, self.audio_only = cfg.loss, cfg.model.modalities == "audio"

@@ -40,15 +40,16 @@ from expr.training.loaders import RunData
 from expr.training.optim import param_groups as head_groups
 from expr.training.rundir import write_best
 from expr.training.trainer import Trainer
+from expr.training.unit import TrainUnit
 
 logger = logging.getLogger("expr.training.finetune")
 
 
-class FinetuneTrainer(Trainer):
+class FrameUnit(TrainUnit):
     """Stage I: :class:`~expr.models.frame.FrameClassifier` on single face crops; the loop, checkpoints and resume
-    of :class:`~expr.training.trainer.Trainer`."""
+    are :class:`~expr.training.trainer.Trainer`'s."""
 
-    def _setup(self) -> None:
+    def setup(self) -> None:
         cfg, acc = self.cfg, self.accelerator
         if not cfg.data.cache:
             raise ConfigError(
@@ -85,7 +86,7 @@ class FinetuneTrainer(Trainer):
 
         trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        self._prepare(model, groups)
+        self.prepare(model, groups)
         logger.info(
             f"{self.spec} ({self.tuning.method}): {trained / 1e6:.2f} M of {total / 1e6:.1f} M parameters train; "
             f"{len(self.data.sampler)} training frames per epoch (of {len(self.data.train_set)}), "
@@ -199,4 +200,4 @@ class FinetuneTrainer(Trainer):
 
 def run(cfg, resume_dir: str | None = None) -> dict[str, Any]:
     """Stage I with ``cfg`` (or continue ``resume_dir``); the result dict of :meth:`Trainer.fit`."""
-    return FinetuneTrainer(cfg, resume_dir=resume_dir).fit()
+    return Trainer(cfg, resume_dir=resume_dir, unit=FrameUnit).fit()

@@ -81,8 +81,8 @@ def check_store(store, cfg: Config) -> None:
 
 
 def build_run_data(cfg: Config, acc) -> RunData:
-    """Everything :class:`expr.training.trainer.Trainer` reads, for this process of ``acc``. Window indexes are built once,
-    by the main process first."""
+    """Everything :class:`expr.training.trainer.Trainer` reads, for this process of ``acc``. Window indexes are built
+    once, by the main process first."""
     d = cfg.data
     with acc.main_process_first():
         store = open_store(cfg)

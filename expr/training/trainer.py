@@ -1,8 +1,6 @@
-"""``expr train [--config FILE] [--section.key VALUE ...]``; on several processes ``accelerate launch -m expr train
-...`` (or, as a script, ``accelerate launch expr/train.py ...``).
-
-``run(cfg)`` trains the fusion head from a feature store (the built-in demo data when ``data.cache`` is unset)
-and returns a result dict; ``main(argv)`` parses the command line. Sweeps call ``run`` directly.
+"""The one training loop: :class:`Trainer` runs a :class:`~expr.training.unit.TrainUnit` (the fusion head of
+``expr train``, the frame classifier of ``expr finetune``) on one or many processes, with checkpoints, exact resume,
+logging and the best model kept. ``run(cfg)`` trains the fusion head and returns a result dict; sweeps call it.
 
 A run directory holds: ``config.yaml`` (the resolved config), ``metrics.jsonl`` (one JSON object per epoch),
 ``best/`` (the best head by validation macro-F1: ``model.safetensors`` + ``head.json``), ``states/`` (accelerate
@@ -13,6 +11,7 @@ uninterrupted run with the same seed.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import time
@@ -20,7 +19,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from accelerate.logging import get_logger
 
@@ -30,15 +28,8 @@ from expr.config import (
     ConfigError,
     selection_metric,
 )
-from expr.data.windows import target_coverage
-from expr.features.tuning import param_groups as encoder_groups
-from expr.features.tuning import trainable_keys
 from expr.locks import FolderLock, LockedError
-from expr.models.fusion import FusionHead, count_parameters
-from expr.models.online import OnlineModel
-from expr.scoring.outputs import mirrored, validation_metrics
-from expr.training.checkpoint import Progress, resume_progress, save_head, save_progress
-from expr.training.criterion import Criterion
+from expr.training.checkpoint import Progress, resume_progress, save_progress
 from expr.training.distributed import (
     agree,
     loss_scale,
@@ -46,9 +37,10 @@ from expr.training.distributed import (
     param_checksums,
     sync_deepspeed_config,
 )
-from expr.training.loaders import build_run_data, split_record
-from expr.training.optim import build_optimizer, param_groups, scaled_lr
-from expr.training.rundir import TUNED_ENCODERS, new_run_dir, write_best
+from expr.training.head import HeadUnit
+from expr.training.optim import build_optimizer, scaled_lr
+from expr.training.rundir import new_run_dir
+from expr.training.unit import TrainUnit
 
 logger = get_logger("expr.training.trainer")  # main process only, unless a call says otherwise
 
@@ -63,32 +55,6 @@ def _flat_config(cfg: Config) -> dict[str, Any]:
     return out
 
 
-def epoch_line(metrics: dict[str, Any], epochs: int, improved: bool) -> str:
-    """The log line of one epoch: loss, frame- and window-level macro-F1, accuracy, per-class F1; the VA and AU
-    scores when those tasks train."""
-    parts = [f"epoch {metrics['epoch']}/{epochs}  train/loss {metrics['train/loss']:.4f}"]
-    if "val/macro_f1" in metrics:
-        parts.append(
-            f"val/macro_f1 {metrics['val/macro_f1']:.4f} (frames; windows {metrics['val/window_macro_f1']:.4f})  "
-            f"val/accuracy {metrics['val/accuracy']:.4f}"
-        )
-    if "val/ccc" in metrics:
-        parts.append(f"val/ccc {metrics['val/ccc']:.4f} (valence {metrics['val/ccc_valence']:.3f}, arousal "
-                     f"{metrics['val/ccc_arousal']:.3f})")  # fmt: skip
-    if "val/au_f1" in metrics:
-        parts.append(f"val/au_f1 {metrics['val/au_f1']:.4f}")
-    line = "  ".join(parts) + f"{'  *best*' if improved else ''}  ({metrics['time/epoch_s']:.1f} s)"
-    if "val/per_class_f1" in metrics:
-        per_class = " ".join(f"{k[:4]} {v:.2f}" for k, v in metrics["val/per_class_f1"].items())
-        if "val/absent_classes" in metrics:  # they count 0 in val/macro_f1, as in the challenge's score
-            absent = ", ".join(metrics["val/absent_classes"])
-            per_class += (
-                f"; no validation frames of {absent} (mean over the others {metrics['val/macro_f1_present']:.4f})"
-            )
-        line += f"  [{per_class}]"
-    return line
-
-
 class NonFiniteError(RuntimeError):
     """The training loss is not a number: damaged features (named) or a diverged run."""
 
@@ -97,14 +63,31 @@ FP16_NON_FINITE_STEPS = 50
 """Under fp16 loss scaling, this many non-finite losses in a row are not overflow any more: the run stops."""
 
 
+class EpochEnd(enum.Enum):
+    """How :meth:`Trainer.train_epoch` ended."""
+
+    DONE = "done"
+    """The epoch ran to its end: validate, go on."""
+    STOPPED = "stopped"
+    """``train.stop_after_steps`` was reached inside the epoch: its state is saved, nothing to validate; stop."""
+    LAST = "last"
+    """``train.stop_after_steps`` was reached on the epoch's last step: validate, save, then stop."""
+
+
 class Trainer:
-    """One training run. Construct, then :meth:`fit`."""
+    """One training run of a :class:`~expr.training.unit.TrainUnit` (default: the fusion head). Construct, then
+    :meth:`fit`."""
 
-    tuned = False
-    """Online mode with trainable encoders: the prepared model is an :class:`~expr.models.online.OnlineModel`."""
-
-    def __init__(self, cfg: Config, resume_dir: str | None = None, on_epoch_end: EpochCallback | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        resume_dir: str | None = None,
+        on_epoch_end: EpochCallback | None = None,
+        unit: type[TrainUnit] = HeadUnit,
+    ):
         self.cfg, self.on_epoch_end = cfg, on_epoch_end
+        self.unit = unit(self)
+        self.data = self.store = self.encoders = None
         self._non_finite_steps = 0
         trackers = [t.strip() for t in (cfg.train.log_with or "").split(",") if t.strip() not in ("", "none")]
         run_dir = resume_dir or cfg.train.output_dir
@@ -144,7 +127,7 @@ class Trainer:
         acc.wait_for_everyone()
         set_seed(cfg.train.seed)
         self.resuming = bool(resume_dir)  # config.yaml is then rewritten only once the state has loaded
-        self._setup()
+        self.unit.setup()
         if trackers:
             acc.init_trackers("expr", config=_flat_config(cfg))
         p = self.progress = resume_progress(acc, self.run_dir, self.steps_per_epoch) if resume_dir else Progress()
@@ -155,76 +138,7 @@ class Trainer:
             logger.info("resumed %s at epoch %d, step %d", self.run_dir, p.epoch + 1, p.step_in_epoch)
         self.start_epoch, self.skip_steps = p.epoch, p.step_in_epoch
 
-    def _setup(self) -> None:
-        """Data, loss, model, optimizer and schedule (prepared), and the resolved config saved in the run."""
-        cfg, acc = self.cfg, self.accelerator
-        self.data = build_run_data(cfg, acc)
-        self.store, self.encoders = self.data.store, self.data.encoders
-        with acc.main_process_first():  # the main process caches the prompts' text embeddings first
-            self.criterion = Criterion.for_store(self.store, cfg)
-        if acc.is_main_process:  # the store has set the head's input widths
-            if not self.resuming:
-                self.save_config()
-            record = split_record(self.store, self.data.train_set, self.data.val_set)
-            write_text(self.run_dir / "videos.json", json.dumps(record, indent=2))
-            crossing = self.store.crossing_videos(cfg.train.tasks)
-            if cfg.train.task_overlap == "exclude" and len(crossing):
-                logger.info("train.task_overlap=exclude: %d videos that one trained task validates or tests on are "
-                            "kept out of every task's training", len(crossing))  # fmt: skip
-            elif len(crossing):
-                logger.warning(
-                    "train.task_overlap=allow: %d videos (%d frames) that one trained task validates or tests on "
-                    "train another; the validation scores of this run are not held out",
-                    len(crossing), int(self.store.num_frames[crossing].sum()),
-                )  # fmt: skip
-        self._build_model()
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The losses of a batch (``loss`` is optimised, all are logged)."""
-        return self.criterion(self._forward(batch), batch)
-
-    def epoch_line(self, metrics: dict[str, Any], improved: bool) -> str:
-        return epoch_line(metrics, self.cfg.train.epochs, improved)
-
-    @property
-    def class_weights(self) -> torch.Tensor:
-        return self.criterion.class_weights
-
-    def _build_model(self) -> None:
-        cfg, acc = self.cfg, self.accelerator
-        model = FusionHead(cfg.model, cfg.num_classes, cfg.train.tasks)
-        num_params = count_parameters(model)  # before prepare: ZeRO-3 partitions the module in place
-        groups = None
-        if self.encoders is not None and self.encoders.trains:  # tuned encoders train inside the prepared module
-            model, groups = OnlineModel(self.encoders, model), self._tuned_groups(self.encoders, model)
-            num_params = count_parameters(model)
-            self.encoders, self.tuned = None, True
-        self._prepare(model, groups)
-        self.criterion.to(acc.device)
-        t, n = cfg.train, acc.num_processes
-        logger.info(
-            f"head: {num_params / 1e6:.2f} M trainable parameters; {len(self.data.train_set)} train / "
-            f"{len(self.data.val_set)} validation windows of {cfg.data.window} frames; effective batch "
-            f"{t.batch_size * n * t.grad_accum_steps} ({t.batch_size} per device x {n} processes x "
-            f"{t.grad_accum_steps} accumulation); lr {self.lr:.3g} (train.scale_lr={t.scale_lr}); "
-            f"{self.steps_per_epoch * t.epochs} optimizer steps"
-        )
-
-    def _tuned_groups(self, encoders, head) -> Callable[[float], list[dict]]:
-        """Optimizer groups of a tuned online run: the head at the run's learning rate, the encoders' trained
-        weights at ``finetune.lr`` with layer-wise decay."""
-        f, wd = self.cfg.finetune, self.cfg.train.weight_decay
-        factor = (f.lr or self.cfg.train.lr) / self.cfg.train.lr
-
-        def groups(lr: float) -> list[dict]:
-            out = param_groups(head, wd)
-            for name in ("clip_visual", "wav2vec2"):
-                out += encoder_groups(getattr(encoders, name), f"encoders.{name}.", lr * factor, f.layer_decay, wd)
-            return out
-
-        return groups
-
-    def _prepare(self, model: torch.nn.Module, groups: Callable[[float], list[dict]] | None = None) -> None:
+    def prepare(self, model: torch.nn.Module, groups: Callable[[float], list[dict]] | None = None) -> None:
         """The optimizer (``groups(lr)``: its parameter groups; default: every trainable parameter at the run's
         learning rate) and schedule of ``model``, and all of them prepared with the loaders."""
         cfg, acc = self.cfg, self.accelerator
@@ -244,30 +158,6 @@ class Trainer:
         self.progress.epoch, self.progress.step_in_epoch = epoch, step_in_epoch
         save_progress(self.accelerator, self.run_dir, self.progress, self.cfg.train.keep_last_states)
 
-    def save_best(self, epoch: int, metrics: dict[str, Any]) -> None:
-        """The best head so far (:func:`expr.runs.layout.write_best`); ZeRO-3 partitions are gathered on every rank."""
-        state = self.accelerator.get_state_dict(self.model)
-        if self.accelerator.is_main_process:
-            encoders = None
-            if self.tuned:  # the head as always; the encoders' trained weights beside it
-                keep = trainable_keys(self.accelerator.unwrap_model(self.model))
-                encoders = {
-                    k[len("encoders.") :]: v for k, v in state.items() if k.startswith("encoders.") and k in keep
-                }
-                state = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
-            info = {
-                "epoch": epoch,
-                **{k: metrics[k] for k in ("val/macro_f1", "val/ccc", "val/au_f1", "val/score") if k in metrics},
-                "selected_by": selection_metric(self.cfg),
-                "classes": list(self.cfg.data.classes),
-                "config": self.cfg.to_dict(),
-                "store": {"path": str(self.store.path), **self.store.meta},
-            }
-            rows, probs = self.last_frame_probs
-            write_best(self.run_dir, state, info, rows, probs, self.store.labels[rows], self.last_task_frames.get("va"))
-            if encoders is not None:
-                save_head(encoders, self.run_dir / "best" / TUNED_ENCODERS)
-
     def non_finite(self, step: int, value: float) -> str:
         """What a non-finite training loss at ``step`` comes from: the store's first non-finite feature, if any."""
         bad = self.store.first_non_finite()
@@ -280,10 +170,6 @@ class Trainer:
         """``config.yaml``: the resolved config (written once a resumed run's state has loaded, never before)."""
         self.cfg.save(self.run_dir / "config.yaml")
 
-    def target_coverage(self) -> dict[str, float]:
-        """Per task: the labelled training frames that were a target at least once in the epochs trained."""
-        return target_coverage(self.data.train_set, len(self.progress.history))
-
     def _write_summary(self) -> None:
         """``final.json``: best result, process layout, and a parameter checksum from every rank (they must agree)."""
         acc = self.accelerator
@@ -291,7 +177,7 @@ class Trainer:
         if acc.is_main_process:
             if len(set(checksums)) > 1:
                 logger.warning("parameters differ between ranks: %s", checksums)
-            coverage = self.target_coverage()
+            coverage = self.unit.target_coverage()
             summary = {
                 "best": self.progress.best,
                 # labelled training frames that were a window's label frame at least once (per task when several)
@@ -310,54 +196,8 @@ class Trainer:
             logger.info("training targets: %s of the labelled training frames were a target at least once", shares)
 
     # ------------------------------------------------------------------------------------------- training
-    def _forward(self, batch: dict[str, torch.Tensor]):
-        """The head on a batch; in online mode the frozen encoders first turn crops and audio into features."""
-        if self.tuned:
-            return self.model(
-                batch["pixels"], batch["visual_mask"], batch["wave"], batch["wave_mask"], batch.get("wave_length")
-            )
-        if self.encoders is not None:
-            batch = self.encoders.encode_batch(batch)
-        dtype = next(self.model.parameters()).dtype
-        dtype = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
-        return self.model(
-            batch["visual"].to(dtype), batch["visual_mask"], batch["audio"].to(dtype), batch["audio_mask"]
-        )
-
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, Any]:
-        """Class probabilities of every validation window, gathered from all processes without the padding
-        duplicates, scored at frame level by :func:`expr.scoring.outputs.validation_metrics`."""
-        self.model.eval()
-        tasks = [t for t in self.cfg.train.tasks if t != "expr"]
-        indices, probs, outputs = [], [], {t: [] for t in tasks}
-
-        def window_outputs(batch):  # class probabilities, and the other tasks' values
-            scores = self._forward(batch).scores(("expr", *tasks))
-            return scores["expr"], [scores[t] for t in tasks]
-
-        for batch in self.val_loader:
-            p, extra = window_outputs(batch)
-            if self.cfg.eval.flip and "pixels" in batch:  # test-time view: the mirrored crops
-                p2, extra2 = window_outputs(mirrored(batch))
-                p, extra = (p + p2) / 2, [(a + b) / 2 for a, b in zip(extra, extra2, strict=True)]
-            i, p, extra = self.accelerator.gather_for_metrics((batch["index"], p, extra))
-            indices.append(i.cpu())
-            probs.append(p.cpu())
-            for t, e in zip(tasks, extra, strict=True):
-                outputs[t].append(e.cpu())
-        index = torch.cat(indices).numpy()
-        order = np.argsort(index, kind="stable")
-        probs = torch.cat(probs).numpy()[order]
-        outputs = {t: torch.cat(v).numpy()[order] for t, v in outputs.items()}
-        metrics, self.last_frame_probs, self.last_task_frames = validation_metrics(
-            self.store, self.data.val_set, index[order], probs, self.cfg, outputs
-        )
-        return metrics
-
-    def train_epoch(self, epoch: int) -> bool | None:
-        """One epoch (or its rest, after a resume). ``train.stop_after_steps`` reached: True inside the epoch (its
-        state saved), None on its last step (validate, then stop); otherwise False."""
+    def train_epoch(self, epoch: int) -> EpochEnd:
+        """One epoch (or its rest, after a resume); how it ended (``train.stop_after_steps`` may end it early)."""
         from tqdm.auto import tqdm
 
         cfg, acc, p = self.cfg, self.accelerator, self.progress
@@ -379,7 +219,7 @@ class Trainer:
         bar = tqdm(total=self.steps_per_epoch, initial=skip, desc=desc, disable=quiet, leave=False, dynamic_ncols=True)
         for batch in loader:
             with acc.accumulate(self.model):
-                losses = self.loss(batch)
+                losses = self.unit.loss(batch)
                 acc.backward(losses["loss"])
                 if acc.sync_gradients and cfg.train.max_grad_norm:
                     acc.clip_grad_norm_(self.model.parameters(), cfg.train.max_grad_norm)
@@ -416,10 +256,10 @@ class Trainer:
                 if step_in_epoch < self.steps_per_epoch:
                     self.save_state(epoch, step_in_epoch)
                     logger.info("stopped after %d steps; resume with --resume %s", p.global_step, self.run_dir)
-                    return True
-                return None  # stopped on the epoch's last step: finish the epoch, then stop
+                    return EpochEnd.STOPPED
+                return EpochEnd.LAST  # stopped on the epoch's last step: finish the epoch, then stop
         bar.close()
-        return False
+        return EpochEnd.DONE
 
     def close(self) -> None:
         """Let go of the run directory (its lock); :meth:`fit` does this when it returns."""
@@ -438,7 +278,7 @@ class Trainer:
         for epoch in range(self.start_epoch, cfg.train.epochs):
             t0 = time.time()
             outcome = self.train_epoch(epoch)
-            if outcome:  # stopped inside the epoch: its state is saved, nothing to validate
+            if outcome is EpochEnd.STOPPED:  # its state is saved, nothing to validate
                 stopped = True
                 break
             totals = acc.reduce(torch.tensor(p.epoch_sums, device=acc.device, dtype=torch.float64), reduction="sum")
@@ -447,7 +287,7 @@ class Trainer:
                 "step": p.global_step,
                 "train/loss": float(totals[0] / totals[1].clamp(min=1)),
             }
-            metrics.update(self.evaluate())
+            metrics.update(self.unit.evaluate())
             metrics["time/epoch_s"] = round(time.time() - t0, 2)
             p.history.append(metrics)
             key = selection_metric(cfg)
@@ -458,14 +298,14 @@ class Trainer:
                 p.best = {"macro_f1": metrics.get("val/macro_f1", float("nan")), "epoch": epoch + 1}
                 if key != "val/macro_f1":
                     p.best.update({"score": metrics[key], "metric": key})
-                self.save_best(epoch + 1, metrics)
+                self.unit.save_best(epoch + 1, metrics)
             if acc.is_main_process:
                 with open(self.run_dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(metrics) + "\n")
             acc.log({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=p.global_step)
-            logger.info("%s", self.epoch_line(metrics, improved))
+            logger.info("%s", self.unit.epoch_line(metrics, improved))
             self.save_state(epoch, self.steps_per_epoch)
-            if outcome is None:  # train.stop_after_steps reached on the epoch's last step
+            if outcome is EpochEnd.LAST:
                 stopped = True
                 break
             if self.on_epoch_end is not None and agree(
