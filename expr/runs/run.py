@@ -81,6 +81,18 @@ class Run:
             total = _weighted_sum(total, outputs_of(member, i), weight)
         return total
 
+    def best_validation(self, task: str = "expr") -> dict[str, np.ndarray] | None:
+        """What training kept of its best epoch's validation frames (for post-processing studies, no retraining):
+        ``rows``, ``outputs`` (EXPR probabilities; VA values for ``task="va"``) and ``labels`` (EXPR labels; VA
+        targets); None when the run kept none (an export, an ensemble, or a run without that task)."""
+        path = Path(self.path) / "best" / ("val_frame_va.npz" if task == "va" else "val_frame_probs.npz")
+        if self.members or not path.is_file():
+            return None
+        saved = np.load(path)
+        if task == "va":
+            return {"rows": saved["rows"], "outputs": saved["va"], "labels": saved["targets"]}
+        return {"rows": saved["rows"], "outputs": saved["probs"], "labels": saved["labels"]}
+
     def open_store(self):
         """The store the run's config names (``data.cache``, or the demo data), its classes checked."""
         store = open_store(self.cfg)
