@@ -1,6 +1,7 @@
-"""``expr calibrate RUN_OR_ENSEMBLE [--split validation] [--groups 5]``: fit the per-class decision offsets that
-raise macro-F1 (:mod:`expr.scoring.calibration`) on a labelled split, write them to ``calibration.json`` beside the
-run's config (or in the ensemble or export folder), and report the split without them, with them, and cross-fitted.
+"""Calibrating a run, export or ensemble (``expr calibrate``, :mod:`expr.cli.calibrate`): fit the per-class decision
+offsets that raise macro-F1 (:mod:`expr.scoring.calibration`) on a labelled split, write them to ``calibration.json``
+beside the run's config (or in the ensemble or export folder), and report the split without them, with them, and
+cross-fitted.
 
 From then on ``expr evaluate``, ``expr submit`` and ``expr predict`` apply them (before the smoothing);
 ``--eval.calibrate false`` ignores them, deleting the file removes them. The cross-fitted row is the one to judge by:

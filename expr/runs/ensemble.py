@@ -1,6 +1,5 @@
-"""``expr ensemble RUN RUN [RUN ...] --out DIR [--split validation] [--weights equal|fit] [--calibrate]``, or
-``expr ensemble --study SWEEP_DIR --out DIR``: several runs (or exported heads) as one model. Each member's frame
-probabilities come from ``expr evaluate``'s own path (its window length, feature sets, mode and encoders; written
+"""Ensembles (``expr ensemble``, :mod:`expr.cli.ensemble`): several runs (or exported heads) as one model. Each member's
+frame probabilities come from ``expr evaluate``'s own path (its window length, feature sets, mode and encoders; written
 under ``DIR/members/``); the ensemble's are the weighted mean of the members' raw probabilities, then its own
 decision (calibration, smoothing), scored and reported like a run (``DIR/eval/SPLIT/``) with a table of every
 member and of the steps from the best run to the submission (``members.md``).

@@ -1,5 +1,6 @@
-"""``expr evaluate RUN_DIR``: frame-level evaluation of a trained head on a prepared split, with a report a person
-reads (JSON, Markdown table, confusion-matrix PNG) written into the run directory.
+"""Evaluating a run (``expr evaluate``, :mod:`expr.cli.evaluate`): frame-level evaluation of a trained head on a
+prepared split, with a report a person reads (JSON, Markdown table, confusion-matrix PNG) written into the run
+directory.
 
     expr evaluate runs/2026-11-24_1200 [--cache CACHE] [--split validation] [--stride 5] [--smoothing mean --width 15]
 

@@ -1,6 +1,6 @@
-"""``expr export RUN_DIR --out DIR``: the trained head as a self-contained folder in the layout of a Hugging Face
-Hub model repository (``config.json``, ``model.safetensors``, ``README.md`` model card), loadable without the run
-directory and without unpickling anything::
+"""Exports (``expr export``, :mod:`expr.cli.export`): the trained head as a self-contained folder in the layout of a
+Hugging Face Hub model repository (``config.json``, ``model.safetensors``, ``README.md`` model card), loadable without
+the run directory and without unpickling anything::
 
     from expr.runs.export import load_head
     head, info = load_head("exported/")          # an exported folder or a run directory

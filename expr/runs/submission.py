@@ -1,4 +1,5 @@
-"""``expr submit``: the ABAW prediction file for the test videos, validated against the organisers' example.
+"""Submissions (``expr submit``, :mod:`expr.cli.submit`): the ABAW prediction file for the test videos, validated
+against the organisers' example.
 
     expr submit RUN_DIR --cache CACHE --example EXAMPLE.csv --out predictions.csv [--format csv|per-video]
     expr submit RUN_DIR --task va|au --cache CACHE --example EXAMPLE.csv --out predictions.csv

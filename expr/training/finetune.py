@@ -1,4 +1,4 @@
-"""``expr finetune --data.cache STORE --finetune.backbone SPEC --finetune.method lora|last_n|full|frozen [...]``:
+"""The unit of ``expr finetune`` (:mod:`expr.cli.finetune`), :class:`FrameUnit`:
 stage I of the leaders' recipe. An image encoder of any family (SPEC as ``expr prepare --visual`` takes it) learns
 to classify single face crops of the store (``expr prepare ... --media`` keeps them); stage II then trains the
 temporal head on its features:

@@ -1,4 +1,4 @@
-"""``expr predict VIDEO_OR_FOLDER [...] --run RUN_DIR --out DIR``: per-frame expression labels for raw videos.
+"""Prediction on raw videos (``expr predict``, :mod:`expr.cli.predict`): per-frame expression labels for raw videos.
 
 Each video is decoded once: faces are detected in batches of frames (MTCNN by default, ``--detector``), aligned and
 cropped (:mod:`expr.features.faces`), and linked into people (:mod:`expr.video.tracks`: ``--faces largest``, one
