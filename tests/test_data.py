@@ -253,7 +253,7 @@ def test_k_fold_resplit_keeps_subjects_together_and_covers_every_video_once(tmp_
 def test_features_are_memory_mapped_and_columns_longer_than_one_arrow_array_read_the_same(tmp_path, monkeypatch):
     """Stores map their feature columns without copying; a column split over several arrow arrays (Aff-Wild2's
     audio has ~3.4e9 values, over Arrow's 2^31 - 1 per array) gathers exactly like one array."""
-    import expr.data.store as store_module
+    import expr.data.store.columns as store_module
     from expr.config import ABAW_CLASSES
     from expr.data.store import RowChunks
 
