@@ -6,10 +6,8 @@ fixed seed, identical in every process and every later command, for smoke runs a
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -22,12 +20,15 @@ from expr.atomic import atomic_path
 from expr.config import BackboneConfig, ConfigError, resolve_device
 from expr.data.store import DEFAULT_AUDIO, DEFAULT_VISUAL
 from expr.features.encoders import load_audio_encoder, load_image_encoder
+from expr.features.encoding import WeightsUnavailable
+from expr.features.hf_audio import speech_model
+from expr.features.hf_models import hf_config
+from expr.features.open_clip_family import create_open_clip
 from expr.features.spec import EncoderSpec
 
 RANDOM = "random"
 DEFAULT_CLIP = "ViT-B-32/openai"
 DEFAULT_WAV2VEC2 = "facebook/wav2vec2-base"
-RANDOM_SEED = 20240601
 
 
 class BackboneError(RuntimeError):
@@ -38,47 +39,32 @@ def cache_root() -> Path:
     return Path(os.environ.get("EXPR_CACHE_DIR", Path.home() / ".cache" / "expr"))
 
 
-@contextlib.contextmanager
-def _quiet_root_logger():
-    """open_clip logs through the root logger ("No pretrained weights loaded", download failures): our own warning
-    or error says it once, with what to do."""
-    logging.disable(logging.ERROR)
-    try:
-        yield
-    finally:
-        logging.disable(logging.NOTSET)
-
-
 def load_clip(name: str = "ViT-B-32", pretrained: str = "openai", device: str | torch.device = "cpu"):
-    """Return (model, preprocess, tokenizer) of a frozen open_clip model in eval mode."""
+    """Return (model, preprocess, tokenizer) of a frozen open_clip model in eval mode: the zoo's spec
+    ``open_clip:NAME@PRETRAINED`` (:func:`~expr.features.open_clip_family.create_open_clip`), with the messages of
+    ``--clip``."""
     import open_clip
 
     if name.startswith("local-dir:"):  # a folder with open_clip_config.json and the weights; no tag
         folder = Path(name[len("local-dir:") :]).expanduser()
         if not (folder / "open_clip_config.json").is_file():
             raise BackboneError(f"CLIP folder {folder} has no open_clip_config.json (expected by --clip local-dir:DIR)")
-        with _quiet_root_logger():
-            model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{folder}")
-    elif pretrained == RANDOM:
-        with torch.random.fork_rng(devices=[]), _quiet_root_logger():
-            torch.manual_seed(RANDOM_SEED)
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None)
-    else:
+    elif pretrained != RANDOM:
         if os.sep in pretrained or pretrained.endswith((".bin", ".pt", ".pth", ".safetensors")):
             if not Path(pretrained).is_file():
                 raise BackboneError(f"CLIP checkpoint not found: {pretrained}")
-        try:
-            with _quiet_root_logger():
-                model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained)
-        except Exception as e:  # noqa: BLE001 - hub/network errors come in many types; all mean "not available"
-            raise BackboneError(
-                f"CLIP weights {name}/{pretrained} are not available ({type(e).__name__}). Download them once on a "
-                f"machine with internet (`python -c \"import open_clip; open_clip.create_model('{name}', "
-                f"pretrained='{pretrained}')\"`, cached under ~/.cache/huggingface), or pass a local checkpoint file "
-                f"(expr prepare --clip PATH; in training --backbones.clip_pretrained PATH), or use 'random' for a "
-                f"smoke run."
-            ) from None
-    model = model.to(device).eval().requires_grad_(False)
+    spec = EncoderSpec("open_clip", name, None if name.startswith("local-dir:") else pretrained)
+    try:
+        model, preprocess = create_open_clip(spec, device)
+    except WeightsUnavailable as unavailable:
+        e = unavailable.error
+        raise BackboneError(
+            f"CLIP weights {name}/{pretrained} are not available ({type(e).__name__}). Download them once on a "
+            f"machine with internet (`python -c \"import open_clip; open_clip.create_model('{name}', "
+            f"pretrained='{pretrained}')\"`, cached under ~/.cache/huggingface), or pass a local checkpoint file "
+            f"(expr prepare --clip PATH; in training --backbones.clip_pretrained PATH), or use 'random' for a "
+            f"smoke run."
+        ) from None
     return model, preprocess, open_clip.get_tokenizer(name)
 
 
@@ -133,32 +119,23 @@ def load_wav2vec2(name: str = "facebook/wav2vec2-base", device: str | torch.devi
     """Return (model, normalize) of a frozen ``transformers`` Wav2Vec2Model in eval mode. ``name`` is a hub name,
     a local directory, or ``random`` (a seeded random model of ``config``, default Wav2Vec2-Base's architecture).
     ``normalize`` says whether inputs are standardised (zero mean, unit variance), as the checkpoint's feature
-    extractor does."""
-    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+    extractor does. The zoo's spec :func:`wav2vec2_encoder_spec` (:func:`~expr.features.hf_audio.speech_model`),
+    with the messages of ``--wav2vec2``."""
+    from transformers import Wav2Vec2Config
 
-    if name == RANDOM:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(RANDOM_SEED)
-            model = Wav2Vec2Model(config or Wav2Vec2Config())
-        normalize = True
-    else:
-        local = Path(name).expanduser()
-        if local.is_dir():
-            name = str(local)
-        elif name.startswith(("/", ".", "~")) or name.count("/") > 1:
+    spec = wav2vec2_encoder_spec(name)
+    if not spec.random and not Path(name).expanduser().is_dir():
+        if name.startswith(("/", ".", "~")) or name.count("/") > 1:
             raise BackboneError(f"Wav2Vec2 directory not found: {name}")
-        try:
-            model = Wav2Vec2Model.from_pretrained(name)
-        except Exception as e:  # noqa: BLE001 - OSError, HTTP and hub errors all mean "not available here"
-            raise BackboneError(
-                f"Wav2Vec2 weights '{name}' are not available ({type(e).__name__}). Download them once on a machine "
-                f"with internet (`huggingface-cli download {name}`, cached under ~/.cache/huggingface), or pass a "
-                f"local directory with --wav2vec2 DIR, or use 'random' for a smoke run."
-            ) from None
-        try:
-            normalize = bool(Wav2Vec2FeatureExtractor.from_pretrained(name).do_normalize)
-        except Exception:  # noqa: BLE001 - a checkpoint without a preprocessor config: Wav2Vec2-Base's default
-            normalize = True
+    try:
+        model, normalize, _ = speech_model(spec, (config or Wav2Vec2Config()) if spec.random else hf_config(spec))
+    except WeightsUnavailable as unavailable:
+        e = unavailable.error
+        raise BackboneError(
+            f"Wav2Vec2 weights '{name}' are not available ({type(e).__name__}). Download them once on a machine "
+            f"with internet (`huggingface-cli download {name}`, cached under ~/.cache/huggingface), or pass a "
+            f"local directory with --wav2vec2 DIR, or use 'random' for a smoke run."
+        ) from None
     return model.to(device).eval().requires_grad_(False), normalize
 
 
