@@ -9,7 +9,7 @@ audio (fp16) in the store's ``media/`` folder, so a store is all online training
 
 :class:`OnlineWindowDataset` takes the same window index as :class:`~expr.data.windows.WindowDataset`; each window
 becomes ``pixels`` [T, 3, S, S] uint8 (decoded and resized by open_clip's own PIL steps in DataLoader workers;
-normalised on the device by :class:`~expr.models.online.FrozenEncoders`) and ``wave`` [L] float32, the window's
+normalised on the device by :class:`~expr.models.online.OnlineEncoders`) and ``wave`` [L] float32, the window's
 own audio span, which Wav2Vec2 encodes per window as the paper does. Training windows can be augmented: one random
 resized crop, flip and colour jitter per window, the same for all its frames so motion stays coherent.
 """

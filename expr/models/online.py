@@ -18,7 +18,7 @@ from expr.features.encoders import conv_geometry
 from expr.features.tuning import Tuning, apply, set_mode
 
 
-class FrozenEncoders(nn.Module):
+class OnlineEncoders(nn.Module):
     """``forward(pixels, visual_mask, wave, wave_mask, wave_length) -> (visual, audio, audio_mask)``.
 
     pixels [B, T, 3, S, S] uint8 (open_clip's PIL steps already applied), visual_mask [B, T]; wave [B, L] float
@@ -55,7 +55,7 @@ class FrozenEncoders(nn.Module):
     def trains(self) -> bool:
         return any(t.trains for t in self.tuning)
 
-    def tune(self, image: Tuning, audio: Tuning) -> FrozenEncoders:
+    def tune(self, image: Tuning, audio: Tuning) -> OnlineEncoders:
         """Make the image tower and/or Wav2Vec2 trainable as ``image`` / ``audio`` say (in place). A tuned
         Wav2Vec2 drops no layers and masks no time steps: its features stay those that inference computes."""
         self.tuning = (image, audio)
@@ -136,14 +136,14 @@ class FrozenEncoders(nn.Module):
 
 def load_encoders(
     clip: str, clip_pretrained: str, wav2vec2: str, device, tuning: tuple[Tuning, Tuning] | None = None
-) -> tuple[FrozenEncoders, object]:
+) -> tuple[OnlineEncoders, object]:
     """The encoders of a store's recorded backbones on ``device`` (frozen: fp16 on a GPU; ``tuning``: made trainable
     as it says, fp32), and the PIL part of open_clip's preprocessing for the data-loading workers."""
 
     model, preprocess, _ = load_clip(clip, clip_pretrained, "cpu")
     image_transform, mean, std = split_preprocess(preprocess)
     w2v, normalize = load_wav2vec2(wav2vec2, "cpu")
-    encoders = FrozenEncoders(model.visual, mean, std, w2v, normalize)
+    encoders = OnlineEncoders(model.visual, mean, std, w2v, normalize)
     del model  # the text tower is not needed: the prompts' embeddings come from the store
     if tuning is not None:
         encoders.tune(*tuning)
@@ -155,7 +155,7 @@ def load_encoders(
     return encoders, image_transform
 
 
-def store_encoders(store, device, tuning: tuple[Tuning, Tuning] | None = None) -> tuple[FrozenEncoders, object]:
+def store_encoders(store, device, tuning: tuple[Tuning, Tuning] | None = None) -> tuple[OnlineEncoders, object]:
     """:func:`load_encoders` of the backbones a store was prepared with (``store.json``)."""
 
     recorded = store.meta.get("backbones", {})
@@ -171,7 +171,7 @@ class OnlineModel(nn.Module):
 
     pretrained = ("encoders",)
 
-    def __init__(self, encoders: FrozenEncoders, head: nn.Module):
+    def __init__(self, encoders: OnlineEncoders, head: nn.Module):
         super().__init__()
         self.encoders, self.head = encoders, head
 
@@ -182,4 +182,4 @@ class OnlineModel(nn.Module):
         return self.head(visual.to(dtype), visual_mask.to(visual.device), audio.to(dtype), audio_mask)
 
 
-__all__ = ["FrozenEncoders", "OnlineModel", "load_encoders", "store_encoders"]
+__all__ = ["OnlineEncoders", "OnlineModel", "load_encoders", "store_encoders"]

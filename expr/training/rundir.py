@@ -16,7 +16,7 @@ from expr.training.checkpoint import save_head
 
 TUNED_ENCODERS = "encoders.safetensors"
 """Beside the head of an online run whose encoders trained (``best/``, and its export): their trained weights only
-(LoRA adapters or unfrozen blocks, under :class:`~expr.models.online.FrozenEncoders`' keys)."""
+(LoRA adapters or unfrozen blocks, under :class:`~expr.models.online.OnlineEncoders`' keys)."""
 
 
 def new_run_dir() -> str:
