@@ -22,9 +22,9 @@ import torch
 from common import Timer, machine, print_table
 
 from expr.data.item import Item
+from expr.extract import extract_item
 from expr.features.encoders import load_audio_encoder, load_image_encoder
 from expr.features.spec import parse_spec
-from expr.extract.prepare import extract_item
 
 SMOKE = "--frames 4 --batch 4 --audio-seconds 2"
 """This script's smallest honest size: tests/test_bench.py runs it with these arguments (``{tmp}``: a temporary

@@ -17,9 +17,9 @@ import torch
 from common import Timer, machine, print_table
 
 from expr.data.item import Item
+from expr.extract import extract_item
 from expr.features.backbones import load_clip, load_wav2vec2
 from expr.features.encoders import AudioEncoder, open_clip_encoder
-from expr.extract.prepare import extract_item
 
 SMOKE = "--frames 4 --naive-frames 2 --audio-seconds 2 --batch 4"
 """This script's smallest honest size: tests/test_bench.py runs it with these arguments (``{tmp}``: a temporary

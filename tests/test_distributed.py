@@ -117,7 +117,7 @@ def prepare_on_one_process(tmp_path: Path) -> list[str]:
     import torch
     from mediatree import affwild2_tree
 
-    from expr.extract.prepare import main
+    from expr.cli.prepare import main
 
     root = tmp_path / "aw"
     affwild2_tree(root)

@@ -14,9 +14,9 @@ from mediatree import small_backbone_dirs
 from safetensors.torch import load_file
 
 from expr.cli.finetune import main as finetune_main
+from expr.cli.prepare import main as prepare_main
 from expr.config import build_config
 from expr.data.store import FrameStore
-from expr.extract.prepare import main as prepare_main
 from expr.models.frame import load_frame_classifier
 from expr.training.finetune import FrameUnit
 from expr.training.trainer import Trainer

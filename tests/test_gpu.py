@@ -42,16 +42,12 @@ def test_zero2_fp16_trains_without_an_overflow_storm(tmp_path):
 def test_online_mode_runs_fp16_encoders_on_the_gpu(tmp_path):
     from mediatree import affwild2_tree, small_backbone_dirs
 
-    from expr.extract.prepare import items_from_affwild2, prepare
+    from expr.extract import items_from_affwild2, prepare
     from expr.features.backbones import Backbones
 
     clip, w2v = small_backbone_dirs(tmp_path / "weights")
     affwild2_tree(tmp_path / "aw")
-    from types import SimpleNamespace
-
-    items, source, classes = items_from_affwild2(
-        SimpleNamespace(root=str(tmp_path / "aw"), test_names=None, annotation_dir=None, crop_dirs=None)
-    )
+    items, source, classes = items_from_affwild2(str(tmp_path / "aw"))
     prepare(items, tmp_path / "store", Backbones(clip, w2v), classes, source=source, progress=False, media=True)
     run_dir = tmp_path / "online"
     _launch(
@@ -72,7 +68,7 @@ def test_tuned_encoders_train_in_half_precision_on_the_gpu(tmp_path, config, com
     from facetask import CLASSES, face_task
     from mediatree import small_backbone_dirs
 
-    from expr.extract.prepare import main as prepare_main
+    from expr.cli.prepare import main as prepare_main
 
     clip, w2v = small_backbone_dirs(tmp_path / "weights", clip_layers=2)
     csv = face_task(tmp_path / "tree")

@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +16,7 @@ from expr.config import Config
 from expr.data.online import OnlineWindowDataset, collate_online
 from expr.data.store import FrameStore, StoreError
 from expr.data.windows import WindowDataset, load_or_build_windows
-from expr.extract.prepare import PrepareError, items_from_affwild2, prepare
+from expr.extract import PrepareError, items_from_affwild2, prepare
 from expr.features.backbones import Backbones
 from expr.models.online import store_encoders
 
@@ -26,8 +25,7 @@ DIMS = {"visual_dim": 16, "audio_dim": 32, "text_dim": 16}
 
 
 def _items(root):
-    args = SimpleNamespace(root=str(root), test_names=None, annotation_dir=None, crop_dirs=None)
-    return items_from_affwild2(args)
+    return items_from_affwild2(str(root))
 
 
 @pytest.fixture(scope="module")

@@ -65,10 +65,10 @@ def command_options():
     from expr.cli.evaluate import EvaluateOptions
     from expr.cli.export import ExportHeadOptions, ExportOptions
     from expr.cli.predict import PredictOptions
+    from expr.cli.prepare import AffWild2Options, FolderOptions
     from expr.cli.store import StoreInfoOptions
     from expr.cli.submit import SubmitOptions
     from expr.cli.sweep import SweepOptions
-    from expr.extract.prepare import AffWild2Options, FolderOptions
 
     return [
         ("evaluate", [], EvaluateOptions),

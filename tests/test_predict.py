@@ -156,8 +156,8 @@ def test_predict_runs_the_encoders_of_the_feature_sets_the_head_was_trained_on(t
     by spec) predicts a raw video with those same encoders, found from the run alone."""
     from mediatree import affwild2_tree
 
+    from expr.cli.prepare import main as prepare
     from expr.config import config_from_argv
-    from expr.extract.prepare import main as prepare
     from expr.training.trainer import run
     from expr.video.predict import predict_video
 

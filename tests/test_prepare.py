@@ -22,7 +22,7 @@ from mediatree import (
 
 from expr.data.media import decode_audio, probe
 from expr.data.store import FrameStore, StoreError
-from expr.extract.prepare import PrepareError, extract_item, prepare
+from expr.extract import PrepareError, extract_item, prepare
 from expr.features.backbones import BackboneError, Backbones, load_wav2vec2
 from expr.features.encoders import AudioEncoder, open_clip_encoder
 from expr.features.spec import parse_spec
@@ -69,14 +69,9 @@ def small_backbones(audio=None) -> Backbones:
 
 
 def affwild2_items(root, test=True):
-    from types import SimpleNamespace
+    from expr.extract import items_from_affwild2
 
-    from expr.extract.prepare import items_from_affwild2
-
-    args = SimpleNamespace(
-        root=str(root), test_names=str(root / "test_names.txt") if test else None, annotation_dir=None, crop_dirs=None
-    )
-    return items_from_affwild2(args)
+    return items_from_affwild2(str(root), test_names=str(root / "test_names.txt") if test else None)
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +262,7 @@ def test_interrupted_extraction_resumes_without_redoing_finished_videos(tree, pr
     }
     assert not (out / "store.json").exists() and len(list((out / ".parts").glob("*.npz"))) == 3
     (out / ".parts" / ".t1.tmp999.npz").write_bytes(b"half a file")  # a kill during a write leaves only a temp file
-    import expr.extract.prepare as prep
+    import expr.extract.job as prep
 
     calls = []
     real = prep.extract_item
@@ -308,7 +303,7 @@ def test_a_store_has_one_preparation_at_a_time(tree, tmp_path):
 
 
 def test_malformed_annotation_stops_before_any_extraction_naming_file_and_line(tmp_path, capsys):
-    from expr.extract.prepare import main
+    from expr.cli.prepare import main
 
     root = tmp_path / "aw"
     write_annotation(root / "EXPR_Classification_Challenge" / "Train_Set" / "ok.txt", [0, 1, 2])
@@ -324,8 +319,8 @@ def test_prepare_and_predict_take_the_configs_backbone_keys(tmp_path, capsys):
     """`--backbones.clip / clip_pretrained / wav2vec2` (training's config keys) mean what --clip MODEL/TAG and
     --wav2vec2 mean, converted in one place both ways; both spellings at once, or a key that does not shape a store,
     is an error naming it."""
+    from expr.cli.prepare import main
     from expr.config import ConfigError
-    from expr.extract.prepare import main
     from expr.features.backbones import backbone_options, clip_option
 
     keys = {"backbones.clip_pretrained": "random", "backbones.wav2vec2": "random"}
@@ -421,7 +416,7 @@ def test_prepare_then_train_from_the_command_line(tree, tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "expr.cli",
+        "expr",
         "prepare",
         "affwild2",
         str(root),
@@ -471,14 +466,15 @@ def test_prepare_then_train_from_the_command_line(tree, tmp_path):
 
 
 def test_a_kill_while_the_store_is_moved_into_place_is_finished_by_the_next_run(prepared, tree, tmp_path, monkeypatch):
-    import expr.extract.prepare as prep
+    import expr.extract.assembly as assembly
+    import expr.extract.job as prep
 
     root, _ = tree
     items, source, classes = affwild2_items(root)
     out = tmp_path / "store"
     shutil.copytree(prepared[0], out)
     # Adding a video: kill (simulated) after the old header is removed and one folder moved.
-    real = prep._swap_in
+    real = assembly._swap_in
 
     def killed(staging, target):
         (target / "store.json").unlink()
@@ -488,12 +484,12 @@ def test_a_kill_while_the_store_is_moved_into_place_is_finished_by_the_next_run(
 
     extra = affwild2_items(root)[0][0]
     extra.name = "a_again"
-    prep._swap_in = killed
+    assembly._swap_in = killed
     try:
         with pytest.raises(KeyboardInterrupt):
             prepare([*items, extra], out, small_backbones(), classes, source=source, progress=False)
     finally:
-        prep._swap_in = real
+        assembly._swap_in = real
     assert not (out / "store.json").exists()
     calls = []
     real_extract = prep.extract_item
@@ -522,7 +518,8 @@ def test_a_new_feature_set_is_added_beside_the_others_and_never_overwritten(prep
     """A second run with another encoder adds a set without touching the existing ones or extracting them again;
     training selects sets by name (several visual sets concatenated per frame); a name that exists with another
     provenance is refused; videos added later get every set of the store."""
-    import expr.extract.prepare as prep
+    import expr.extract.job as prep
+    from expr.cli.prepare import main
 
     root, _ = tree
     items, source, classes = affwild2_items(root)
@@ -581,12 +578,12 @@ def test_a_new_feature_set_is_added_beside_the_others_and_never_overwritten(prep
     # Naming only a visual set keeps the store's own audio sets (the default wav2vec2 is not asked for).
     shutil.copytree(prepared[0], tmp_path / "store2")  # its wav2vec2 set has random weights, the default has not
     cli = ["affwild2", str(root), "--test-names", str(root / "test_names.txt"), "--no-progress"]
-    assert prep.main([*cli, "--out", str(tmp_path / "store2"), "--visual", f"dino2={TINY_VIT}"]) == 0
+    assert main([*cli, "--out", str(tmp_path / "store2"), "--visual", f"dino2={TINY_VIT}"]) == 0
     assert set(FrameStore(tmp_path / "store2").feature_sets) == {"clip", "wav2vec2", "dino2"}
 
 
 def test_new_sets_of_a_store_with_media_come_from_its_own_crops_and_audio(tree, tmp_path, monkeypatch):
-    import expr.extract.prepare as prep
+    import expr.extract.job as prep
 
     root, _ = tree
     items, source, classes = affwild2_items(root, test=False)
@@ -601,7 +598,7 @@ def test_new_sets_of_a_store_with_media_come_from_its_own_crops_and_audio(tree, 
 
 
 def test_feature_set_options_on_the_command_line(tmp_path, capsys):
-    from expr.extract.prepare import main
+    from expr.cli.prepare import main
 
     base = ["affwild2", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main([*base, "--visual", "timm:efficientnet_b0"]) == 2

@@ -42,7 +42,7 @@ commands:
 
 COMMANDS = {
     "train": "expr.cli.train",
-    "prepare": "expr.extract.prepare",
+    "prepare": "expr.cli.prepare",
     "finetune": "expr.cli.finetune",
     "evaluate": "expr.cli.evaluate",
     "ensemble": "expr.cli.ensemble",
