@@ -27,7 +27,7 @@ FLOORS = [
     {"expr.cli", "expr.train", "expr.__main__"},
 ]
 MAX_MODULE_LINES, MAX_FUNCTION_LINES = 400, 80
-LONG_FUNCTIONS = {"expr.training.trainer.Trainer.train_epoch"}  # the loop itself: one screen of steps, read in order
+LONG_FUNCTIONS: set[str] = set()  # none: the training loop (Trainer.train_epoch) fits too
 
 
 def floor(module: str) -> int:
