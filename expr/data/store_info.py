@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from expr.data.store import FrameStore, problem_lines
+from expr.tasks import TASKS
 
 
 def describe(store: FrameStore) -> str:
@@ -29,7 +28,7 @@ def describe(store: FrameStore) -> str:
     for task, splits_of in store.task_splits.items():  # Aff-Wild2's other tasks, each with its own split
         per = {s: int((splits_of == s).sum()) for s in ("train", "validation")}
         known = store.task_labels[task]
-        frames = int((~np.isnan(known).any(1)).sum() if task == "va" else (known >= 0).all(1).sum())
+        frames = int(TASKS[task].annotated(known).sum())
         lines.append(f"  {task} labels: videos train {per['train']}, validation {per['validation']}; frames {frames}")
     source = meta.get("source")
     if isinstance(source, dict) and source:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from expr.data.store import TASK_LABELS, FrameStore
+from expr.tasks import TASKS
 
 
 def label_offset(window: int, rule: str) -> int:
@@ -97,9 +98,8 @@ class TaskTargets:
                 labels, missing = store.task_labels[task], TASK_LABELS[task][2]
                 self.values[task] = np.where(per_frame(member[task])[:, None], labels, missing).astype(labels.dtype)
         self.members = {task: member[task] for task in self.tasks}  # the videos of the split, per task
-        self.has_target = {"va": ~np.isnan(self.values["va"]).any(1)} if "va" in self.values else {}
-        if "au" in self.values:  # an AU target needs all 12 units annotated
-            self.has_target["au"] = (self.values["au"] >= 0).all(1)
+        # a VA target needs both values, an AU target all 12 units annotated
+        self.has_target = {task: TASKS[task].annotated(values) for task, values in self.values.items()}
         self.labeler = WindowLabeler(self.labels, self.num_frames, self.frame_offset, len(store.classes), window, rule)
 
     def __getstate__(self):

@@ -41,14 +41,14 @@ from expr.runs.layout import (
 from expr.runs.run import Run
 from expr.scoring.decision import smooth
 from expr.scoring.metrics import tune_au_thresholds
-from expr.tasks import AU_NAMES
+from expr.tasks import OTHER_TASKS
 
 
 class SubmissionError(ValueError):
     """An example file, cache or submission that does not fit; the message names the file and line."""
 
 
-TASK_COLUMNS = {"va": ("valence", "arousal"), "au": AU_NAMES}
+TASK_COLUMNS = {name: t.names for name, t in OTHER_TASKS.items()}
 """The columns after ``image_location`` of the VA and AU challenges' files (EXPR's: the class names)."""
 
 

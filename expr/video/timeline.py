@@ -9,7 +9,7 @@ import numpy as np
 
 from expr.atomic import atomic_path
 from expr.plots import pyplot, save_figure
-from expr.tasks import AU_NAMES
+from expr.tasks import AU_NAMES, VA
 from expr.video.footage import Footage, Person
 
 
@@ -20,7 +20,7 @@ def write_csv(path: Path, person: Person, footage: Footage, probs: np.ndarray, c
     expression task, no such columns); then, for a run trained on them, ``valence``, ``arousal`` and each action
     unit's probability (``p_AU1`` ...)."""
     tasks, T = tasks or {}, len(person.faces)
-    extra = (["valence", "arousal"] if "va" in tasks else []) + ([f"p_{n}" for n in AU_NAMES] if "au" in tasks else [])
+    extra = (list(VA.names) if "va" in tasks else []) + ([f"p_{n}" for n in AU_NAMES] if "au" in tasks else [])
     columns = np.concatenate([tasks[t] for t in ("va", "au") if t in tasks], 1) if tasks else np.zeros((T, 0))
     expr_columns = ["label", "label_name", *(f"p_{c}" for c in classes)] if probs is not None else []
     with atomic_path(path) as tmp, open(tmp, "w") as f:

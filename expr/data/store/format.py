@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from expr.tasks import OTHER_TASKS
+
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 DEFAULT_VISUAL, DEFAULT_AUDIO = "clip", "wav2vec2"  # the set names of a record's plain arrays, and of format 1
@@ -74,7 +76,7 @@ class VideoRecord:
 
 
 VIDEO_COLUMNS = ("name", "split", "fps", "num_frames", "frame_offset", "audio_start")
-TASK_LABELS = {"va": (2, np.float32, np.nan), "au": (12, np.int8, -1)}
+TASK_LABELS = {name: (t.width, t.dtype, t.missing) for name, t in OTHER_TASKS.items()}
 """Aff-Wild2's other tasks' frame labels a store may hold beside the expression label: (width, dtype, unannotated)."""
 
 
