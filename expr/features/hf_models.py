@@ -93,8 +93,11 @@ def _hf_model(spec: EncoderSpec, config):
 
     source, local = _hf_source(spec)
     if spec.random:
-        with seeded():
-            return transformers.AutoModel.from_config(config)
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+        with seeded():  # constructed directly: from_config would partition it under an active ZeRO-3 config
+            return MODEL_MAPPING[type(config)](config) if type(config) in MODEL_MAPPING else \
+                transformers.AutoModel.from_config(config)  # fmt: skip
     try:
         load = transformers.AutoModel.from_pretrained
         revision = {} if local or spec.weights is None else {"revision": spec.weights}  # a hub branch, tag or commit

@@ -81,6 +81,7 @@ def evaluate(run: Run, split: str = "validation", device: str = "auto", out_dir=
     run. Under ``accelerate launch`` each process predicts whole videos and the main one scores them all (the
     others return ({}, None))."""
     cfg, tasks = run.cfg, run.cfg.train.tasks
+    decision = run.decision  # its errors before the work
     store = split_store(run, split)
     in_split = {t: store.videos_in(split, t) for t in tasks}
     videos = np.unique(np.concatenate(list(in_split.values())))  # those of the split of any task the run has
@@ -107,11 +108,11 @@ def evaluate(run: Run, split: str = "validation", device: str = "auto", out_dir=
         "labelled_frames": int((frames.labels >= 0).sum()),
         "flip": bool(cfg.eval.flip and cfg.data.mode == "online"),
         "tasks": list(tasks),
-        **(frames.metrics(run.decision, cfg.data.classes) if "expr" in tasks else {}),
+        **(frames.metrics(decision, cfg.data.classes) if "expr" in tasks else {}),
         **task_reports,
     }
     if "expr" in tasks:
-        report.update(in_sample_calibration(run.path, report, frames, run.decision, cfg.data.classes))
+        report.update(in_sample_calibration(run.path, report, frames, decision, cfg.data.classes))
     out = Path(out_dir) if out_dir else Path(run.path) / "eval" / split
     write_report(out, report, list(cfg.data.classes))
     if "va" in scored:

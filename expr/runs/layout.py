@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
@@ -275,3 +276,16 @@ def run_info(run_dir: Path, cfg) -> dict[str, Any]:
         "config": cfg.to_dict(),
         "cfg": cfg,
     }
+
+
+def kept_validation(run_dir: str | Path, task: str = "expr") -> dict[str, np.ndarray] | None:
+    """What training kept of a run's best epoch's validation frames (``best/val_frame_probs.npz``; for ``task="va"``
+    ``best/val_frame_va.npz``): ``rows``, ``outputs`` (EXPR probabilities or VA values) and ``labels`` (EXPR labels
+    or VA targets); None when the run kept none. Read without loading the head (post-processing studies)."""
+    path = Path(run_dir) / "best" / ("val_frame_va.npz" if task == "va" else "val_frame_probs.npz")
+    if not path.is_file():
+        return None
+    saved = np.load(path)
+    if task == "va":
+        return {"rows": saved["rows"], "outputs": saved["va"], "labels": saved["targets"]}
+    return {"rows": saved["rows"], "outputs": saved["probs"], "labels": saved["labels"]}

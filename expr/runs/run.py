@@ -21,6 +21,7 @@ from expr.runs.layout import (
     RunError,
     ensemble_decision,
     ensemble_members,
+    kept_validation,
     load_head,
     member_overrides,
     run_decision,
@@ -35,10 +36,11 @@ class Run:
     records (``head.json`` or an export's ``config.json``); ``decision``: how its frame probabilities become labels;
     ``members``: an ensemble's (Run, weight) pairs, else None."""
 
-    def __init__(self, path: Path, cfg: Config, info: dict[str, Any], decision: Decision, model=None, members=None):
-        self.path, self.cfg, self.info, self.decision = path, cfg, info, decision
+    def __init__(self, path: Path, cfg: Config, info: dict[str, Any], decide, model=None, members=None):
+        self.path, self.cfg, self.info, self._decide, self._decision = path, cfg, info, decide, None
         self.model = model
         self.members: list[tuple[Run, float]] | None = members
+        self._encoders: tuple[tuple[str, str], Any] | None = None  # the last store's, kept while it is used
 
     @classmethod
     def open(cls, path: str | Path, overrides: dict[str, Any] | None = None) -> Run:
@@ -48,8 +50,7 @@ class Run:
         listed = ensemble_members(path)
         if listed is None:
             model, info = load_head(path, overrides=overrides)
-            return cls(path, info["cfg"], info, run_decision(path, info["cfg"]), model=model)
-        decision = ensemble_decision(path, overrides)
+            return cls(path, info["cfg"], info, lambda: run_decision(path, info["cfg"]), model=model)
         members = [(cls.open(run, member_overrides(overrides)), weight) for run, weight in listed]
         first = members[0][0]
         for member, _ in members[1:]:
@@ -58,7 +59,16 @@ class Run:
                     f"{member.path}: classes {list(member.cfg.data.classes)} differ from the first member's "
                     f"({first.path}) {list(first.cfg.data.classes)}"
                 )
-        return cls(path, first.cfg, first.info, decision, members=members)
+        return cls(path, first.cfg, first.info, lambda: ensemble_decision(path, overrides), members=members)
+
+    @property
+    def decision(self) -> Decision:
+        """How the run's (an ensemble's: its own) frame probabilities become labels: its calibration, then its
+        smoothing; read when first asked for (the VA and AU tasks need none), so that its errors come before any
+        work when a command asks first."""
+        if self._decision is None:
+            self._decision = self._decide()
+        return self._decision
 
     @property
     def is_ensemble(self) -> bool:
@@ -85,13 +95,7 @@ class Run:
         """What training kept of its best epoch's validation frames (for post-processing studies, no retraining):
         ``rows``, ``outputs`` (EXPR probabilities; VA values for ``task="va"``) and ``labels`` (EXPR labels; VA
         targets); None when the run kept none (an export, an ensemble, or a run without that task)."""
-        path = Path(self.path) / "best" / ("val_frame_va.npz" if task == "va" else "val_frame_probs.npz")
-        if self.members or not path.is_file():
-            return None
-        saved = np.load(path)
-        if task == "va":
-            return {"rows": saved["rows"], "outputs": saved["va"], "labels": saved["targets"]}
-        return {"rows": saved["rows"], "outputs": saved["probs"], "labels": saved["labels"]}
+        return None if self.members else kept_validation(self.path, task)
 
     def open_store(self):
         """The store the run's config names (``data.cache``, or the demo data), its classes checked."""
@@ -101,8 +105,12 @@ class Run:
         return store
 
     def encoders(self, store, device: str):
-        """The encoders an online-trained head runs on (None for a cached-mode head)."""
-        return run_encoders(self.path, self.cfg, store, device)
+        """The encoders an online-trained head runs on (None for a cached-mode head), kept for the last store
+        and device used."""
+        key = (str(store.path), str(device))
+        if self._encoders is None or self._encoders[0] != key:
+            self._encoders = (key, run_encoders(self.path, self.cfg, store, device))
+        return self._encoders[1]
 
     def window_outputs(self, store, split: str, videos: np.ndarray, device: str = "auto"):
         """(frame rows, {task: raw outputs [rows, K]}) of one run's head on ``videos`` (indices) of ``split`` of

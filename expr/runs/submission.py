@@ -169,7 +169,8 @@ def frame_probs(
     calibration, then its smoothing); of an ensemble folder, the weighted mean of its members' raw probabilities,
     then the ensemble's decision. ``smoothing`` / ``width`` replace the run's (or ensemble's)."""
     run = Run.open(run_dir, legacy_overrides(overrides, cache, smoothing=smoothing, width=width))
-    return {v: run.decision.video(p) for v, p in task_outputs(run, videos, "expr", device).items()}
+    decision = run.decision  # its errors before the work
+    return {v: decision.video(p) for v, p in task_outputs(run, videos, "expr", device).items()}
 
 
 def write_submission(example: Example, labels: dict[str, np.ndarray], out: str | Path, fmt: str = "csv",

@@ -5,7 +5,7 @@ Macro-F1 rewards the rare classes as much as the common ones, and a model traine
 class less often than its share of the true labels warrants; shifting each class's log-probability by a constant
 moves frames between classes without retraining. The offsets are fitted on frame probabilities of a labelled split
 (:func:`fit_offsets`: coordinate ascent over a grid, one class at a time) and applied by the one path from window
-probabilities to frame labels (:func:`expr.scoring.decision.decide`), before the temporal smoothing.
+probabilities to frame labels (:class:`expr.scoring.decision.Decision`), before the temporal smoothing.
 
 A fit on the split it is scored on is optimistic. :func:`cross_fit` tells by how much: the frames are split into
 groups of whole videos (both tracks of a raw video together; or the folds of a k-fold study), the offsets fitted on

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from expr.config import ConfigError
-from expr.runs.layout import RunError
-from expr.runs.run import Run
+from expr.runs.layout import kept_validation
 from expr.scoring.calibration import subject_ids
 from expr.scoring.decision import frame_report, smooth_rows
 from expr.scoring.metrics import va_report
@@ -30,18 +29,15 @@ def saved_validation(source_run: str | Path | None, va: bool = False) -> dict[st
     ``frame_offset`` and ``names``."""
     if not source_run:
         raise SweepError("a posthoc study needs --run RUN_DIR (a finished run with best/val_frame_probs.npz)")
-    try:
-        run = Run.open(source_run)
-    except (RunError, ConfigError) as e:
-        raise SweepError(f"--run {source_run}: {e}") from None
-    saved = run.best_validation("va" if va else "expr")
+    saved = kept_validation(source_run, "va" if va else "expr")
     if saved is None:
         path = Path(source_run) / "best" / ("val_frame_va.npz" if va else "val_frame_probs.npz")
         what = "a run that trained valence-arousal (train.tasks with va)" if va else "the run"
         raise SweepError(f"{path} is missing: train {what} with this version of expr first")
-    num_frames, frame_offset, names = _video_layout(run.info["trained_on"]["store"])
+    info = json.loads((Path(source_run) / "best" / "head.json").read_text())
+    num_frames, frame_offset, names = _video_layout(info["store"]["path"])
     return {"rows": saved["rows"], "outputs": saved["outputs"].astype(np.float64), "labels": saved["labels"],
-            "va": va, "classes": list(run.cfg.data.classes), "num_frames": num_frames, "frame_offset": frame_offset,
+            "va": va, "classes": info["classes"], "num_frames": num_frames, "frame_offset": frame_offset,
             "names": names}  # fmt: skip
 
 

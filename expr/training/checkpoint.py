@@ -215,6 +215,9 @@ def head_state_dict(state_dir: str | Path) -> dict[str, torch.Tensor]:
         return load_file(str(plain))
     latest = state_dir / "latest"
     if latest.is_file():  # a DeepSpeed checkpoint: gather the ZeRO partitions of all ranks on the CPU
+        from expr.training.distributed import use_cpu_deepspeed
+
+        use_cpu_deepspeed()  # DeepSpeed picks its accelerator when first imported
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
         tag = latest.read_text().strip()

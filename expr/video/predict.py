@@ -106,7 +106,8 @@ def predict_video(
         raise PredictError(f"faces={faces!r}, min_track={min_track_s}, batch={batch}: faces is largest or all, "
                            f"min_track 0 or more seconds, batch at least 1")  # fmt: skip
     device = resolve_device(device)
-    run = run if isinstance(run, Run) else Run.open(run, overrides)  # its decision checked before the work
+    run = run if isinstance(run, Run) else Run.open(run, overrides)
+    decision = run.decision  # its errors before the work
     detector = face_detector(detector, device) if isinstance(detector, str) else detector
     try:
         footage = read_footage(video, detector, faces, min_track_s, batch, progress)
@@ -117,7 +118,7 @@ def predict_video(
     # Each ensemble member runs on its own encoders (its features under out/members/), raw; the ensemble decides.
     probs = run.combine(lambda r, i: video_probs(footage, r, out if i is None else out / "members" / f"{i:02d}", clip,
                                                  wav2vec2, device, backbones if i is None else None))  # fmt: skip
-    cfg, decision = run.cfg, run.decision
+    cfg = run.cfg
     classes = list(cfg.data.classes)
     expressions = "expr" in cfg.train.tasks  # a VA or AU run's classifier never trained: no labels from it
     out.mkdir(parents=True, exist_ok=True)
