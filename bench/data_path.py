@@ -93,8 +93,8 @@ def head_step(T: int, batch: int, steps: int, device: str = "cpu", precision: st
     backward, AdamW) on inputs already on ``device``; ``precision``: fp32, fp16 (autocast + loss scaling) or bf16
     (autocast), as the trainer runs them."""
     from expr.config import Config
-    from expr.training.losses import total_loss
     from expr.models.fusion import FusionHead
+    from expr.training.losses import total_loss
 
     cfg = Config()
     model = FusionHead(cfg.model, 8).to(device)

@@ -32,11 +32,11 @@ from expr.data.online import OnlineWindowDataset, collate_online
 from expr.data.store import FrameStore
 from expr.data.windows import EpochSampler, WindowDataset, build_windows, collate_batch
 from expr.features.spec import parse_spec
-from expr.training.losses import total_loss
+from expr.features.tuning import Tuning
 from expr.models.frame import build_frame_classifier
 from expr.models.fusion import FusionHead
 from expr.models.online import OnlineModel, store_encoders
-from expr.features.tuning import Tuning
+from expr.training.losses import total_loss
 
 SMOKE = (
     "--window 2 --batch 1 --frames-batch 2 --steps 1 --workers 0 --video-frames 24 "

@@ -227,8 +227,8 @@ def part_data_path(args) -> tuple[str, dict]:
 def fed_rate(loader, batches: int, device: str) -> float:
     """Windows/s of the trainer's loop shape: batches from ``loader`` copied to the GPU and trained on (fp16)."""
     from expr.config import Config
-    from expr.training.losses import total_loss
     from expr.models.fusion import FusionHead
+    from expr.training.losses import total_loss
 
     cuda = device == "cuda"
     model = FusionHead(Config().model, 8).to(device)

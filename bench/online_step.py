@@ -21,9 +21,9 @@ from expr.config import ABAW_CLASSES, Config
 from expr.data.online import OnlineWindowDataset, collate_online
 from expr.data.store import FrameStore, VideoRecord, write_store
 from expr.data.windows import EpochSampler, WindowDataset, build_windows, collate_batch
-from expr.training.losses import total_loss
 from expr.models.fusion import FusionHead
 from expr.models.online import store_encoders
+from expr.training.losses import total_loss
 
 SMOKE = "--windows 4 --batch 1 --steps 1 --workers 0"
 """This script's smallest honest size: tests/test_bench.py runs it with these arguments (``{tmp}``: a temporary

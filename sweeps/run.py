@@ -11,8 +11,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from expr.training.distributed import exit_process
 from expr.cli.sweep import main
+from expr.training.distributed import exit_process
 
 if __name__ == "__main__":
     exit_process(main(results_root=ROOT / "sweeps" / "results", prog="python sweeps/run.py"))
