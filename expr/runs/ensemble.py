@@ -4,16 +4,7 @@ under ``DIR/members/``); the ensemble's are the weighted mean of the members' ra
 decision (calibration, smoothing), scored and reported like a run (``DIR/eval/SPLIT/``) with a table of every
 member and of the steps from the best run to the submission (``members.md``).
 
-Weights: ``equal``, or ``fit`` on the split itself by greedy selection with replacement (Caruana et al. 2004): start
-from the best member, then repeatedly add the member whose addition raises macro-F1 most; the weights are the
-selection counts. The fitted ensemble never scores below its best member on that split, which is also why its
-score there is optimistic: fit on validation, judge on other data. Members must agree on classes, split and frames.
-
-``--study``: the runs of a k-fold study's best setting, every fold. Each validated on its own fold, so the ensemble
-is scored out of fold (every pooled video by the models that did not train on it); for the test set all vote.
-
-``expr submit DIR --example F --out F``, ``expr predict VIDEO --run DIR`` and ``expr calibrate DIR`` take the
-ensemble folder like a run directory.
+How to run it, and what it writes: :mod:`expr.cli.ensemble`.
 """
 
 from __future__ import annotations

@@ -2,14 +2,7 @@
 prepared split, with a report a person reads (JSON, Markdown table, confusion-matrix PNG) written into the run
 directory.
 
-    expr evaluate runs/2026-11-24_1200 [--cache CACHE] [--split validation] [--stride 5] [--smoothing mean --width 15]
-
-The run's best head (``best/model.safetensors``) and its config are loaded; the cache defaults to the one the run
-trained on. Windows of the run's length slide over every video of the split with ``--stride`` frames (default: the
-run's ``data.eval_stride``); frame labels come from the path that training's validation, ``expr submit`` and
-``expr predict`` share (:mod:`expr.scoring.decision`: window predictions placed at their label frames and interpolated,
-frames without a face filled from the nearest face frame, the run's smoothing), so the report gives what a submission
-of the split would score. Every frame whose label is not -1 is scored, without and with the temporal smoothing.
+How to run it, and what it writes: :mod:`expr.cli.evaluate`.
 """
 
 from __future__ import annotations

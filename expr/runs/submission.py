@@ -1,26 +1,7 @@
 """Submissions (``expr submit``, :mod:`expr.cli.submit`): the ABAW prediction file for the test videos, validated
 against the organisers' example.
 
-    expr submit RUN_DIR --cache CACHE --example EXAMPLE.csv --out predictions.csv [--format csv|per-video]
-    expr submit RUN_DIR --task va|au --cache CACHE --example EXAMPLE.csv --out predictions.csv
-
-The example file lists, in order, every frame to predict: a header
-``image_location,Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other`` then ``<video>/<nnnnn>.jpg,...``
-lines (frame numbers from 1). The output has the same header and exactly those lines, each ending in a label 0-7.
-
-How every listed frame gets a label: windows of the run's length slide over each video (stride: the run's
-``data.eval_stride``), and the path that training's validation and ``expr evaluate`` score
-(:mod:`expr.scoring.decision`) turns their predictions into frame labels: each window's prediction placed at its label
-frame and interpolated between them, a frame without a face crop given the probabilities of the nearest frame in time
-that has one, the run's decision calibration when ``expr calibrate`` fitted one, then its temporal smoothing
-(``eval.*``, or ``--smoothing/--width``) per video. A listed frame past the video's decoded end takes the last frame's
-label.
-
-``--task va`` / ``--task au`` (a run trained with those tasks, ``train.tasks``): the example's header is
-``image_location,valence,arousal`` or ``image_location,AU1,...,AU26``, and each line gets the frame's valence and
-arousal (4 decimals, in [-1, 1]) or its 12 units (0/1 at probability 0.5, or ``--au-thresholds validation``: per
-unit, the threshold that maximises F1 on the run's AU validation videos), by the same path from windows to frames
-(no calibration or smoothing: those are the expression task's).
+How to run it, and what it writes: :mod:`expr.cli.submit`.
 """
 
 from __future__ import annotations

@@ -1,18 +1,9 @@
 """The unit of ``expr finetune`` (:mod:`expr.cli.finetune`), :class:`FrameUnit`:
 stage I of the leaders' recipe. An image encoder of any family (SPEC as ``expr prepare --visual`` takes it) learns
 to classify single face crops of the store (``expr prepare ... --media`` keeps them); stage II then trains the
-temporal head on its features:
+temporal head on its features.
 
-    expr finetune --data.cache STORE --finetune.backbone timm:vit_base_patch14_dinov2.lvd142m \\
-        --finetune.method lora --train.output_dir runs/stage1
-    expr prepare affwild2 ROOT --out STORE --visual tuned=finetuned:runs/stage1
-    expr train --data.cache STORE --data.visual tuned
-
-Same launch (``accelerate launch -m expr finetune ...``: DDP, DeepSpeed, mixed precision), logging, resume
-(``--resume RUN_DIR``, exact) and run directory as ``expr train``; ``best/`` holds only what trained (the adapters or
-unfrozen blocks, and the classifier: ``model.safetensors``) with ``tuning.json`` (the base encoder's spec and how it
-was tuned), and ``metrics.jsonl`` the frame-level validation macro-F1 of every epoch. Defaults: the ``finetune``
-preset (5 epochs, classifier lr 1e-3, encoder lr 1e-4); the ``finetune`` section of the options says the rest.
+How to run it, and what it writes: :mod:`expr.cli.finetune`.
 """
 
 from __future__ import annotations

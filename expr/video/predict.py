@@ -1,20 +1,6 @@
 """Prediction on raw videos (``expr predict``, :mod:`expr.cli.predict`): per-frame expression labels for raw videos.
 
-Each video is decoded once: faces are detected in batches of frames (MTCNN by default, ``--detector``), aligned and
-cropped (:mod:`expr.features.faces`), and linked into people (:mod:`expr.video.tracks`: ``--faces largest``, one
-track of each frame's largest face, or ``all``, one track per person); the audio is decoded and resampled. For each
-track, the backbones the run's features came from encode its crops and the audio (``--clip`` / ``--wav2vec2``
-override), and the head predicts as in evaluation: windows every ``data.eval_stride`` frames, then the path from
-window probabilities to frame labels that evaluation and submission share (:mod:`expr.scoring.decision`: placed at each
-window's label frame and interpolated, frames without a face filled from the nearest face frame, the run's
-calibration (``expr calibrate``) and smoothing). ``--run`` may also be an ensemble folder (``expr ensemble``): each
-member predicts on its own encoders and the ensemble decides on their weighted mean. A video with no detectable face
-or no audio, a variable frame rate or a stretch that cannot be decoded still gets an answer, with a warning.
-
-Writes, per track, ``DIR/<name>.csv`` (frame, time, track, face found and its box, label, class probabilities) and
-``DIR/<name>_timeline.png``; per video the extracted features (``DIR/<video>_features/``, a video per track) and with
-``--video`` ``DIR/<video>_annotated.mp4`` (:mod:`expr.video.annotate`). Folders are searched recursively, and a video
-that cannot be read is reported while the others go on.
+How to run it, and what it writes: :mod:`expr.cli.predict`.
 """
 
 from __future__ import annotations
