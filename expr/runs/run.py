@@ -1,7 +1,7 @@
 """A finished run, an export or an ensemble, opened once: ``Run.open(path)``.
 
-A :class:`Run` gives what every command reading a finished model needs (evaluate, submit, predict, ensemble,
-calibrate, sweeps): its config (with the overrides a command may apply after training), its decision (calibration
+A :class:`Run` gives what every command reading a finished model needs (evaluate, submit, predict, ensemble and
+calibrate): its config (with the overrides a command may apply after training), its decision (calibration
 offsets, then smoothing) and its raw outputs per task on the videos of a store. An ensemble folder is a Run whose
 outputs are its members' weighted mean over the tasks every member trained, computed in one loop
 (:meth:`Run.combine`); its decision is the ensemble's own, its members give raw outputs.
@@ -21,7 +21,6 @@ from expr.runs.layout import (
     RunError,
     ensemble_decision,
     ensemble_members,
-    kept_validation,
     load_head,
     member_overrides,
     run_decision,
@@ -91,12 +90,6 @@ class Run:
             total = _weighted_sum(total, outputs_of(member, i), weight)
         return total
 
-    def best_validation(self, task: str = "expr") -> dict[str, np.ndarray] | None:
-        """What training kept of its best epoch's validation frames (for post-processing studies, no retraining):
-        ``rows``, ``outputs`` (EXPR probabilities; VA values for ``task="va"``) and ``labels`` (EXPR labels; VA
-        targets); None when the run kept none (an export, an ensemble, or a run without that task)."""
-        return None if self.members else kept_validation(self.path, task)
-
     def open_store(self):
         """The store the run's config names (``data.cache``, or the demo data), its classes checked."""
         store = open_store(self.cfg)
@@ -150,6 +143,6 @@ def _weighted_sum(total: Any, part: Any, weight: float) -> Any:
         keys = part if total is None else [k for k in total if k in part]
         return {k: _weighted_sum(None if total is None else total[k], part[k], weight) for k in keys}
     if isinstance(part, (list, tuple)):
-        return [_weighted_sum(None if total is None else t, p, weight) for t, p in
-                zip([None] * len(part) if total is None else total, part, strict=True)]  # fmt: skip
+        totals = [None] * len(part) if total is None else total
+        return [_weighted_sum(t, p, weight) for t, p in zip(totals, part, strict=True)]
     return weight * part if total is None else total + weight * part

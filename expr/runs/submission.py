@@ -92,8 +92,7 @@ def task_outputs(run: Run, videos: list[str], task: str, device="auto") -> dict[
     """Per video, every decoded frame's raw outputs of ``task`` (:meth:`Run.outputs`, before any decision) of a run
     or ensemble; each run reads the videos from its own store, where every one of them must be."""
     if task not in run.tasks:
-        trained = run.members[0][0] if run.members else run
-        which = next((m for m, _ in run.members or [] if task not in m.tasks), trained)
+        which = next((m for m, _ in run.members or [] if task not in m.tasks), run)
         raise SubmissionError(f"{which.path}: the run trained {', '.join(which.tasks)}, not {task} (train.tasks)")
     outputs = run.outputs(videos, store=lambda r: example_store(r.cfg, videos)[0], device=device)
     return {v: o[task] for v, o in outputs.items()}
@@ -103,11 +102,11 @@ def validation_thresholds(run_dir, cache, device="auto", overrides=None) -> np.n
     """Per-unit AU thresholds maximising each unit's F1 over the annotated frames of the AU validation videos of the
     run's store (:func:`expr.scoring.metrics.tune_au_thresholds`)."""
     run = Run.open(run_dir, legacy_overrides(overrides, cache))
-    store = open_store((run.members[0][0] if run.members else run).cfg)
+    store = open_store(run.cfg)  # an ensemble's: its first member's
     names = [store.names[v] for v in store.videos_in("validation", "au")]
     if not names:
         raise SubmissionError(f"{store.path} has no AU validation videos to tune thresholds on")
-    values = frame_values(run_dir, cache, names, "au", device, overrides)
+    values = task_outputs(run, names, "au", device)
     rows = [store.frame_rows([store.names.index(n)]) for n in names]
     targets = np.concatenate([store.task_labels["au"][r] for r in rows])
     return tune_au_thresholds(np.concatenate([values[n] for n in names]), targets)
