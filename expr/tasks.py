@@ -79,6 +79,14 @@ TASK_SCORES = {n: t.score_key for n, t in TASKS.items()}
 """Each task's challenge score, as validation reports it."""
 
 
+MTL_DIRS = ("MTL_Challenge", "MTL_Set")
+"""The folders of ABAW's multi-task challenge (s-Aff-Wild2) in an Aff-Wild2 tree: one split for the three tasks."""
+MTL_TASKS = ("va", "expr", "au")
+"""The tasks the multi-task challenge scores together, in its files' column order."""
+P_MTL = "val/p_mtl"
+"""The multi-task challenge's score: CCC + macro-F1 + AU F1 on its validation frames (at most 3)."""
+
+
 def task(name: str) -> Task:
     """The task called ``name``; an unknown name is a ValueError listing the known ones."""
     if name not in TASKS:

@@ -10,7 +10,7 @@ rules, resume), ``tree`` (:class:`Config`, presets, building), ``argv`` (a comma
 """
 
 from expr.config.argv import config_from_argv, parse_cli, split_overrides
-from expr.config.checks import MAX_WIDTH, RESUME_MAY_CHANGE, resume_changes, selection_metric, validate
+from expr.config.checks import MAX_WIDTH, RESUME_MAY_CHANGE, resume_changes, scores_p_mtl, selection_metric, validate
 from expr.config.sections import (
     ABAW_CLASSES,
     SMOOTHING,
@@ -38,6 +38,6 @@ __all__ = [
     "BackboneConfig", "CliText", "Config", "ConfigError", "DataConfig", "EvalConfig", "FinetuneConfig", "LossConfig",
     "ModelConfig", "Smoothing", "TrainConfig", "all_keys", "apply_dict", "available_cores", "build_config",
     "config_from_argv", "default_num_workers", "docstrings", "field_docs", "load_yaml", "options_help", "parse_cli",
-    "parse_literal", "resolve_device", "resume_changes", "selection_metric", "set_value", "split_overrides",
-    "validate",
+    "parse_literal", "resolve_device", "resume_changes", "scores_p_mtl", "selection_metric", "set_value",
+    "split_overrides", "validate",
 ]  # fmt: skip

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from expr.config.sections import ConfigError
-from expr.tasks import TASK_SCORES, TASKS
+from expr.tasks import MTL_TASKS, P_MTL, TASK_SCORES, TASKS
 
 if TYPE_CHECKING:
     from expr.config.tree import Config
@@ -17,7 +17,14 @@ def selection_metric(cfg: Config) -> str:
     ``val/score`` when several tasks train)."""
     if cfg.train.select != "auto":
         return cfg.train.select
-    return TASK_SCORES[cfg.train.tasks[0]] if len(cfg.train.tasks) == 1 else "val/score"
+    if len(cfg.train.tasks) == 1:
+        return TASK_SCORES[cfg.train.tasks[0]]
+    return P_MTL if scores_p_mtl(cfg) else "val/score"
+
+
+def scores_p_mtl(cfg: Config) -> bool:
+    """Whether validation logs the multi-task challenge's score: the three tasks on its split."""
+    return cfg.data.split_source == "mtl" and set(cfg.train.tasks) == set(MTL_TASKS)
 
 
 # Sane bounds: far beyond any model or run expr is for, far below what would exhaust a machine while building it. A
@@ -90,9 +97,16 @@ def validate(cfg: Config) -> None:
         ),  # fmt: skip
         (len(set(cfg.train.tasks)) == len(cfg.train.tasks), "train.tasks", "names a task twice"),
         (
-            cfg.train.select in ("auto", "val/score", *(TASK_SCORES[t] for t in cfg.train.tasks if t in TASK_SCORES)),
+            cfg.train.select in ("auto", "val/score", *(TASK_SCORES[t] for t in cfg.train.tasks if t in TASK_SCORES))
+            or (cfg.train.select == P_MTL and scores_p_mtl(cfg)),
             "train.select",
-            f"must be auto, val/score or the score of a trained task ({cfg.train.tasks})",
+            f"must be auto, val/score or the score of a trained task ({cfg.train.tasks}); val/p_mtl needs "
+            f"data.split_source mtl and train.tasks expr,va,au",
+        ),  # fmt: skip
+        (
+            cfg.data.split_source == "tasks" or cfg.data.folds == 0,
+            "data.split_source",
+            "mtl is the challenge's own split: it cannot be re-split into folds (data.folds 0)",
         ),  # fmt: skip
         (
             len(cfg.loss.task_weights) in (0, len(cfg.train.tasks)),

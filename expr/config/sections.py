@@ -99,6 +99,11 @@ class DataConfig:
     stay together), never by frame."""
     fold: int = 0
     """The validation fold (0 .. folds - 1) when ``folds`` >= 2."""
+    split_source: Literal["tasks", "mtl"] = "tasks"
+    """Where the splits and labels come from. ``tasks``: each task's own challenge annotations and split (Aff-Wild2's
+    uni-task tracks). ``mtl``: the multi-task challenge's (s-Aff-Wild2): one split for every task, labels on its
+    listed frames only, so no frame of a validation or test video trains any task (the store must hold it:
+    ``expr prepare affwild2`` of a tree with ``MTL_Challenge``)."""
 
     def resolved_num_workers(self, local_processes: int = 1) -> int:
         """``num_workers``, or its default for the mode."""
@@ -166,6 +171,11 @@ class LossConfig:
     """Valence-arousal loss (``train.tasks`` with va): 1 - the mean CCC over the batch, or the mean squared error."""
     task_weights: tuple[float, ...] = ()
     """Weights of the tasks' losses, in the order of ``train.tasks`` (empty: 1 each)."""
+    task_balance: Literal["fixed", "uncertainty"] = "fixed"
+    """How the tasks' losses are summed: ``fixed`` by ``task_weights``; ``uncertainty`` by weights learned with the
+    head (Kendall et al. 2018: each task's loss L_t becomes c_t exp(-s_t) L_t + s_t / 2 with a learned log-variance
+    s_t, c_t = 1/2 for valence-arousal and 1 for the classifiers), so a task with noisier targets weighs less;
+    ``task_weights`` then multiply the learned weights."""
 
 
 @dataclass
@@ -225,10 +235,12 @@ class TrainConfig:
     another. ``exclude``: no frame of a video that is validation or test for any trained task enters any task's
     training loss (nor the class and AU weights). ``allow``: each task trains on its own training videos, whatever
     the others hold out; the run says how many videos and frames cross, and ``expr evaluate`` warns."""
-    select: Literal["auto", "val/macro_f1", "val/ccc", "val/au_f1", "val/score"] = "auto"
+    select: Literal["auto", "val/macro_f1", "val/ccc", "val/au_f1", "val/score", "val/p_mtl"] = "auto"
     """The validation metric that picks the best epoch: a task's score (``val/macro_f1`` EXPR, ``val/ccc`` VA mean
-    CCC, ``val/au_f1`` AU mean F1) or ``val/score``, their sum over the trained tasks. ``auto``: the score of the
-    only task, or ``val/score`` when several train."""
+    CCC, ``val/au_f1`` AU mean F1), ``val/score``, their sum over the trained tasks, or ``val/p_mtl``, the
+    multi-task challenge's score (the same sum, on its split: ``data.split_source mtl`` with the three tasks).
+    ``auto``: the score of the only task, ``val/p_mtl`` for the three tasks on the multi-task split, else
+    ``val/score``."""
 
 
 @dataclass

@@ -25,6 +25,11 @@ frame noise. Some segments are unannotated (VA NaN, AU -1), every seventh video 
 ninth no AU annotation. As in Aff-Wild2, the tasks split a few videos differently: every fifth training video
 is a VA validation video. These draws come from their own random stream, so the expression data is the same as
 without them.
+
+Like s-Aff-Wild2, the demo also carries the multi-task challenge's annotation: every video but each eighth is in
+it, with one split for the three tasks (the video's expression split), and its labels (the same expression,
+valence-arousal and units) sit on a selection of frames only: segments of 40-200 frames, each listed with
+probability 0.6 (``--data.split_source mtl`` trains on it).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import numpy as np
 from expr.config import ABAW_CLASSES
 from expr.data.store import VideoRecord, write_store
 
-DEMO_VERSION = 4  # 2: store format 2 (named feature sets); 3: VA and AU annotations; 4: per-task splits differ
+DEMO_VERSION = 5  # 2: store format 2 (named feature sets); 3: VA and AU; 4: per-task splits differ; 5: MTL split
 CLASS_FREQ = np.array([0.26, 0.08, 0.06, 0.06, 0.20, 0.10, 0.09, 0.15])  # ABAW order; Neutral, Happiness frequent
 GROUP = np.array([0, 1, 1, 3, 2, 0, 2, 3])  # visual group of each class
 PERIOD = np.array([0, 0, 0, 20.0, 20.0, 0, 2.5, 2.5])  # oscillation period in frames (0: static)
@@ -140,6 +145,10 @@ def generate_videos(
         # (train.task_overlap decides whether such videos train the other tasks).
         tasks = {"va": "validation" if split == "train" and i % 5 == 1 else split} if i % 7 != 3 else {}
         tasks |= {"au": split} if i % 9 != 4 else {}
+        mtl = None
+        if i % 8 != 6:  # the multi-task selection: listed frames only, one split for the three tasks
+            tasks["mtl"] = split
+            mtl = mtl_labels(np.random.default_rng([seed, i, 29]), labels, va, au)
         videos.append(
             VideoRecord(
                 name=f"demo_{i:03d}",
@@ -152,6 +161,7 @@ def generate_videos(
                 va=va if "va" in tasks else None,
                 au=au if "au" in tasks else None,
                 task_splits=tasks,
+                mtl=mtl,
             )  # fmt: skip
         )
     return videos
@@ -176,6 +186,19 @@ def other_tasks(rng: np.random.Generator, truth: np.ndarray) -> tuple[np.ndarray
     flip = (rng.random((n, 12)) < 0.02) & (au >= 0)
     au[flip] = 1 - au[flip]
     return va, au
+
+
+def mtl_labels(rng: np.random.Generator, labels: np.ndarray, va: np.ndarray, au: np.ndarray) -> dict[str, np.ndarray]:
+    """A video's multi-task labels: its expression, valence-arousal and units on the frames of the segments listed
+    (each with probability 0.6), every other frame unannotated."""
+    listed = np.zeros(len(labels), bool)
+    for a, b in _runs(rng, len(labels), 40, 200):
+        listed[a:b] = rng.random() < 0.6
+    return {
+        "expr": np.where(listed, labels, -1),
+        "va": np.where(listed[:, None], va, np.nan).astype(np.float32),
+        "au": np.where(listed[:, None], au, -1).astype(np.int8),
+    }
 
 
 def ensure_demo_store(num_videos: int = 40, seed: int = 0, path: str | Path | None = None) -> Path:

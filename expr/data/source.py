@@ -1,5 +1,5 @@
-"""The feature store a config reads: ``data.cache``, or the built-in demo data when none is set, re-split into folds
-when ``data.folds`` is set."""
+"""The feature store a config reads: ``data.cache``, or the built-in demo data when none is set, on the multi-task
+challenge's split when ``data.split_source`` is ``mtl``, re-split into folds when ``data.folds`` is set."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from expr.data.store import FrameStore, StoreError
 
 def open_store(cfg: Config, cache: str | None = None):
     """The feature store of ``cfg`` (``cache`` overrides ``data.cache``; the demo data when neither is set) with the
-    feature sets ``data.visual`` / ``data.audio``, re-split for cross-validation when ``data.folds`` is set."""
+    feature sets ``data.visual`` / ``data.audio``, on the multi-task split (``data.split_source mtl``), re-split for
+    cross-validation when ``data.folds`` is set."""
     path = cache or cfg.data.cache or ensure_demo_store(cfg.data.demo_videos, seed=0)
     store = FrameStore(path, cfg.data.in_memory, cfg.data.visual, cfg.data.audio)
+    if cfg.data.split_source == "mtl":
+        store.use_mtl_split()
     if cfg.data.folds:
         store.use_folds(cfg.data.folds, cfg.data.fold)
     check_tuned_sets(store, cfg)

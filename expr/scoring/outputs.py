@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from expr.config import TASK_SCORES, Config, default_num_workers
+from expr.config import TASK_SCORES, Config, default_num_workers, scores_p_mtl
 from expr.data.online import OnlineWindowDataset, collate_online
 from expr.data.windows import WindowDataset, load_or_build_windows
 from expr.models.online import store_encoders
 from expr.scoring.decision import frame_probabilities, frame_report, smooth_rows
 from expr.scoring.metrics import au_report, va_report
-from expr.tasks import AU_NAMES, OTHER_TASKS
+from expr.tasks import AU_NAMES, MTL_TASKS, OTHER_TASKS, P_MTL
 
 
 def predict_frames(model: torch.nn.Module, store, split: str, window: int, stride: int, **kw):
@@ -130,7 +130,8 @@ def validation_metrics(store, val_set, index: np.ndarray, probs: np.ndarray, cfg
     the same path to frames (placed at each window's label frame, interpolated, faceless frames filled) and are
     scored on their own task's validation videos: ``val/ccc`` (mean of ``val/ccc_valence`` and
     ``val/ccc_arousal``), ``val/au_f1`` (mean over the 12 units at 0.5) and ``val/per_au_f1``. ``val/score``: the sum
-    of the trained tasks' scores."""
+    of the trained tasks' scores; ``val/p_mtl`` (the three tasks on the multi-task split): the challenge's P_MTL,
+    CCC + macro-F1 + AU F1."""
     tasks, metrics, task_frames = cfg.train.tasks, {}, {}
     rows, frame_probs = np.zeros(0, np.int64), np.zeros((0, len(cfg.data.classes)))
     if "expr" in tasks:
@@ -153,6 +154,8 @@ def validation_metrics(store, val_set, index: np.ndarray, probs: np.ndarray, cfg
             metrics.update({"val/au_f1": report["au_f1"], "val/per_au_f1": report["per_au_f1"]})
             metrics["val/au_frames"] = report["count"]
     metrics["val/score"] = float(sum(metrics[TASK_SCORES[t]] for t in tasks))
+    if scores_p_mtl(cfg):  # the challenge's score, exactly the sum of its three terms on the same frames
+        metrics[P_MTL] = float(sum(metrics[TASK_SCORES[t]] for t in MTL_TASKS))
     return metrics, (rows, frame_probs), task_frames
 
 

@@ -32,7 +32,7 @@ logger = get_logger("expr.training.trainer")  # main process only, unless a call
 
 def epoch_line(metrics: dict[str, Any], epochs: int, improved: bool) -> str:
     """The log line of one epoch: loss, frame- and window-level macro-F1, accuracy, per-class F1; the VA and AU
-    scores when those tasks train."""
+    scores when those tasks train; P_MTL on the multi-task split."""
     parts = [f"epoch {metrics['epoch']}/{epochs}  train/loss {metrics['train/loss']:.4f}"]
     if "val/macro_f1" in metrics:
         parts.append(
@@ -44,6 +44,8 @@ def epoch_line(metrics: dict[str, Any], epochs: int, improved: bool) -> str:
                      f"{metrics['val/ccc_arousal']:.3f})")  # fmt: skip
     if "val/au_f1" in metrics:
         parts.append(f"val/au_f1 {metrics['val/au_f1']:.4f}")
+    if "val/p_mtl" in metrics:
+        parts.append(f"val/p_mtl {metrics['val/p_mtl']:.4f}")
     line = "  ".join(parts) + f"{'  *best*' if improved else ''}  ({metrics['time/epoch_s']:.1f} s)"
     if "val/per_class_f1" in metrics:
         per_class = " ".join(f"{k[:4]} {v:.2f}" for k, v in metrics["val/per_class_f1"].items())
@@ -190,7 +192,11 @@ class HeadUnit(TrainUnit):
                 state = {k[len("head.") :]: v for k, v in state.items() if k.startswith("head.")}
             info = {
                 "epoch": epoch,
-                **{k: metrics[k] for k in ("val/macro_f1", "val/ccc", "val/au_f1", "val/score") if k in metrics},
+                **{
+                    k: metrics[k]
+                    for k in ("val/macro_f1", "val/ccc", "val/au_f1", "val/score", "val/p_mtl")
+                    if k in metrics
+                },
                 "selected_by": selection_metric(self.cfg),
                 "classes": list(self.cfg.data.classes),
                 "config": self.cfg.to_dict(),

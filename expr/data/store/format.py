@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from expr.tasks import OTHER_TASKS
+from expr.tasks import OTHER_TASKS, TASKS
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -58,7 +58,8 @@ class VideoRecord:
     wave: np.ndarray | None = None  # [S] fp16 16 kHz mono samples (empty without audio), for online mode
     va: np.ndarray | None = None  # [T, 2] valence, arousal (NaN = unannotated); None: not annotated for VA
     au: np.ndarray | None = None  # [T, 12] action units 0/1 (-1 = unannotated); None: not annotated for AU
-    task_splits: dict[str, str] | None = None  # the split of each task annotating it ("va": "train", ...)
+    task_splits: dict[str, str] | None = None  # the split of each task annotating it ("va": "train", "mtl": ...)
+    mtl: dict[str, np.ndarray] | None = None  # the multi-task challenge's labels ("expr" [T], "va", "au" as above)
 
     def visual_sets(self) -> dict[str, np.ndarray]:
         return self.visual if isinstance(self.visual, dict) else {DEFAULT_VISUAL: self.visual}
@@ -78,6 +79,14 @@ class VideoRecord:
 VIDEO_COLUMNS = ("name", "split", "fps", "num_frames", "frame_offset", "audio_start")
 TASK_LABELS = {name: (t.width, t.dtype, t.missing) for name, t in OTHER_TASKS.items()}
 """Aff-Wild2's other tasks' frame labels a store may hold beside the expression label: (width, dtype, unannotated)."""
+
+
+MTL_LABELS = {
+    name: (1, np.int16, t.missing) if t.kind == "classes" else (t.width, t.dtype, t.missing)
+    for name, t in TASKS.items()
+}
+"""The multi-task challenge's frame labels a store may hold, each task in the frame column ``mtl_<task>`` (its
+split in the video column ``split_mtl``), beside the uni-task ones: (width, dtype, unannotated)."""
 
 
 DATA_FOLDERS = ("frames", "videos", "sets", "media")

@@ -8,7 +8,15 @@ from typing import Any
 import numpy as np
 
 from expr.data.store.columns import ConcatColumns, _fixed_to_numpy, _in_ram
-from expr.data.store.format import DEFAULT_AUDIO, DEFAULT_VISUAL, READABLE_VERSIONS, TASK_LABELS, StoreError, video_name
+from expr.data.store.format import (
+    DEFAULT_AUDIO,
+    DEFAULT_VISUAL,
+    MTL_LABELS,
+    READABLE_VERSIONS,
+    TASK_LABELS,
+    StoreError,
+    video_name,
+)
 from expr.data.store.span import audio_overlap
 from expr.data.store.verify import StoreChecks, check_files, read_header
 
@@ -61,6 +69,15 @@ class FrameStore(StoreChecks):
                 self.task_labels[task] = flat.astype(dtype).reshape(-1, width)
                 self.task_splits[task] = np.array(videos[f"split_{task}"])
         self.tasks = ["expr", *sorted(self.task_labels)]  # the tasks this store has labels for
+        self.mtl: dict[str, np.ndarray] = {}  # the multi-task challenge's labels ("expr", "va", "au"), if any
+        self.mtl_splits = np.array(videos["split_mtl"]) if "split_mtl" in videos else None  # "" = not in it
+        if self.mtl_splits is not None:
+            for task, (width, dtype, _) in MTL_LABELS.items():
+                column = frames.column(f"mtl_{task}").combine_chunks()
+                if width == 1:  # the expression: one class per frame, int64 like ``labels``
+                    self.mtl[task] = column.to_numpy(zero_copy_only=False).astype(np.int64)
+                else:
+                    self.mtl[task] = column.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(-1, width)
         self.names: list[str] = videos["name"]
         self.splits = np.array(videos["split"])
         self.fps = np.asarray(videos["fps"], np.float64)
@@ -190,6 +207,23 @@ class FrameStore(StoreChecks):
             splits[v] = "validation" if fold_of[video_name(self.names[v])] == fold else "train"
         self.splits = splits.astype(str)
         self.split_tag = f"k{folds}f{fold}s{seed}"
+
+    def use_mtl_split(self) -> None:
+        """Train and validate every task on the multi-task challenge's split and labels (``data.split_source mtl``):
+        its labels replace the uni-task ones, and each video's split is its multi-task split for all three tasks (a
+        test video of the store keeps ``test``; a video outside the challenge is in no split)."""
+        if self.mtl_splits is None:
+            raise StoreError(
+                f"{self.path}: no multi-task split: prepare it from a tree with the challenge's MTL_Challenge folder "
+                f"(expr prepare affwild2), or train on the per-task splits (--data.split_source tasks)"
+            )
+        splits = np.where(self.mtl_splits != "", self.mtl_splits, np.where(self.splits == "test", "test", ""))
+        self.labels = self.mtl["expr"]
+        self.task_labels = {"va": self.mtl["va"], "au": self.mtl["au"]}
+        self.splits = splits
+        self.task_splits = {"va": splits, "au": splits}
+        self.tasks = ["expr", "au", "va"]
+        self.split_tag = "mtl"
 
     def frame_rows(self, videos: np.ndarray) -> np.ndarray:
         """Rows of ``frames`` that belong to ``videos`` (in their order)."""

@@ -12,7 +12,15 @@ import numpy as np
 
 from expr.atomic import atomic_path
 from expr.data.store.columns import _ArrowFile, _RawColumn, write_set_column
-from expr.data.store.format import FORMAT_VERSION, SPLITS, TASK_LABELS, VIDEO_COLUMNS, StoreError, VideoRecord
+from expr.data.store.format import (
+    FORMAT_VERSION,
+    MTL_LABELS,
+    SPLITS,
+    TASK_LABELS,
+    VIDEO_COLUMNS,
+    StoreError,
+    VideoRecord,
+)
 from expr.data.store.verify import write_header
 
 
@@ -39,6 +47,8 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
     small: dict[str, list[np.ndarray]] = {"video": [], "face": [], "label": [], **{t: [] for t in TASK_LABELS}}
     rows: dict[str, list] = {k: [] for k in VIDEO_COLUMNS}
     task_splits: dict[str, list[str]] = {t: [] for t in TASK_LABELS}
+    mtl: dict[str, list[np.ndarray]] = {t: [] for t in MTL_LABELS}
+    mtl_splits: list[str] = []
     annotated = set()
     media = None
     frame_offset = 0
@@ -68,6 +78,7 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
                     raise StoreError(f"video '{v.name}': {task} labels of shape {np.shape(values)}, not ({n}, {width})")
             small[task].append(np.full((n, width), missing, dtype) if values is None else np.asarray(values, dtype))
             task_splits[task].append((v.task_splits or {}).get(task, ""))
+        _add_mtl(v, n, mtl, mtl_splits)
         if media:
             if len(v.jpeg) != n:
                 raise StoreError(f"video '{v.name}': {len(v.jpeg)} face crops for {n} frames")
@@ -90,6 +101,11 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
         width = TASK_LABELS[task][0]
         columns[task] = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(small[task]).ravel()), width)
         rows[f"split_{task}"] = task_splits[task]
+    if any(mtl_splits):  # the multi-task challenge's labels and split, when some video has them
+        for task, (width, _, _) in MTL_LABELS.items():
+            flat = pa.array(np.concatenate(mtl[task]).ravel())
+            columns[f"mtl_{task}"] = flat if width == 1 else pa.FixedSizeListArray.from_arrays(flat, width)
+        rows["split_mtl"] = mtl_splits
     frames = pa.table(columns)
     out = _ArrowFile(tmp / "frames")
     out.write(frames)
@@ -108,6 +124,20 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
         "default_audio": sets.audio_names[0] if sets.audio_names else None,
     }
     write_header(tmp, header)
+
+
+def _add_mtl(v: VideoRecord, n: int, mtl: dict[str, list[np.ndarray]], splits: list[str]) -> None:
+    """Collect video ``v``'s multi-task labels (unannotated without them) and split ("" without them)."""
+    split = (v.task_splits or {}).get("mtl", "") if v.mtl is not None else ""
+    if v.mtl is not None and split not in SPLITS:
+        raise StoreError(f"video '{v.name}': multi-task split '{split}' is not one of {SPLITS}")
+    splits.append(split)
+    for task, (width, dtype, missing) in MTL_LABELS.items():
+        shape = (n,) if width == 1 else (n, width)
+        values = (v.mtl or {}).get(task)
+        if values is not None and np.shape(values) != shape:
+            raise StoreError(f"video '{v.name}': multi-task {task} labels of shape {np.shape(values)}, not {shape}")
+        mtl[task].append(np.full(shape, missing, dtype) if values is None else np.asarray(values, dtype))
 
 
 class _SetWriter:
