@@ -6,6 +6,7 @@ Only reading and discovery live here (no decoding, no backbones). A tree looks l
     ROOT/EXPR_Classification_Challenge/Validation_Set/<name>.txt
     ROOT/VA_Estimation_Challenge/Train_Set/<name>.txt              (optional: valence-arousal)
     ROOT/AU_Detection_Challenge/Validation_Set/<name>.txt          (optional: action units)
+    ROOT/MTL_Challenge/train_set.txt, validation_set.txt            (optional: the multi-task challenge, expr.data.mtl)
     ROOT/cropped_aligned/<name>/00001.jpg ...                      (and/or cropped_aligned_new_50_vids)
     ROOT/<anywhere>/<video>.mp4 | .avi                             (<name> = <video>, <video>_left or <video>_right)
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from expr.config import ABAW_CLASSES
+from expr.data.mtl import MtlTrack, check_frames_exist, find_mtl_folder, read_mtl_folder
 from expr.data.store import video_name
 from expr.tasks import AU_NAMES, EXPR, TASKS, VA
 
@@ -152,6 +154,7 @@ class Entry:
     video: Path | None
     crop_dir: Path | None
     tasks: dict[str, tuple[str, Path]] = field(default_factory=dict)  # "va" / "au": (split, annotation file)
+    mtl: MtlTrack | None = None  # its frames in the multi-task challenge's annotation
 
 
 @dataclass
@@ -161,6 +164,7 @@ class Layout:
     crop_roots: list[Path]
     entries: list[Entry] = field(default_factory=list)
     task_dirs: dict[str, Path] = field(default_factory=dict)  # "va" / "au": their annotation folders
+    mtl_dir: Path | None = None  # the multi-task challenge's folder
 
     def summary(self) -> str:
         """What was found, for the user: editions, crop folders, counts per split, what is missing."""
@@ -169,11 +173,16 @@ class Layout:
             by_split[e.split] = by_split.get(e.split, 0) + 1
         no_video = [e.name for e in self.entries if e.video is None]
         no_crops = [e.name for e in self.entries if e.crop_dir is None]
-        folders = [self.annotation_dir, *self.task_dirs.values()]
-        annotated = {t: sum(t in e.tasks for e in self.entries) for t in self.task_dirs}
+        folders = [self.annotation_dir, *self.task_dirs.values(), self.mtl_dir]
+        annotated = {t: f"{sum(t in e.tasks for e in self.entries)} tracks" for t in self.task_dirs}
+        if self.mtl_dir is not None:
+            listed = [e.mtl for e in self.entries if e.mtl is not None]
+            per = {s: sum(t.split == s for t in listed) for s in ("train", "validation")}
+            frames = sum(len(t.frames) for t in listed)
+            annotated["multi-task"] = f"{per['train']} train + {per['validation']} validation tracks, {frames} frames"
         lines = [
             f"annotations: {', '.join(str(d.relative_to(self.root)) for d in folders if d is not None)}",
-            *[f"{t} annotations: {n} tracks" for t, n in annotated.items()],
+            *[f"{t} annotations: {n}" for t, n in annotated.items()],
             f"crops: {', '.join(str(c.relative_to(self.root)) for c in self.crop_roots) or 'none found'}",
             "entries: " + ", ".join(f"{k} {v}" for k, v in sorted(by_split.items())),
         ]
@@ -202,13 +211,14 @@ def discover(
         folder = next((root / d for d in TASK_DIRS[task] if (root / d).is_dir()), None)
         if folder is not None:
             task_dirs[task] = folder
-    if not found and (annotation_dir or not task_dirs):
+    mtl_dir = find_mtl_folder(root)
+    if not found and (annotation_dir or not (task_dirs or mtl_dir)):
         every = " or ".join(candidates + ([] if annotation_dir else [d for t in ("va", "au") for d in TASK_DIRS[t]]))
         raise LayoutError(f"{root}: no annotation folder ({every}); name yours with --annotation-dir")
     ann_dir = found[0] if found else None
     crop_roots = [root / d for d in (crop_dirs or CROP_DIRS) if (root / d).is_dir()]
     videos: dict[str, Path] = {}
-    skip = {ann_dir, *task_dirs.values(), *crop_roots}
+    skip = {ann_dir, *task_dirs.values(), mtl_dir, *crop_roots} - {None}
     for path in sorted(root.rglob("*")):
         if path.suffix.lower() in VIDEO_SUFFIXES and not any(s in path.parents for s in skip):
             videos.setdefault(path.stem, path)
@@ -225,7 +235,7 @@ def discover(
                 for ann in sorted((folder / split_dir).glob("*.txt")):
                     yield ann.stem, split, ann
 
-    layout = Layout(root=root, annotation_dir=ann_dir, crop_roots=crop_roots, task_dirs=task_dirs)
+    layout = Layout(root=root, annotation_dir=ann_dir, crop_roots=crop_roots, task_dirs=task_dirs, mtl_dir=mtl_dir)
     entries: dict[str, Entry] = {}
 
     def entry(name: str, split: str) -> Entry:
@@ -238,6 +248,11 @@ def discover(
     for task, folder in task_dirs.items():
         for name, split, ann in annotations(folder):
             entry(name, split).tasks[task] = (split, ann)
+    if mtl_dir is not None:  # read whole and checked before any extraction; a track only here is in its split
+        tracks = read_mtl_folder(mtl_dir)
+        check_frames_exist(tracks, {n: crops_for(n) for n in tracks}, {n for n in tracks if video_name(n) in videos})
+        for name, track in tracks.items():
+            entry(name, track.split).mtl = track
     for raw in test_names:
         name = Path(raw.strip()).stem
         if not name:
@@ -247,11 +262,16 @@ def discover(
         entry(name, "test").split = "test"  # the expression task's test video (it may be annotated for others)
     layout.entries = list(entries.values())
     if not layout.entries:
-        where = ", ".join(str(d) for d in [ann_dir, *task_dirs.values()] if d is not None)
+        where = ", ".join(str(d) for d in [ann_dir, *task_dirs.values(), mtl_dir] if d is not None)
         raise LayoutError(f"{where}: no annotation files under {' or '.join(SPLIT_DIRS)} and no test names")
     return layout
 
 
 def read_test_names(path: str | Path) -> list[str]:
-    """The organisers' test list: one video name per line (blank lines and a ``.mp4``/``.avi`` suffix allowed)."""
-    return [Path(line.strip()).stem for line in Path(path).read_text().splitlines() if line.strip()]
+    """The organisers' test list: one video name per line (blank lines and a ``.mp4``/``.avi`` suffix allowed), or
+    the multi-task challenge's test release (a header ``image,...``, then ``<track>/<NNNNN>.jpg`` lines: its
+    tracks, once each, in order)."""
+    lines = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
+    if lines and lines[0].lower().startswith("image"):
+        return list(dict.fromkeys(line.split(",")[0].replace("\\", "/").split("/")[0] for line in lines[1:]))
+    return [Path(line).stem for line in lines]

@@ -22,4 +22,5 @@ class Item:
     source: str = ""  # the annotation file or CSV the labels came from, for messages
     va: np.ndarray | None = None  # [frames, 2] valence, arousal (NaN = unannotated); None: no VA annotation
     au: np.ndarray | None = None  # [frames, 12] action units (-1 = unannotated); None: no AU annotation
-    task_splits: dict[str, str] | None = None  # the split of each other task annotating it ("va": "train")
+    task_splits: dict[str, str] | None = None  # the split of each other task annotating it ("va": "train", "mtl")
+    mtl: dict[str, np.ndarray] | None = None  # the multi-task challenge's labels by frame ("expr", "va", "au")

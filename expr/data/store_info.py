@@ -30,6 +30,16 @@ def describe(store: FrameStore) -> str:
         known = store.task_labels[task]
         frames = int(TASKS[task].annotated(known).sum())
         lines.append(f"  {task} labels: videos train {per['train']}, validation {per['validation']}; frames {frames}")
+    if store.mtl_splits is not None:  # the multi-task challenge's: one split for the three tasks
+        per = {s: int((store.mtl_splits == s).sum()) for s in ("train", "validation", "test")}
+        listed = (
+            (store.mtl["expr"] >= 0) | TASKS["va"].annotated(store.mtl["va"]) | TASKS["au"].annotated(store.mtl["au"])
+        )
+        lines.append(
+            f"  multi-task split: videos train {per['train']}, validation {per['validation']}"
+            + (f", test {per['test']}" if per["test"] else "")
+            + f"; frames {int(listed.sum())} listed (--data.split_source mtl)"
+        )
     source = meta.get("source")
     if isinstance(source, dict) and source:
         lines.append(f"  source: {source.get('layout', '?')} {source.get('root', '')}".rstrip())

@@ -41,13 +41,17 @@ def items_from_affwild2(
         item = Item(e.name, e.split, labels, crops if crops is not None else {}, e.video, None, str(e.annotation))
         for task, (_, path) in e.tasks.items():
             setattr(item, task, readers[task](path))
-        item.task_splits = {task: split for task, (split, _) in e.tasks.items()} or None
+        item.task_splits = {task: split for task, (split, _) in e.tasks.items()}
+        if e.mtl is not None:
+            item.mtl, item.task_splits["mtl"] = e.mtl.labels(0), e.mtl.split
+        item.task_splits = item.task_splits or None
         items.append(item)
     source = {
         "layout": "affwild2",
         "root": str(Path(root).resolve()),
         "annotation_dir": layout.annotation_dir.name if layout.annotation_dir else None,
         "task_dirs": {task: folder.name for task, folder in layout.task_dirs.items()},
+        "mtl_dir": layout.mtl_dir.name if layout.mtl_dir else None,
         "crop_dirs": [c.name for c in layout.crop_roots],
         "test_names": str(test_names) if test_names else None,
     }

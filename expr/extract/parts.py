@@ -12,7 +12,7 @@ import numpy as np
 from expr.atomic import atomic_path
 from expr.data.item import Item
 from expr.data.online import MediaStore
-from expr.data.store import VideoRecord
+from expr.data.store import MTL_LABELS, VideoRecord
 from expr.extract.common import PARTS, Report
 
 
@@ -54,6 +54,7 @@ def load_part(path: Path):
             va=z["task.va"] if "task.va" in z else None,
             au=z["task.au"] if "task.au" in z else None,
             task_splits=meta.get("task_splits"),
+            mtl={t: z[f"task.mtl_{t}"] for t in MTL_LABELS} if "task.mtl_expr" in z else None,
         )
         if "jpeg" in z:
             blob, off = z["jpeg"].tobytes(), z["jpeg_offsets"]
@@ -78,6 +79,7 @@ def _record_from_store(store, media, v: int, added: dict[str, dict[str, np.ndarr
     """Video ``v`` of an existing store as a record, every feature set of it (views into the loaded store) plus the
     sets ``added`` for it, to write it again."""
     f0, n = store.frame_offset[v], store.num_frames[v]
+    mtl = store.mtl_splits is not None and bool(store.mtl_splits[v])
     sets = store.feature_sets
     visual = {name: store.video_features(name, v) for name, s in sets.items() if s["modality"] == "visual"}
     audio = {name: store.video_features(name, v) for name, s in sets.items() if s["modality"] == "audio"}
@@ -96,7 +98,9 @@ def _record_from_store(store, media, v: int, added: dict[str, dict[str, np.ndarr
         jpeg=[bytes(media.jpeg(int(r))) for r in range(f0, f0 + n)] if media else None,
         wave=media.wave(v).copy() if media else None,
         **{t: store.task_labels[t][f0 : f0 + n] if store.task_splits[t][v] else None for t in store.task_labels},
-        task_splits={t: str(splits[v]) for t, splits in store.task_splits.items() if splits[v]},
+        task_splits={t: str(splits[v]) for t, splits in store.task_splits.items() if splits[v]}
+        | ({"mtl": str(store.mtl_splits[v])} if mtl else {}),
+        mtl={t: labels[f0 : f0 + n] for t, labels in store.mtl.items()} if mtl else None,
     )
 
 

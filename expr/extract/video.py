@@ -11,7 +11,7 @@ import numpy as np
 from expr.data.item import Item
 from expr.data.media import MediaError, decode_audio, iter_frames, probe
 from expr.data.online import MediaStore
-from expr.data.store import DEFAULT_AUDIO, DEFAULT_VISUAL, TASK_LABELS
+from expr.data.store import DEFAULT_AUDIO, DEFAULT_VISUAL, MTL_LABELS, TASK_LABELS
 from expr.extract.common import PrepareError, Report
 
 
@@ -129,6 +129,13 @@ def _align_labels(item: Item, info, T: int, report: Report) -> tuple[np.ndarray,
         if values is not None:  # aligned by frame index, like the expression labels
             task_labels[task] = np.full((T, width), missing, dtype)
             task_labels[task][: min(T, len(values))] = values[:T]
+    if item.mtl is not None:  # the multi-task labels, by frame index too
+        for task, (width, dtype, missing) in MTL_LABELS.items():
+            values = item.mtl[task]
+            task_labels[f"mtl_{task}"] = np.full((T, width) if width > 1 else T, missing, dtype)
+            task_labels[f"mtl_{task}"][: min(T, len(values))] = values[:T]
+        if len(item.mtl["expr"]) > T:  # its array ends at its last listed frame
+            report.problems.append(f"multi-task frames past the video's {T} frames ignored")
     return labels, task_labels
 
 
