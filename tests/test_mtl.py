@@ -181,3 +181,9 @@ def test_p_mtl_is_the_sum_of_its_three_terms_on_the_multi_task_validation_frames
     ok = (target >= 0).all(1)
     f1s = [f1_score(target[ok, k], out["au"][ok, k] >= 0.5, zero_division=0) for k in range(12)]
     assert m["val/au_f1"] == pytest.approx(np.mean(f1s), abs=1e-9)
+    from expr.runs.evaluate import evaluate_run
+
+    report = evaluate_run(tmp_path / "run", device="cpu")  # reports it with each term, equal to training's
+    assert report["p_mtl"]["score"] == pytest.approx(m["val/p_mtl"], abs=1e-9)
+    assert report["p_mtl"]["macro_f1"] == pytest.approx(m["val/macro_f1"], abs=1e-9)
+    assert "## P_MTL" in (tmp_path / "run" / "eval" / "validation" / "report.md").read_text()

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from expr.config import resolve_device
+from expr.config import resolve_device, scores_p_mtl
 from expr.data.source import open_store
 from expr.data.store import video_of_rows
 from expr.runs.layout import (
@@ -104,6 +104,10 @@ def evaluate(run: Run, split: str = "validation", device: str = "auto", out_dir=
         **(frames.metrics(decision, cfg.data.classes) if "expr" in tasks else {}),
         **task_reports,
     }
+    if scores_p_mtl(cfg):  # the multi-task challenge's score: the sum of the three rows below, on the same frames
+        terms = {"ccc": task_reports["va"]["ccc"], "macro_f1": report["metrics"]["macro_f1"],
+                 "au_f1": task_reports["au"]["au_f1"]}  # fmt: skip
+        report["p_mtl"] = {"score": float(sum(terms.values())), **terms}
     if "expr" in tasks:
         report.update(in_sample_calibration(run.path, report, frames, decision, cfg.data.classes))
     out = Path(out_dir) if out_dir else Path(run.path) / "eval" / split

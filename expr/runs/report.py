@@ -73,6 +73,14 @@ def write_report(out: Path, report: dict[str, Any], classes: list[str]) -> None:
 def task_markdown(report: dict[str, Any]) -> str:
     """The VA and AU sections of report.md (empty for an expression-only run)."""
     lines = []
+    if "p_mtl" in report:
+        p = report["p_mtl"]
+        row = f"| {p['score']:.4f} | {p['ccc']:.4f} | {p['macro_f1']:.4f} | {p['au_f1']:.4f} |"
+        lines += ["", "## P_MTL (the multi-task challenge's score)", "", "| P_MTL | CCC | macro-F1 | AU F1 |",
+                  "|---|---|---|---|", row, "",
+                  "The sum of the valence-arousal CCC, the expressions' frame-level macro-F1 and the mean F1 of the 12 "
+                  "units at 0.5, each on this split's frames the multi-task annotation labels for it (the tables above "
+                  "and below)."]  # fmt: skip
     if "va" in report:
         va = report["va"]
         lines += ["", "## Valence-arousal", "", "| | CCC | valence | arousal | frames |", "|---|---|---|---|---|",
