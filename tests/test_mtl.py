@@ -140,26 +140,34 @@ def test_multi_task_reader_takes_the_published_names_and_the_test_release(tmp_pa
     assert read_test_names(release) == ["t9", "t3_right"]
 
 
-def test_p_mtl_is_the_sum_of_its_three_terms_on_the_multi_task_validation_frames(tmp_path, small_store):
+@pytest.fixture(scope="module")
+def mtl_run(tmp_path_factory, small_store):
+    """One epoch of the three tasks on the demo's multi-task split."""
+    from expr.config import build_config
+    from expr.training.trainer import run
+
+    out = tmp_path_factory.mktemp("mtl") / "run"
+    cfg = build_config({"data.demo_videos": 12, "model.tcn_blocks": 1, "train.epochs": 1, "train.batch_size": 16,
+                        "train.output_dir": str(out), "train.log_with": "none",
+                        "train.tasks": ["expr", "va", "au"], "data.split_source": "mtl"}, preset="demo")  # fmt: skip
+    run(cfg)
+    return out
+
+
+def test_p_mtl_is_the_sum_of_its_three_terms_on_the_multi_task_validation_frames(mtl_run):
     """Training on the demo's multi-task split logs val/p_mtl = val/ccc + val/macro_f1 + val/au_f1, each equal to a
     direct computation (scikit-learn F1, the CCC formula) on the frames the multi-task file annotates."""
     from sklearn.metrics import f1_score
 
-    from expr.config import build_config
     from expr.data.source import open_store
     from expr.runs.run import Run
-    from expr.training.trainer import run
 
-    cfg = build_config({"data.demo_videos": 12, "model.tcn_blocks": 1, "train.epochs": 1, "train.batch_size": 16,
-                        "train.output_dir": str(tmp_path / "run"), "train.log_with": "none",
-                        "train.tasks": ["expr", "va", "au"], "data.split_source": "mtl"}, preset="demo")  # fmt: skip
-    run(cfg)
-    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (mtl_run / "metrics.jsonl").read_text().splitlines()]
     m = next(x for x in metrics if "val/p_mtl" in x)
     assert m["val/p_mtl"] == pytest.approx(m["val/ccc"] + m["val/macro_f1"] + m["val/au_f1"], abs=1e-12)
-    info = json.loads((tmp_path / "run" / "best" / "head.json").read_text())
+    info = json.loads((mtl_run / "best" / "head.json").read_text())
     assert info["selected_by"] == "val/p_mtl" and info["val/p_mtl"] == m["val/p_mtl"]
-    done = Run.open(tmp_path / "run")
+    done = Run.open(mtl_run)
     store = open_store(done.cfg)
     assert store.split_tag == "mtl"
     videos = store.videos_in("validation")
@@ -183,7 +191,59 @@ def test_p_mtl_is_the_sum_of_its_three_terms_on_the_multi_task_validation_frames
     assert m["val/au_f1"] == pytest.approx(np.mean(f1s), abs=1e-9)
     from expr.runs.evaluate import evaluate_run
 
-    report = evaluate_run(tmp_path / "run", device="cpu")  # reports it with each term, equal to training's
+    report = evaluate_run(mtl_run, device="cpu")  # reports it with each term, equal to training's
     assert report["p_mtl"]["score"] == pytest.approx(m["val/p_mtl"], abs=1e-9)
     assert report["p_mtl"]["macro_f1"] == pytest.approx(m["val/macro_f1"], abs=1e-9)
-    assert "## P_MTL" in (tmp_path / "run" / "eval" / "validation" / "report.md").read_text()
+    assert "## P_MTL" in (mtl_run / "eval" / "validation" / "report.md").read_text()
+
+
+def test_mtl_submission_writes_each_example_image_its_three_tasks_and_refuses_what_the_store_lacks(
+    mtl_run, small_run, tmp_path
+):
+    """One line per example image in its order under the example's header: the frame's valence and arousal, its
+    expression label and its units at 0.5, equal to the run's own frame outputs; an image of a video the store lacks,
+    or past its video's end, is refused naming the example's line; a run without the three tasks is refused."""
+    from expr.cli.submit import main as submit
+    from expr.data.source import open_store
+    from expr.runs.run import Run
+    from expr.runs.submission import read_example, validate_submission
+
+    done = Run.open(mtl_run)
+    store = open_store(done.cfg)
+    videos = [store.names[v] for v in store.videos_in("validation")][:2]
+    images = [(v, f) for v in videos for f in (1, 2, 17, 40, 41)] + [(videos[0], 3)]
+    example = tmp_path / "MTL_Challenge_test_set_release.txt"
+    example.write_text("image,valence,arousal,expression,aus\n" + "".join(f"{v}/{f:05d}.jpg\n" for v, f in images))
+    out = tmp_path / "predictions.txt"
+    assert submit([str(mtl_run), "--task", "mtl", "--example", str(example), "--out", str(out), "--device", "cpu"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "image,valence,arousal,expression,aus" and len(lines) == len(images) + 1
+    outputs = done.outputs(videos, device="cpu")
+    for line, (v, f) in zip(lines[1:], images, strict=True):
+        fields = line.split(",")
+        assert fields[0] == f"{v}/{f:05d}.jpg" and len(fields) == 16
+        o = {t: x[f - 1] for t, x in outputs[v].items()}
+        np.testing.assert_allclose([float(x) for x in fields[1:3]], o["va"], atol=6e-5)
+        assert int(fields[3]) == int(o["expr"].argmax())
+        assert [int(x) for x in fields[4:]] == (o["au"] >= 0.5).astype(int).tolist()
+    assert validate_submission(out, read_example(example, task="mtl"), task="mtl") == []
+    bad = tmp_path / "bad.txt"
+    bad.write_text(out.read_text().replace(lines[2], lines[2].rsplit(",", 13)[0] + ",9," + ",".join(["2"] * 12)))
+    problems = validate_submission(bad, read_example(example, task="mtl"), task="mtl")
+    assert any("bad.txt:3: expression '9'" in p for p in problems) and any(
+        "AU1 '2' is not 0 or 1" in p for p in problems
+    )
+
+    missing = tmp_path / "missing.txt"
+    missing.write_text(f"image,valence,arousal,expression,aus\n{videos[0]}/00001.jpg\nzz_left/00007.jpg\n")
+    past = tmp_path / "past.txt"
+    n = int(store.num_frames[store.names.index(videos[0])])
+    past.write_text(f"image,valence,arousal,expression,aus\n{videos[0]}/00001.jpg\n{videos[0]}/{n + 1:05d}.jpg\n")
+    from expr.runs.submission import SubmissionError, mtl_frames
+
+    with pytest.raises(SubmissionError, match=r"missing.txt:3: zz_left/00007.jpg is not in .*--test-names"):
+        mtl_frames(mtl_run, None, read_example(missing, task="mtl"), device="cpu")
+    with pytest.raises(SubmissionError, match=rf"past.txt:3: {videos[0]}/{n + 1:05d}.jpg is not in .* has {n} frames"):
+        mtl_frames(mtl_run, None, read_example(past, task="mtl"), device="cpu")
+    with pytest.raises(SubmissionError, match=r"trained expr, not va, au; --task mtl needs"):
+        mtl_frames(small_run["run_dir"], None, read_example(example, task="mtl"), device="cpu")

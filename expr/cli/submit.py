@@ -2,6 +2,7 @@
 
     expr submit RUN_DIR --cache CACHE --example EXAMPLE.csv --out predictions.csv [--format csv|per-video]
     expr submit RUN_DIR --task va|au --cache CACHE --example EXAMPLE.csv --out predictions.csv
+    expr submit RUN_DIR --task mtl --example MTL_Challenge_test_set_release.txt --out predictions.txt
 
 The example file lists, in order, every frame to predict: a header
 ``image_location,Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other`` then ``<video>/<nnnnn>.jpg,...``
@@ -19,7 +20,15 @@ label.
 ``image_location,valence,arousal`` or ``image_location,AU1,...,AU26``, and each line gets the frame's valence and
 arousal (4 decimals, in [-1, 1]) or its 12 units (0/1 at probability 0.5, or ``--au-thresholds validation``: per
 unit, the threshold that maximises F1 on the run's AU validation videos), by the same path from windows to frames
-(no calibration or smoothing: those are the expression task's)."""
+(no calibration or smoothing: those are the expression task's).
+
+``--task mtl`` (a run of the three tasks, ``--train.tasks expr,va,au``; on the challenge's split with
+``--data.split_source mtl``): the example is the multi-task challenge's test file, header
+``image,valence,arousal,expression,aus`` (or with the 12 unit names) then ``<video>/<nnnnn>.jpg`` lines; each output
+line is the image then its valence and arousal (4 decimals), expression label (the run's decision, as above) and
+12 units (as ``--task au``), all from one pass of the head. An example image that the store does not hold (a video
+not prepared, a frame past its end) is refused naming its line; prepare the test videos with ``expr prepare
+affwild2 ROOT --test-names EXAMPLE``."""
 
 from __future__ import annotations
 
@@ -42,6 +51,7 @@ from expr.runs.submission import (
     SubmissionError,
     frame_labels,
     frame_values,
+    mtl_frames,
     read_example,
     validate_submission,
     validation_thresholds,
@@ -60,12 +70,12 @@ class SubmitOptions:
     """the organisers' example prediction file"""
     out: str
     """the CSV to write (a folder with --format per-video)"""
-    task: Literal["expr", "va", "au"] = "expr"
-    """the challenge: expr (expression labels), va (valence-arousal), au (action units); the run must have trained
-    it (train.tasks)"""
+    task: Literal["expr", "va", "au", "mtl"] = "expr"
+    """the challenge: expr (expression labels), va (valence-arousal), au (action units), mtl (the multi-task
+    challenge: the three on each line); the run must have trained it (train.tasks)"""
     au_thresholds: Literal["fixed", "validation"] = "fixed"
-    """--task au: a unit is active at probability 0.5 (fixed, the challenge's usual rule) or at per-unit thresholds
-    tuned for F1 on the run's AU validation videos (validation)"""
+    """--task au or mtl: a unit is active at probability 0.5 (fixed, the challenge's usual rule) or at per-unit
+    thresholds tuned for F1 on the run's AU validation videos (validation)"""
     format: Literal["csv", "per-video"] = "csv"
     """csv: one file (current challenge format); per-video: <video>.txt files (older format)"""
     smoothing: Smoothing | None = None
@@ -90,12 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.task != "expr" and (args.smoothing or args.width or args.format != "csv"):
             raise SubmissionError(f"--smoothing, --width and --format are the expression task's; --task {args.task} "
                                   f"writes its values unsmoothed, as csv")  # fmt: skip
-        if args.task != "au" and args.au_thresholds != "fixed":
-            raise SubmissionError(f"--au-thresholds is for --task au, not --task {args.task}")
-        example = read_example(args.example, TASK_COLUMNS.get(args.task, cfg.data.classes))
+        if args.task not in ("au", "mtl") and args.au_thresholds != "fixed":
+            raise SubmissionError(f"--au-thresholds is for --task au or mtl, not --task {args.task}")
+        if args.task == "mtl" and args.format != "csv":
+            raise SubmissionError("--format per-video is the expression task's older layout; --task mtl writes csv")
+        example = read_example(args.example, TASK_COLUMNS.get(args.task, cfg.data.classes), args.task)
         for warning in example.warnings:
             print(f"warning: {warning}", file=sys.stderr)
-        if args.task == "expr":
+        if args.task == "mtl":
+            labels = mtl_frames(args.run_dir, args.cache, example, args.au_thresholds, args.device, overrides)
+        elif args.task == "expr":
             labels = frame_labels(
                 args.run_dir, args.cache, example.videos(), args.smoothing, args.width, args.device, overrides
             )
@@ -118,6 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"wrote {out}: {len(example.lines)} frames of {len(example.videos())} videos; validated against {args.example}"
     )
+    if args.task == "mtl":
+        every = np.concatenate([labels[v] for v in example.videos()])
+        counts = np.bincount(every[:, 2].astype(np.int64), minlength=len(cfg.data.classes))
+        print(f"over decoded frames: mean valence {every[:, 0].mean():.3f}, arousal {every[:, 1].mean():.3f}; labels "
+              + ", ".join(f"{c} {n}" for c, n in zip(cfg.data.classes, counts, strict=True)) + "; active units "
+              + ", ".join(f"{n} {m:.2f}" for n, m in zip(AU_NAMES, every[:, 3:].mean(0), strict=True)))  # fmt: skip
+        return 0
     if args.task != "expr":
         every = np.concatenate([labels[v] for v in example.videos()])
         summary = (

@@ -22,7 +22,7 @@ from expr.runs.layout import (
 from expr.runs.run import Run
 from expr.scoring.decision import smooth
 from expr.scoring.metrics import tune_au_thresholds
-from expr.tasks import OTHER_TASKS
+from expr.tasks import AU_NAMES, MTL_TASKS, OTHER_TASKS
 
 
 class SubmissionError(ValueError):
@@ -31,19 +31,26 @@ class SubmissionError(ValueError):
 
 TASK_COLUMNS = {name: t.names for name, t in OTHER_TASKS.items()}
 """The columns after ``image_location`` of the VA and AU challenges' files (EXPR's: the class names)."""
+MTL_HEADER = ("image", "valence", "arousal", "expression", "aus")
+"""The multi-task challenge's header (its example's own header is kept: it may name the 12 units instead of aus)."""
+MTL_FIELDS = 4 + len(AU_NAMES)
 
 
 @dataclass
 class Example:
     header: list[str]
     lines: list[tuple[str, int]]  # (video, 1-based frame number), in file order
+    numbers: list[int] = field(default_factory=list)  # each line's number in ``path``
+    path: Path | None = None
     warnings: list[str] = field(default_factory=list)  # what the file holds that a test example should not
 
     def videos(self) -> list[str]:
         return list(dict.fromkeys(v for v, _ in self.lines))
 
 
-def read_example(path: str | Path, classes=ABAW_CLASSES) -> Example:
+def read_example(path: str | Path, classes=ABAW_CLASSES, task: str = "expr") -> Example:
+    """The frames an example file lists (``task`` ``mtl``: the multi-task challenge's, header ``image,...``; else
+    ``image_location`` and ``classes``)."""
     path = Path(path)
     if not path.is_file():
         raise SubmissionError(f"{path}: example file not found")
@@ -52,10 +59,15 @@ def read_example(path: str | Path, classes=ABAW_CLASSES) -> Example:
     if not rows:
         raise SubmissionError(f"{path}:1: empty file")
     header = [h.strip() for h in rows[0]]
-    expected = ["image_location", *classes]
-    if header != expected:
-        raise SubmissionError(f"{path}:1: header {','.join(header)} is not {','.join(expected)}")
-    lines, first_seen, repeats = [], {}, []
+    if task == "mtl":
+        if header[:4] != list(MTL_HEADER[:4]) or header[4:] not in (["aus"], list(AU_NAMES)):
+            raise SubmissionError(f"{path}:1: header {','.join(header)} is not the multi-task challenge's "
+                                  f"{','.join(MTL_HEADER)} (or with the 12 unit names)")  # fmt: skip
+    else:
+        expected = ["image_location", *classes]
+        if header != expected:
+            raise SubmissionError(f"{path}:1: header {','.join(header)} is not {','.join(expected)}")
+    lines, numbers, first_seen, repeats = [], [], {}, []
     for n, row in enumerate(rows[1:], start=2):
         if not row or not row[0].strip():
             continue
@@ -63,18 +75,19 @@ def read_example(path: str | Path, classes=ABAW_CLASSES) -> Example:
         video, _, image = loc.rpartition("/")
         stem = image.rsplit(".", 1)[0]
         if not video or not stem.isdigit():
-            raise SubmissionError(f"{path}:{n}: image_location {loc!r} is not <video>/<nnnnn>.jpg")
+            raise SubmissionError(f"{path}:{n}: {header[0]} {loc!r} is not <video>/<nnnnn>.jpg")
         if int(stem) < 1:
-            raise SubmissionError(f"{path}:{n}: image_location {loc!r} names frame 0: the challenge numbers a "
+            raise SubmissionError(f"{path}:{n}: {header[0]} {loc!r} names frame 0: the challenge numbers a "
                                   f"video's frames from 00001.jpg; is this file the challenge's example?")  # fmt: skip
         if (video, int(stem)) in first_seen:
             repeats.append(f"{path}:{n} repeats line {first_seen[video, int(stem)]} ({loc})")
         first_seen.setdefault((video, int(stem)), n)
         lines.append((video, int(stem)))
+        numbers.append(n)
     warnings = []
     if repeats:
         warnings.append(f"{len(repeats)} lines repeat an earlier one (each gets the same prediction): {repeats[0]}")
-    return Example(header, lines, warnings)
+    return Example(header, lines, numbers, path, warnings)
 
 
 def frame_values(run_dir, cache, videos: list[str], task: str, device="auto", overrides=None) -> dict[str, np.ndarray]:
@@ -112,18 +125,31 @@ def validation_thresholds(run_dir, cache, device="auto", overrides=None) -> np.n
     return tune_au_thresholds(np.concatenate([values[n] for n in names]), targets)
 
 
-def example_store(cfg, videos: list[str]):
-    """(the run's store, the indices of ``videos`` in it); every video must be there."""
+def example_store(cfg, videos: list[str], example: Example | None = None):
+    """(the run's store, the indices of ``videos`` in it); every video must be there, and with ``example`` (the
+    multi-task challenge's, whose images are crops the store holds) every image's frame."""
     store = open_store(cfg)
     if list(store.classes) != list(cfg.data.classes):
         raise SubmissionError(f"{store.path}: classes {store.classes} differ from the run's {list(cfg.data.classes)}")
     missing = [v for v in videos if v not in store.names]
+    if missing and example is not None:
+        video, frame = next(line for line in example.lines if line[0] == missing[0])
+        n = example.numbers[example.lines.index((video, frame))]
+        raise SubmissionError(f"{example.path}:{n}: {video}/{frame:05d}.jpg is not in {store.path} (no video "
+                              f"{video}; {len(missing)} of the example's are missing). Prepare them with `expr prepare "
+                              f"affwild2 ... --test-names {example.path} --out {store.path}`")  # fmt: skip
     if missing:
         raise SubmissionError(
             f"{len(missing)} videos of the example are not in {store.path}: {', '.join(missing[:8])}. Prepare them "
             f"with `expr prepare ... --test-names FILE --out {store.path}`"
         )
     index = np.array([store.names.index(v) for v in videos], np.int64)
+    if example is not None:
+        frames = dict(zip(store.names, store.num_frames.tolist(), strict=True))
+        for (video, frame), n in zip(example.lines, example.numbers, strict=True):
+            if frame > frames[video]:
+                raise SubmissionError(f"{example.path}:{n}: {video}/{frame:05d}.jpg is not in {store.path}: {video} "
+                                      f"has {frames[video]} frames there")  # fmt: skip
     trained = [store.names[i] for i in index if store.splits[i] in ("train", "validation")]
     if trained:
         print(f"warning: {len(trained)} videos of the example are in the train or validation split of {store.path}, "
@@ -153,6 +179,32 @@ def frame_probs(
     return {v: decision.video(p) for v, p in task_outputs(run, videos, "expr", device).items()}
 
 
+def mtl_frames(run_dir, cache, example: Example, au_thresholds: str = "fixed", device="auto", overrides=None):
+    """Per video of ``example``, every decoded frame's multi-task line values [frames, 15]: valence, arousal (as
+    :func:`frame_values`), the expression label (as :func:`frame_labels`: the run's decision) and the 12 units (0/1
+    at 0.5, or at ``validation`` thresholds), from one pass of the run's head. An example image the store does not
+    hold (its video missing, or a frame past the video's end) is refused naming the first."""
+    run = Run.open(run_dir, legacy_overrides(overrides, cache))
+    missing = [t for t in MTL_TASKS if t not in run.tasks]
+    if missing:
+        raise SubmissionError(f"{run.path}: the run trained {', '.join(run.tasks)}, not {', '.join(missing)}; --task "
+                              f"mtl needs a run of the three (--train.tasks expr,va,au)")  # fmt: skip
+    decision = run.decision  # its errors before the work
+    videos = example.videos()
+    store = example_store(run.cfg, videos, example)[0]
+    outputs = run.outputs(videos, store=lambda r: store if r is run else example_store(r.cfg, videos)[0], device=device)
+    cfg = run.cfg
+    thresholds = np.full(len(AU_NAMES), 0.5)
+    if au_thresholds == "validation":
+        thresholds = validation_thresholds(run_dir, cache, device, overrides)
+    out = {}
+    for v, o in outputs.items():
+        va = smooth(o["va"], cfg.eval.va_smoothing, cfg.eval.va_smoothing_width)
+        expression = decision.video(o["expr"]).argmax(1)
+        out[v] = np.concatenate([va, expression[:, None], (o["au"] >= thresholds).astype(np.float64)], 1)
+    return out
+
+
 def write_submission(example: Example, labels: dict[str, np.ndarray], out: str | Path, fmt: str = "csv",
                      task: str = "expr") -> Path:  # fmt: skip
     """The submission of per-video frame ``labels`` (EXPR: [frames] labels; VA: [frames, 2] values; AU: [frames,
@@ -165,7 +217,11 @@ def write_submission(example: Example, labels: dict[str, np.ndarray], out: str |
             for video, frame in example.lines:
                 lab = labels[video]
                 value = lab[min(frame - 1, len(lab) - 1)] if len(lab) else np.zeros(width if task != "expr" else ())
-                if task == "va":
+                if task == "mtl" and not len(lab):
+                    value = np.zeros(MTL_FIELDS - 1)
+                if task == "mtl":
+                    text = ",".join([*(f"{float(x):.4f}" for x in value[:2]), *(str(int(x)) for x in value[2:])])
+                elif task == "va":
                     text = ",".join(f"{float(x):.4f}" for x in value)
                 elif task == "au":
                     text = ",".join(str(int(x)) for x in value)
@@ -195,6 +251,23 @@ def validate_submission(path: str | Path, example: Example, fmt: str = "csv", ta
         if not text.strip().lstrip("-").isdigit() or not 0 <= int(text) < num_classes:
             problems.append(f"{where}: label {text!r} is not an integer in 0..{num_classes - 1}")
 
+    def check_mtl(values: list[str], where: str) -> None:
+        check_va(values[:2], where)
+        if not values[2].strip().isdigit() or not 0 <= int(values[2]) < len(ABAW_CLASSES):
+            problems.append(f"{where}: expression {values[2]!r} is not an integer in 0..{len(ABAW_CLASSES) - 1}")
+        for name, text in zip(AU_NAMES, values[3:], strict=True):
+            if text.strip() not in ("0", "1"):
+                problems.append(f"{where}: {name} {text!r} is not 0 or 1")
+
+    def check_va(values: list[str], where: str) -> None:
+        for name, text in zip(("valence", "arousal"), values, strict=True):
+            try:
+                x = float(text)
+            except ValueError:
+                x = float("nan")
+            if not -1.0 <= x <= 1.0:
+                problems.append(f"{where}: {name} {text!r} is not a number in [-1, 1]")
+
     def check_values(values: list[str], where: str) -> None:
         for name, text in zip(example.header[1:], values, strict=True):
             try:
@@ -218,10 +291,13 @@ def validate_submission(path: str | Path, example: Example, fmt: str = "csv", ta
             want = f"{video}/{frame:05d}.jpg"
             if not row or row[0] != want:
                 problems.append(f"{path}:{n}: {row[0] if row else ''!r} where the example has {want!r}")
-            fields = 2 if task == "expr" else len(example.header)
+            fields = {"expr": 2, "mtl": MTL_FIELDS}.get(task, len(example.header))
             if len(row) != fields:
-                names = "image_location,label" if task == "expr" else ",".join(example.header)
-                problems.append(f"{path}:{n}: expected {fields} fields ({names}), got {len(row)}")
+                names = {"expr": "image_location,label", "mtl": "image,valence,arousal,expression and 12 units"}
+                problems.append(f"{path}:{n}: expected {fields} fields ({names.get(task, ','.join(example.header))}), "
+                                f"got {len(row)}")  # fmt: skip
+            elif task == "mtl":
+                check_mtl(row[1:], f"{path}:{n}")
             elif task == "expr":
                 check_label(row[1], f"{path}:{n}")
             else:
