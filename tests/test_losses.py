@@ -170,3 +170,43 @@ def _inputs():
     g = torch.Generator().manual_seed(3)
     return (torch.randn(2, 5, 4, generator=g), torch.ones(2, 5, dtype=torch.bool), torch.randn(2, 7, 4, generator=g),
             torch.ones(2, 7, dtype=torch.bool))  # fmt: skip
+
+
+def test_uncertainty_weighting_weighs_a_task_with_noisier_targets_less():
+    """Kendall et al.'s learned weights, trained on a small head: with valence-arousal targets that are pure noise
+    (drawn anew every step) the learned VA weight ends well below its weight when the targets follow the input, while
+    the other tasks' weights stay put; with fixed balancing nothing is learned."""
+    from expr.config import build_config
+    from expr.models.fusion import FusionHead
+    from expr.training.criterion import Criterion
+
+    def learned(noisy: bool, balance: str = "uncertainty") -> dict[str, float]:
+        torch.manual_seed(0)
+        cfg = build_config({"train.tasks": ["expr", "va", "au"], "loss.task_balance": balance, "model.dim": 16,
+                            "model.heads": 2, "model.tcn_blocks": 1, "model.visual_dim": 12, "model.audio_dim": 4,
+                            "model.text_dim": 8, "model.mlp_hidden": [16]})  # fmt: skip
+        model = FusionHead(cfg.model, 8, cfg.train.tasks, balance == "uncertainty")
+        criterion = Criterion(cfg, torch.nn.functional.normalize(torch.randn(8, 8), dim=-1), torch.ones(8),
+                              torch.ones(12))  # fmt: skip
+        g = torch.Generator().manual_seed(1)
+        visual = torch.randn(64, 4, 12, generator=g)
+        batch = {"label": visual[:, 0, :8].argmax(1), "visual_mask": torch.ones(64, 4, dtype=torch.bool),
+                 "au": (visual[:, 0] > 0).long()}  # fmt: skip
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for _ in range(150):
+            batch["va"] = torch.rand(64, 2, generator=g) * 2 - 1 if noisy else torch.tanh(visual[:, 0, 8:10])
+            out = model(visual, torch.ones(64, 4), torch.zeros(64, 2, 4), torch.ones(64, 2))
+            losses = criterion(out, batch)
+            optimizer.zero_grad()
+            losses["loss"].backward()
+            optimizer.step()
+        if balance == "fixed":
+            assert not any(k.startswith("weight_") for k in losses) and model.task_log_vars is None
+            return {}
+        return {t: float(losses[f"weight_{t}"]) for t in ("expr", "va", "au")}
+
+    clean, noisy = learned(False), learned(True)
+    assert noisy["va"] < 0.6 * clean["va"], (clean, noisy)
+    for task in ("expr", "au"):
+        assert noisy[task] == pytest.approx(clean[task], rel=0.3), (task, clean, noisy)
+    learned(True, "fixed")

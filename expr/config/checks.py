@@ -114,6 +114,11 @@ def validate(cfg: Config) -> None:
             "needs one weight per task of train.tasks",
         ),  # fmt: skip
         (all(w >= 0 for w in cfg.loss.task_weights), "loss.task_weights", "must be 0 or more"),
+        (
+            cfg.loss.task_balance == "fixed" or len(cfg.train.tasks) >= 2,
+            "loss.task_balance",
+            "uncertainty weighs several tasks against each other: train two or more (train.tasks)",
+        ),  # fmt: skip
         (cfg.finetune.last_n >= 1, "finetune.last_n", "must be at least 1"),
         (cfg.finetune.lora_rank >= 1, "finetune.lora_rank", "must be at least 1"),
         (0.0 <= cfg.finetune.lora_dropout < 1.0, "finetune.lora_dropout", "must be in [0, 1)"),

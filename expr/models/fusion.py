@@ -106,6 +106,8 @@ class FusionOutput:
     """[B, 2] valence and arousal in [-1, 1] (a head trained with the va task)."""
     au: torch.Tensor | None = None
     """[B, 12] action-unit logits (a head trained with the au task)."""
+    log_vars: torch.Tensor | None = None
+    """[tasks] learned log-variances of the tasks' losses (``loss.task_balance uncertainty``), in ``tasks`` order."""
 
     def scores(self, tasks=("expr",)) -> dict[str, torch.Tensor]:
         """What each of ``tasks`` predicts for the windows, float32: ``expr`` class probabilities [B, C], ``va``
@@ -124,7 +126,8 @@ class FusionHead(nn.Module):
     """Visual TCN + audio adapter + cross-attention fusion + masked mean pooling + MLP classifier; with ``tasks``
     ``va`` / ``au``, one more MLP of the classifier's shape per task on the same pooled representation."""
 
-    def __init__(self, cfg: ModelConfig, num_classes: int, tasks=("expr",)):
+    def __init__(self, cfg: ModelConfig, num_classes: int, tasks=("expr",), task_log_vars: bool = False):
+        """``task_log_vars``: learn a log-variance per task (Kendall et al. 2018's uncertainty weighting)."""
         super().__init__()
         self.cfg = cfg
         d = cfg.dim
@@ -142,6 +145,7 @@ class FusionHead(nn.Module):
         self.logit_scale = nn.Parameter(
             torch.full((1,), float(cfg.logit_scale_init)), requires_grad=cfg.learnable_logit_scale
         )
+        self.task_log_vars = nn.Parameter(torch.zeros(len(tasks))) if task_log_vars else None
 
     def _mlp(self, width: int, outputs: int) -> nn.Sequential:
         layers: list[nn.Module] = []
@@ -181,7 +185,9 @@ class FusionHead(nn.Module):
         scale = self.logit_scale.exp().clamp(max=100.0).squeeze(0)  # scalar
         va = torch.tanh(self.task_heads["va"](z)) if "va" in self.task_heads else None
         au = self.task_heads["au"](z) if "au" in self.task_heads else None
-        return FusionOutput(logits=logits, visual_embedding=embedding, logit_scale=scale, va=va, au=au)
+        log_vars = self.task_log_vars * 1.0 if self.task_log_vars is not None else None  # through forward, for DDP
+        return FusionOutput(logits=logits, visual_embedding=embedding, logit_scale=scale, va=va, au=au,
+                            log_vars=log_vars)  # fmt: skip
 
 
 def receptive_field(cfg: ModelConfig) -> int:

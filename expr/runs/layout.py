@@ -50,7 +50,7 @@ class RunError(RuntimeError):
 
 def build_head(cfg: Config, weights: Path) -> torch.nn.Module:
     """The head of ``cfg`` with the safetensors ``weights`` (eval mode, CPU)."""
-    model = FusionHead(cfg.model, cfg.num_classes, cfg.train.tasks)
+    model = FusionHead(cfg.model, cfg.num_classes, cfg.train.tasks, cfg.loss.task_balance == "uncertainty")
     try:
         state = load_file(str(weights))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error types for a cut or garbled file

@@ -12,6 +12,7 @@ from accelerate.logging import get_logger
 from expr.config import Config, ConfigError
 from expr.features.backbones import clip_tag, text_embeddings
 from expr.features.spec import EncoderSpec
+from expr.tasks import TASKS
 from expr.training.losses import au_loss, au_pos_weights, ccc_loss, class_weights, total_loss
 
 logger = get_logger("expr.training.criterion")  # main process only
@@ -93,6 +94,8 @@ class Criterion:
         self.text, self.class_weights, self.au_weights = text, weights, au_weights
         self.tasks = cfg.train.tasks
         self.task_weights = dict(zip(self.tasks, cfg.loss.task_weights or [1.0] * len(self.tasks), strict=True))
+        self.uncertainty = cfg.loss.task_balance == "uncertainty"
+        self.learned: dict[str, torch.Tensor] = {}  # uncertainty weighting: each task's last learned weight
 
     @classmethod
     def for_store(cls, store, cfg: Config) -> Criterion:
@@ -121,18 +124,33 @@ class Criterion:
             has_face=pick(batch["visual_mask"].any(1) & (not self.audio_only)),
         )
 
+    def weigh(self, task: str, loss: torch.Tensor, out, parts: dict[str, torch.Tensor], present=True) -> torch.Tensor:
+        """Task ``task``'s term of the total: ``loss.task_weights``' weight times its loss, or with uncertainty
+        weighting weight x (c exp(-s) loss + s / 2), s the head's learned log-variance of the task and c 1/2 for
+        values (a Gaussian likelihood), 1 for classes and units (Kendall et al. 2018). The learned weight c exp(-s)
+        is logged as ``weight_<task>``. A batch without the task's targets (``present`` False: its loss is a zero that
+        keeps the task's head in the graph) adds nothing, and leaves the log-variance alone."""
+        if not self.uncertainty or not present:
+            return self.task_weights[task] * loss
+        s = out.log_vars[self.tasks.index(task)].float()
+        c = 0.5 if TASKS[task].kind == "values" else 1.0
+        parts[f"weight_{task}"] = self.learned[task] = (c * torch.exp(-s)).detach()
+        return self.task_weights[task] * (c * torch.exp(-s) * loss + 0.5 * s)
+
     def __call__(self, out, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        if self.tasks == ("expr",):
+        if self.tasks == ("expr",) and not self.uncertainty:
             return self.expression(out, batch)
         parts: dict[str, torch.Tensor] = {}
         # Every parameter stays in the graph (DDP reduces all of them) when a batch lacks a task's targets: the
         # classifier, the contrastive projection and scale through zero terms, the task heads through their losses.
         total = (out.logits.sum() + out.visual_embedding.sum() + out.logit_scale.sum()) * 0.0
+        if out.log_vars is not None:  # a task without targets in this batch leaves its log-variance alone
+            total = total + out.log_vars.sum() * 0.0
         if "expr" in self.tasks:
             labelled = batch["label"] >= 0
             if labelled.any():
                 expr = self.expression(out, batch, None if labelled.all() else labelled)
-                total = total + self.task_weights["expr"] * expr.pop("loss")
+                total = total + self.weigh("expr", expr.pop("loss"), out, parts)
                 parts.update(expr)
         if "va" in self.tasks:
             target = batch["va"].to(out.va.device)
@@ -142,9 +160,10 @@ class Criterion:
             else:
                 va = ((out.va[valid].float() - target[valid]) ** 2).mean() if valid.any() else out.va.sum() * 0.0
             parts["loss_va"] = va
-            total = total + self.task_weights["va"] * va
+            total = total + self.weigh("va", va, out, parts, bool(valid.any()))
         if "au" in self.tasks:
-            au = au_loss(out.au, batch["au"].to(out.au.device), self.au_weights)
+            target = batch["au"].to(out.au.device)
+            au = au_loss(out.au, target, self.au_weights)
             parts["loss_au"] = au
-            total = total + self.task_weights["au"] * au
+            total = total + self.weigh("au", au, out, parts, bool((target >= 0).all(-1).any()))
         return {"loss": total, **parts}

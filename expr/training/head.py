@@ -90,7 +90,7 @@ class HeadUnit(TrainUnit):
 
     def _build_model(self) -> None:
         cfg, acc = self.cfg, self.accelerator
-        model = FusionHead(cfg.model, cfg.num_classes, cfg.train.tasks)
+        model = FusionHead(cfg.model, cfg.num_classes, cfg.train.tasks, cfg.loss.task_balance == "uncertainty")
         num_params = count_parameters(model)  # before prepare: ZeRO-3 partitions the module in place
         groups = None
         if self.encoders is not None and self.encoders.trains:  # tuned encoders train inside the prepared module
@@ -176,6 +176,8 @@ class HeadUnit(TrainUnit):
         metrics, self.last_frame_probs, self.last_task_frames = validation_metrics(
             self.store, self.data.val_set, index[order], probs, self.cfg, outputs
         )
+        if self.criterion.learned:  # uncertainty weighting: the weights learned so far
+            metrics["train/task_weights"] = {t: round(float(w), 4) for t, w in self.criterion.learned.items()}
         return metrics
 
     def save_best(self, epoch: int, metrics: dict[str, Any]) -> None:
