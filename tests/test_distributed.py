@@ -163,22 +163,33 @@ def test_expr_prepare_on_two_processes_equals_one(tmp_path, capsys):
     assert again.returncode == 0 and "up to date" in again.stdout + again.stderr
 
 
+MTL = ["--data.split_source", "mtl"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("tasks", ["va", "expr,va,au"])
-def test_two_processes_train_other_tasks(tmp_path, small_store, tasks):
+@pytest.mark.parametrize(
+    "tasks, extra, zero_stage",
+    [("va", [], None), ("expr,va,au", MTL + ["--loss.task_balance", "uncertainty"], None), ("expr,va,au", MTL, 2)],
+    ids=["va", "mtl-uncertainty-ddp", "mtl-zero2"],
+)
+def test_two_processes_train_other_tasks(tmp_path, small_store, tasks, extra, zero_stage):
     """Under DDP every parameter must receive a gradient on every rank: a VA-only run never uses the expression
-    classifier or the contrastive projection, and a multi-task batch may hold no expression label. The gathered
-    validation equals one process's `expr evaluate`."""
+    classifier or the contrastive projection, a multi-task batch may hold no expression label, and the learned task
+    weights sit outside every head. The gathered validation equals one process's `expr evaluate`; on the multi-task
+    split (DDP and DeepSpeed ZeRO-2), so does P_MTL."""
     from expr.runs.evaluate import evaluate_run
 
     run_dir = tmp_path / "run"
     launch2(SMALL + ["--train.log_with", "none", "--train.epochs", "1", "--train.tasks", tasks,
-                     "--train.output_dir", str(run_dir)])  # fmt: skip
+                     "--train.output_dir", str(run_dir), *extra], zero_stage)  # fmt: skip
     final = json.loads((run_dir / "final.json").read_text())
     assert final["num_processes"] == 2 and len(set(final["param_checksum_per_rank"])) == 1
     (row,) = history(run_dir)
     report = evaluate_run(run_dir, device="cpu", out_dir=run_dir / "eval-1proc")
     assert report["va"]["ccc"] == pytest.approx(row["val/ccc"], abs=1e-6)
+    if extra:
+        assert report["p_mtl"]["score"] == pytest.approx(row["val/p_mtl"], abs=1e-6)
+        assert ("train/task_weights" in row) == ("uncertainty" in extra)
 
 
 def test_loss_scale_reads_the_scaler_that_runs():
