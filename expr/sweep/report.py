@@ -32,14 +32,23 @@ def results_table(handle, study: Study) -> list[dict[str, Any]]:
         row.update(values)
         for cls, f1 in (t.user_attrs.get("per_class_f1") or {}).items():
             row[f"f1/{cls}"] = f1
+        for key, column in TASK_COLUMNS.items():  # each task's own metric (a multi-task study), where trained
+            if key in (t.user_attrs.get("task_scores") or {}):
+                row[column] = t.user_attrs["task_scores"][key]
+        if t.user_attrs.get("task_scores"):
+            row["steps"] = t.user_attrs.get("steps")
         row["best_epoch"] = t.user_attrs.get("best_epoch")
         row["run_dir"] = t.user_attrs.get("run_dir")
         rows.append(row)
     return rows
 
 
-OBJECTIVES = {"val/macro_f1": "macro-F1", "val/ccc": "CCC", "val/au_f1": "AU F1", "val/score": "sum of task scores"}
+OBJECTIVES = {"val/macro_f1": "macro-F1", "val/ccc": "CCC", "val/au_f1": "AU F1", "val/score": "sum of task scores",
+              "val/p_mtl": "P_MTL"}  # fmt: skip
 """How a report names each objective a study may optimise (a run's ``train.select``)."""
+TASK_COLUMNS = {"val/macro_f1": "task/macro_f1", "val/ccc": "task/ccc", "val/au_f1": "task/au_f1",
+                "val/p_mtl": "task/p_mtl"}  # fmt: skip
+"""Each task's score (and P_MTL) at a trial's best epoch, as ``results.csv`` names its column."""
 
 
 def objective_of(rows: list[dict[str, Any]]) -> str:
@@ -66,6 +75,12 @@ def summarise(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
         for c in classes:
             vals = [m[c] for m in members if m.get(c) is not None]
             per_class[c[3:]] = float(np.mean(vals)) if vals else None
+        tasks = {}
+        for column in TASK_COLUMNS.values():  # None: the setting does not train the task (or P_MTL's three)
+            vals = [m[column] for m in members if m.get(column) is not None]
+            tasks[column] = (
+                (float(np.mean(vals)), float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0) if vals else None
+            )
         out.append(
             {
                 "setting": dict(setting),
@@ -73,6 +88,8 @@ def summarise(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
                 "mean": float(f1.mean()),
                 "std": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
                 "per_class": per_class,
+                "tasks": tasks if any(m.get("steps") is not None for m in members) else {},
+                "steps": members[0].get("steps"),
             }
         )
     if study.type == "grid" or study.type == "posthoc":
@@ -103,7 +120,9 @@ def write_report(handle, study: Study, out: Path, paper: dict | None = None) -> 
         writer.writeheader()
         writer.writerows(rows)
     write_text(out / "report.md", report_markdown(study, summary, rows, handle, paper))
-    if summary:
+    if summary and any(s["tasks"] for s in summary):
+        task_chart(study, summary, out / f"{study.name}.png")
+    elif summary:
         bar_chart(study, summary, out / f"{study.name}.png", objective_of(rows))
     if study.type == "search" and sum(r["state"] == "complete" for r in rows) >= 2:
         optuna_plots(handle, out)
@@ -124,7 +143,10 @@ def report_markdown(study: Study, summary, rows, handle, paper: dict | None) -> 
     head = "| " + " | ".join(keys) + f" | {name} | n |" + (" paper |" if paper_col else "")
     head += "".join(f" {c} |" for c in classes)
     sep = "|---" * (len(keys) + 2 + int(paper_col) + len(classes)) + "|"
-    lines = [f"# Study `{study.name}`", "", study.description.strip(), "", head, sep]
+    lines = [f"# Study `{study.name}`", "", study.description.strip(), ""]
+    if any(s["tasks"] for s in summary):
+        lines += task_table(summary, keys, rows)
+    lines += [head, sep]
     for s in summary:
         vals = " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in s["setting"].values())
         f1 = f"{s['mean']:.4f} ± {s['std']:.4f}" if s["n"] > 1 else f"{s['mean']:.4f}"
@@ -150,6 +172,59 @@ def report_markdown(study: Study, summary, rows, handle, paper: dict | None) -> 
     if study.type == "posthoc" and len(runs) == 1:
         lines += ["", selection_paragraph(study, runs.pop())]
     return "\n".join(lines) + "\n"
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "—"
+    mean, std = value
+    return f"{mean:.4f} ± {std:.4f}" if std else f"{mean:.4f}"
+
+
+def task_table(summary, keys: list[str], rows) -> list[str]:
+    """The per-task table of a multi-task study: each setting's score on every task it trains, and P_MTL."""
+    lines = ["| " + " | ".join(keys) + " | macro-F1 (expressions) | CCC (valence-arousal) | AU F1 (units) | P_MTL | "
+             "steps | n |", "|---" * (len(keys) + 6) + "|"]  # fmt: skip
+    for s in summary:
+        vals = " | ".join(str(v) for v in s["setting"].values())
+        cells = " | ".join(_cell(s["tasks"].get(c)) for c in TASK_COLUMNS.values())
+        lines.append(f"| {vals} | {cells} | {s['steps']} | {s['n']} |")
+    return lines + [
+        "",
+        f"Each task on its own metric at the epoch the study's objective (`{objective_of(rows)}`) "
+        "chose; — where the setting does not train the task (P_MTL: all three). Steps: optimizer steps "
+        "to that epoch. The table below is the objective with the expressions' per-class F1.",
+        "",
+    ]
+
+
+def task_chart(study: Study, summary, path: Path) -> None:
+    """Grouped bars: each setting's score on each task (and P_MTL on its own panel)."""
+    plt = pyplot()
+    labels = [", ".join(str(v) for v in s["setting"].values()) for s in summary]
+    names = {"task/macro_f1": "macro-F1", "task/ccc": "CCC", "task/au_f1": "AU F1"}
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(4 + 1.4 * len(summary), 4), dpi=110,
+                                  gridspec_kw={"width_ratios": [3, 1.4]})  # fmt: skip
+    width = 0.8 / len(names)
+    for j, (column, name) in enumerate(names.items()):
+        have = [(i, s["tasks"][column]) for i, s in enumerate(summary) if s["tasks"].get(column)]
+        xs = [i + (j - 1) * width for i, _ in have]
+        means, stds = [v[0] for _, v in have], [v[1] for _, v in have]
+        ax.bar(xs, means, width, yerr=stds if any(stds) else None, capsize=3, label=name,
+               color=("#4C72B0", "#DD8452", "#55A868")[j])  # fmt: skip
+        for x, m in zip(xs, means, strict=True):
+            ax.text(x, m, f"{m:.2f}", ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(summary)), labels, rotation=20, ha="right")
+    ax.set_ylabel("validation score (frames)")
+    ax.set_title(f"study {study.name}: each task on its own metric")
+    ax.legend(fontsize=8)
+    p_mtl = [(i, s["tasks"]["task/p_mtl"]) for i, s in enumerate(summary) if s["tasks"].get("task/p_mtl")]
+    ax2.bar([labels[i] for i, _ in p_mtl], [v[0] for _, v in p_mtl], color="#8172B3")
+    for k, (_, v) in enumerate(p_mtl):
+        ax2.text(k, v[0], f"{v[0]:.3f}", ha="center", va="bottom", fontsize=8)
+    ax2.set_ylim(0, 3)
+    ax2.set_title("P_MTL (max 3)")
+    save_figure(fig, path)
 
 
 def bar_chart(study: Study, summary, path: Path, objective: str = "val/macro_f1") -> None:

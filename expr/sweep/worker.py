@@ -13,6 +13,7 @@ from expr.config import ConfigError, build_config, config_from_argv, selection_m
 from expr.sweep import optuna_api
 from expr.sweep.posthoc import posthoc_trial
 from expr.sweep.queue import finish, heartbeat, next_trial, start_worker, worker_id
+from expr.sweep.report import TASK_COLUMNS
 from expr.sweep.spec import Study, SweepError
 from expr.training.trainer import run
 
@@ -80,6 +81,8 @@ def train_trial(settings: dict[str, Any], resume: str | None, on_epoch_end) -> t
         "per_class_f1": best.get("val/per_class_f1"),
         "window_macro_f1": best.get("val/window_macro_f1"),
         "epochs_run": len(result["history"]),
+        "steps": best.get("step"),
+        "task_scores": {k: best[k] for k in TASK_COLUMNS if k in best},  # every trained task's, at that epoch
     }
     return result["best_score"], attrs
 
