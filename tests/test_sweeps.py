@@ -116,6 +116,32 @@ def test_a_study_optimises_the_score_of_the_task_its_runs_train(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_tasks_study_reports_each_task_on_its_own_metric_and_p_mtl(tmp_path):
+    """`--study tasks` on the demo's multi-task split: expr, expr+va, expr+au and the three, every run selected by
+    macro-F1; each row carries the scores of the tasks its run trained, at that epoch, and P_MTL (their exact sum)
+    only for the run of all three."""
+    import json
+
+    out = tmp_path / "out"
+    done = subprocess.run(RUN + ["--study", "tasks", "--out", str(out)] + TINY + ["--train.epochs", "1"],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["train.tasks"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert list(rows) == ["expr", "expr,va", "expr,au", "expr,va,au"]
+    for tasks, row in rows.items():
+        (m,) = [json.loads(line) for line in open(Path(row["run_dir"]) / "metrics.jsonl")]
+        assert row["objective"] == "val/macro_f1" and float(row["task/macro_f1"]) == pytest.approx(m["val/macro_f1"])
+        assert (row["task/ccc"] != "") == ("va" in tasks) and (row["task/au_f1"] != "") == ("au" in tasks)
+        assert (row["task/p_mtl"] != "") == (tasks == "expr,va,au")
+    three = rows["expr,va,au"]
+    terms = sum(float(three[k]) for k in ("task/macro_f1", "task/ccc", "task/au_f1"))
+    assert float(three["task/p_mtl"]) == pytest.approx(terms, abs=1e-9)
+    report = (out / "report.md").read_text()
+    assert "| train.tasks | macro-F1 (expressions) | CCC (valence-arousal) | AU F1 (units) | P_MTL |" in report
+    assert "| expr | " in report and " — | — | — |" in report and (out / "tasks.png").is_file()
+
+
+@pytest.mark.slow
 def test_a_killed_worker_is_continued_by_rerunning_the_same_command(tmp_path):
     out = tmp_path / "out"
     cmd = RUN + ["--study", str(study_yaml(tmp_path)), "--out", str(out), "--heartbeat", "1"] + TINY

@@ -153,7 +153,8 @@ def _train_windows(cfg):
 
     store: FrameStore = open_store(cfg)
     d = cfg.data
-    return load_or_build_windows(store, "train", d.window, d.stride, d.label_frame, random_offset=d.random_offset)
+    return load_or_build_windows(store, "train", d.window, d.stride, d.label_frame, random_offset=d.random_offset,
+                                 tasks=cfg.train.tasks, overlap=cfg.train.task_overlap)  # fmt: skip
 
 
 def test_training_budget_does_not_depend_on_the_window_length(small_store):

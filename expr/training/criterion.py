@@ -95,7 +95,6 @@ class Criterion:
         self.tasks = cfg.train.tasks
         self.task_weights = dict(zip(self.tasks, cfg.loss.task_weights or [1.0] * len(self.tasks), strict=True))
         self.uncertainty = cfg.loss.task_balance == "uncertainty"
-        self.learned: dict[str, torch.Tensor] = {}  # uncertainty weighting: each task's last learned weight
 
     @classmethod
     def for_store(cls, store, cfg: Config) -> Criterion:
@@ -134,8 +133,13 @@ class Criterion:
             return self.task_weights[task] * loss
         s = out.log_vars[self.tasks.index(task)].float()
         c = 0.5 if TASKS[task].kind == "values" else 1.0
-        parts[f"weight_{task}"] = self.learned[task] = (c * torch.exp(-s)).detach()
+        parts[f"weight_{task}"] = (c * torch.exp(-s)).detach()
         return self.task_weights[task] * (c * torch.exp(-s) * loss + 0.5 * s)
+
+    def learned_weights(self, log_vars: torch.Tensor) -> dict[str, float]:
+        """Uncertainty weighting: each task's learned weight c exp(-s) from the head's log-variances."""
+        return {t: float((0.5 if TASKS[t].kind == "values" else 1.0) * torch.exp(-s)) for t, s in
+                zip(self.tasks, log_vars, strict=True)}  # fmt: skip
 
     def __call__(self, out, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self.tasks == ("expr",) and not self.uncertainty:

@@ -96,6 +96,18 @@ def param_checksums(acc, model) -> list[float]:
     return gather_object([checksum])
 
 
+def whole_parameter(acc, param) -> torch.Tensor:
+    """A CPU copy of one parameter of the prepared model, whole on every rank (ZeRO-3 partitions gathered)."""
+    plugin = acc.state.deepspeed_plugin
+    gathered = contextlib.nullcontext()
+    if plugin is not None and plugin.zero_stage == 3:
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters([param])
+    with gathered:
+        return param.detach().float().cpu().clone()
+
+
 def loss_scale(acc, optimizer) -> float | None:
     """The current fp16 loss scale: accelerate's GradScaler (fp16 autocast) or DeepSpeed's dynamic scaler (its ZeRO
     optimizer's ``loss_scale``); None when no loss scaling runs (fp32, bf16)."""

@@ -22,6 +22,7 @@ from expr.models.online import OnlineModel
 from expr.scoring.outputs import mirrored, validation_metrics
 from expr.training.checkpoint import save_head
 from expr.training.criterion import Criterion
+from expr.training.distributed import whole_parameter
 from expr.training.loaders import build_run_data, split_record
 from expr.training.optim import param_groups
 from expr.training.rundir import TUNED_ENCODERS, write_best
@@ -176,8 +177,11 @@ class HeadUnit(TrainUnit):
         metrics, self.last_frame_probs, self.last_task_frames = validation_metrics(
             self.store, self.data.val_set, index[order], probs, self.cfg, outputs
         )
-        if self.criterion.learned:  # uncertainty weighting: the weights learned so far
-            metrics["train/task_weights"] = {t: round(float(w), 4) for t, w in self.criterion.learned.items()}
+        module = self.accelerator.unwrap_model(self.model)
+        log_vars = getattr(getattr(module, "head", module), "task_log_vars", None)  # a tuned OnlineModel's head
+        if log_vars is not None:  # uncertainty weighting: the weights learned so far
+            learned = self.criterion.learned_weights(whole_parameter(self.accelerator, log_vars))
+            metrics["train/task_weights"] = {t: round(w, 4) for t, w in learned.items()}
         return metrics
 
     def save_best(self, epoch: int, metrics: dict[str, Any]) -> None:
