@@ -210,3 +210,24 @@ def test_uncertainty_weighting_weighs_a_task_with_noisier_targets_less():
     for task in ("expr", "au"):
         assert noisy[task] == pytest.approx(clean[task], rel=0.3), (task, clean, noisy)
     learned(True, "fixed")
+
+
+def test_uncertainty_weighting_leaves_a_task_without_targets_alone():
+    """A batch whose windows have no valence-arousal target adds no VA term: the VA log-variance gets a zero gradient
+    (it stays in the graph for DDP) while the others move."""
+    from expr.config import build_config
+    from expr.models.fusion import FusionHead
+    from expr.training.criterion import Criterion
+
+    cfg = build_config({"train.tasks": ["expr", "va", "au"], "loss.task_balance": "uncertainty", "model.dim": 16,
+                        "model.heads": 2, "model.tcn_blocks": 1, "model.visual_dim": 12, "model.audio_dim": 4,
+                        "model.text_dim": 8, "model.mlp_hidden": [16]})  # fmt: skip
+    model = FusionHead(cfg.model, 8, cfg.train.tasks, True)
+    criterion = Criterion(cfg, torch.nn.functional.normalize(torch.randn(8, 8), dim=-1), torch.ones(8), torch.ones(12))
+    visual = torch.randn(8, 4, 12)
+    batch = {"label": torch.arange(8), "visual_mask": torch.ones(8, 4, dtype=torch.bool),
+             "va": torch.full((8, 2), float("nan")), "au": torch.randint(0, 2, (8, 12))}  # fmt: skip
+    losses = criterion(model(visual, torch.ones(8, 4), torch.zeros(8, 2, 4), torch.ones(8, 2)), batch)
+    losses["loss"].backward()
+    grad = model.task_log_vars.grad
+    assert grad[1] == 0 and grad[0] != 0 and grad[2] != 0 and "weight_va" not in losses
