@@ -130,12 +130,15 @@ def fold_runs(tmp_path_factory):
 
 
 def write_results(path, rows):
-    """A results.csv as `expr sweep` writes it (value and objective: the study's objective per trial)."""
+    """A results.csv as `expr sweep` writes it (value and objective: the study's objective per trial; each task's
+    score and the steps to the best epoch, which differ between the repeats of one setting)."""
     import csv
 
-    rows = [{**r, "value": r["macro_f1"], "objective": "val/macro_f1"} for r in rows]
+    rows = [{**r, "value": r["macro_f1"], "objective": "val/macro_f1", "task/macro_f1": r["macro_f1"],
+             "steps": 10 * (r["trial"] + 1)} for r in rows]  # fmt: skip
     path.mkdir(parents=True, exist_ok=True)
-    fields = ["trial", "state", "value", "objective", "macro_f1", "data.window", "data.fold", "run_dir"]
+    fields = ["trial", "state", "value", "objective", "macro_f1", "data.window", "data.fold", "task/macro_f1",
+              "steps", "run_dir"]  # fmt: skip
     with open(path / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

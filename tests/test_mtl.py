@@ -10,7 +10,7 @@ from test_prepare import affwild2_items, small_backbones
 
 from expr.data.mtl import MtlError, read_mtl_folder
 from expr.data.store import FrameStore
-from expr.extract import prepare
+from expr.extract import PrepareError, prepare
 from expr.tasks import AU_NAMES
 
 HEADER = "image,valence,arousal,expression,aus"
@@ -90,6 +90,12 @@ def test_multi_task_annotations_land_on_their_frames_with_one_split(mtl_tree, tm
         assert sorted(store.names[v] for v in store.videos_in("validation", task)) == ["mute"]
         assert sorted(store.names[v] for v in store.videos_in("train", task)) == ["a", "pair_left"]
     assert [store.names[v] for v in store.videos_in("test")] == ["t1"]  # the store's test video stays one
+    for item in items:  # the same tree without (or with another) multi-task annotation: refused, never mixed
+        item.mtl = None
+        (item.task_splits or {}).pop("mtl", None)
+    refused = r"3 of its videos are in the multi-task annotation differently .*first: a, multi-task split 'train'"
+    with pytest.raises(PrepareError, match=refused + r" in the store, 'none' in the tree"):
+        prepare(items, out, small_backbones(), classes, source=source, progress=False)
 
 
 @pytest.mark.parametrize(
@@ -119,6 +125,27 @@ def test_a_bad_multi_task_line_stops_before_extraction_naming_file_and_line(tmp_
     write_mtl(root, train, validation)
     with pytest.raises(MtlError, match=where):
         affwild2_items(root, test=False)
+
+
+def test_prepare_names_a_bad_multi_task_line_and_refuses_a_test_video_the_file_lists(tmp_path, capsys):
+    """Through the command: one `error:` line naming file:line (exit 2), before any extraction; a test video that
+    the multi-task file lists as training or validation is refused too."""
+    from mediatree import write_crops
+
+    from expr.cli.prepare import main
+
+    root = tmp_path / "aw"
+    write_crops(root / "cropped_aligned" / "a", [0, 1], size=8)
+    write_mtl(root, [mtl_line("a/00001.jpg", expr=9)], [])
+    args = ["affwild2", str(root), "--out", str(tmp_path / "out"), "--clip", "random", "--wav2vec2", "random"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "train_set.txt:2: expression 9 is outside -1..7" in err
+    assert not (tmp_path / "out").exists()
+    write_mtl(root, [mtl_line("a/00001.jpg")], [])
+    (tmp_path / "test.txt").write_text("a\n")
+    assert main(args + ["--test-names", str(tmp_path / "test.txt")]) == 2
+    assert "a is a test video and the multi-task annotation lists it as train" in capsys.readouterr().err
 
 
 def test_multi_task_reader_takes_the_published_names_and_the_test_release(tmp_path):
@@ -172,7 +199,9 @@ def test_p_mtl_is_the_sum_of_its_three_terms_on_the_multi_task_validation_frames
     assert store.split_tag == "mtl"
     videos = store.videos_in("validation")
     rows, out = done.window_outputs(store, "validation", videos, "cpu")
-    labels = store.labels[rows]
+    raw = FrameStore(store.path)  # the multi-task columns as written, not the arrays training read
+    assert sorted(videos) == sorted(np.flatnonzero(raw.mtl_splits == "validation"))
+    labels = raw.mtl["expr"][rows]
     known = labels >= 0
     assert 0 < known.sum() < len(rows)  # labels sit on the listed frames only
     f1 = f1_score(labels[known], out["expr"][known].argmax(1), labels=range(8), average="macro", zero_division=0)
@@ -181,11 +210,11 @@ def test_p_mtl_is_the_sum_of_its_three_terms_on_the_multi_task_validation_frames
     def ccc(x, y):
         return 2 * np.cov(x, y, bias=True)[0, 1] / (x.var() + y.var() + (x.mean() - y.mean()) ** 2)
 
-    target = store.task_labels["va"][rows]
+    target = raw.mtl["va"][rows]
     ok = ~np.isnan(target).any(1)
     va = out["va"][ok]
     assert m["val/ccc"] == pytest.approx(np.mean([ccc(va[:, k], target[ok, k]) for k in range(2)]), abs=1e-5)
-    target = store.task_labels["au"][rows]
+    target = raw.mtl["au"][rows]
     ok = (target >= 0).all(1)
     f1s = [f1_score(target[ok, k], out["au"][ok, k] >= 0.5, zero_division=0) for k in range(12)]
     assert m["val/au_f1"] == pytest.approx(np.mean(f1s), abs=1e-9)
@@ -198,11 +227,12 @@ def test_p_mtl_is_the_sum_of_its_three_terms_on_the_multi_task_validation_frames
 
 
 def test_mtl_submission_writes_each_example_image_its_three_tasks_and_refuses_what_the_store_lacks(
-    mtl_run, small_run, tmp_path
+    mtl_run, small_run, tmp_path, capsys
 ):
     """One line per example image in its order under the example's header: the frame's valence and arousal, its
-    expression label and its units at 0.5, equal to the run's own frame outputs; an image of a video the store lacks,
-    or past its video's end, is refused naming the example's line; a run without the three tasks is refused."""
+    expression label after the run's decision (here with mean smoothing) and its units at 0.5, each from the run's
+    own frame outputs (VA smoothed as eval.va_smoothing says); an image of a video the store lacks is refused naming
+    the example's line, one past its video's end is named in a warning; a run without the three tasks is refused."""
     from expr.cli.submit import main as submit
     from expr.data.source import open_store
     from expr.runs.run import Run
@@ -215,17 +245,29 @@ def test_mtl_submission_writes_each_example_image_its_three_tasks_and_refuses_wh
     example = tmp_path / "MTL_Challenge_test_set_release.txt"
     example.write_text("image,valence,arousal,expression,aus\n" + "".join(f"{v}/{f:05d}.jpg\n" for v, f in images))
     out = tmp_path / "predictions.txt"
-    assert submit([str(mtl_run), "--task", "mtl", "--example", str(example), "--out", str(out), "--device", "cpu"]) == 0
+    smoothing = {"eval.smoothing": "mean", "eval.smoothing_width": 9, "eval.va_smoothing": "mean",
+                 "eval.va_smoothing_width": 5}  # fmt: skip
+    options = [x for k, v in smoothing.items() for x in (f"--{k}", str(v))]
+    assert submit([str(mtl_run), "--task", "mtl", "--example", str(example), "--out", str(out), "--device", "cpu",
+                   *options]) == 0  # fmt: skip
     lines = out.read_text().splitlines()
     assert lines[0] == "image,valence,arousal,expression,aus" and len(lines) == len(images) + 1
+    from expr.scoring.decision import smooth
+
+    smoothed = Run.open(mtl_run, smoothing)
     outputs = done.outputs(videos, device="cpu")
+    expected = {v: {"expr": smoothed.decision.video(o["expr"]).argmax(1), "va": smooth(o["va"], "mean", 5),
+                    "au": o["au"] >= 0.5} for v, o in outputs.items()}  # fmt: skip
+    assert any(
+        (e["expr"] != o["expr"].argmax(1)).any() for e, o in zip(expected.values(), outputs.values(), strict=True)
+    )
     for line, (v, f) in zip(lines[1:], images, strict=True):
         fields = line.split(",")
         assert fields[0] == f"{v}/{f:05d}.jpg" and len(fields) == 16
-        o = {t: x[f - 1] for t, x in outputs[v].items()}
-        np.testing.assert_allclose([float(x) for x in fields[1:3]], o["va"], atol=6e-5)
-        assert int(fields[3]) == int(o["expr"].argmax())
-        assert [int(x) for x in fields[4:]] == (o["au"] >= 0.5).astype(int).tolist()
+        e = {t: x[f - 1] for t, x in expected[v].items()}
+        np.testing.assert_allclose([float(x) for x in fields[1:3]], e["va"], atol=6e-5)
+        assert int(fields[3]) == int(e["expr"])
+        assert [int(x) for x in fields[4:]] == e["au"].astype(int).tolist()
     assert validate_submission(out, read_example(example, task="mtl"), task="mtl") == []
     bad = tmp_path / "bad.txt"
     bad.write_text(out.read_text().replace(lines[2], lines[2].rsplit(",", 13)[0] + ",9," + ",".join(["2"] * 12)))
@@ -243,7 +285,8 @@ def test_mtl_submission_writes_each_example_image_its_three_tasks_and_refuses_wh
 
     with pytest.raises(SubmissionError, match=r"missing.txt:3: zz_left/00007.jpg is not in .*--test-names"):
         mtl_frames(mtl_run, None, read_example(missing, task="mtl"), device="cpu")
-    with pytest.raises(SubmissionError, match=rf"past.txt:3: {videos[0]}/{n + 1:05d}.jpg is not in .* has {n} frames"):
-        mtl_frames(mtl_run, None, read_example(past, task="mtl"), device="cpu")
+    values, _ = mtl_frames(mtl_run, None, read_example(past, task="mtl"), device="cpu")  # as for the other tasks:
+    assert f"past.txt:3: {videos[0]}/{n + 1:05d}.jpg, {videos[0]} has {n}" in capsys.readouterr().err  # said, and
+    assert len(values[videos[0]]) == n  # the line takes the last frame's values (write_submission clamps)
     with pytest.raises(SubmissionError, match=r"trained expr, not va, au; --task mtl needs"):
         mtl_frames(small_run["run_dir"], None, read_example(example, task="mtl"), device="cpu")

@@ -17,6 +17,7 @@ from expr.cli.options import parse_options, positional
 from expr.config import Config, ConfigError, LossConfig, apply_dict
 from expr.data.affwild2 import AnnotationError, LayoutError
 from expr.data.folder import items_from_folder
+from expr.data.mtl import MtlError
 from expr.data.store import DEFAULT_AUDIO, DEFAULT_VISUAL, StoreError
 from expr.extract import PrepareError, items_from_affwild2, prepare
 from expr.extract.common import logger
@@ -197,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     except (
         AnnotationError,
+        MtlError,
         LayoutError,
         BackboneError,
         EncoderError,

@@ -97,18 +97,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = Run.open(args.run_dir, overrides).cfg
-        if args.task != "expr" and (args.smoothing or args.width or args.format != "csv"):
+        if args.task in ("va", "au") and (args.smoothing or args.width or args.format != "csv"):
             raise SubmissionError(f"--smoothing, --width and --format are the expression task's; --task {args.task} "
-                                  f"writes its values unsmoothed, as csv")  # fmt: skip
-        if args.task not in ("au", "mtl") and args.au_thresholds != "fixed":
-            raise SubmissionError(f"--au-thresholds is for --task au or mtl, not --task {args.task}")
+                                  f"writes its values as csv, without the expression decision")  # fmt: skip
         if args.task == "mtl" and args.format != "csv":
             raise SubmissionError("--format per-video is the expression task's older layout; --task mtl writes csv")
+        if args.task not in ("au", "mtl") and args.au_thresholds != "fixed":
+            raise SubmissionError(f"--au-thresholds is for --task au or mtl, not --task {args.task}")
         example = read_example(args.example, TASK_COLUMNS.get(args.task, cfg.data.classes), args.task)
         for warning in example.warnings:
             print(f"warning: {warning}", file=sys.stderr)
         if args.task == "mtl":
-            labels = mtl_frames(args.run_dir, args.cache, example, args.au_thresholds, args.device, overrides)
+            labels, thresholds = mtl_frames(args.run_dir, args.cache, example, args.au_thresholds, args.device,
+                                            overrides, args.smoothing, args.width)  # fmt: skip
+            if args.au_thresholds == "validation":
+                print("AU thresholds tuned on validation: "
+                      + ", ".join(f"{n} {t:.2f}" for n, t in zip(AU_NAMES, thresholds, strict=True)))  # fmt: skip
         elif args.task == "expr":
             labels = frame_labels(
                 args.run_dir, args.cache, example.videos(), args.smoothing, args.width, args.device, overrides

@@ -180,6 +180,14 @@ class Layout:
             per = {s: sum(t.split == s for t in listed) for s in ("train", "validation")}
             frames = sum(len(t.frames) for t in listed)
             annotated["multi-task"] = f"{per['train']} train + {per['validation']} validation tracks, {frames} frames"
+            by_video: dict[str, set[str]] = {}
+            for e in self.entries:
+                if e.mtl is not None:
+                    by_video.setdefault(video_name(e.name), set()).add(e.mtl.split)
+            shared = sorted(v for v, splits in by_video.items() if len(splits) > 1)
+            if shared:  # their tracks share the raw video's audio: a held-out track's sound would train the other
+                annotated["multi-task warning"] = (f"{len(shared)} raw videos have tracks in both splits (they share "
+                                                   f"the audio): {', '.join(shared[:5])}")  # fmt: skip
         lines = [
             f"annotations: {', '.join(str(d.relative_to(self.root)) for d in folders if d is not None)}",
             *[f"{t} annotations: {n}" for t, n in annotated.items()],
@@ -259,6 +267,10 @@ def discover(
             continue
         if name in entries and entries[name].annotation is not None:
             raise LayoutError(f"{name} is a test video and has an expression annotation ({entries[name].annotation})")
+        if name in entries and entries[name].mtl is not None:
+            track = entries[name].mtl
+            raise LayoutError(f"{name} is a test video and the multi-task annotation lists it as {track.split} "
+                              f"({track.source}:{track.lines[0]})")  # fmt: skip
         entry(name, "test").split = "test"  # the expression task's test video (it may be annotated for others)
     layout.entries = list(entries.values())
     if not layout.entries:

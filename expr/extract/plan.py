@@ -54,6 +54,8 @@ def plan_work(out: Path, items: Sequence[Item], backbones: Backbones, classes, m
             if name not in sets:
                 sets[name] = (info["modality"], parse_spec(recorded) if recorded else None)
     in_store = set(existing.names) if existing is not None else set()
+    if existing is not None:
+        _check_mtl_labels(out, existing, items)
     new_sets = [n for n in sets if existing is None or n not in existing.feature_sets]
     todo = []
     for item in items:
@@ -67,6 +69,25 @@ def plan_work(out: Path, items: Sequence[Item], backbones: Backbones, classes, m
         if needed and not _part_path(out, item.name).is_file():
             todo.append((item, needed))
     return Plan(sets, new_sets, todo, existing)
+
+
+def _check_mtl_labels(out: Path, existing: FrameStore, items: Sequence[Item]) -> None:
+    """A video already in the store keeps the labels it was written with: one whose multi-task split the tree now
+    gives differently (e.g. an MTL_Challenge folder added since) is refused, not silently left without them."""
+    stored = dict(zip(existing.names, existing.mtl_splits if existing.mtl_splits is not None else [""] * len(
+        existing.names), strict=True))  # fmt: skip
+    changed = []
+    for item in items:
+        now = (item.task_splits or {}).get("mtl", "")
+        if item.name in stored and str(stored[item.name]) != now:
+            changed.append((item.name, str(stored[item.name]), now))
+    if changed:
+        name, was, now = changed[0]
+        raise PrepareError(
+            f"{out}: {len(changed)} of its videos are in the multi-task annotation differently than when they were "
+            f"written (first: {name}, multi-task split '{was or 'none'}' in the store, '{now or 'none'}' in the tree): "
+            f"a store's labels are written with its videos; prepare the tree into a new --out"
+        )
 
 
 def _check_parts(out: Path, plan: Plan, classes, media: bool) -> None:

@@ -88,8 +88,9 @@ def study_selection(study: str | Path) -> dict[str, Any]:
     if not rows:
         raise EnsembleError(f"{table}: no complete trial with a run directory")
     # what is not a setting: each trial's outcome and identity, and the repeats (seeds, folds) of one setting
-    fixed = {"trial", "state", "value", "objective", "macro_f1", "best_epoch", "run_dir", "train.seed", "data.fold"}
-    keys = [k for k in rows[0] if k not in fixed and not k.startswith("f1/")]
+    fixed = {"trial", "state", "value", "objective", "macro_f1", "best_epoch", "run_dir", "train.seed", "data.fold",
+             "steps"}  # fmt: skip
+    keys = [k for k in rows[0] if k not in fixed and not k.startswith(("f1/", "task/"))]
     settings: dict[tuple, list[dict[str, str]]] = {}
     for r in rows:
         settings.setdefault(tuple(r[k] for k in keys), []).append(r)

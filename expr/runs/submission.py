@@ -60,9 +60,9 @@ def read_example(path: str | Path, classes=ABAW_CLASSES, task: str = "expr") -> 
         raise SubmissionError(f"{path}:1: empty file")
     header = [h.strip() for h in rows[0]]
     if task == "mtl":
-        if header[:4] != list(MTL_HEADER[:4]) or header[4:] not in (["aus"], list(AU_NAMES)):
+        if header[0].lower() != "image":
             raise SubmissionError(f"{path}:1: header {','.join(header)} is not the multi-task challenge's "
-                                  f"{','.join(MTL_HEADER)} (or with the 12 unit names)")  # fmt: skip
+                                  f"{','.join(MTL_HEADER)} (the submission repeats the example's header)")  # fmt: skip
     else:
         expected = ["image_location", *classes]
         if header != expected:
@@ -71,7 +71,7 @@ def read_example(path: str | Path, classes=ABAW_CLASSES, task: str = "expr") -> 
     for n, row in enumerate(rows[1:], start=2):
         if not row or not row[0].strip():
             continue
-        loc = row[0].strip()
+        loc = row[0].strip().replace("\\", "/")
         video, _, image = loc.rpartition("/")
         stem = image.rsplit(".", 1)[0]
         if not video or not stem.isdigit():
@@ -144,12 +144,15 @@ def example_store(cfg, videos: list[str], example: Example | None = None):
             f"with `expr prepare ... --test-names FILE --out {store.path}`"
         )
     index = np.array([store.names.index(v) for v in videos], np.int64)
-    if example is not None:
+    if example is not None:  # crops and decoded frames may differ by a few: such a frame takes the last one's values
         frames = dict(zip(store.names, store.num_frames.tolist(), strict=True))
-        for (video, frame), n in zip(example.lines, example.numbers, strict=True):
-            if frame > frames[video]:
-                raise SubmissionError(f"{example.path}:{n}: {video}/{frame:05d}.jpg is not in {store.path}: {video} "
-                                      f"has {frames[video]} frames there")  # fmt: skip
+        past = [(video, frame, n) for (video, frame), n in zip(example.lines, example.numbers, strict=True)
+                if frame > frames[video]]  # fmt: skip
+        if past:
+            video, frame, n = past[0]
+            print(f"warning: {len(past)} images of the example lie past their video's decoded frames in {store.path} "
+                  f"(first: {example.path}:{n}: {video}/{frame:05d}.jpg, {video} has {frames[video]}); each takes "
+                  f"its video's last frame's values", file=sys.stderr)  # fmt: skip
     trained = [store.names[i] for i in index if store.splits[i] in ("train", "validation")]
     if trained:
         print(f"warning: {len(trained)} videos of the example are in the train or validation split of {store.path}, "
@@ -179,12 +182,14 @@ def frame_probs(
     return {v: decision.video(p) for v, p in task_outputs(run, videos, "expr", device).items()}
 
 
-def mtl_frames(run_dir, cache, example: Example, au_thresholds: str = "fixed", device="auto", overrides=None):
-    """Per video of ``example``, every decoded frame's multi-task line values [frames, 15]: valence, arousal (as
-    :func:`frame_values`), the expression label (as :func:`frame_labels`: the run's decision) and the 12 units (0/1
-    at 0.5, or at ``validation`` thresholds), from one pass of the run's head. An example image the store does not
-    hold (its video missing, or a frame past the video's end) is refused naming the first."""
-    run = Run.open(run_dir, legacy_overrides(overrides, cache))
+def mtl_frames(run_dir, cache, example: Example, au_thresholds: str = "fixed", device="auto", overrides=None,
+               smoothing=None, width=None) -> tuple[dict[str, np.ndarray], np.ndarray]:  # fmt: skip
+    """(per video of ``example``, every decoded frame's multi-task line values [frames, 15]: valence, arousal (as
+    :func:`frame_values`), the expression label (as :func:`frame_labels`: the run's decision, ``smoothing`` /
+    ``width`` replacing its smoothing) and the 12 units (0/1 at 0.5, or at ``validation`` thresholds); the units'
+    thresholds), from one pass of the run's head. An example image of a video the store lacks is refused naming
+    its line."""
+    run = Run.open(run_dir, legacy_overrides(overrides, cache, smoothing=smoothing, width=width))
     missing = [t for t in MTL_TASKS if t not in run.tasks]
     if missing:
         raise SubmissionError(f"{run.path}: the run trained {', '.join(run.tasks)}, not {', '.join(missing)}; --task "
@@ -202,7 +207,7 @@ def mtl_frames(run_dir, cache, example: Example, au_thresholds: str = "fixed", d
         va = smooth(o["va"], cfg.eval.va_smoothing, cfg.eval.va_smoothing_width)
         expression = decision.video(o["expr"]).argmax(1)
         out[v] = np.concatenate([va, expression[:, None], (o["au"] >= thresholds).astype(np.float64)], 1)
-    return out
+    return out, thresholds
 
 
 def write_submission(example: Example, labels: dict[str, np.ndarray], out: str | Path, fmt: str = "csv",

@@ -88,8 +88,8 @@ def summarise(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
                 "mean": float(f1.mean()),
                 "std": float(f1.std(ddof=1)) if len(f1) > 1 else 0.0,
                 "per_class": per_class,
-                "tasks": tasks if any(m.get("steps") is not None for m in members) else {},
-                "steps": members[0].get("steps"),
+                "tasks": tasks,
+                "steps_per_epoch": _steps_per_epoch(members[0]),
             }
         )
     if study.type == "grid" or study.type == "posthoc":
@@ -98,6 +98,17 @@ def summarise(rows: list[dict[str, Any]], study: Study) -> list[dict[str, Any]]:
     else:
         out.sort(key=lambda s: -s["mean"])
     return out
+
+
+def _steps_per_epoch(row: dict[str, Any]) -> int | None:
+    """Optimizer steps per epoch of a trial's run (every epoch has as many): its steps to the best epoch over it."""
+    steps, epoch = row.get("steps"), row.get("best_epoch")
+    return int(steps) // int(epoch) if steps not in (None, "") and epoch not in (None, "", 0) else None
+
+
+def multi_task(summary) -> bool:
+    """Whether some setting of a study trains valence-arousal or the units (its report gets the per-task table)."""
+    return any(s["tasks"].get(c) for s in summary for c in ("task/ccc", "task/au_f1"))
 
 
 def _grid_order(study: Study) -> list[tuple]:
@@ -120,7 +131,7 @@ def write_report(handle, study: Study, out: Path, paper: dict | None = None) -> 
         writer.writeheader()
         writer.writerows(rows)
     write_text(out / "report.md", report_markdown(study, summary, rows, handle, paper))
-    if summary and any(s["tasks"] for s in summary):
+    if summary and multi_task(summary):
         task_chart(study, summary, out / f"{study.name}.png")
     elif summary:
         bar_chart(study, summary, out / f"{study.name}.png", objective_of(rows))
@@ -144,7 +155,7 @@ def report_markdown(study: Study, summary, rows, handle, paper: dict | None) -> 
     head += "".join(f" {c} |" for c in classes)
     sep = "|---" * (len(keys) + 2 + int(paper_col) + len(classes)) + "|"
     lines = [f"# Study `{study.name}`", "", study.description.strip(), ""]
-    if any(s["tasks"] for s in summary):
+    if multi_task(summary):
         lines += task_table(summary, keys, rows)
     lines += [head, sep]
     for s in summary:
@@ -184,7 +195,7 @@ def _cell(value) -> str:
 def task_table(summary, keys: list[str], rows) -> list[str]:
     """The per-task table of a multi-task study: each setting's score on every task it trains, and P_MTL."""
     lines = ["| " + " | ".join(keys) + " | macro-F1 (expressions) | CCC (valence-arousal) | AU F1 (units) | P_MTL | "
-             "steps | n |", "|---" * (len(keys) + 6) + "|"]  # fmt: skip
+             "steps / epoch | n |", "|---" * (len(keys) + 6) + "|"]  # fmt: skip
     for s in summary:
         vals = " | ".join(str(v) for v in s["setting"].values())
         cells = " | ".join(_cell(s["tasks"].get(c)) for c in TASK_COLUMNS.values())

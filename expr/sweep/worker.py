@@ -81,7 +81,7 @@ def train_trial(settings: dict[str, Any], resume: str | None, on_epoch_end) -> t
         "per_class_f1": best.get("val/per_class_f1"),
         "window_macro_f1": best.get("val/window_macro_f1"),
         "epochs_run": len(result["history"]),
-        "steps": best.get("step"),
+        "steps": best.get("step"),  # to the best epoch
         "task_scores": {k: best[k] for k in TASK_COLUMNS if k in best},  # every trained task's, at that epoch
     }
     return result["best_score"], attrs
