@@ -199,14 +199,12 @@ def task_table(summary, keys: list[str], rows) -> list[str]:
     for s in summary:
         vals = " | ".join(str(v) for v in s["setting"].values())
         cells = " | ".join(_cell(s["tasks"].get(c)) for c in TASK_COLUMNS.values())
-        lines.append(f"| {vals} | {cells} | {s['steps']} | {s['n']} |")
-    return lines + [
-        "",
-        f"Each task on its own metric at the epoch the study's objective (`{objective_of(rows)}`) "
-        "chose; — where the setting does not train the task (P_MTL: all three). Steps: optimizer steps "
-        "to that epoch. The table below is the objective with the expressions' per-class F1.",
-        "",
-    ]
+        lines.append(f"| {vals} | {cells} | {s['steps_per_epoch']} | {s['n']} |")
+    return lines + ["", f"Each task on its own metric at the epoch the study's objective (`{objective_of(rows)}`) "
+                    "chose (mean ± sample std over the repeats); — where the setting does not train the task (P_MTL: "
+                    "all three). Steps / epoch: the budget (a window trains when any trained task has a target at "
+                    "its label frame, so adding a task may add windows). The table below is the objective with the "
+                    "expressions' per-class F1.", ""]  # fmt: skip
 
 
 def task_chart(study: Study, summary, path: Path) -> None:
