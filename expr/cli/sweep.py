@@ -85,12 +85,12 @@ def main(argv: list[str] | None = None, results_root: Path | None = None, prog: 
     try:
         study = load_study(args.study)
         if FROM_STORE in study.params.values():
-            study = resolve_store_axes(study, open_store(build_config(overrides)))
+            study = resolve_store_axes(study, open_store(build_config({**study.overrides, **overrides})))
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         if args.folds == 1 or args.folds < 0:
             raise SweepError("--folds must be 0 (off) or at least 2")
         for fold in range(args.folds):  # before any trial: a tuned set must not validate on its training videos
-            open_store(build_config({**overrides, "data.folds": args.folds, "data.fold": fold}))
+            open_store(build_config({**study.overrides, **overrides, "data.folds": args.folds, "data.fold": fold}))
         out = Path(args.out) if args.out else (results_root or Path("sweeps") / "results") / study.name
         if args.report and args.storage is None and not (out / "study.db").is_file():
             raise SweepError(f"{out}: no study here yet (no study.db); run it without --report first, or give --out")
