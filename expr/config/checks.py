@@ -48,6 +48,41 @@ def _bounds(cfg: Config) -> list[tuple[bool, str, str]]:
     ]
 
 
+def _task_checks(cfg: Config) -> list[tuple[bool, str, str]]:
+    """The checks of the trained tasks, their weights, the metric that selects the best epoch and the split source."""
+    return [
+        (
+            len(cfg.train.tasks) > 0 and set(cfg.train.tasks) <= set(TASKS),
+            "train.tasks",
+            f"must name one or more of {', '.join(TASKS)}",
+        ),  # fmt: skip
+        (len(set(cfg.train.tasks)) == len(cfg.train.tasks), "train.tasks", "names a task twice"),
+        (
+            cfg.train.select in ("auto", "val/score", *(TASK_SCORES[t] for t in cfg.train.tasks if t in TASK_SCORES))
+            or (cfg.train.select == P_MTL and scores_p_mtl(cfg)),
+            "train.select",
+            f"must be auto, val/score or the score of a trained task ({cfg.train.tasks}); val/p_mtl needs "
+            f"data.split_source mtl and train.tasks expr,va,au",
+        ),  # fmt: skip
+        (
+            cfg.data.split_source == "tasks" or cfg.data.folds == 0,
+            "data.split_source",
+            "mtl is the challenge's own split: it cannot be re-split into folds (data.folds 0)",
+        ),  # fmt: skip
+        (
+            len(cfg.loss.task_weights) in (0, len(cfg.train.tasks)),
+            "loss.task_weights",
+            "needs one weight per task of train.tasks",
+        ),  # fmt: skip
+        (all(w >= 0 for w in cfg.loss.task_weights), "loss.task_weights", "must be 0 or more"),
+        (
+            cfg.loss.task_balance == "fixed" or len(cfg.train.tasks) >= 2,
+            "loss.task_balance",
+            "uncertainty weighs several tasks against each other: train two or more (train.tasks)",
+        ),  # fmt: skip
+    ]
+
+
 def validate(cfg: Config) -> None:
     """Sane bounds (``_bounds``, first: the other checks divide by some of them), then cross-field checks that a type
     alone cannot express."""
@@ -90,35 +125,7 @@ def validate(cfg: Config) -> None:
         (cfg.train.batch_size >= 1, "train.batch_size", "must be at least 1"),
         (cfg.train.grad_accum_steps >= 1, "train.grad_accum_steps", "must be at least 1"),
         (0.0 <= cfg.train.warmup_ratio < 1.0, "train.warmup_ratio", "must be in [0, 1)"),
-        (
-            len(cfg.train.tasks) > 0 and set(cfg.train.tasks) <= set(TASKS),
-            "train.tasks",
-            f"must name one or more of {', '.join(TASKS)}",
-        ),  # fmt: skip
-        (len(set(cfg.train.tasks)) == len(cfg.train.tasks), "train.tasks", "names a task twice"),
-        (
-            cfg.train.select in ("auto", "val/score", *(TASK_SCORES[t] for t in cfg.train.tasks if t in TASK_SCORES))
-            or (cfg.train.select == P_MTL and scores_p_mtl(cfg)),
-            "train.select",
-            f"must be auto, val/score or the score of a trained task ({cfg.train.tasks}); val/p_mtl needs "
-            f"data.split_source mtl and train.tasks expr,va,au",
-        ),  # fmt: skip
-        (
-            cfg.data.split_source == "tasks" or cfg.data.folds == 0,
-            "data.split_source",
-            "mtl is the challenge's own split: it cannot be re-split into folds (data.folds 0)",
-        ),  # fmt: skip
-        (
-            len(cfg.loss.task_weights) in (0, len(cfg.train.tasks)),
-            "loss.task_weights",
-            "needs one weight per task of train.tasks",
-        ),  # fmt: skip
-        (all(w >= 0 for w in cfg.loss.task_weights), "loss.task_weights", "must be 0 or more"),
-        (
-            cfg.loss.task_balance == "fixed" or len(cfg.train.tasks) >= 2,
-            "loss.task_balance",
-            "uncertainty weighs several tasks against each other: train two or more (train.tasks)",
-        ),  # fmt: skip
+        *_task_checks(cfg),
         (cfg.finetune.last_n >= 1, "finetune.last_n", "must be at least 1"),
         (cfg.finetune.lora_rank >= 1, "finetune.lora_rank", "must be at least 1"),
         (0.0 <= cfg.finetune.lora_dropout < 1.0, "finetune.lora_dropout", "must be in [0, 1)"),

@@ -141,14 +141,8 @@ def generate_videos(
             audio = 0.05 * rng.standard_normal((na, audio_dim))
             audio[voiced] += audio_proto[truth[frame_of_audio[voiced]]]
         va, au = other_tasks(np.random.default_rng([seed, i, 17]), truth)
-        # Like Aff-Wild2, the tasks split some videos differently: every fifth training video validates VA
-        # (train.task_overlap decides whether such videos train the other tasks).
-        tasks = {"va": "validation" if split == "train" and i % 5 == 1 else split} if i % 7 != 3 else {}
-        tasks |= {"au": split} if i % 9 != 4 else {}
-        mtl = None
-        if i % 8 != 6:  # the multi-task selection: listed frames only, one split for the three tasks
-            tasks["mtl"] = split
-            mtl = mtl_labels(np.random.default_rng([seed, i, 29]), labels, va, au)
+        tasks = task_splits(i, split)
+        mtl = mtl_labels(np.random.default_rng([seed, i, 29]), labels, va, au) if "mtl" in tasks else None
         videos.append(
             VideoRecord(
                 name=f"demo_{i:03d}",
@@ -165,6 +159,15 @@ def generate_videos(
             )  # fmt: skip
         )
     return videos
+
+
+def task_splits(i: int, split: str) -> dict[str, str]:
+    """Video ``i``'s split for each other annotation it has. Like Aff-Wild2, the tasks split some videos differently:
+    every fifth training video validates VA (train.task_overlap decides whether such videos train the other tasks);
+    every video but each eighth is in the multi-task selection, with its own split for the three tasks."""
+    tasks = {"va": "validation" if split == "train" and i % 5 == 1 else split} if i % 7 != 3 else {}
+    tasks |= {"au": split} if i % 9 != 4 else {}
+    return tasks | ({"mtl": split} if i % 8 != 6 else {})
 
 
 def other_tasks(rng: np.random.Generator, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

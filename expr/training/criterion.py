@@ -148,7 +148,7 @@ class Criterion:
         # Every parameter stays in the graph (DDP reduces all of them) when a batch lacks a task's targets: the
         # classifier, the contrastive projection and scale through zero terms, the task heads through their losses.
         total = (out.logits.sum() + out.visual_embedding.sum() + out.logit_scale.sum()) * 0.0
-        if out.log_vars is not None:  # a task without targets in this batch leaves its log-variance alone
+        if getattr(out, "log_vars", None) is not None:  # a task without targets here adds no gradient to its own
             total = total + out.log_vars.sum() * 0.0
         if "expr" in self.tasks:
             labelled = batch["label"] >= 0

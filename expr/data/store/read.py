@@ -69,15 +69,7 @@ class FrameStore(StoreChecks):
                 self.task_labels[task] = flat.astype(dtype).reshape(-1, width)
                 self.task_splits[task] = np.array(videos[f"split_{task}"])
         self.tasks = ["expr", *sorted(self.task_labels)]  # the tasks this store has labels for
-        self.mtl: dict[str, np.ndarray] = {}  # the multi-task challenge's labels ("expr", "va", "au"), if any
-        self.mtl_splits = np.array(videos["split_mtl"]) if "split_mtl" in videos else None  # "" = not in it
-        if self.mtl_splits is not None:
-            for task, (width, dtype, _) in MTL_LABELS.items():
-                column = frames.column(f"mtl_{task}").combine_chunks()
-                if width == 1:  # the expression: one class per frame, int64 like ``labels``
-                    self.mtl[task] = column.to_numpy(zero_copy_only=False).astype(np.int64)
-                else:
-                    self.mtl[task] = column.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(-1, width)
+        self.mtl_splits, self.mtl = _mtl_labels(frames, videos)  # the multi-task challenge's, if any
         self.names: list[str] = videos["name"]
         self.splits = np.array(videos["split"])
         self.fps = np.asarray(videos["fps"], np.float64)
@@ -257,6 +249,21 @@ class FrameStore(StoreChecks):
         """First audio frame (relative to the video's audio) and audio frame count of frame windows
         (:func:`audio_overlap` at each video's frame rate, ``audio_start`` and ``audio_rate``)."""
         return audio_overlap(start, length, self.fps[video], self.audio_start[video], self.audio_rate[video])
+
+
+def _mtl_labels(frames, videos) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+    """(each video's multi-task split, "" = not in it; the multi-task labels ``expr`` [N] int64, ``va``, ``au``), or
+    (None, {}) for a store without them."""
+    if "split_mtl" not in videos:
+        return None, {}
+    labels = {}
+    for task, (width, dtype, _) in MTL_LABELS.items():
+        column = frames.column(f"mtl_{task}").combine_chunks()
+        if width == 1:  # the expression: one class per frame, int64 like ``labels``
+            labels[task] = column.to_numpy(zero_copy_only=False).astype(np.int64)
+        else:
+            labels[task] = column.flatten().to_numpy(zero_copy_only=False).astype(dtype).reshape(-1, width)
+    return np.array(videos["split_mtl"]), labels
 
 
 def _format1_sets(path: Path, meta: dict[str, Any], frames, videos) -> tuple[dict, dict]:

@@ -70,14 +70,7 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
         small["video"].append(np.full(n, len(rows["name"]) - 1, np.int32))
         small["face"].append(np.asarray(v.face, bool))
         small["label"].append(np.asarray(v.labels, np.int16))
-        for task, (width, dtype, missing) in TASK_LABELS.items():
-            values = getattr(v, task)
-            if values is not None:
-                annotated.add(task)
-                if np.shape(values) != (n, width):
-                    raise StoreError(f"video '{v.name}': {task} labels of shape {np.shape(values)}, not ({n}, {width})")
-            small[task].append(np.full((n, width), missing, dtype) if values is None else np.asarray(values, dtype))
-            task_splits[task].append((v.task_splits or {}).get(task, ""))
+        _add_tasks(v, n, small, task_splits, annotated)
         _add_mtl(v, n, mtl, mtl_splits)
         if media:
             if len(v.jpeg) != n:
@@ -102,9 +95,7 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
         columns[task] = pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(small[task]).ravel()), width)
         rows[f"split_{task}"] = task_splits[task]
     if any(mtl_splits):  # the multi-task challenge's labels and split, when some video has them
-        for task, (width, _, _) in MTL_LABELS.items():
-            flat = pa.array(np.concatenate(mtl[task]).ravel())
-            columns[f"mtl_{task}"] = flat if width == 1 else pa.FixedSizeListArray.from_arrays(flat, width)
+        columns.update(_mtl_columns(mtl))
         rows["split_mtl"] = mtl_splits
     frames = pa.table(columns)
     out = _ArrowFile(tmp / "frames")
@@ -126,6 +117,19 @@ def _write_store_into(tmp: Path, videos, meta, path: Path) -> None:
     write_header(tmp, header)
 
 
+def _add_tasks(v: VideoRecord, n: int, small: dict[str, list[np.ndarray]], splits: dict[str, list[str]],
+               annotated: set[str]) -> None:  # fmt: skip
+    """Collect video ``v``'s VA / AU labels (unannotated without them) and their splits ("" without them)."""
+    for task, (width, dtype, missing) in TASK_LABELS.items():
+        values = getattr(v, task)
+        if values is not None:
+            annotated.add(task)
+            if np.shape(values) != (n, width):
+                raise StoreError(f"video '{v.name}': {task} labels of shape {np.shape(values)}, not ({n}, {width})")
+        small[task].append(np.full((n, width), missing, dtype) if values is None else np.asarray(values, dtype))
+        splits[task].append((v.task_splits or {}).get(task, ""))
+
+
 def _add_mtl(v: VideoRecord, n: int, mtl: dict[str, list[np.ndarray]], splits: list[str]) -> None:
     """Collect video ``v``'s multi-task labels (unannotated without them) and split ("" without them)."""
     split = (v.task_splits or {}).get("mtl", "") if v.mtl is not None else ""
@@ -138,6 +142,17 @@ def _add_mtl(v: VideoRecord, n: int, mtl: dict[str, list[np.ndarray]], splits: l
         if values is not None and np.shape(values) != shape:
             raise StoreError(f"video '{v.name}': multi-task {task} labels of shape {np.shape(values)}, not {shape}")
         mtl[task].append(np.full(shape, missing, dtype) if values is None else np.asarray(values, dtype))
+
+
+def _mtl_columns(mtl: dict[str, list[np.ndarray]]) -> dict[str, Any]:
+    """The frame columns ``mtl_<task>`` of the collected multi-task labels."""
+    import pyarrow as pa
+
+    columns = {}
+    for task, (width, _, _) in MTL_LABELS.items():
+        flat = pa.array(np.concatenate(mtl[task]).ravel())
+        columns[f"mtl_{task}"] = flat if width == 1 else pa.FixedSizeListArray.from_arrays(flat, width)
+    return columns
 
 
 class _SetWriter:
