@@ -78,9 +78,8 @@ class CrossAttention(nn.Module):
         # query: [B, Tq, D]; kv: [B, Tk, D]; kv_mask: [B, Tk], True = valid
         empty = ~kv_mask.any(dim=1)  # [B]
         # A row with no valid key would softmax over nothing (NaN). Let it attend to position 0 (zeroed by the
-        # caller) and drop its update below, so the result is LN(query).
-        padding = ~kv_mask
-        padding[:, 0] &= ~empty
+        # caller) and drop its update below, so the result is LN(query). Not in place, so ONNX exports it.
+        padding = torch.cat([~kv_mask[:, :1] & ~empty[:, None], ~kv_mask[:, 1:]], dim=1)
         update, _ = self.attn(query, kv, kv, key_padding_mask=padding, need_weights=False)  # [B, Tq, D]
         update = update.masked_fill(empty[:, None, None], 0.0)
         return self.norm(query + update)  # [B, Tq, D]
