@@ -26,9 +26,9 @@ unit, the threshold that maximises F1 on the run's AU validation videos), by the
 ``--data.split_source mtl``): the example is the multi-task challenge's test file, header
 ``image,valence,arousal,expression,aus`` (or with the 12 unit names) then ``<video>/<nnnnn>.jpg`` lines; each output
 line is the image then its valence and arousal (4 decimals), expression label (the run's decision, as above) and
-12 units (as ``--task au``), all from one pass of the head. An example image that the store does not hold (a video
-not prepared, a frame past its end) is refused naming its line; prepare the test videos with ``expr prepare
-affwild2 ROOT --test-names EXAMPLE``."""
+12 units (as ``--task au``), all from one pass of the head. An example image of a video the store does not hold is
+refused naming its line (prepare the test videos with ``expr prepare affwild2 ROOT --test-names EXAMPLE``); one past
+its video's decoded end is named in a warning and takes the last frame's values, as for the other tasks."""
 
 from __future__ import annotations
 

@@ -127,16 +127,20 @@ def _align_labels(item: Item, info, T: int, report: Report) -> tuple[np.ndarray,
     for task, (width, dtype, missing) in TASK_LABELS.items():
         values = getattr(item, task)
         if values is not None:  # aligned by frame index, like the expression labels
-            task_labels[task] = np.full((T, width), missing, dtype)
-            task_labels[task][: min(T, len(values))] = values[:T]
+            task_labels[task] = _by_frame(values, T, width, dtype, missing)
     if item.mtl is not None:  # the multi-task labels, by frame index too
         for task, (width, dtype, missing) in MTL_LABELS.items():
-            values = item.mtl[task]
-            task_labels[f"mtl_{task}"] = np.full((T, width) if width > 1 else T, missing, dtype)
-            task_labels[f"mtl_{task}"][: min(T, len(values))] = values[:T]
+            task_labels[f"mtl_{task}"] = _by_frame(item.mtl[task], T, width, dtype, missing)
         if len(item.mtl["expr"]) > T:  # its array ends at its last listed frame
             report.problems.append(f"multi-task frames past the video's {T} frames ignored")
     return labels, task_labels
+
+
+def _by_frame(values: np.ndarray, T: int, width: int, dtype, missing) -> np.ndarray:
+    """``values`` of frames 0, 1, ... as [T] (``width`` 1) or [T, width]: cut at T, unannotated past their end."""
+    out = np.full((T, width) if width > 1 else T, missing, dtype)
+    out[: min(T, len(values))] = values[:T]
+    return out
 
 
 def _read_crops(item: Item, T: int, frames: _Frames, visual: dict[str, Any], workers: int, report: Report) -> None:

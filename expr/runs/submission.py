@@ -215,15 +215,13 @@ def write_submission(example: Example, labels: dict[str, np.ndarray], out: str |
     """The submission of per-video frame ``labels`` (EXPR: [frames] labels; VA: [frames, 2] values; AU: [frames,
     12] 0/1) for every line of ``example``; a frame past a video's decoded end takes its last frame's."""
     out = Path(out)
-    width = len(example.header) - 1
+    width = MTL_FIELDS - 1 if task == "mtl" else len(example.header) - 1  # values after the image's name
     if fmt == "csv":
         with atomic_path(out) as tmp, open(tmp, "w", newline="") as f:
             f.write(",".join(example.header) + "\n")
             for video, frame in example.lines:
                 lab = labels[video]
                 value = lab[min(frame - 1, len(lab) - 1)] if len(lab) else np.zeros(width if task != "expr" else ())
-                if task == "mtl" and not len(lab):
-                    value = np.zeros(MTL_FIELDS - 1)
                 if task == "mtl":
                     text = ",".join([*(f"{float(x):.4f}" for x in value[:2]), *(str(int(x)) for x in value[2:])])
                 elif task == "va":
@@ -256,33 +254,22 @@ def validate_submission(path: str | Path, example: Example, fmt: str = "csv", ta
         if not text.strip().lstrip("-").isdigit() or not 0 <= int(text) < num_classes:
             problems.append(f"{where}: label {text!r} is not an integer in 0..{num_classes - 1}")
 
+    def check_values(values: list[str], names, where: str, kind: str) -> None:
+        for name, text in zip(names, values, strict=True):
+            try:
+                x = float(text)
+            except ValueError:
+                x = float("nan")
+            ok = -1.0 <= x <= 1.0 if kind == "va" else text.strip() in ("0", "1")
+            if not ok:
+                what = "a number in [-1, 1]" if kind == "va" else "0 or 1"
+                problems.append(f"{where}: {name} {text!r} is not {what}")
+
     def check_mtl(values: list[str], where: str) -> None:
-        check_va(values[:2], where)
+        check_values(values[:2], ("valence", "arousal"), where, "va")
         if not values[2].strip().isdigit() or not 0 <= int(values[2]) < len(ABAW_CLASSES):
             problems.append(f"{where}: expression {values[2]!r} is not an integer in 0..{len(ABAW_CLASSES) - 1}")
-        for name, text in zip(AU_NAMES, values[3:], strict=True):
-            if text.strip() not in ("0", "1"):
-                problems.append(f"{where}: {name} {text!r} is not 0 or 1")
-
-    def check_va(values: list[str], where: str) -> None:
-        for name, text in zip(("valence", "arousal"), values, strict=True):
-            try:
-                x = float(text)
-            except ValueError:
-                x = float("nan")
-            if not -1.0 <= x <= 1.0:
-                problems.append(f"{where}: {name} {text!r} is not a number in [-1, 1]")
-
-    def check_values(values: list[str], where: str) -> None:
-        for name, text in zip(example.header[1:], values, strict=True):
-            try:
-                x = float(text)
-            except ValueError:
-                x = float("nan")
-            ok = -1.0 <= x <= 1.0 if task == "va" else text.strip() in ("0", "1")
-            if not ok:
-                what = "a number in [-1, 1]" if task == "va" else "0 or 1"
-                problems.append(f"{where}: {name} {text!r} is not {what}")
+        check_values(values[3:], AU_NAMES, where, "au")
 
     if fmt == "csv":
         with open(path, newline="") as f:
@@ -306,7 +293,7 @@ def validate_submission(path: str | Path, example: Example, fmt: str = "csv", ta
             elif task == "expr":
                 check_label(row[1], f"{path}:{n}")
             else:
-                check_values(row[1:], f"{path}:{n}")
+                check_values(row[1:], example.header[1:], f"{path}:{n}", task)
             if len(problems) > 20:
                 break
         return problems
