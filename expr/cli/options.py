@@ -26,7 +26,7 @@ import types
 import typing
 from typing import Any, Literal
 
-from expr.config import ConfigError, docstrings, split_overrides
+from expr.config import ConfigError, all_keys, docstrings, split_overrides
 
 
 def positional(**kwargs: Any) -> Any:
@@ -129,10 +129,12 @@ def parse_options(
         rest, dotted = split_overrides(argv)
     except ConfigError as e:
         parser.error(str(e))
-    for key in [k for k in dotted if k.startswith(section + ".")]:
+    config = set(all_keys()) if config_keys else set()  # a config section may share the command's name
+    for key in [k for k in dotted if k.startswith(section + ".") and k not in config]:
         name, value = key[len(section) + 1 :], str(dotted.pop(key))
         if name not in named:
-            close = difflib.get_close_matches(name, sorted(named), n=1)
+            own = sorted(named) + [k[len(section) + 1 :] for k in sorted(config) if k.startswith(section + ".")]
+            close = difflib.get_close_matches(name, own, n=1)
             hint = f" Did you mean --{section}.{close[0]}?" if close else ""
             parser.error(f"unknown option '--{key}': {section} has no option '{name}' given by name.{hint}")
         if name in flags and value.lower() not in ("true", "false"):

@@ -34,7 +34,7 @@ from expr.runs.layout import (
     RunError,
     run_options_help,
 )
-from expr.video.predict import PredictError, find_videos, logger, predict_videos
+from expr.video.predict import REALTIME, PredictError, find_videos, logger, predict_videos
 
 
 @dataclass(kw_only=True)
@@ -64,6 +64,9 @@ class PredictOptions:
     """also write <video>_annotated.mp4: each frame with its face boxes, labels and probabilities, the audio kept"""
     batch: int = 16
     """frames per face-detector batch (more keeps a GPU busier)"""
+    realtime: bool = False
+    """faster than real time on a laptop CPU: --predict.fps 8 --predict.detect_every 3 --predict.detect_scale 0.5
+    (image encodings per second, detection on every 3rd frame at half size); each of them can be set on its own"""
     no_progress: bool = False
     """no progress bar"""
 
@@ -84,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if args.realtime:
+        overrides = {**REALTIME, **overrides}
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)

@@ -133,6 +133,14 @@ def validate(cfg: Config) -> None:
         (cfg.finetune.lr is None or cfg.finetune.lr > 0, "finetune.lr", "must be positive"),
         (cfg.finetune.frames_per_epoch >= 0, "finetune.frames_per_epoch", "must be 0 (all) or more"),
         (cfg.finetune.val_frames >= 0, "finetune.val_frames", "must be 0 (all) or more"),
+        (cfg.predict.fps >= 0, "predict.fps", "must be 0 (every frame) or more"),
+        (
+            not cfg.predict.fps or cfg.data.mode == "cached",
+            "predict.fps",
+            "is for cached features: online mode encodes each window's crops as it reads them",
+        ),
+        (cfg.predict.detect_every >= 1, "predict.detect_every", "must be at least 1"),
+        (0.0 < cfg.predict.detect_scale <= 1.0, "predict.detect_scale", "must be in (0, 1]"),
     ]
     for ok, key, msg in checks:
         if not ok:

@@ -302,3 +302,19 @@ class EvalConfig:
     """Online mode: test-time views. Every window is also predicted on its horizontally mirrored face crops and the
     two probabilities averaged (validation, ``evaluate``, ``submit``, ``predict``). Cached mode: extract with an
     encoder spec's ``flip=1`` instead."""
+
+
+@dataclass
+class PredictConfig:
+    fps: float = 0.0
+    """Image encodings per second of video (``expr predict``'s largest cost on a CPU): 0 = every frame. The frames
+    between take features interpolated from the encoded ones on either side (:mod:`expr.data.subset`) and the head
+    still sees every frame. Every command that reads a store applies it too (``expr evaluate RUN --predict.fps 8``
+    measures what it costs on labelled data). Cached features only."""
+    detect_every: int = 1
+    """``expr predict``: the face detector runs on every n-th frame (and the last); the faces of the frames between
+    are interpolated along each track (boxes and landmarks), and a frame between two detections that do not link
+    into one track has no face."""
+    detect_scale: float = 1.0
+    """``expr predict``: the detector sees each frame downscaled by this factor (0.5: half its width and height);
+    boxes and landmarks are scaled back and the crops cut from the full frame."""

@@ -19,6 +19,7 @@ from expr.config.sections import (
     FinetuneConfig,
     LossConfig,
     ModelConfig,
+    PredictConfig,
     TrainConfig,
 )
 from expr.config.values import _fields, _to_plain, _type_name, apply_dict, docstrings, dotted_keys, load_yaml
@@ -33,6 +34,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str) -> Config:

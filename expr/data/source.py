@@ -11,13 +11,15 @@ from expr.data.store import FrameStore, StoreError
 def open_store(cfg: Config, cache: str | None = None):
     """The feature store of ``cfg`` (``cache`` overrides ``data.cache``; the demo data when neither is set) with the
     feature sets ``data.visual`` / ``data.audio``, on the multi-task split (``data.split_source mtl``), re-split for
-    cross-validation when ``data.folds`` is set."""
+    cross-validation when ``data.folds`` is set, its image features as encoded at ``predict.fps``."""
     path = cache or cfg.data.cache or ensure_demo_store(cfg.data.demo_videos, seed=0)
     store = FrameStore(path, cfg.data.in_memory, cfg.data.visual, cfg.data.audio)
     if cfg.data.split_source == "mtl":
         store.use_mtl_split()
     if cfg.data.folds:
         store.use_folds(cfg.data.folds, cfg.data.fold)
+    if cfg.predict.fps:
+        store.encode_at(cfg.predict.fps)
     check_tuned_sets(store, cfg)
     return store
 

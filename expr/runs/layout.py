@@ -29,7 +29,8 @@ from expr.training.rundir import TUNED_ENCODERS  # noqa: F401  (read beside a ru
 
 EXPORT_FORMAT = 1
 # What a command reading a finished run (evaluate, submit, predict) may change in the run's config: where its data is
-# and how window predictions become frame labels. Every other key shaped the trained head or its training.
+# and how window predictions become frame labels, and which frames are detected and encoded (predict.*, the speed
+# choices of live prediction). Every other key shaped the trained head or its training.
 RUN_OVERRIDES = (
     "data.cache",
     "data.eval_stride",
@@ -41,6 +42,9 @@ RUN_OVERRIDES = (
     "eval.va_smoothing_width",
     "eval.calibrate",
     "eval.flip",
+    "predict.fps",
+    "predict.detect_every",
+    "predict.detect_scale",
 )
 
 

@@ -11,7 +11,9 @@ import numpy as np
 
 from expr.data.media import MediaError, decode_audio, probe, timed_frames
 from expr.data.store import VideoRecord
+from expr.data.subset import encoded_frames, fill_between
 from expr.features.faces import Face
+from expr.video.detection import FrameFaces
 from expr.video.tracks import tracks_of
 
 
@@ -49,35 +51,26 @@ class Footage:
 
 
 def read_footage(path: Path, detector, faces: str = "largest", min_track_s: float = 1.0, batch: int = 16,
-                 progress: bool = True) -> Footage:  # fmt: skip
-    """Decode ``path`` once: faces detected (``batch`` frames of one size at a time through the detector) and
-    cropped, linked into people (``faces``: ``largest`` or ``all`` with tracks of at least ``min_track_s`` seconds),
-    the audio decoded. A stretch that cannot be decoded, a variable frame rate, no face or no audio: warnings."""
+                 progress: bool = True, every: int = 1, scale: float = 1.0) -> Footage:  # fmt: skip
+    """Decode ``path`` once: faces detected (``batch`` frames of one size at a time through the detector; on every
+    ``every``-th frame downscaled by ``scale``, :mod:`expr.video.detection`) and cropped, linked into people
+    (``faces``: ``largest`` or ``all`` with tracks of at least ``min_track_s`` seconds), the audio decoded. A stretch
+    that cannot be decoded, a variable frame rate, no face or no audio: warnings."""
     from tqdm.auto import tqdm
 
     info = probe(path, tolerant=True)
     fps = info.fps
     skipped: list[float] = []
-    times, detections, pending = [], [], []
-
-    def flush():
-        for (_, frame), found in zip(pending, detector.detect_batch(np.stack([f for _, f in pending])), strict=True):
-            found = found if faces == "all" else found[:1]  # largest first
-            for face in found:
-                face.image = face.crop(frame)
-            detections.append(found)
-        pending.clear()
-
+    times: list[float] = []
+    detections: list[list[Face]] = []
+    found_faces = FrameFaces(detector, faces, batch, every, scale)
     bar = tqdm(total=info.num_frames, unit="frame", desc="faces", disable=not progress)
     with closing(timed_frames(path, skipped)) as frames:
         for time_s, frame in frames:
-            if pending and (len(pending) == batch or pending[0][1].shape != frame.shape):
-                flush()
-            pending.append((time_s, frame))
+            detections += [found for _, found in found_faces.push(frame)]
             times.append(time_s)
             bar.update()
-    if pending:
-        flush()
+    detections += [found for _, found in found_faces.close()]
     bar.close()
     if not times:
         raise PredictError(f"{path}: no frame could be decoded")
@@ -120,10 +113,11 @@ def read_footage(path: Path, detector, faces: str = "largest", min_track_s: floa
     return Footage(path, fps, np.asarray(times), people, audio, warnings)
 
 
-def person_records(footage: Footage, backbones, media: bool = False) -> list[VideoRecord]:
+def person_records(footage: Footage, backbones, media: bool = False, rate: float = 0.0) -> list[VideoRecord]:
     """A VideoRecord (split ``test``) per person of ``footage``, through ``backbones``' encoders (the audio encoded
     once, each person's span of it). ``media`` also keeps the face crops (JPEG) and the audio for a head trained in
-    online mode."""
+    online mode. ``rate`` (``predict.fps``): only the crops of these many frames per second of the person's span are
+    encoded, the frames between filled in (:mod:`expr.data.subset`)."""
     import io
 
     from PIL import Image
@@ -137,13 +131,19 @@ def person_records(footage: Footage, backbones, media: bool = False) -> list[Vid
     records = []
     for person in footage.people:
         face = person.face
-        crops = [Image.fromarray(f.image) for f in person.faces if f is not None]
+        encoded = np.zeros(len(face), bool)
+        encoded[encoded_frames(len(face), footage.fps, rate)] = True
+        crops = [Image.fromarray(f.image) for f, e in zip(person.faces, encoded, strict=True) if f is not None and e]
         visual = {}
         for name in backbones.visual_sets:
             enc = backbones.visual(name)
             visual[name] = np.zeros((len(face), enc.dim), np.float16)
             if crops:
-                visual[name][face] = enc.encode(crops)
+                visual[name][face & encoded] = enc.encode(crops)
+            if not encoded.all():
+                visual[name], face_filled = fill_between(visual[name], face, np.flatnonzero(encoded))
+        if not encoded.all():
+            face = face_filled
         rate = backbones.audio(audio_name).rate
         shift = start - person.first / footage.fps  # the audio's start relative to the person's first frame
         record = VideoRecord(person.name, "test", footage.fps, visual, face, np.full(len(face), -1), audio, rate,

@@ -26,6 +26,10 @@ from expr.video.timeline import plot_tasks, plot_timeline, write_csv
 
 logger = logging.getLogger("expr.video.predict")
 
+REALTIME = {"predict.fps": 8.0, "predict.detect_every": 3, "predict.detect_scale": 0.5}
+"""``expr predict --realtime``: faster than real time on a 2-core CPU with the paper's encoders (BENCHMARKS.md section
+6), each choice's accuracy cost measured there; an explicit ``--predict.*`` option overrides its part."""
+
 
 def run_backbones(info: dict[str, Any], clip: str | None, wav2vec2: str | None, device: str) -> Backbones:
     """The encoders of the feature sets the head was trained on, from the specs their store recorded (options such as
@@ -96,7 +100,8 @@ def predict_video(
     decision = run.decision  # its errors before the work
     detector = face_detector(detector, device) if isinstance(detector, str) else detector
     try:
-        footage = read_footage(video, detector, faces, min_track_s, batch, progress)
+        footage = read_footage(video, detector, faces, min_track_s, batch, progress, run.cfg.predict.detect_every,
+                               run.cfg.predict.detect_scale)  # fmt: skip
     except MediaError as e:
         raise PredictError(str(e)) from None
     for w in footage.warnings:
@@ -150,7 +155,7 @@ def video_probs(footage: Footage, run: Run, out: Path, clip, wav2vec2, device: s
     if backbones is None:
         backbones = run_backbones(info, clip, wav2vec2, device)
     online = cfg.data.mode == "online"  # per-window audio and crops through the frozen encoders, as trained
-    records = person_records(footage, backbones, media=online)
+    records = person_records(footage, backbones, media=online, rate=cfg.predict.fps)
     width = sum(v.shape[1] for v in records[0].visual_sets().values())
     if width != cfg.model.visual_dim:
         raise PredictError(
@@ -211,6 +216,8 @@ def predict_videos(videos: list[Path], run, out, clip=None, wav2vec2=None, devic
     detector = face_detector(detector, device)  # one fallback warning, not one per video
     run = Run.open(run, overrides)
     backbones = None if run.is_ensemble else run_backbones(run.info, clip, wav2vec2, device)  # once for all videos
+    if backbones is not None:
+        backbones.load_all()  # now, not inside the first video's time (and a missing checkpoint fails first)
     results, failed = [], []
     bar = tqdm(videos, unit="video", desc="videos", disable=not progress or len(videos) < 2)
     for video in bar:

@@ -217,6 +217,20 @@ class FrameStore(StoreChecks):
         self.tasks = ["expr", "au", "va"]
         self.split_tag = "mtl"
 
+    def encode_at(self, rate: float) -> None:
+        """Every video's image features as if only ``rate`` frames per second had been encoded (``predict.fps``,
+        :mod:`expr.data.subset`): the frames between filled in from the encoded ones, their face flags too. The
+        features are then held in memory (the store's feature width in fp16 per frame)."""
+        from expr.data.subset import encoded_frames, fill_between
+
+        visual, face = np.empty(self.visual.shape, self.visual.dtype), self.face.copy()
+        for v in range(len(self.names)):
+            a, n = int(self.frame_offset[v]), int(self.num_frames[v])
+            idx = encoded_frames(n, float(self.fps[v]), rate)
+            visual[a : a + n], face[a : a + n] = fill_between(self.visual[a : a + n], self.face[a : a + n], idx)
+        self.visual, self.face = visual, face
+        self.split_tag += f"fps{rate:g}"  # window caches keyed on the features must not mix the two
+
     def frame_rows(self, videos: np.ndarray) -> np.ndarray:
         """Rows of ``frames`` that belong to ``videos`` (in their order)."""
         parts = [np.arange(self.frame_offset[v], self.frame_offset[v] + self.num_frames[v]) for v in videos]

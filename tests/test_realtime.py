@@ -1,0 +1,133 @@
+"""Live prediction's speed choices (``predict.fps``, ``predict.detect_every``, ``predict.detect_scale``): which frames
+are encoded and detected, what the frames between get, and that ``expr evaluate`` measures the cost on stored
+features by the rule ``expr predict`` applies."""
+
+import numpy as np
+import pytest
+
+from expr.data.subset import encoded_frames, fill_between
+from expr.features.faces import CROP_SIZE, Face
+
+
+def test_encoded_frames_take_every_fps_over_rate_th_frame_and_the_last():
+    assert encoded_frames(10, 30.0, 0).tolist() == list(range(10))
+    assert encoded_frames(10, 30.0, 30.0).tolist() == list(range(10))
+    assert encoded_frames(20, 30.0, 8.0).tolist() == [0, 4, 8, 11, 15, 19]  # 3.75 frames apart, rounded
+    assert encoded_frames(9, 25.0, 12.5).tolist() == [0, 2, 4, 6, 8]
+    assert encoded_frames(10, 25.0, 12.5).tolist() == [0, 2, 4, 6, 8, 9]
+    assert encoded_frames(1, 30.0, 8.0).tolist() == [0]
+
+
+def test_frames_between_encoded_ones_are_interpolated_or_take_the_nearer_face():
+    x = np.arange(8 * 2, dtype=np.float16).reshape(8, 2) * 0  # only encoded rows are read
+    x[0], x[4], x[7] = [0, 8], [4, 0], [99, 99]
+    face = np.array([1, 0, 0, 0, 1, 1, 1, 0], bool)  # frame 7 (encoded) has no face
+    out, has = fill_between(x, face, np.array([0, 4, 7]))
+    np.testing.assert_allclose(out[:5], [[0, 8], [1, 6], [2, 4], [3, 2], [4, 0]])  # both ends have a face
+    # 4 -> 7: only 4 has a face; frame 5 is nearer 4 (takes its features), frame 6 nearer 7 (no face)
+    assert has.tolist() == [True, True, True, True, True, True, False, False]
+    np.testing.assert_array_equal(out[5], [4, 0])
+    np.testing.assert_array_equal(out[6:], 0)
+    assert out.dtype == np.float16
+    same, same_face = fill_between(x, face, np.arange(8))
+    np.testing.assert_array_equal(same, x)
+    np.testing.assert_array_equal(same_face, face)
+
+
+def test_a_tie_takes_the_earlier_encoded_frame():
+    x = np.zeros((3, 1), np.float32)
+    x[2] = 5
+    _, has = fill_between(x, np.array([False, True, True]), np.array([0, 2]))
+    assert has.tolist() == [False, False, True]
+
+
+def test_the_store_encodes_at_a_rate_per_video_and_evaluation_pays_for_it(small_store):
+    from expr.data.store import FrameStore
+
+    full, sub = FrameStore(small_store), FrameStore(small_store)
+    sub.encode_at(6.0)
+    for v in (0, 3):
+        a, n = int(full.frame_offset[v]), int(full.num_frames[v])
+        idx = encoded_frames(n, float(full.fps[v]), 6.0)
+        want, face = fill_between(np.asarray(full.visual[a : a + n]), full.face[a : a + n], idx)
+        np.testing.assert_array_equal(sub.visual[a : a + n], want)
+        np.testing.assert_array_equal(sub.face[a : a + n], face)
+        np.testing.assert_array_equal(sub.visual[a + idx], full.visual[a + idx])
+    assert not np.array_equal(sub.visual[:], full.visual[:])
+    assert sub.split_tag != full.split_tag
+
+
+def test_predict_fps_is_checked():
+    from expr.config import ConfigError, build_config
+
+    with pytest.raises(ConfigError, match="predict.fps"):
+        build_config({"predict.fps": -1})
+    with pytest.raises(ConfigError, match="predict.fps.*online"):
+        build_config({"predict.fps": 8, "data.mode": "online"})
+    with pytest.raises(ConfigError, match="predict.detect_scale"):
+        build_config({"predict.detect_scale": 1.5})
+
+
+MARKS = np.array([[5, 6], [15, 6], [10, 11], [6, 16], [14, 16]], float)  # two eyes, a nose, two mouth corners
+
+
+class Boxes:
+    """A detector that finds one face per frame at a known place: x = 2 * frame number (read from the pixels)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def detect_batch(self, frames):
+        out = []
+        for f in frames:
+            i = int(f[0, 0, 0])
+            self.seen.append((i, f.shape[:2]))
+            s = f.shape[1] / 64
+            marks = (MARKS + [2 * i, 5]) * s
+            out.append([Face(np.array([2 * i, 5, 20, 20], float) * s, landmarks=marks)])
+        return out
+
+
+def frames(n):
+    return np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None], (n, 48, 64, 3)).copy()
+
+
+def faces_of(every, scale, n=8, batch=3):
+    from expr.video.detection import FrameFaces
+
+    det = Boxes()
+    ff = FrameFaces(det, "largest", batch, every, scale)
+    out = []
+    for f in frames(n):
+        out += ff.push(f)
+    return out + ff.close(), det
+
+
+def test_every_frame_is_detected_by_default_in_order():
+    out, det = faces_of(1, 1.0)
+    assert [i for i, _ in out] == list(range(8)) and [i for i, _ in det.seen] == list(range(8))
+    assert all(f[0].image.shape == (CROP_SIZE, CROP_SIZE, 3) for _, f in out)
+
+
+def test_detection_every_nth_frame_interpolates_the_faces_between_and_detects_the_last():
+    out, det = faces_of(3, 1.0)
+    assert [i for i, _ in det.seen] == [0, 3, 6, 7]
+    assert [i for i, _ in out] == list(range(8))
+    np.testing.assert_allclose([f[0].box[0] for _, f in out], [2 * i for i in range(8)])  # linear motion recovered
+    np.testing.assert_allclose(out[4][1][0].landmarks, MARKS + [8, 5])
+    assert out[4][1][0].image is not None
+
+
+def test_a_downscaled_detection_gives_boxes_in_the_full_frame():
+    out, det = faces_of(1, 0.5)
+    assert {shape for _, shape in det.seen} == {(24, 32)}
+    np.testing.assert_allclose([f[0].box[0] for _, f in out], [2 * i for i in range(8)])
+
+
+def test_faces_that_do_not_overlap_are_not_interpolated():
+    from expr.video.detection import between
+
+    a = [Face(np.array([0, 0, 10, 10], float))]
+    b = [Face(np.array([50, 50, 10, 10], float))]
+    assert between(a, b, 0.5) == []
+    assert len(between(a, [Face(np.array([2, 0, 10, 10], float))], 0.5)) == 1
