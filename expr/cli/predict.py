@@ -64,6 +64,9 @@ class PredictOptions:
     """also write <video>_annotated.mp4: each frame with its face boxes, labels and probabilities, the audio kept"""
     batch: int = 16
     """frames per face-detector batch (more keeps a GPU busier)"""
+    backend: Literal["torch", "onnxruntime"] = "torch"
+    """onnxruntime: run the head and encoders of an ONNX export (expr export RUN --format onnx --out DIR; --run DIR)
+    under ONNX Runtime, with no torch module"""
     realtime: bool = False
     """faster than real time on a laptop CPU: --predict.fps 8 --predict.detect_every 3 --predict.detect_scale 0.5
     (image encodings per second, detection on every 3rd frame at half size); each of them can be set on its own"""
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         videos = find_videos(args.videos)
         kw = dict(clip=args.clip, wav2vec2=args.wav2vec2, device=args.device, progress=not args.no_progress,
                   overrides=overrides, detector=args.detector, faces=args.faces, min_track_s=args.min_track,
-                  annotate=args.video, batch=args.batch)  # fmt: skip
+                  annotate=args.video, batch=args.batch, backend=args.backend)  # fmt: skip
         results, failed = predict_videos(videos, args.run, args.out, **kw)
     except (PredictError, RunError, BackboneError, EncoderError, SpecError, StoreError, FaceDetectorError,
             ConfigError) as e:  # fmt: skip

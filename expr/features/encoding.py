@@ -106,6 +106,7 @@ class ImageEncoder:
     def __init__(self, spec: EncoderSpec, model, to_batch: Callable, forward: Callable, batch_size: int = 64):
         self.spec, self.model, self.to_batch, self.forward = spec, model, to_batch, forward
         self.batch_size = batch_size
+        self.transform = None  # the per-image transform (a torchvision Compose) where the family has one
         self.device = next(model.parameters()).device
         if self.device.type == "cuda":
             self.model.half()

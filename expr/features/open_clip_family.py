@@ -54,7 +54,9 @@ def load_open_clip(spec: EncoderSpec, device) -> ImageEncoder:
 
     else:
         raise SpecError(f"encoder '{spec}': open_clip towers give pool=pooled, or pool=mean for ViT towers")
-    return ImageEncoder(spec, model, lambda images: torch.stack([preprocess(im) for im in images]), forward)
+    encoder = ImageEncoder(spec, model, lambda images: torch.stack([preprocess(im) for im in images]), forward)
+    encoder.transform = preprocess  # its steps, for an ONNX export
+    return encoder
 
 
 def open_clip_encoder(model, preprocess, spec: EncoderSpec | None = None, batch_size: int = 64) -> ImageEncoder:
@@ -62,4 +64,6 @@ def open_clip_encoder(model, preprocess, spec: EncoderSpec | None = None, batch_
     512-d for ViT-B/32, not L2-normalised) after open_clip's own transform."""
     spec = spec or EncoderSpec("open_clip", "in-memory")
     to_batch = lambda images: torch.stack([preprocess(im) for im in images])  # noqa: E731
-    return ImageEncoder(spec, model, to_batch, model.encode_image, batch_size)
+    encoder = ImageEncoder(spec, model, to_batch, model.encode_image, batch_size)
+    encoder.transform = preprocess  # its steps, for an ONNX export
+    return encoder

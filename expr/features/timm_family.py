@@ -42,4 +42,6 @@ def load_timm(spec: EncoderSpec, device) -> ImageEncoder:
             return model(x)
         return _tokens(model.forward_features(x), spec.pool, prefix)
 
-    return ImageEncoder(spec, model, lambda images: torch.stack([transform(im) for im in images]), forward)
+    encoder = ImageEncoder(spec, model, lambda images: torch.stack([transform(im) for im in images]), forward)
+    encoder.transform = transform  # its steps, for an ONNX export
+    return encoder

@@ -80,9 +80,24 @@ class CrossAttention(nn.Module):
         # A row with no valid key would softmax over nothing (NaN). Let it attend to position 0 (zeroed by the
         # caller) and drop its update below, so the result is LN(query). Not in place, so ONNX exports it.
         padding = torch.cat([~kv_mask[:, :1] & ~empty[:, None], ~kv_mask[:, 1:]], dim=1)
-        update, _ = self.attn(query, kv, kv, key_padding_mask=padding, need_weights=False)  # [B, Tq, D]
+        update = self._attend(query, kv, ~padding)  # [B, Tq, D]
         update = update.masked_fill(empty[:, None, None], 0.0)
         return self.norm(query + update)  # [B, Tq, D]
+
+    def _attend(self, query: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """``self.attn(query, kv, kv, key_padding_mask=~valid)`` spelled out with its own weights (the same values
+        and dropout draws), so that the ONNX exporter keeps the key length dynamic (its trace of
+        ``nn.MultiheadAttention`` fixes it)."""
+        a, (B, Tq, D) = self.attn, query.shape
+        H = a.num_heads
+        w_q, w_k, w_v = a.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = a.in_proj_bias.chunk(3)
+        q = F.linear(query, w_q, b_q).view(B, Tq, H, D // H).transpose(1, 2)
+        k = F.linear(kv, w_k, b_k).view(B, -1, H, D // H).transpose(1, 2)
+        v = F.linear(kv, w_v, b_v).view(B, -1, H, D // H).transpose(1, 2)
+        dropout = a.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=valid[:, None, None, :], dropout_p=dropout)
+        return a.out_proj(out.transpose(1, 2).reshape(B, Tq, D))
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,9 @@ class ExportError(RunError):
     """A run or folder that cannot be exported; the message names it."""
 
 
-def export_run(run_dir: str | Path, out: str | Path) -> Path:
+def export_run(run_dir: str | Path, out: str | Path, extra=None) -> Path:
+    """The run's best head, config, calibration and model card in folder ``out``; ``extra(folder)`` writes more
+    into it before it appears (an ONNX export's models)."""
     run_dir, out = Path(run_dir), Path(out)
     cfg, _ = load_run(run_dir)  # checks the run has a trained head
     info = run_info(run_dir, cfg)
@@ -36,6 +38,8 @@ def export_run(run_dir: str | Path, out: str | Path) -> Path:
             shutil.copyfile(run_dir / CALIBRATION, tmp / CALIBRATION)
         (tmp / "config.json").write_text(json.dumps(info, indent=2))
         (tmp / "README.md").write_text(model_card(info))
+        if extra is not None:
+            extra(tmp)
     return out
 
 

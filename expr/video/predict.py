@@ -206,16 +206,24 @@ def find_videos(paths) -> list[Path]:
 
 
 def predict_videos(videos: list[Path], run, out, clip=None, wav2vec2=None, device="auto", progress=True,
-                   overrides=None, detector="auto", **options):  # fmt: skip
+                   overrides=None, detector="auto", backend="torch", **options):  # fmt: skip
     """:func:`predict_video` for each of ``videos`` into ``out``, the face detector and (for a run or export) the
-    encoders built once; a video that cannot be read is reported and the others go on. Returns (results,
+    encoders built once; a video that cannot be read is reported and the others go on. ``backend`` ``onnxruntime``:
+    the head and encoders of an ONNX export (``expr export --format onnx``) under ONNX Runtime. Returns (results,
     [(video, error)])."""
     from tqdm.auto import tqdm
 
     device = resolve_device(device)
     detector = face_detector(detector, device)  # one fallback warning, not one per video
     run = Run.open(run, overrides)
-    backbones = None if run.is_ensemble else run_backbones(run.info, clip, wav2vec2, device)  # once for all videos
+    if backend == "onnxruntime":
+        from expr.runs.onnx import onnx_run
+
+        if clip or wav2vec2:
+            raise PredictError("--backend onnxruntime runs the encoders exported with the run: drop --clip/--wav2vec2")
+        run, backbones = onnx_run(run)
+    else:
+        backbones = None if run.is_ensemble else run_backbones(run.info, clip, wav2vec2, device)  # once for all
     if backbones is not None:
         backbones.load_all()  # now, not inside the first video's time (and a missing checkpoint fails first)
     results, failed = [], []
