@@ -115,10 +115,14 @@ def cut(source: Path, frames: int, out: Path) -> Path:
 
 
 def predict_rows(
-    clip_frames: int | None = None, only: list[str] | None = None, device: str = "cpu", faces_modes=("largest", "all")
+    clip_frames: int | None = None,
+    only: list[str] | None = None,
+    device: str = "cpu",
+    faces_modes=("largest", "all"),
+    options: tuple[str, ...] = (),
 ) -> list[list]:
-    """``expr predict`` (the CLI, one process, encoders and detector on ``device``) on each clip (the first
-    ``clip_frames``; ``only``: these clips' names): frames/s over the whole job."""
+    """``expr predict`` (the CLI, one process, encoders and detector on ``device``, with ``options``) on each clip
+    (the first ``clip_frames``; ``only``: these clips' names): frames/s over the whole job."""
     import subprocess
     import sys
 
@@ -139,11 +143,11 @@ def predict_rows(
             for faces in faces_modes:
                 cmd = [sys.executable, "-m", "expr", "predict", str(video), "--run", f"{tmp}/run",
                        "--out", f"{tmp}/out", "--clip", "random", "--wav2vec2", "random", "--device", device,
-                       "--faces", faces, "--no-progress"]  # fmt: skip
+                       "--faces", faces, "--no-progress", *options]  # fmt: skip
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 summary = out.strip().splitlines()[-1]  # "1 of 1 videos, N frames in S s (R frames/s)"
                 tracks = sum(line.startswith("wrote") and line.endswith(".png") for line in out.splitlines())
-                rows.append([label, faces, tracks, summary.split(", ", 1)[1]])
+                rows.append([label, " ".join([faces, *options]), tracks, summary.split(", ", 1)[1]])
     return rows
 
 

@@ -188,6 +188,7 @@ def part_predict(args) -> tuple[str, dict]:
     from faces import predict_rows
 
     rows = predict_rows(args.clip_frames, ["carphone_pristine", "bikes"], args.device, ("largest",))
+    rows += predict_rows(args.clip_frames, ["carphone_pristine", "bikes"], args.device, ("largest",), ("--realtime",))
     text = table(
         f"expr predict end to end on {args.device} (MTCNN, ViT-B/32 + Wav2Vec2-Base in fp16, the head)",
         ["clip", "--faces", "tracks", "frames, time, rate"],

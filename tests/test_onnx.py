@@ -9,6 +9,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 
 from expr.features.onnx_encoders import OnnxExportError, describe_transform, export_audio_encoder, preprocess
 from tests.test_tracks import clip
@@ -119,3 +120,23 @@ def test_onnxruntime_needs_an_onnx_export(small_run, tmp_path, capsys):
     assert main([str(clip("carphone_pristine")), "--run", str(small_run["run_dir"]), "--out", str(tmp_path),
                  "--backend", "onnxruntime", "--no-progress"]) == 2  # fmt: skip
     assert "no onnx.json" in capsys.readouterr().err
+
+
+def test_mtcnn_under_onnxruntime_finds_the_faces_torch_finds(onnx_folder):
+    from expr.data.media import iter_frames
+    from expr.features.faces import face_detector
+    from expr.runs.onnx import onnx_run
+    from expr.runs.run import Run
+
+    frames = np.stack([f for i, f in enumerate(iter_frames(clip("carphone_pristine"))) if i % 15 == 0])
+    manifest = json.loads((onnx_folder / "onnx.json").read_text())
+    assert all(manifest["detector"][n]["parity"] <= 1e-4 for n in ("pnet", "rnet", "onet"))
+    ort = face_detector("mtcnn")
+    onnx_run(Run.open(onnx_folder), ort)
+    assert not any(isinstance(net, torch.nn.Module) for net in ort.model.nets)
+    want, got = face_detector("mtcnn").detect_batch(frames), ort.detect_batch(frames)
+    assert sum(map(len, want)) >= len(frames) - 1
+    for a, b in zip(want, got, strict=True):
+        assert len(a) == len(b)
+        for fa, fb in zip(a, b, strict=True):
+            assert np.abs(fa.box - fb.box).max() < 0.05 and np.abs(fa.landmarks - fb.landmarks).max() < 0.05

@@ -2,6 +2,8 @@
 are encoded and detected, what the frames between get, and that ``expr evaluate`` measures the cost on stored
 features by the rule ``expr predict`` applies."""
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -131,3 +133,31 @@ def test_faces_that_do_not_overlap_are_not_interpolated():
     b = [Face(np.array([50, 50, 10, 10], float))]
     assert between(a, b, 0.5) == []
     assert len(between(a, [Face(np.array([2, 0, 10, 10], float))], 0.5)) == 1
+
+
+def test_every_track_is_encoded_at_the_rate_in_one_batch_of_crops():
+    from pathlib import Path
+
+    from expr.video.footage import Footage, Person, person_records
+
+    class Images:
+        dim, calls = 4, []
+
+        def encode(self, crops):
+            self.calls.append(len(crops))
+            return np.ones((len(crops), self.dim), np.float16)
+
+    class Encoders:
+        visual_sets, audio_sets, images = {"clip": None}, {"wav2vec2": None}, Images()
+
+        def visual(self, name):
+            return self.images
+
+        def audio(self, name):
+            return SimpleNamespace(rate=50.0)
+
+    face = Face(np.array([0, 0, 8, 8], float), image=np.zeros((8, 8, 3), np.uint8))
+    people = [Person("a_face1", 1, 0, [face] * 30), Person("a_face2", 2, 5, [face] * 20)]
+    records = person_records(Footage(Path("a.mp4"), 30.0, np.arange(30) / 30, people, None, []), Encoders(), rate=10.0)
+    assert Images.calls == [len(encoded_frames(30, 30.0, 10.0)) + len(encoded_frames(20, 30.0, 10.0))]
+    assert [len(r.face) for r in records] == [30, 20] and all(r.face.all() for r in records)

@@ -73,7 +73,8 @@ def export_onnx_folder(args: ExportOptions) -> int:
     backbones.load_all()
     out = export_onnx(args.run_dir, args.out, backbones)
     manifest = json.loads((out / "onnx.json").read_text())
-    models = [manifest["head"], *manifest["visual"].values(), *manifest["audio"].values()]
+    models = [manifest["head"], *manifest["visual"].values(), *manifest["audio"].values(),
+              *manifest["detector"].values()]  # fmt: skip
     parity = ", ".join(f"{m['file']} {m['parity']:.1e}" for m in models)
     print(f"wrote {out}: {', '.join(m['file'] for m in models)}, onnx.json and the plain export; largest difference "
           f"to torch: {parity}")  # fmt: skip

@@ -52,7 +52,7 @@ class _Net(nn.Module):
     def forward(self, x):
         for name in self.order:
             if name == self.flatten_at:  # the original's (width, height) flattening order
-                x = x.permute(0, 3, 2, 1).reshape(len(x), -1)
+                x = x.permute(0, 3, 2, 1).flatten(1)  # (not reshape(len(x), -1): ONNX would fix the batch)
             x = getattr(self, name)(x)
         out = [getattr(self, name)(x) for name in self.heads]
         return [*out[:-1], out[-1].softmax(1)]

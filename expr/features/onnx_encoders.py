@@ -183,6 +183,33 @@ def export_audio_encoder(encoder: AudioEncoder, path: Path) -> dict[str, Any]:
             "outputs": {"hidden": [1, "frames", encoder.dim]}}  # fmt: skip
 
 
+def export_detector(folder: Path) -> dict[str, Any]:
+    """MTCNN's three networks (``mtcnn_pnet.onnx`` over any frame size, ``mtcnn_rnet.onnx`` and ``mtcnn_onet.onnx``
+    over 24 and 48 px patches) into ``folder``; returns their JSON entry."""
+    from expr.features.mtcnn import MTCNN
+
+    entry, g = {}, torch.Generator().manual_seed(0)
+    for name, net, size in zip(("pnet", "rnet", "onet"), MTCNN().nets, (None, 24, 48), strict=True):
+        x = torch.rand(2, 3, size or 37, size or 53, generator=g) * 2 - 1
+        spatial = {0: "batch", 2: "height", 3: "width"} if size is None else {0: "batch"}
+        dynamic = {"x": spatial, **{h: spatial if size is None else {0: "batch"} for h in net.heads}}
+        path = folder / f"mtcnn_{name}.onnx"
+        diff = export_module(net, (x,), path, ["x"], list(net.heads), dynamic, f"MTCNN's {name}")
+        entry[name] = {"file": path.name, "parity": diff, "outputs": list(net.heads)}
+    return entry
+
+
+class OnnxNet:
+    """One of MTCNN's networks under ONNX Runtime, called as the torch network is (a tensor in, its heads out)."""
+
+    def __init__(self, path: Path):
+        self.session = session(path)
+
+    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
+        out = self.session.run(None, {"x": x.float().contiguous().cpu().numpy()})
+        return [torch.from_numpy(o).to(x.device) for o in out]
+
+
 class OnnxImageEncoder:
     """:class:`~expr.features.encoding.ImageEncoder`'s ``encode`` on an exported model."""
 

@@ -3,7 +3,8 @@ from such a folder (``expr predict VIDEO --run DIR --backend onnxruntime``).
 
 The folder is the plain export (``config.json``, ``model.safetensors``, the calibration, ``README.md``) plus
 ``head.onnx`` (windows of features and their masks -> the head's raw outputs per task), one ``image_<set>.onnx`` per
-visual feature set, ``audio_<set>.onnx`` for the audio set (:mod:`expr.features.onnx_encoders`), and ``onnx.json``:
+visual feature set, ``audio_<set>.onnx`` for the audio set (:mod:`expr.features.onnx_encoders`), MTCNN's three networks
+(``mtcnn_pnet.onnx``, ``mtcnn_rnet.onnx``, ``mtcnn_onet.onnx``), and ``onnx.json``:
 each model's file, inputs and outputs, the encoders' specs and preprocessing, and the parity each one showed against
 torch at export. Every model is checked at export (ONNX Runtime against torch on a random input, within
 :data:`~expr.features.onnx_encoders.PARITY`); one that fails is refused by name, and nothing is written.
@@ -24,7 +25,9 @@ from expr.features.onnx_encoders import (
     OnnxAudioEncoder,
     OnnxExportError,
     OnnxImageEncoder,
+    OnnxNet,
     export_audio_encoder,
+    export_detector,
     export_image_encoder,
     export_module,
     onnx_manifest,
@@ -89,6 +92,7 @@ def export_onnx(run_dir: str | Path, out: str | Path, backbones: Backbones) -> P
             manifest["visual"][name] = export_image_encoder(backbones.visual(name), folder / f"image_{name}.onnx")
         for name in backbones.audio_sets:
             manifest["audio"][name] = export_audio_encoder(backbones.audio(name), folder / f"audio_{name}.onnx")
+        manifest["detector"] = export_detector(folder)
         (folder / "onnx.json").write_text(json.dumps(manifest, indent=2))
 
     try:
@@ -108,22 +112,25 @@ class OnnxHead:
         return self
 
     def __call__(self, visual, visual_mask, audio, audio_mask) -> FusionOutput:
-        feeds = {"visual": visual.float().numpy(), "visual_mask": visual_mask.bool().numpy(),
-                 "audio": audio.float().numpy(), "audio_mask": audio_mask.bool().numpy()}  # fmt: skip
+        feeds = {"visual": visual.float().cpu().numpy(), "visual_mask": visual_mask.bool().cpu().numpy(),
+                 "audio": audio.float().cpu().numpy(), "audio_mask": audio_mask.bool().cpu().numpy()}  # fmt: skip
         got = {
             n: torch.from_numpy(np.asarray(x)) for n, x in zip(self.outputs, self.session.run(None, feeds), strict=True)
         }
         return FusionOutput(got["logits"], None, None, got.get("va"), got.get("au"))
 
 
-def onnx_run(run: Run) -> tuple[Run, Backbones]:
-    """``run`` (opened from an ONNX export) with its head, and the encoders of its sets, on ONNX Runtime."""
+def onnx_run(run: Run, detector=None) -> tuple[Run, Backbones]:
+    """``run`` (opened from an ONNX export) with its head, and the encoders of its sets, on ONNX Runtime; an MTCNN
+    ``detector``'s networks too (OpenCV's Haar cascade runs no torch anyway)."""
     if run.is_ensemble:
         raise ExportError(f"{run.path}: --backend onnxruntime takes one exported run, not an ensemble")
     manifest = onnx_manifest(run.path)
     run.model = OnnxHead(run.path, manifest)
     backbones = Backbones(device="cpu", visual_sets={n: parse_spec(e["spec"]) for n, e in manifest["visual"].items()},
                           audio_sets={n: parse_spec(e["spec"]) for n, e in manifest["audio"].items()})  # fmt: skip
+    if detector is not None and hasattr(detector, "model") and "detector" in manifest:
+        detector.model.nets = [OnnxNet(run.path / manifest["detector"][n]["file"]) for n in ("pnet", "rnet", "onet")]
     for name, entry in manifest["visual"].items():
         backbones._encoders[name] = OnnxImageEncoder(run.path, entry, backbones.batch_size)
     for name, entry in manifest["audio"].items():

@@ -128,26 +128,30 @@ def person_records(footage: Footage, backbones, media: bool = False, rate: float
         wave, start = footage.audio
         audio = {audio_name: backbones.audio(audio_name).encode(wave)}
         wave = wave.astype(np.float16)
-    records = []
+    # every person's crops through each image encoder at once (full batches across tracks)
+    picked, crops = [], []
     for person in footage.people:
-        face = person.face
-        encoded = np.zeros(len(face), bool)
-        encoded[encoded_frames(len(face), footage.fps, rate)] = True
-        crops = [Image.fromarray(f.image) for f, e in zip(person.faces, encoded, strict=True) if f is not None and e]
+        encoded = np.zeros(len(person.faces), bool)
+        encoded[encoded_frames(len(person.faces), footage.fps, rate)] = True
+        picked.append((encoded, person.face & encoded))
+        crops += [Image.fromarray(f.image) for f, take in zip(person.faces, picked[-1][1], strict=True) if take]
+    features = {name: backbones.visual(name).encode(crops) for name in backbones.visual_sets} if crops else {}
+    records, offset = [], 0
+    for person, (encoded, take) in zip(footage.people, picked, strict=True):
+        face, count = person.face, int(take.sum())
         visual = {}
         for name in backbones.visual_sets:
-            enc = backbones.visual(name)
-            visual[name] = np.zeros((len(face), enc.dim), np.float16)
-            if crops:
-                visual[name][face & encoded] = enc.encode(crops)
+            visual[name] = np.zeros((len(face), backbones.visual(name).dim), np.float16)
+            if count:
+                visual[name][take] = features[name][offset : offset + count]
             if not encoded.all():
-                visual[name], face_filled = fill_between(visual[name], face, np.flatnonzero(encoded))
-        if not encoded.all():
-            face = face_filled
-        rate = backbones.audio(audio_name).rate
+                visual[name], filled = fill_between(visual[name], person.face, np.flatnonzero(encoded))
+                face = filled
+        offset += count
+        audio_rate = backbones.audio(audio_name).rate
         shift = start - person.first / footage.fps  # the audio's start relative to the person's first frame
-        record = VideoRecord(person.name, "test", footage.fps, visual, face, np.full(len(face), -1), audio, rate,
-                             shift)  # fmt: skip
+        record = VideoRecord(person.name, "test", footage.fps, visual, face, np.full(len(face), -1), audio,
+                             audio_rate, shift)  # fmt: skip
         if media:
             record.jpeg, record.wave = [], wave
             for f in person.faces:
