@@ -44,7 +44,7 @@ install() {
 }
 
 ensure_installed() {
-  if [ ! -x "$PY" ] || ! "$PY" -c 'import expr, accelerate, open_clip, pytest' >/dev/null 2>&1; then install; fi
+  if [ ! -x "$PY" ] || ! "$PY" -c 'import expr, accelerate, open_clip, onnxruntime, pytest' >/dev/null 2>&1; then install; fi
 }
 
 run() { echo "+ $*" >&2; "$@"; }

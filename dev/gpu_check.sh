@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare and print the one command that runs bench/gpu.py on a lent GPU machine (the `device` tool of this
 # workplace; see its README). That machine has Python 3.12 with torch, transformers, accelerate, timm, peft and
-# onnxruntime, but no datasets, deepspeed, open_clip, av, optuna, evaluate, pydantic or facenet-pytorch, and no
+# onnxruntime, but no datasets, deepspeed, open_clip, av, optuna, evaluate, pydantic, facenet-pytorch or onnx, and no
 # network: this script downloads those as Python 3.12 wheels into .whl/ (ignored by git, ~52 MB; deepspeed comes
 # from this machine's pip cache or is built here as a pure-Python wheel), then prints the command to pass to
 # `run` with carry [".whl"]. Usage: bash dev/gpu_check.sh
@@ -13,7 +13,7 @@ grep -q "^/.whl/" .git/info/exclude 2>/dev/null || echo /.whl/ >> .git/info/excl
 version() { "$PY" -c "import importlib.metadata as m; print(m.version('$1'))"; }
 pins=()
 for name in datasets dill multiprocess hjson pydantic pydantic_core annotated-types typing-inspection typing_extensions \
-  optuna alembic SQLAlchemy Mako colorlog evaluate av open_clip_torch ftfy wcwidth facenet-pytorch scikit-video; do
+  optuna alembic SQLAlchemy Mako colorlog evaluate av open_clip_torch ftfy wcwidth facenet-pytorch scikit-video onnx; do
   pins+=("$name==$(version "$name")")
 done
 "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -226,6 +226,9 @@ def predict_videos(videos: list[Path], run, out, clip=None, wav2vec2=None, devic
         backbones = None if run.is_ensemble else run_backbones(run.info, clip, wav2vec2, device)  # once for all
     if backbones is not None:
         backbones.load_all()  # now, not inside the first video's time (and a missing checkpoint fails first)
+    from expr.plots import pyplot
+
+    pyplot()  # the plotting library's import too: a cost of the process, not of each video
     results, failed = [], []
     bar = tqdm(videos, unit="video", desc="videos", disable=not progress or len(videos) < 2)
     for video in bar:
