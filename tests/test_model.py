@@ -150,3 +150,23 @@ def test_single_modality_ignores_the_other_stream():
     assert torch.allclose(ref_v, v_only(visual, vmask, audio * 7 + 1, amask).logits, atol=1e-5)
     assert torch.allclose(ref_a, a_only(visual * 7 + 1, vmask, audio, amask).logits, atol=1e-5)
     assert not torch.allclose(ref_v, v_only(visual * 7 + 1, vmask, audio, amask).logits)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_cross_attention_computes_what_multihead_attention_does(train):
+    """CrossAttention spells out nn.MultiheadAttention (so ONNX keeps the key length dynamic): same outputs, and in
+    training the same dropout draws; a row without a valid key still gets the query's own normalisation."""
+    from expr.models.fusion import CrossAttention
+
+    torch.manual_seed(0)
+    m = CrossAttention(64, 8, 0.2).train(train)
+    q, kv = torch.randn(3, 7, 64), torch.randn(3, 11, 64)
+    mask = torch.rand(3, 11) > 0.4
+    mask[2] = False
+    empty = ~mask.any(1)
+    padding = torch.cat([~mask[:, :1] & ~empty[:, None], ~mask[:, 1:]], 1)
+    torch.manual_seed(1)
+    want, _ = m.attn(q, kv, kv, key_padding_mask=padding, need_weights=False)
+    want = m.norm(q + want.masked_fill(empty[:, None, None], 0.0))
+    torch.manual_seed(1)
+    torch.testing.assert_close(m(q, kv, mask), want, atol=1e-6, rtol=0)

@@ -43,12 +43,14 @@ def test_a_tie_takes_the_earlier_encoded_frame():
     assert has.tolist() == [False, False, True]
 
 
-def test_the_store_encodes_at_a_rate_per_video_and_evaluation_pays_for_it(small_store):
+def test_the_store_encodes_each_video_at_the_rate_from_its_own_frame_rate(small_store):
     from expr.data.store import FrameStore
 
     full, sub = FrameStore(small_store), FrameStore(small_store)
     sub.encode_at(6.0)
-    for v in (0, 3):
+    rates = {float(f): v for v, f in enumerate(full.fps)}
+    assert set(rates) == {25.0, 30.0}  # the demo mixes both: each video at its own rate
+    for v in rates.values():
         a, n = int(full.frame_offset[v]), int(full.num_frames[v])
         idx = encoded_frames(n, float(full.fps[v]), 6.0)
         want, face = fill_between(np.asarray(full.visual[a : a + n]), full.face[a : a + n], idx)
@@ -143,9 +145,9 @@ def test_every_track_is_encoded_at_the_rate_in_one_batch_of_crops():
     class Images:
         dim, calls = 4, []
 
-        def encode(self, crops):
+        def encode(self, crops):  # each crop's features: its first pixel's value, so offsets show
             self.calls.append(len(crops))
-            return np.ones((len(crops), self.dim), np.float16)
+            return np.stack([np.full(self.dim, np.asarray(c)[0, 0, 0], np.float16) for c in crops])
 
     class Encoders:
         visual_sets, audio_sets, images = {"clip": None}, {"wav2vec2": None}, Images()
@@ -156,8 +158,57 @@ def test_every_track_is_encoded_at_the_rate_in_one_batch_of_crops():
         def audio(self, name):
             return SimpleNamespace(rate=50.0)
 
-    face = Face(np.array([0, 0, 8, 8], float), image=np.zeros((8, 8, 3), np.uint8))
-    people = [Person("a_face1", 1, 0, [face] * 30), Person("a_face2", 2, 5, [face] * 20)]
+    def face(value):
+        return Face(np.array([0, 0, 8, 8], float), image=np.full((8, 8, 3), value, np.uint8))
+
+    people = [
+        Person("a_face1", 1, 0, [face(i) for i in range(30)]),
+        Person("a_face2", 2, 5, [face(100 + i) for i in range(20)]),
+    ]
     records = person_records(Footage(Path("a.mp4"), 30.0, np.arange(30) / 30, people, None, []), Encoders(), rate=10.0)
-    assert Images.calls == [len(encoded_frames(30, 30.0, 10.0)) + len(encoded_frames(20, 30.0, 10.0))]
+    first, second = encoded_frames(30, 30.0, 10.0), encoded_frames(20, 30.0, 10.0)
+    assert Images.calls == [len(first) + len(second)]
     assert [len(r.face) for r in records] == [30, 20] and all(r.face.all() for r in records)
+    for record, base, idx in ((records[0], 0, first), (records[1], 100, second)):
+        np.testing.assert_array_equal(record.visual["clip"][idx, 0], base + idx)  # each track's own crops
+
+
+def test_expr_evaluate_measures_predict_fps_beside_the_every_frame_report(small_run):
+    import json
+    from pathlib import Path
+
+    from expr.cli.evaluate import main
+
+    run = Path(small_run["run_dir"])
+    assert main([str(run)]) == 0 and main([str(run), "--predict.fps", "5"]) == 0
+    every = json.loads((run / "eval" / "validation" / "report.json").read_text())
+    subset = json.loads((run / "eval" / "validation-fps5" / "report.json").read_text())
+    assert every["predict_fps"] == 0 and subset["predict_fps"] == 5
+    assert subset["frames"] == every["frames"] and subset["metrics"]["macro_f1"] != every["metrics"]["macro_f1"]
+
+
+def test_training_refuses_predict_fps(tmp_path):
+    from expr.config import ConfigError, build_config
+    from expr.training.trainer import run
+
+    with pytest.raises(ConfigError, match="predict.fps is for commands that read a finished run"):
+        run(build_config({"predict.fps": 8, "train.output_dir": str(tmp_path / "r")}, preset="demo"))
+
+
+def test_realtime_is_a_preset_that_an_explicit_option_overrides(monkeypatch, tmp_path):
+    import expr.cli.predict as cli
+    from tests.test_tracks import clip
+
+    seen = {}
+
+    def fake(videos, run, out, **kw):
+        seen.update(kw["overrides"])
+        return [], []
+
+    monkeypatch.setattr(cli, "predict_videos", fake)
+    argv = [str(clip("carphone_pristine")), "--run", "r", "--out", str(tmp_path), "--realtime", "--predict.fps", "4"]
+    cli.main(argv)
+    assert seen == {"predict.fps": "4", "predict.detect_every": 3, "predict.detect_scale": 0.5}  # parsed later
+    seen.clear()
+    cli.main(argv[:5])
+    assert seen == {}

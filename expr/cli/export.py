@@ -46,7 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args, _ = parse_options(ExportOptions, argv, "expr export", "export", __doc__.split("\n\n")[0], config_keys=False)
     try:
+        if (args.clip or args.wav2vec2) and args.format != "onnx":
+            raise ExportError("--clip and --wav2vec2 choose the encoders of an ONNX export: add --format onnx")
         if (Path(args.run_dir) / "best" / "tuning.json").is_file():
+            if args.format == "onnx":
+                raise ExportError(f"{args.run_dir}: an `expr finetune` run (a tuned encoder) has no ONNX export yet")
             out = export_tuned(args.run_dir, args.out, args.merge)
             kind = "merged encoder weights" if args.merge else "trained weights only; the base loads from its spec"
             print(f"wrote {out}: tuning.json, model.safetensors ({kind}), config.json, README.md")
@@ -66,18 +70,23 @@ def main(argv: list[str] | None = None) -> int:
 def export_onnx_folder(args: ExportOptions) -> int:
     import json
 
-    from expr.runs.onnx import export_onnx
+    from expr.runs.onnx import check_exportable, export_onnx
     from expr.runs.run import Run
 
-    backbones = run_backbones(Run.open(args.run_dir).info, args.clip, args.wav2vec2, "cpu")
+    run = Run.open(args.run_dir)
+    check_exportable(run)  # before the encoders load
+    backbones = run_backbones(run.info, args.clip, args.wav2vec2, "cpu")
     backbones.load_all()
     out = export_onnx(args.run_dir, args.out, backbones)
     manifest = json.loads((out / "onnx.json").read_text())
     models = [manifest["head"], *manifest["visual"].values(), *manifest["audio"].values(),
-              *manifest["detector"].values()]  # fmt: skip
+              *manifest.get("detector", {}).values()]  # fmt: skip
     parity = ", ".join(f"{m['file']} {m['parity']:.1e}" for m in models)
     print(f"wrote {out}: {', '.join(m['file'] for m in models)}, onnx.json and the plain export; largest difference "
           f"to torch: {parity}")  # fmt: skip
+    if "detector" not in manifest:
+        print("note: MTCNN's weights are not installed (facenet-pytorch): no detector was exported, and expr predict "
+              "--backend onnxruntime will use OpenCV's Haar cascade")  # fmt: skip
     return 0
 
 

@@ -15,6 +15,7 @@ from torch's by more than :data:`PARITY` on a random input.
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from pathlib import Path
@@ -95,12 +96,15 @@ def preprocess(image, steps: list[dict[str, Any]]) -> np.ndarray:
     return np.ascontiguousarray(x, np.float32)
 
 
-def session(path: Path):
+def session(path: Path, device: str = "cpu"):
+    """An ONNX Runtime session of ``path``: on the CPU, or (``device`` cuda) with every provider the installed
+    package offers."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
-    return ort.InferenceSession(str(path), options, providers=ort.get_available_providers())
+    providers = ort.get_available_providers() if str(device).startswith("cuda") else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def export_module(module: torch.nn.Module, args: tuple, path: Path, names: list[str], outputs: list[str],
@@ -116,8 +120,9 @@ def export_module(module: torch.nn.Module, args: tuple, path: Path, names: list[
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's notes on shapes it treats as constants, for developers
+            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
             torch.onnx.export(module, args, str(path), input_names=names, output_names=outputs, dynamic_axes=dynamic,
-                              opset_version=OPSET, dynamo=False)  # fmt: skip
+                              opset_version=OPSET, **legacy)  # fmt: skip
     except Exception as e:  # noqa: BLE001 - the exporter fails in many ways on ops it cannot express
         first = str(e).splitlines()[0][:160] if str(e) else ""
         raise OnnxExportError(f"{what} does not export to ONNX ({type(e).__name__}: {first})") from None
@@ -183,13 +188,18 @@ def export_audio_encoder(encoder: AudioEncoder, path: Path) -> dict[str, Any]:
             "outputs": {"hidden": [1, "frames", encoder.dim]}}  # fmt: skip
 
 
-def export_detector(folder: Path) -> dict[str, Any]:
+def export_detector(folder: Path) -> dict[str, Any] | None:
     """MTCNN's three networks (``mtcnn_pnet.onnx`` over any frame size, ``mtcnn_rnet.onnx`` and ``mtcnn_onet.onnx``
-    over 24 and 48 px patches) into ``folder``; returns their JSON entry."""
-    from expr.features.mtcnn import MTCNN
+    over 24 and 48 px patches) into ``folder``; returns their JSON entry, or None without MTCNN's weights (then
+    ``expr predict`` falls back to OpenCV's Haar cascade, which runs no torch)."""
+    from expr.features.mtcnn import MTCNN, MTCNNError
 
+    try:
+        nets = MTCNN().nets
+    except MTCNNError:
+        return None
     entry, g = {}, torch.Generator().manual_seed(0)
-    for name, net, size in zip(("pnet", "rnet", "onet"), MTCNN().nets, (None, 24, 48), strict=True):
+    for name, net, size in zip(("pnet", "rnet", "onet"), nets, (None, 24, 48), strict=True):
         x = torch.rand(2, 3, size or 37, size or 53, generator=g) * 2 - 1
         spatial = {0: "batch", 2: "height", 3: "width"} if size is None else {0: "batch"}
         dynamic = {"x": spatial, **{h: spatial if size is None else {0: "batch"} for h in net.heads}}
@@ -202,8 +212,8 @@ def export_detector(folder: Path) -> dict[str, Any]:
 class OnnxNet:
     """One of MTCNN's networks under ONNX Runtime, called as the torch network is (a tensor in, its heads out)."""
 
-    def __init__(self, path: Path):
-        self.session = session(path)
+    def __init__(self, path: Path, device: str = "cpu"):
+        self.session = session(path, device)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = self.session.run(None, {"x": x.float().contiguous().cpu().numpy()})
@@ -213,9 +223,9 @@ class OnnxNet:
 class OnnxImageEncoder:
     """:class:`~expr.features.encoding.ImageEncoder`'s ``encode`` on an exported model."""
 
-    def __init__(self, folder: Path, entry: dict[str, Any], batch_size: int = 64):
+    def __init__(self, folder: Path, entry: dict[str, Any], batch_size: int = 64, device: str = "cpu"):
         self.spec, self.dim, self.steps = parse_spec(entry["spec"]), int(entry["dim"]), entry["preprocess"]
-        self.session, self.batch_size = session(folder / entry["file"]), batch_size
+        self.session, self.batch_size = session(folder / entry["file"], device), batch_size
 
     def encode(self, images) -> np.ndarray:
         out = np.zeros((len(images), self.dim), np.float32)
@@ -231,7 +241,8 @@ class OnnxImageEncoder:
 class OnnxAudioEncoder(AudioEncoder):
     """:class:`~expr.features.encoding.AudioEncoder` (its chunks and context) on an exported model."""
 
-    def __init__(self, folder: Path, entry: dict[str, Any], chunk_seconds: float = 30.0, context_seconds: float = 2.0):
+    def __init__(self, folder: Path, entry: dict[str, Any], chunk_seconds: float = 30.0, context_seconds: float = 2.0,
+                 device: str = "cpu"):  # fmt: skip
         self.spec, self.dim, self.mel = parse_spec(entry["spec"]), int(entry["dim"]), None
         self.normalize, self.layers = bool(entry["normalize"]), None  # the layer range is inside the exported model
         self.conv = entry["conv"]
@@ -242,7 +253,7 @@ class OnnxAudioEncoder(AudioEncoder):
         self.chunk = max(1, round(chunk_seconds * 16_000 / self.stride))
         self.context = max(0, round(context_seconds * 16_000 / self.stride))
         self.rate = 16_000 / self.stride
-        self.session = session(folder / entry["file"])
+        self.session = session(folder / entry["file"], device)
 
     def num_frames(self, num_samples: int) -> int:
         n = num_samples

@@ -85,8 +85,9 @@ class CrossAttention(nn.Module):
         return self.norm(query + update)  # [B, Tq, D]
 
     def _attend(self, query: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """``self.attn(query, kv, kv, key_padding_mask=~valid)`` spelled out with its own weights (the same values
-        and dropout draws), so that the ONNX exporter keeps the key length dynamic (its trace of
+        """``self.attn(query, kv, kv, key_padding_mask=~valid)`` spelled out with its own weights (the same forward
+        values and dropout draws on the inputs tested; the gradients of the separate key and value projections round
+        differently from its packed one), so that the ONNX exporter keeps the key length dynamic (its trace of
         ``nn.MultiheadAttention`` fixes it)."""
         a, (B, Tq, D) = self.attn, query.shape
         H = a.num_heads

@@ -100,6 +100,7 @@ def evaluate(run: Run, split: str = "validation", device: str = "auto", out_dir=
         "frames": int(len(frames.rows)),
         "labelled_frames": int((frames.labels >= 0).sum()),
         "flip": bool(cfg.eval.flip and cfg.data.mode == "online"),
+        "predict_fps": cfg.predict.fps,  # image encodings per second (0: every frame)
         "tasks": list(tasks),
         **(frames.metrics(decision, cfg.data.classes) if "expr" in tasks else {}),
         **task_reports,
@@ -110,7 +111,8 @@ def evaluate(run: Run, split: str = "validation", device: str = "auto", out_dir=
         report["p_mtl"] = {"score": float(sum(terms.values())), **terms}
     if "expr" in tasks:
         report.update(in_sample_calibration(run.path, report, frames, decision, cfg.data.classes))
-    out = Path(out_dir) if out_dir else Path(run.path) / "eval" / split
+    folder = split + (f"-fps{cfg.predict.fps:g}" if cfg.predict.fps else "")  # beside the every-frame report
+    out = Path(out_dir) if out_dir else Path(run.path) / "eval" / folder
     write_report(out, report, list(cfg.data.classes))
     if "va" in scored:
         plot_va(*scored["va"][1:], out / "va_density.png", f"{split}: CCC {task_reports['va']['ccc']:.4f}")

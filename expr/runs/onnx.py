@@ -76,14 +76,19 @@ def export_head(run: Run, path: Path) -> dict[str, Any]:
             "outputs": {n: ["batch", widths[n]] for n in outputs}}  # fmt: skip
 
 
+def check_exportable(run: Run) -> None:
+    """An ensemble folder or an online-mode head is refused by name."""
+    if run.is_ensemble:
+        raise ExportError(f"{run.path}: an ensemble folder; export each member")
+    if run.cfg.data.mode != "cached":
+        raise ExportError(f"{run.path}: an online-mode head (its encoders train with it) has no ONNX export yet")
+
+
 def export_onnx(run_dir: str | Path, out: str | Path, backbones: Backbones) -> Path:
     """``run_dir``'s export with its head and ``backbones`` (its feature sets' encoders, on the CPU) as ONNX models,
     in the module's layout."""
     run = Run.open(run_dir)
-    if run.is_ensemble:
-        raise ExportError(f"{run_dir}: an ensemble folder; export each member")
-    if run.cfg.data.mode != "cached":
-        raise ExportError(f"{run_dir}: an online-mode head (its encoders train with it) has no ONNX export yet")
+    check_exportable(run)
 
     def write(folder: Path) -> None:
         head = export_head(run, folder / "head.onnx")
@@ -92,7 +97,9 @@ def export_onnx(run_dir: str | Path, out: str | Path, backbones: Backbones) -> P
             manifest["visual"][name] = export_image_encoder(backbones.visual(name), folder / f"image_{name}.onnx")
         for name in backbones.audio_sets:
             manifest["audio"][name] = export_audio_encoder(backbones.audio(name), folder / f"audio_{name}.onnx")
-        manifest["detector"] = export_detector(folder)
+        detector = export_detector(folder)
+        if detector is not None:
+            manifest["detector"] = detector
         (folder / "onnx.json").write_text(json.dumps(manifest, indent=2))
 
     try:
@@ -105,8 +112,9 @@ class OnnxHead:
     """The exported head under ONNX Runtime, called like the torch head by :func:`expr.scoring.outputs.predict_outputs`
     (torch tensors in and out as glue; no torch module runs)."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any]):
-        self.session, self.outputs = session(folder / manifest["head"]["file"]), list(manifest["head"]["outputs"])
+    def __init__(self, folder: Path, manifest: dict[str, Any], device: str = "cpu"):
+        self.session = session(folder / manifest["head"]["file"], device)
+        self.outputs = list(manifest["head"]["outputs"])
 
     def to(self, device):
         return self
@@ -120,21 +128,23 @@ class OnnxHead:
         return FusionOutput(got["logits"], None, None, got.get("va"), got.get("au"))
 
 
-def onnx_run(run: Run, detector=None) -> tuple[Run, Backbones]:
+def onnx_run(run: Run, detector=None, device: str = "cpu") -> tuple[Run, Backbones]:
     """``run`` (opened from an ONNX export) with its head, and the encoders of its sets, on ONNX Runtime; an MTCNN
-    ``detector``'s networks too (OpenCV's Haar cascade runs no torch anyway)."""
+    ``detector``'s networks too (OpenCV's Haar cascade runs no torch anyway); on the CPU, or with every provider
+    the installed ONNX Runtime offers for ``device`` cuda."""
     if run.is_ensemble:
         raise ExportError(f"{run.path}: --backend onnxruntime takes one exported run, not an ensemble")
     manifest = onnx_manifest(run.path)
-    run.model = OnnxHead(run.path, manifest)
+    run.model = OnnxHead(run.path, manifest, device)
     backbones = Backbones(device="cpu", visual_sets={n: parse_spec(e["spec"]) for n, e in manifest["visual"].items()},
                           audio_sets={n: parse_spec(e["spec"]) for n, e in manifest["audio"].items()})  # fmt: skip
     if detector is not None and hasattr(detector, "model") and "detector" in manifest:
-        detector.model.nets = [OnnxNet(run.path / manifest["detector"][n]["file"]) for n in ("pnet", "rnet", "onet")]
+        files = [run.path / manifest["detector"][n]["file"] for n in ("pnet", "rnet", "onet")]
+        detector.model.nets = [OnnxNet(f, device) for f in files]
     for name, entry in manifest["visual"].items():
-        backbones._encoders[name] = OnnxImageEncoder(run.path, entry, backbones.batch_size)
+        backbones._encoders[name] = OnnxImageEncoder(run.path, entry, backbones.batch_size, device)
     for name, entry in manifest["audio"].items():
         backbones._encoders[name] = OnnxAudioEncoder(
-            run.path, entry, backbones.chunk_seconds, backbones.context_seconds
+            run.path, entry, backbones.chunk_seconds, backbones.context_seconds, device
         )
     return run, backbones

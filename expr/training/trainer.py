@@ -86,6 +86,11 @@ class Trainer:
         unit: type[TrainUnit] = HeadUnit,
     ):
         self.cfg, self.on_epoch_end = cfg, on_epoch_end
+        if cfg.predict.fps:
+            raise ConfigError(
+                "predict.fps is for commands that read a finished run (expr predict, and expr evaluate to measure its "
+                "cost): training reads every frame's features"
+            )
         self.unit = unit(self)
         self.data = self.store = self.encoders = None
         self._non_finite_steps = 0

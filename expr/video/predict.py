@@ -221,7 +221,7 @@ def predict_videos(videos: list[Path], run, out, clip=None, wav2vec2=None, devic
 
         if clip or wav2vec2:
             raise PredictError("--backend onnxruntime runs the encoders exported with the run: drop --clip/--wav2vec2")
-        run, backbones = onnx_run(run, detector)
+        run, backbones = onnx_run(run, detector, device)
     else:
         backbones = None if run.is_ensemble else run_backbones(run.info, clip, wav2vec2, device)  # once for all
     if backbones is not None:
