@@ -98,20 +98,22 @@ def test_every_exported_model_matches_torch_on_real_inputs(onnx_folder, small_ru
 
 
 def test_predict_under_onnxruntime_agrees_with_torch_on_a_real_clip(onnx_folder, tmp_path):
+    """Against the torch run's CSV of the same head and clip (the reference that test_predict_reference keeps)."""
     from expr.cli.predict import main
+    from tests.test_predict_reference import REFERENCE
 
     video = str(clip("carphone_pristine"))
     assert main([video, "--run", str(onnx_folder), "--out", str(tmp_path / "o"), "--backend", "onnxruntime",
                  "--no-progress"]) == 0  # fmt: skip
-    assert main([video, "--run", str(onnx_folder), "--out", str(tmp_path / "t"), "--clip", "random", "--wav2vec2",
-                 "random", "--no-progress"]) == 0  # fmt: skip
     onnx = list(csv.DictReader(open(tmp_path / "o" / "carphone_pristine.csv")))
-    ref = list(csv.DictReader(open(tmp_path / "t" / "carphone_pristine.csv")))
+    ref = list(csv.DictReader(open(REFERENCE / "carphone_pristine.csv")))
     assert list(onnx[0]) == list(ref[0]) and len(onnx) == len(ref) == 120
     agree = np.mean([a["label"] == b["label"] for a, b in zip(onnx, ref, strict=True)])
     assert agree >= 0.99
     probs = [(float(a[k]), float(b[k])) for a, b in zip(onnx, ref, strict=True) for k in a if k.startswith("p_")]
     assert max(abs(a - b) for a, b in probs) <= 2e-4
+    boxes = [(float(a[k]), float(b[k])) for a, b in zip(onnx, ref, strict=True) for k in a if k.startswith("box_")]
+    assert max(abs(a - b) for a, b in boxes) <= 0.15  # MTCNN under ONNX Runtime: the CSV's 0.1 px
 
 
 def test_onnxruntime_needs_an_onnx_export(small_run, tmp_path, capsys):
