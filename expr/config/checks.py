@@ -137,7 +137,8 @@ def validate(cfg: Config) -> None:
         (
             not cfg.predict.fps or cfg.data.mode == "cached",
             "predict.fps",
-            "is for cached features: online mode encodes each window's crops as it reads them",
+            "is for cached features (expr predict --realtime sets it): online mode encodes each window's crops as it "
+            "reads them",
         ),
         (cfg.predict.detect_every >= 1, "predict.detect_every", "must be at least 1"),
         (0.0 < cfg.predict.detect_scale <= 1.0, "predict.detect_scale", "must be in (0, 1]"),
