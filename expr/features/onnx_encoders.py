@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from expr.features.encoding import AudioEncoder, EncoderError, ImageEncoder, view
+from expr.features.encoding import AudioEncoder, EncoderError, ImageEncoder
 from expr.features.spec import EncoderSpec, parse_spec
 
 OPSET = 17
@@ -220,22 +220,16 @@ class OnnxNet:
         return [torch.from_numpy(o).to(x.device) for o in out]
 
 
-class OnnxImageEncoder:
-    """:class:`~expr.features.encoding.ImageEncoder`'s ``encode`` on an exported model."""
+class OnnxImageEncoder(ImageEncoder):
+    """:class:`~expr.features.encoding.ImageEncoder` (its batches and views) on an exported model."""
 
     def __init__(self, folder: Path, entry: dict[str, Any], batch_size: int = 64, device: str = "cpu"):
         self.spec, self.dim, self.steps = parse_spec(entry["spec"]), int(entry["dim"]), entry["preprocess"]
         self.session, self.batch_size = session(folder / entry["file"], device), batch_size
 
-    def encode(self, images) -> np.ndarray:
-        out = np.zeros((len(images), self.dim), np.float32)
-        views = self.spec.views
-        for i in range(0, len(images), self.batch_size):
-            chunk = images[i : i + self.batch_size]
-            for mirrored, scale in views:
-                pixels = np.stack([preprocess(view(im, mirrored, scale), self.steps) for im in chunk])
-                out[i : i + len(chunk)] += self.session.run(None, {"pixels": pixels})[0]
-        return (out / len(views)).astype(np.float16)
+    def _run(self, images) -> torch.Tensor:
+        pixels = np.stack([preprocess(im, self.steps) for im in images])
+        return torch.from_numpy(self.session.run(None, {"pixels": pixels})[0])
 
 
 class OnnxAudioEncoder(AudioEncoder):

@@ -69,6 +69,9 @@ class TCN(nn.Module):
 class CrossAttention(nn.Module):
     """H = LN(Q + MHA(Q, KV, KV)) with key padding; queries with no valid key get a zero update."""
 
+    spelled_out = False
+    """Attend through :meth:`_attend` (set while exporting to ONNX) instead of ``nn.MultiheadAttention``."""
+
     def __init__(self, dim: int, heads: int, dropout: float):
         super().__init__()
         self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
@@ -80,15 +83,17 @@ class CrossAttention(nn.Module):
         # A row with no valid key would softmax over nothing (NaN). Let it attend to position 0 (zeroed by the
         # caller) and drop its update below, so the result is LN(query). Not in place, so ONNX exports it.
         padding = torch.cat([~kv_mask[:, :1] & ~empty[:, None], ~kv_mask[:, 1:]], dim=1)
-        update = self._attend(query, kv, ~padding)  # [B, Tq, D]
+        if self.spelled_out:
+            update = self._attend(query, kv, ~padding)  # [B, Tq, D]
+        else:
+            update, _ = self.attn(query, kv, kv, key_padding_mask=padding, need_weights=False)  # [B, Tq, D]
         update = update.masked_fill(empty[:, None, None], 0.0)
         return self.norm(query + update)  # [B, Tq, D]
 
     def _attend(self, query: torch.Tensor, kv: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """``self.attn(query, kv, kv, key_padding_mask=~valid)`` spelled out with its own weights (the same forward
-        values and dropout draws on the inputs tested; the gradients of the separate key and value projections round
-        differently from its packed one), so that the ONNX exporter keeps the key length dynamic (its trace of
-        ``nn.MultiheadAttention`` fixes it)."""
+        """``self.attn(query, kv, kv, key_padding_mask=~valid)`` spelled out with its own weights (the same values
+        on the inputs tested), for the ONNX exporter, whose trace of ``nn.MultiheadAttention`` fixes the key length.
+        Training keeps ``nn.MultiheadAttention``: its packed key-value projection rounds gradients differently."""
         a, (B, Tq, D) = self.attn, query.shape
         H = a.num_heads
         w_q, w_k, w_v = a.in_proj_weight.chunk(3)

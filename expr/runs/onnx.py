@@ -34,7 +34,7 @@ from expr.features.onnx_encoders import (
     session,
 )
 from expr.features.spec import parse_spec
-from expr.models.fusion import FusionOutput
+from expr.models.fusion import CrossAttention, FusionOutput
 from expr.runs.export import ExportError, export_run
 from expr.runs.run import Run
 
@@ -66,8 +66,12 @@ def export_head(run: Run, path: Path) -> dict[str, Any]:
     dynamic = {"visual": {0: "batch", 1: "frames"}, "visual_mask": {0: "batch", 1: "frames"},
                "audio": {0: "batch", 1: "audio_frames"}, "audio_mask": {0: "batch", 1: "audio_frames"},
                **{n: {0: "batch"} for n in outputs}}  # fmt: skip
-    diff = export_module(_Head(head, outputs), (visual, visual_mask, audio, audio_mask), path, HEAD_INPUTS, outputs,
-                         dynamic, f"the head of {run.path}")  # fmt: skip
+    CrossAttention.spelled_out = True  # nn.MultiheadAttention's trace would fix the audio length
+    try:
+        diff = export_module(_Head(head, outputs), (visual, visual_mask, audio, audio_mask), path, HEAD_INPUTS,
+                             outputs, dynamic, f"the head of {run.path}")  # fmt: skip
+    finally:
+        CrossAttention.spelled_out = False
     widths = {"logits": cfg.num_classes, "va": 2, "au": 12}
     return {"file": path.name, "parity": diff, "window": T, "tasks": list(cfg.train.tasks),
             "inputs": {"visual": ["batch", "frames", cfg.model.visual_dim], "visual_mask": ["batch", "frames"],
