@@ -77,7 +77,7 @@ def export_onnx_folder(args: ExportOptions) -> int:
     check_exportable(run)  # before the encoders load
     backbones = run_backbones(run.info, args.clip, args.wav2vec2, "cpu")
     backbones.load_all()
-    out = export_onnx(args.run_dir, args.out, backbones)
+    out = export_onnx(run, args.out, backbones)
     manifest = json.loads((out / "onnx.json").read_text())
     models = [manifest["head"], *manifest["visual"].values(), *manifest["audio"].values(),
               *manifest.get("detector", {}).values()]  # fmt: skip

@@ -193,10 +193,14 @@ class AudioEncoder:
             chunk_seconds = min(chunk_seconds, window - 2 * context_seconds)
         else:
             self.stride, self.receptive = conv_geometry(config)
+        self._chunking(chunk_seconds, context_seconds)
+        self.layers = spec.layer if spec is not None else None
+
+    def _chunking(self, chunk_seconds: float, context_seconds: float) -> None:
+        """Chunk and context lengths in output frames, and output frames per second, from ``self.stride``."""
         self.chunk = max(1, round(chunk_seconds * 16_000 / self.stride))  # output frames per chunk
         self.context = max(0, round(context_seconds * 16_000 / self.stride))
         self.rate = 16_000 / self.stride  # output frames per second
-        self.layers = spec.layer if spec is not None else None
 
     def num_frames(self, num_samples: int) -> int:
         if not num_samples:

@@ -19,12 +19,13 @@ import inspect
 import json
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
-from expr.features.encoding import AudioEncoder, EncoderError, ImageEncoder
+from expr.features.encoding import AudioEncoder, EncoderError, ImageEncoder, conv_geometry
 from expr.features.spec import EncoderSpec, parse_spec
 
 OPSET = 17
@@ -202,7 +203,7 @@ def export_detector(folder: Path) -> dict[str, Any] | None:
     for name, net, size in zip(("pnet", "rnet", "onet"), nets, (None, 24, 48), strict=True):
         x = torch.rand(2, 3, size or 37, size or 53, generator=g) * 2 - 1
         spatial = {0: "batch", 2: "height", 3: "width"} if size is None else {0: "batch"}
-        dynamic = {"x": spatial, **{h: spatial if size is None else {0: "batch"} for h in net.heads}}
+        dynamic = {"x": spatial, **{h: spatial for h in net.heads}}
         path = folder / f"mtcnn_{name}.onnx"
         diff = export_module(net, (x,), path, ["x"], list(net.heads), dynamic, f"MTCNN's {name}")
         entry[name] = {"file": path.name, "parity": diff, "outputs": list(net.heads)}
@@ -240,13 +241,9 @@ class OnnxAudioEncoder(AudioEncoder):
         self.spec, self.dim, self.mel = parse_spec(entry["spec"]), int(entry["dim"]), None
         self.normalize, self.layers = bool(entry["normalize"]), None  # the layer range is inside the exported model
         self.conv = entry["conv"]
-        self.stride, self.receptive = 1, 1
-        for kernel, step in self.conv:
-            self.receptive += (kernel - 1) * self.stride
-            self.stride *= step
-        self.chunk = max(1, round(chunk_seconds * 16_000 / self.stride))
-        self.context = max(0, round(context_seconds * 16_000 / self.stride))
-        self.rate = 16_000 / self.stride
+        kernels, strides = zip(*self.conv, strict=True)
+        self.stride, self.receptive = conv_geometry(SimpleNamespace(conv_kernel=kernels, conv_stride=strides))
+        self._chunking(chunk_seconds, context_seconds)
         self.session = session(folder / entry["file"], device)
 
     def num_frames(self, num_samples: int) -> int:

@@ -88,10 +88,9 @@ def check_exportable(run: Run) -> None:
         raise ExportError(f"{run.path}: an online-mode head (its encoders train with it) has no ONNX export yet")
 
 
-def export_onnx(run_dir: str | Path, out: str | Path, backbones: Backbones) -> Path:
-    """``run_dir``'s export with its head and ``backbones`` (its feature sets' encoders, on the CPU) as ONNX models,
-    in the module's layout."""
-    run = Run.open(run_dir)
+def export_onnx(run: Run, out: str | Path, backbones: Backbones) -> Path:
+    """The export of ``run`` (opened from its directory) with its head and ``backbones`` (its feature sets' encoders,
+    on the CPU) as ONNX models, in the module's layout."""
     check_exportable(run)
 
     def write(folder: Path) -> None:
@@ -107,7 +106,7 @@ def export_onnx(run_dir: str | Path, out: str | Path, backbones: Backbones) -> P
         (folder / "onnx.json").write_text(json.dumps(manifest, indent=2))
 
     try:
-        return export_run(run_dir, out, write)
+        return export_run(run.path, out, write)
     except OnnxExportError as e:
         raise ExportError(str(e)) from None
 

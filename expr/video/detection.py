@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from expr.features.faces import Face
-from expr.video.tracks import iou
+from expr.video.tracks import greedy_pairs
 
 MIN_IOU = 0.3
 
@@ -36,15 +36,8 @@ def scaled_back(face: Face, scale: float) -> Face:
 def between(a: list[Face], b: list[Face], w: float) -> list[Face]:
     """The faces at fraction ``w`` of the way from detection ``a`` to detection ``b``: each face of ``a`` with its
     partner in ``b`` (the best overlap of at least :data:`MIN_IOU`, greedily), interpolated; largest first."""
-    pairs = sorted(((iou(fa.box, fb.box), i, j) for i, fa in enumerate(a) for j, fb in enumerate(b)), reverse=True)
-    out, used_a, used_b = [], set(), set()
-    for overlap, i, j in pairs:
-        if overlap < MIN_IOU:
-            break
-        if i in used_a or j in used_b:
-            continue
-        used_a.add(i)
-        used_b.add(j)
+    out = []
+    for i, j in greedy_pairs([(i, f.box) for i, f in enumerate(a)], [f.box for f in b], MIN_IOU):
         fa, fb = a[i], b[j]
         marks = None
         if fa.landmarks is not None and fb.landmarks is not None:

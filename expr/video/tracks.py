@@ -50,24 +50,31 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
+def greedy_pairs(a: list[tuple[int, np.ndarray]], b: list[np.ndarray], min_iou: float) -> list[tuple[int, int]]:
+    """(key of ``a``, index of ``b``) pairs of boxes, greedily by overlap (best first, ties in the order given), each
+    side at most once, overlapping by an IoU of at least ``min_iou``; ``a``: (key, box) pairs."""
+    pairs = sorted(((iou(box, other), k, j) for k, box in a for j, other in enumerate(b)), key=lambda p: -p[0])
+    out, taken_a, taken_b = [], set(), set()
+    for overlap, k, j in pairs:
+        if overlap < min_iou:
+            break
+        if k in taken_a or j in taken_b:
+            continue
+        out.append((k, j))
+        taken_a.add(k)
+        taken_b.add(j)
+    return out
+
+
 def link_faces(detections: list[list[Face]], min_iou: float = 0.3, max_gap: int = 15) -> list[Track]:
     """The tracks of ``detections`` (each frame's faces), in order of their first frame."""
     tracks: list[Track] = []
     live: list[int] = []  # the tracks that may still continue
     for t, faces in enumerate(detections):
         live = [k for k in live if t - tracks[k].last <= max_gap + 1]
-        pairs = sorted(
-            ((iou(tracks[k].faces[-1].box, face.box), k, j) for k in live for j, face in enumerate(faces)),
-            key=lambda p: -p[0],
-        )
-        taken_tracks, taken_faces = set(), set()
-        for overlap, k, j in pairs:
-            if overlap < min_iou:
-                break
-            if k in taken_tracks or j in taken_faces:
-                continue
+        taken_faces = set()
+        for k, j in greedy_pairs([(k, tracks[k].faces[-1].box) for k in live], [f.box for f in faces], min_iou):
             tracks[k].add(t, faces[j])
-            taken_tracks.add(k)
             taken_faces.add(j)
         for j, face in enumerate(faces):
             if j not in taken_faces:
