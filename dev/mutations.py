@@ -287,7 +287,7 @@ MUTATIONS = [
      "        **{t: store.task_labels[t][f0 : f0 + n] if store.task_splits[t][v] else None for t in "
      "store.task_labels},\n", "", ["tests/test_prepare.py", "-k", "va_and_au"]),
     ("task-align", "VA and AU labels are aligned to the video's frames by index", "expr/extract/video.py",
-     "task_labels[task][: min(T, len(values))] = values[:T]", "task_labels[task][: min(T, len(values))] = values[-T:]",
+     "out[: min(T, len(values))] = values[:T]", "out[: min(T, len(values))] = values[-T:]",
      ["tests/test_prepare.py", "-k", "va_and_au"]),
     ("mtcnn-marks", "MTCNN's landmark outputs are x then y, scaled by the box", "expr/features/mtcnn.py",
      "points = torch.stack([bw * marks[:, :5] + boxes[:, 1:2] - 1, bh * marks[:, 5:] + boxes[:, 2:3] - 1], -1)",
