@@ -43,8 +43,8 @@ class PredictOptions:
     """video files and/or folders (searched recursively for .mp4 .avi .mov .mkv .webm .m4v)"""
     run: str
     """a run directory, a folder written by `expr export`, or an ensemble folder (`expr ensemble`)"""
-    out: str
-    """output folder"""
+    out: str | None = None
+    """output folder (with --stream: a file for the JSON lines; default standard output)"""
     clip: str | None = None
     """CLIP weights, as expr prepare takes them (default: those of the model's training features; or
     --backbones.clip / --backbones.clip_pretrained)"""
@@ -70,6 +70,12 @@ class PredictOptions:
     realtime: bool = False
     """faster than real time on a laptop CPU: --predict.fps 8 --predict.detect_every 3 --predict.detect_scale 0.5
     (image encodings per second, detection on every 3rd frame at half size); each of them can be set on its own"""
+    stream: bool = False
+    """predict one SOURCE as it comes (a file at its own frame rate, a camera /dev/videoN or index, an rtsp:// or
+    http:// stream): one JSON line per frame as soon as it is decided (time, track, label, probabilities, VA / AUs of
+    a run trained on them); Ctrl-C ends it with every frame read written; sets --predict.audio_chunk 0.5"""
+    speed: float = 1.0
+    """with --stream and a file: play it at this many times its frame rate (0: as fast as it decodes)"""
     no_progress: bool = False
     """no progress bar"""
 
@@ -96,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.propagate = False
+    if args.stream:
+        return stream(args, overrides)
+    if args.out is None:
+        print("error: expr predict: --out DIR is required (the folder for the CSVs and plots)", file=sys.stderr)
+        return 2
     try:
         videos = find_videos(args.videos)
         kw = dict(clip=args.clip, wav2vec2=args.wav2vec2, device=args.device, progress=not args.no_progress,
@@ -118,3 +129,27 @@ def main(argv: list[str] | None = None) -> int:
     for video, error in failed:
         print(f"error: {video}: {error}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def stream(args: PredictOptions, overrides: dict) -> int:
+    """``--stream``: :func:`expr.video.live.predict_stream`, its summary on standard error."""
+    from expr.data.media import MediaError
+    from expr.video.live import predict_stream
+
+    if len(args.videos) != 1 or args.faces != "largest" or args.video or args.speed < 0:
+        print("error: expr predict --stream reads one SOURCE, with --faces largest, without --video, at a --speed of "
+              "0 or more", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        result = predict_stream(args.videos[0], args.run, args.out, args.clip, args.wav2vec2, args.device, overrides,
+                                args.detector, args.backend, args.speed)  # fmt: skip
+    except (PredictError, RunError, BackboneError, EncoderError, SpecError, StoreError, FaceDetectorError,
+            ConfigError, MediaError) as e:  # fmt: skip
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    late = result["latency"]
+    rate = result["frames"] / max(result["seconds"], 1e-9)
+    print(f"{result['frames']} frames in {result['seconds']:.1f} s ({rate:.1f} frames/s); latency median "
+          f"{late.quantile(0.5):.2f} s, 95th percentile {late.quantile(0.95):.2f} s, max {late.max:.2f} s"
+          + (" (stopped by Ctrl-C)" if result["interrupted"] else ""), file=sys.stderr)  # fmt: skip
+    return 0

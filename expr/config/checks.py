@@ -142,6 +142,8 @@ def validate(cfg: Config) -> None:
         ),
         (cfg.predict.detect_every >= 1, "predict.detect_every", "must be at least 1"),
         (0.0 < cfg.predict.detect_scale <= 1.0, "predict.detect_scale", "must be in (0, 1]"),
+        (cfg.predict.audio_chunk >= 0, "predict.audio_chunk", "must be 0 (the encoder's 30 s chunks) or more"),
+        (cfg.predict.audio_context >= 0, "predict.audio_context", "must be 0 or more"),
     ]
     for ok, key, msg in checks:
         if not ok:

@@ -318,3 +318,10 @@ class PredictConfig:
     detect_scale: float = 1.0
     """``expr predict``: the detector sees each frame downscaled by this factor (0.5: half its width and height);
     boxes and landmarks are scaled back and the crops cut from the full frame."""
+    audio_chunk: float = 0.0
+    """``expr predict``: the audio encoder reads the track in chunks of this many seconds, each with
+    ``audio_context`` seconds on both sides and normalised on its own (:mod:`expr.features.audio_stream`), as a
+    stream must; 0: the whole track's chunks of 30 s (as ``expr prepare`` encodes). ``--stream`` sets 0.5, and an
+    offline prediction with the same value gets the stream's features."""
+    audio_context: float = 0.5
+    """With ``audio_chunk``: seconds of audio on each side of a chunk that its encoding reads."""

@@ -219,34 +219,13 @@ class WindowDataset(torch.utils.data.Dataset):
         s = self.store
         epoch, idx = np.divmod(np.asarray(indices, np.int64), max(1, len(self)))
         start, label = self.starts(idx, int(epoch[0]) if len(epoch) else 0)
-        video, T = self.video[idx], self.window
-        # Visual frames: [B, T]
-        frame = start[:, None] + np.arange(T)[None, :]  # may reach past either end of the video
-        inside = (frame >= 0) & (frame < s.num_frames[video][:, None])
-        rows = s.frame_offset[video][:, None] + np.clip(frame, 0, s.num_frames[video][:, None] - 1)
-        visual = s.visual[rows]  # [B, T, Dv]
-        if not inside.all():  # frames outside the video: zeros, as online mode's encoders give them (masked anyway)
-            visual[~inside] = 0
-        visual_mask = inside & s.face[rows]
+        video = self.video[idx]
+        inputs, rows, inside = window_inputs(s, video, start, self.window)
         labels = s.labels if self.targets is None else self.targets.labels  # masked to the split's EXPR videos
         frame_labels = np.where(inside, labels[rows], -1)
-        # Audio frames spanning the same time: [B, Ta]
-        a0, count = s.audio_span(video, start, T)
-        ta = int(count.max()) if len(count) else 1
-        apos = a0[:, None] + np.arange(ta)[None, :]
-        audio_mask = (apos >= 0) & (apos < s.num_audio[video][:, None]) & (np.arange(ta)[None, :] < count[:, None])
-        if len(s.audio):
-            arows = np.clip(s.audio_offset[video][:, None] + apos, 0, len(s.audio) - 1)
-            audio = s.audio[arows]  # [B, Ta, Da]
-            audio = np.where(audio_mask[..., None], audio, np.float16(0))
-        else:
-            audio = np.zeros((len(idx), ta, s.audio_dim), np.float16)
         return {
             **self.task_targets(video, start),
-            "visual": torch.from_numpy(np.ascontiguousarray(visual)),
-            "visual_mask": torch.from_numpy(visual_mask),
-            "audio": torch.from_numpy(np.ascontiguousarray(audio)),
-            "audio_mask": torch.from_numpy(audio_mask),
+            **{k: torch.from_numpy(v) for k, v in inputs.items()},
             "label": torch.from_numpy(label),
             "frame_labels": torch.from_numpy(frame_labels),
             "index": torch.from_numpy(idx),
@@ -276,6 +255,34 @@ def target_coverage(data: WindowDataset, epochs: int) -> dict[str, float]:
         rows = targets.frames_with_target(task)
         out[task] = float(hit[rows].mean()) if len(rows) else float("nan")
     return out
+
+
+def window_inputs(s, video: np.ndarray, start: np.ndarray, T: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """What the head reads of windows of ``T`` frames from frame ``start`` of ``video`` of a store ``s`` (or of what
+    ``expr predict --stream`` holds, :mod:`expr.video.stream`): ({visual, visual_mask, audio, audio_mask}, the frames'
+    store rows [B, T], inside the video [B, T])."""
+    # Visual frames: [B, T]
+    frame = start[:, None] + np.arange(T)[None, :]  # may reach past either end of the video
+    inside = (frame >= 0) & (frame < s.num_frames[video][:, None])
+    rows = s.frame_offset[video][:, None] + np.clip(frame, 0, s.num_frames[video][:, None] - 1)
+    visual = s.visual[rows]  # [B, T, Dv]
+    if not inside.all():  # frames outside the video: zeros, as online mode's encoders give them (masked anyway)
+        visual[~inside] = 0
+    visual_mask = inside & s.face[rows]
+    # Audio frames spanning the same time: [B, Ta]
+    a0, count = s.audio_span(video, start, T)
+    ta = int(count.max()) if len(count) else 1
+    apos = a0[:, None] + np.arange(ta)[None, :]
+    audio_mask = (apos >= 0) & (apos < s.num_audio[video][:, None]) & (np.arange(ta)[None, :] < count[:, None])
+    if len(s.audio):
+        arows = np.clip(s.audio_offset[video][:, None] + apos, 0, len(s.audio) - 1)
+        audio = s.audio[arows]  # [B, Ta, Da]
+        audio = np.where(audio_mask[..., None], audio, np.float16(0))
+    else:
+        audio = np.zeros((len(video), ta, s.audio_dim), np.float16)
+    inputs = {"visual": np.ascontiguousarray(visual), "visual_mask": visual_mask,
+              "audio": np.ascontiguousarray(audio), "audio_mask": audio_mask}  # fmt: skip
+    return inputs, rows, inside
 
 
 def collate_batch(batch):

@@ -45,6 +45,8 @@ RUN_OVERRIDES = (
     "predict.fps",
     "predict.detect_every",
     "predict.detect_scale",
+    "predict.audio_chunk",
+    "predict.audio_context",
 )
 
 

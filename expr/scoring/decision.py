@@ -80,15 +80,21 @@ def aggregate_frames(
         means = np.zeros((len(at), probs.shape[1]))
         np.add.at(means, inverse, probs[group])
         means /= np.bincount(inverse)[:, None]
-        frames = np.arange(int(num_frames[v]))
-        j = np.clip(np.searchsorted(at, frames, side="right") - 1, 0, len(at) - 1)  # the target at or before
-        k = np.minimum(j + 1, len(at) - 1)  # the next one
-        gap = (at[k] - at[j]).astype(np.float64)
-        w = np.where(gap > 0, np.clip((frames - at[j]) / np.maximum(gap, 1.0), 0.0, 1.0), 0.0)
-        a = int(frame_offset[v])
-        out[a : a + len(frames)] = (1.0 - w)[:, None] * means[j] + w[:, None] * means[k]
-        covered[a : a + len(frames)] = True
+        a, n = int(frame_offset[v]), int(num_frames[v])
+        out[a : a + n] = between_targets(at, means, np.arange(n))
+        covered[a : a + n] = True
     return out, covered
+
+
+def between_targets(at: np.ndarray, means: np.ndarray, frames: np.ndarray) -> np.ndarray:
+    """The outputs of ``frames`` from those of the window targets ``at`` (sorted frames, ``means`` [len(at), C]):
+    linearly interpolated between the two nearest targets, a frame past the last (or before the first) target takes
+    its outputs. ``expr predict --stream`` calls it on each pair of targets as the later one's window is known."""
+    j = np.clip(np.searchsorted(at, frames, side="right") - 1, 0, len(at) - 1)  # the target at or before
+    k = np.minimum(j + 1, len(at) - 1)  # the next one
+    gap = (at[k] - at[j]).astype(np.float64)
+    w = np.where(gap > 0, np.clip((frames - at[j]) / np.maximum(gap, 1.0), 0.0, 1.0), 0.0)
+    return (1.0 - w)[:, None] * means[j] + w[:, None] * means[k]
 
 
 def fill_missing_faces(probs: np.ndarray, face: np.ndarray) -> np.ndarray:

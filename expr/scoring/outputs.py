@@ -77,14 +77,7 @@ def predict_outputs(
             return batch
 
     def window_probs(batch):
-        batch = features(batch)
-        out = model(
-            batch["visual"].to(device).float(),
-            batch["visual_mask"].to(device),
-            batch["audio"].to(device).float(),
-            batch["audio_mask"].to(device),
-        )
-        scores = out.scores(names)
+        scores = head_scores(model, features(batch), names, device)
         widths[:] = [scores[t].shape[1] for t in names]
         return torch.cat([scores[t] for t in names], -1)
 
@@ -98,6 +91,18 @@ def predict_outputs(
     rows, frames = store_frame_probabilities(store, videos, data, mine, probs, label_rule)
     edges = np.cumsum([0, *widths])
     return rows, {t: frames[:, a:b] for t, a, b in zip(names, edges[:-1], edges[1:], strict=True)}
+
+
+def head_scores(model, batch: dict[str, torch.Tensor], names, device) -> dict[str, torch.Tensor]:
+    """The head's outputs of a batch of windows (``visual``, ``visual_mask``, ``audio``, ``audio_mask``) for tasks
+    ``names``: class probabilities (``expr``), valence-arousal (``va``), AU probabilities (``au``)."""
+    out = model(
+        batch["visual"].to(device).float(),
+        batch["visual_mask"].to(device),
+        batch["audio"].to(device).float(),
+        batch["audio_mask"].to(device),
+    )
+    return out.scores(names)
 
 
 def mirrored(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ import numpy as np
 from expr.data.media import MediaError, decode_audio, probe, timed_frames
 from expr.data.store import VideoRecord
 from expr.data.subset import encoded_frames, fill_between
+from expr.features.audio_stream import encode_in_pieces
 from expr.features.faces import Face
 from expr.video.detection import FrameFaces
 from expr.video.tracks import tracks_of
@@ -113,11 +114,13 @@ def read_footage(path: Path, detector, faces: str = "largest", min_track_s: floa
     return Footage(path, fps, np.asarray(times), people, audio, warnings)
 
 
-def person_records(footage: Footage, backbones, media: bool = False, rate: float = 0.0) -> list[VideoRecord]:
+def person_records(footage: Footage, backbones, media: bool = False, rate: float = 0.0,
+                   audio_chunk: tuple[float, float] | None = None) -> list[VideoRecord]:  # fmt: skip
     """A VideoRecord (split ``test``) per person of ``footage``, through ``backbones``' encoders (the audio encoded
     once, each person's span of it). ``media`` also keeps the face crops (JPEG) and the audio for a head trained in
     online mode. ``rate`` (``predict.fps``): only the crops of these many frames per second of the person's span are
-    encoded, the frames between filled in (:mod:`expr.data.subset`)."""
+    encoded, the frames between filled in (:mod:`expr.data.subset`). ``audio_chunk``: (chunk, context) seconds of
+    ``predict.audio_chunk`` (:func:`expr.features.audio_stream.encode_in_pieces`); None: the encoder's own chunks."""
     import io
 
     from PIL import Image
@@ -126,7 +129,11 @@ def person_records(footage: Footage, backbones, media: bool = False, rate: float
     audio, start, wave = None, 0.0, np.zeros(0, np.float16)
     if footage.audio is not None:
         wave, start = footage.audio
-        audio = {audio_name: backbones.audio(audio_name).encode(wave)}
+        encoder = backbones.audio(audio_name)
+        if audio_chunk:
+            audio = {audio_name: encode_in_pieces(encoder, wave, *audio_chunk)}
+        else:
+            audio = {audio_name: encoder.encode(wave)}
         wave = wave.astype(np.float16)
     # every person's crops through each image encoder at once (full batches across tracks)
     picked, crops = [], []

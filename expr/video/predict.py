@@ -155,7 +155,8 @@ def video_probs(footage: Footage, run: Run, out: Path, clip, wav2vec2, device: s
     if backbones is None:
         backbones = run_backbones(info, clip, wav2vec2, device)
     online = cfg.data.mode == "online"  # per-window audio and crops through the frozen encoders, as trained
-    records = person_records(footage, backbones, media=online, rate=cfg.predict.fps)
+    chunk = (cfg.predict.audio_chunk, cfg.predict.audio_context) if cfg.predict.audio_chunk else None
+    records = person_records(footage, backbones, media=online, rate=cfg.predict.fps, audio_chunk=chunk)
     width = sum(v.shape[1] for v in records[0].visual_sets().values())
     if width != cfg.model.visual_dim:
         raise PredictError(
@@ -205,15 +206,10 @@ def find_videos(paths) -> list[Path]:
     return out
 
 
-def predict_videos(videos: list[Path], run, out, clip=None, wav2vec2=None, device="auto", progress=True,
-                   overrides=None, detector="auto", backend="torch", **options):  # fmt: skip
-    """:func:`predict_video` for each of ``videos`` into ``out``, the face detector and (for a run or export) the
-    encoders built once; a video that cannot be read is reported and the others go on. ``backend`` ``onnxruntime``:
-    the head and encoders of an ONNX export (``expr export --format onnx``) under ONNX Runtime. Returns (results,
-    [(video, error)])."""
-    from tqdm.auto import tqdm
-
-    device = resolve_device(device)
+def prepare(run, overrides, detector, backend: str, clip, wav2vec2, device: str):
+    """(the run, its encoders loaded, the face detector) for predicting with ``run`` (a run, export or ensemble folder;
+    ``backend`` ``onnxruntime``: an ONNX export's models); the encoders are None for an ensemble (each member loads
+    its own)."""
     detector = face_detector(detector, device)  # one fallback warning, not one per video
     run = Run.open(run, overrides)
     if backend == "onnxruntime":
@@ -229,6 +225,19 @@ def predict_videos(videos: list[Path], run, out, clip=None, wav2vec2=None, devic
     from expr.plots import pyplot
 
     pyplot()  # the plotting library's import too: a cost of the process, not of each video
+    return run, backbones, detector
+
+
+def predict_videos(videos: list[Path], run, out, clip=None, wav2vec2=None, device="auto", progress=True,
+                   overrides=None, detector="auto", backend="torch", **options):  # fmt: skip
+    """:func:`predict_video` for each of ``videos`` into ``out``, the face detector and (for a run or export) the
+    encoders built once; a video that cannot be read is reported and the others go on. ``backend`` ``onnxruntime``:
+    the head and encoders of an ONNX export (``expr export --format onnx``) under ONNX Runtime. Returns (results,
+    [(video, error)])."""
+    from tqdm.auto import tqdm
+
+    device = resolve_device(device)
+    run, backbones, detector = prepare(run, overrides, detector, backend, clip, wav2vec2, device)
     results, failed = [], []
     bar = tqdm(videos, unit="video", desc="videos", disable=not progress or len(videos) < 2)
     for video in bar:
