@@ -257,7 +257,7 @@ def target_coverage(data: WindowDataset, epochs: int) -> dict[str, float]:
     return out
 
 
-def window_inputs(s, video: np.ndarray, start: np.ndarray, T: int) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def window_inputs(s, video: np.ndarray, start: np.ndarray, T: int) -> tuple[dict, np.ndarray, np.ndarray]:
     """What the head reads of windows of ``T`` frames from frame ``start`` of ``video`` of a store ``s`` (or of what
     ``expr predict --stream`` holds, :mod:`expr.video.stream`): ({visual, visual_mask, audio, audio_mask}, the frames'
     store rows [B, T], inside the video [B, T])."""

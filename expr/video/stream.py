@@ -285,7 +285,7 @@ class StreamPredictor:
         face = self.frames[t]["filled"]
         self.placed.append((t, row))
         if face:
-            for u, own in self.placed[:-1]:
+            for u, _ in self.placed[:-1]:
                 b = self.last_face
                 self._decide(u, b[1] if b is not None and u - b[0] <= t - u else row)
             self.placed = []
