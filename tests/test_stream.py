@@ -230,3 +230,93 @@ def test_stream_refuses_what_it_cannot_predict_as_it_comes(small_run, tmp_path):
     assert main([str(video), str(video), *base[1:]]) == 2
     assert main([str(tmp_path / "none.mp4"), *base[1:]]) == 2
     assert main([*base[:-1]]) == 2  # without --stream, --out is required
+
+
+# ---- sources
+
+
+def events(source):
+    from expr.video.sources import Frame
+
+    frames, audio = [], []
+    for event in source.events():
+        (frames if isinstance(event, Frame) else audio).append(event)
+    return frames, audio
+
+
+def test_a_network_stream_gives_the_frames_and_audio_of_its_file(tmp_path):
+    import functools
+    import http.server
+    import threading
+
+    from expr.data.media import decode_audio, timed_frames
+    from expr.video.sources import Source
+
+    video = talking_clip(tmp_path / "served.mp4", [True] * 20)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = Source(f"http://127.0.0.1:{server.server_address[1]}/served.mp4")
+        assert source.live and source.fps == 25.0 and source.has_audio
+        frames, audio = events(source)
+    finally:
+        server.shutdown()
+    want = list(timed_frames(video))
+    assert [f.index for f in frames] == list(range(20))
+    assert [round(f.time, 6) for f in frames] == [round(t, 6) for t, _ in want]
+    assert all(np.array_equal(f.rgb, rgb) for f, (_, rgb) in zip(frames, want, strict=True))
+    wave, start = decode_audio(video)
+    np.testing.assert_array_equal(np.concatenate([a.wave for a in audio]), wave)
+    assert audio[0].start == pytest.approx(start) and all(a.start is None for a in audio[1:])
+
+
+def test_a_file_plays_at_its_own_rate_and_a_replay_goes_on_in_time_and_audio(tmp_path):
+    from expr.data.media import decode_audio
+    from expr.video.sources import Source
+
+    video = talking_clip(tmp_path / "clip.mp4", [True] * 10)
+    frames, _ = events(Source(str(video), speed=1.0))
+    for f in frames:  # never before its time (a sleep may only be late)
+        assert f.ready - frames[0].ready >= f.time - 0.005
+    assert frames[-1].ready - frames[0].ready >= 9 / 25 - 0.005
+    frames, audio = events(Source(str(video), speed=0, repeat=3))
+    assert [f.index for f in frames] == list(range(30))
+    np.testing.assert_allclose([f.time for f in frames], np.arange(30) / 25, atol=1e-6)
+    wave, start = decode_audio(video)
+    total = sum(len(a.wave) for a in audio)
+    # each pass's audio starts where its frames start: two passes of 10 frames, then the last pass's whole track
+    assert total == round((20 / 25 + start - audio[0].start) * 16_000) + len(wave)
+
+
+def test_a_missing_camera_or_file_is_named():
+    from expr.data.media import MediaError
+    from expr.video.sources import Source
+
+    with pytest.raises(MediaError, match="/dev/video9: cannot open"):
+        Source("/dev/video9")
+    with pytest.raises(MediaError, match="nothere.mp4: no such file, camera"):
+        Source("nothere.mp4")
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_stream_with_every_frame_read_written(small_run, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    video = talking_clip(tmp_path / "long.mp4", [True] * 250)  # 10 s at its own rate
+    out = tmp_path / "lines.jsonl"
+    cmd = [sys.executable, "-m", "expr", "predict", str(video), "--run", str(small_run["run_dir"]), *RANDOM,
+           "--stream", "--out", str(out), "--realtime"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and (not out.exists() or out.stat().st_size < 2000):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in open(out)]
+    assert "stopped by Ctrl-C" in err and f"{len(lines)} frames in" in err
+    assert [line["frame"] for line in lines] == list(range(len(lines))) and 5 < len(lines) < 250
