@@ -116,6 +116,16 @@ def test_predict_under_onnxruntime_agrees_with_torch_on_a_real_clip(onnx_folder,
     assert max(abs(a - b) for a, b in boxes) <= 0.15  # MTCNN under ONNX Runtime: the CSV's 0.1 px
 
 
+def test_a_stream_under_onnxruntime_equals_its_offline_csv(onnx_folder, tmp_path):
+    """``--stream --backend onnxruntime``: the exported models only, the same rules (tests/test_stream.py)."""
+    from tests.test_stream import CLASSES, assert_same, offline_and_stream, talking_clip
+
+    video = talking_clip(tmp_path / "talk.mp4", [True] * 30 + [False] * 4 + [True] * 16)
+    rows, lines = offline_and_stream(onnx_folder, video, tmp_path, ["--backend", "onnxruntime", "--realtime"],
+                                     encoders=[])  # fmt: skip
+    assert_same(rows, lines, CLASSES)
+
+
 def test_onnxruntime_needs_an_onnx_export(small_run, tmp_path, capsys):
     from expr.cli.predict import main
 

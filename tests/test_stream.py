@@ -46,12 +46,12 @@ def talking_clip(path, faces, fps=25, audio=True):
     return path
 
 
-def offline_and_stream(run_dir, video, tmp_path, options):
+def offline_and_stream(run_dir, video, tmp_path, options, encoders=RANDOM):
     """(the offline CSV's rows, the stream's lines) of ``video`` with the same options (the offline command with
     ``--predict.audio_chunk 0.5``, as --stream sets it, and one detection frame per batch, as a stream detects)."""
     from expr.cli.predict import main
 
-    common = [str(video), "--run", str(run_dir), *RANDOM, *options]
+    common = [str(video), "--run", str(run_dir), *encoders, *options]
     assert main([*common, "--out", str(tmp_path / "off"), "--no-progress", "--predict.audio_chunk", "0.5",
                  "--batch", "1"]) == 0  # fmt: skip
     assert main([*common, "--stream", "--speed", "0", "--out", str(tmp_path / "lines.jsonl")]) == 0
