@@ -23,7 +23,8 @@ NETWORK = ("rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", 
 @dataclass
 class Frame:
     """A decoded frame: its index, its time in seconds from the first frame, [H, W, 3] uint8 RGB, and the wall-clock
-    time (``time.perf_counter``) it was ready to read (a file played at its own rate: when its time came)."""
+    time (``time.perf_counter``) it was ready to read (a file played at its own rate: when it was due, so a reader
+    that falls behind sees its lag as latency)."""
 
     index: int
     time: float
@@ -93,9 +94,10 @@ class Source:
                 if isinstance(event, Frame):
                     if clock is None:
                         clock = time.perf_counter() - event.time / self.speed if self.speed else None
-                    if clock is not None and not self.live:
-                        time.sleep(max(0.0, clock + event.time / self.speed - time.perf_counter()))
                     event.ready = time.perf_counter()
+                    if clock is not None and not self.live:  # due at its time: a late reader's lag counts
+                        event.ready = clock + event.time / self.speed
+                        time.sleep(max(0.0, event.ready - time.perf_counter()))
                     index, end = event.index + 1, event.time + 1.0 / self.fps
                 elif audio_start is None:
                     audio_start = event.start
