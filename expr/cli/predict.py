@@ -73,7 +73,8 @@ class PredictOptions:
     stream: bool = False
     """predict one SOURCE as it comes (a file at its own frame rate, a camera /dev/videoN or index, an rtsp:// or
     http:// stream): one JSON line per frame as soon as it is decided (time, track, label, probabilities, VA / AUs of
-    a run trained on them); Ctrl-C ends it with every frame read written; sets --predict.audio_chunk 0.5"""
+    a run trained on them); Ctrl-C ends it with every frame read written; sets --predict.audio_chunk 0.4
+    --predict.audio_context 0.2"""
     speed: float = 1.0
     """with --stream and a file: play it at this many times its frame rate (0: as fast as it decodes)"""
     no_progress: bool = False

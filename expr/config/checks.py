@@ -144,6 +144,7 @@ def validate(cfg: Config) -> None:
         (0.0 < cfg.predict.detect_scale <= 1.0, "predict.detect_scale", "must be in (0, 1]"),
         (cfg.predict.audio_chunk >= 0, "predict.audio_chunk", "must be 0 (the encoder's 30 s chunks) or more"),
         (cfg.predict.audio_context >= 0, "predict.audio_context", "must be 0 or more"),
+        (cfg.predict.stream_batch >= 1, "predict.stream_batch", "must be at least 1"),
     ]
     for ok, key, msg in checks:
         if not ok:

@@ -47,6 +47,7 @@ RUN_OVERRIDES = (
     "predict.detect_scale",
     "predict.audio_chunk",
     "predict.audio_context",
+    "predict.stream_batch",
 )
 
 

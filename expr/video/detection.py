@@ -66,6 +66,8 @@ class FrameFaces:
             out = self._detect()
         if i % self.every == 0:
             self.keys.append((i, frame))
+            if len(self.keys) == self.batch:  # a full batch: now, not at the next frame
+                out += self._detect()
         else:
             self.waiting.append((i, frame))
         return out

@@ -34,8 +34,9 @@ from expr.video.detection import FrameFaces
 from expr.video.footage import PredictError
 from expr.video.sources import Audio, Frame
 
-STREAM = {"predict.audio_chunk": 0.5}
-"""What ``--stream`` sets besides the run's config (an explicit option wins): short audio chunks."""
+STREAM = {"predict.audio_chunk": 0.4, "predict.audio_context": 0.2}
+"""What ``--stream`` sets besides the run's config (an explicit option wins): short audio chunks, so a frame waits at
+most 0.6 s for its audio (BENCHMARKS.md section 6 measures the latency)."""
 
 
 class Held:
@@ -133,7 +134,8 @@ class StreamPredictor:
         self.held = Held(fps, dim, cfg.model.audio_dim, audio.rate)
         self.step = fps / p.fps if p.fps and p.fps < fps else 1.0  # frames between encoded frames
         self.grid = 0  # the next encoded frame is round(grid * step)
-        self.segment: list[tuple[int, object]] = []  # (frame, face) since the last encoded frame (it included)
+        self.segment: list[tuple[int, object]] = []  # (frame, face) from the last encoded frame (it included) on
+        self.keys: list[int] = []  # the positions in ``segment`` of the frames to encode next
         self.segment_features: np.ndarray | None = None  # the last encoded frame's features per set
         self.window, self.stride = cfg.data.window, cfg.data.resolved_eval_stride()
         self.offset = label_offset(self.window, cfg.data.label_frame)
@@ -170,7 +172,10 @@ class StreamPredictor:
         """The frames still held, decided as the end of a video is."""
         for i, found in self.detect.close():
             self._faced(i, found[0] if found else None)
-        if self.segment and len(self.segment) > 1:
+        last = len(self.segment) - 1
+        if last > 0 and (not self.keys or self.keys[-1] != last):  # the last frame is encoded (subset.encoded_frames)
+            self.keys.append(last)
+        if self.keys:
             self._encode_segment()
         if self.audio is not None:
             self.held.add_audio(self.audio.close())
@@ -188,36 +193,45 @@ class StreamPredictor:
         self.segment.append((i, face))
         if i == round(self.grid * self.step) or self.step == 1.0:
             self.grid += 1
-            self._encode_segment()
+            self.keys.append(len(self.segment) - 1)
+            if len(self.keys) >= self.cfg.predict.stream_batch:
+                self._encode_segment()
 
     def _encode_segment(self) -> None:
-        """Encode the segment's last frame; its frames since the previous encoded frame get final features."""
+        """Encode the crops of the frames to encode held (``keys``, one batch per image encoder); every frame up to
+        the last of them gets its final features, those between encoded frames filled in (:mod:`expr.data.subset`)."""
         from PIL import Image
 
-        i, face = self.segment[-1]
+        keys, faces = self.keys, [self.segment[k][1] for k in self.keys]
+        found = [k for k, f in enumerate(faces) if f is not None]
         feats = []
         for name in self.sets:
             enc = self.backbones.visual(name)
-            row = np.zeros((1, enc.dim), np.float16)
-            if face is not None:
-                row[:] = enc.encode([Image.fromarray(face.image)])
-            feats.append(row)
-        if self.segment_features is None:  # the first frame
-            self.held.add_frames(np.concatenate(feats, 1), np.array([face is not None]))
+            rows = np.zeros((len(keys), enc.dim), np.float16)
+            if found:
+                rows[found] = enc.encode([Image.fromarray(faces[k].image) for k in found])
+            feats.append(rows)
+        if self.segment_features is None:  # the first frame: no frame before it
+            i, face = self.segment[0]
+            self.held.add_frames(np.concatenate([f[:1] for f in feats], 1), np.array([face is not None]))
             self.frames[i]["filled"] = face is not None
         else:
-            flags = np.array([f is not None for _, f in self.segment])
-            idx = np.array([0, len(flags) - 1])
+            feats = [np.concatenate([p, f]) for p, f in zip(self.segment_features, feats, strict=True)]
+            keys = [0, *keys]
+        for n, (a, b) in enumerate(zip(keys[:-1], keys[1:], strict=True)):
+            segment = self.segment[a : b + 1]
+            flags, idx = np.array([f is not None for _, f in segment]), np.array([0, b - a])
             parts, filled = [], flags
-            for prev, row in zip(self.segment_features, feats, strict=True):
-                x = np.zeros((len(flags), row.shape[1]), np.float16)
-                x[0], x[-1] = prev[0], row[0]
+            for rows in feats:
+                x = np.zeros((len(flags), rows.shape[1]), np.float16)
+                x[0], x[-1] = rows[n], rows[n + 1]
                 x, filled = fill_between(x, flags, idx)
                 parts.append(x[1:])
             self.held.add_frames(np.concatenate(parts, 1), filled[1:])
-            for (j, _), flag in zip(self.segment[1:], filled[1:], strict=True):
+            for (j, _), flag in zip(segment[1:], filled[1:], strict=True):
                 self.frames[j]["filled"] = bool(flag)
-        self.segment_features, self.segment = feats, [self.segment[-1]]
+        self.segment_features = [f[-1:] for f in feats]
+        self.segment, self.keys = self.segment[keys[-1] :], []
 
     # ---- windows, targets, faces, decision
     def _advance(self) -> list[dict]:
