@@ -114,7 +114,10 @@ def main() -> None:
     rows, mem = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        heads = {"": (demo_run(tmp, args.videos, args.epochs, False), RANDOM)}
+        choices = [c for c in args.choices.split(",") if c]
+        heads = {}
+        if choices or args.light == "none":
+            heads[""] = (demo_run(tmp, args.videos, args.epochs, False), RANDOM)
         if args.light != "none":
             heads[args.light.split("@")[0] + ", "] = (light_run(tmp, args.light), [])
         for name in args.clips.split(","):
@@ -125,7 +128,7 @@ def main() -> None:
                 rate = float(c.streams.video[0].average_rate)
             budget = 30 / rate + 0.5
             for label, (head, encoders) in heads.items():
-                for choice in [c for c in args.choices.split(",") if c]:
+                for choice in choices:
                     lines, options = tmp / f"lines-{len(rows)}.jsonl", [*encoders, *CHOICES[choice]]
                     s = stream(video, head, lines, options)
                     rows.append([CLIPS.get(name, name), label + " ".join(["--stream", *CHOICES[choice]]),
