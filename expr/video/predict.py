@@ -222,6 +222,8 @@ def prepare(run, overrides, detector, backend: str, clip, wav2vec2, device: str)
         backbones = None if run.is_ensemble else run_backbones(run.info, clip, wav2vec2, device)  # once for all
     if backbones is not None:
         backbones.load_all()  # now, not inside the first video's time (and a missing checkpoint fails first)
+    import datasets  # noqa: F401  (the feature store's writer: imported here, not in the first video's time)
+
     from expr.plots import pyplot
 
     pyplot()  # the plotting library's import too: a cost of the process, not of each video
