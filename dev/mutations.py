@@ -519,6 +519,8 @@ MUTATIONS = [
     ("stream-face-wait", "a frame without a face waits at most a window for the nearest face", "expr/video/stream.py",
      "            elif now - u >= self.window:", "            elif now - u >= 10 * self.window:",
      ["tests/test_stream.py", "-k", "waits_a_window"]),
+    ("stream-audio-wait", "a window stops waiting for audio more than AUDIO_WAIT seconds behind its frames",
+     "expr/video/stream.py", "AUDIO_WAIT = 2.0", "AUDIO_WAIT = 1e9", ["tests/test_stream.py", "-k", "stops"]),
     ("stream-bounded", "a stream forgets the frames no later window reads", "expr/video/stream.py",
      "        if frame > self.base:", "        if False:", ["tests/test_stream.py", "-k", "bounded"]),
     ("stream-smoothing", "a stream smooths each frame over the frames the offline smoothing reads",

@@ -176,8 +176,9 @@ class Gaps:
         return out
 
 
-def feed(run_dir, n, gaps=(), fps=25.0, overrides=None, every=None):
-    """The lines of ``n`` synthetic frames (and a tone) through a StreamPredictor, and its largest buffers."""
+def feed(run_dir, n, gaps=(), fps=25.0, overrides=None, every=None, audio_until=None, before_close=None):
+    """The lines of ``n`` synthetic frames (and a tone, up to frame ``audio_until``) through a StreamPredictor, and
+    its largest buffers; ``before_close``: a list that gets the lines written before the end of the input."""
     from expr.runs.run import Run
     from expr.video.sources import Audio, Frame
     from expr.video.stream import STREAM, StreamPredictor
@@ -191,9 +192,12 @@ def feed(run_dir, n, gaps=(), fps=25.0, overrides=None, every=None):
         rgb = np.full((64, 64, 3), 60 + (i * 7) % 150, np.uint8)
         rgb[0, 0, :2] = i % 256, i // 256
         lines += predictor.push(Frame(i, i / fps, rgb, 0.0))
-        lines += predictor.push(Audio(rng.normal(0, 0.1, 640).astype(np.float32)))
+        if audio_until is None or i < audio_until:
+            lines += predictor.push(Audio(rng.normal(0, 0.1, 640).astype(np.float32)))
         if every and i % every == 0:
             held.append(predictor.held_sizes())
+    if before_close is not None:
+        before_close += lines
     return lines + predictor.close(), held
 
 
@@ -205,6 +209,14 @@ def test_what_a_stream_holds_stays_bounded_however_long_it_runs(small_run):
         assert max(h[key] for h in late) <= max(h[key] for h in held[:10]), key  # no growth after the first frames
     assert max(h["frames"] for h in held) <= 30 + 2 * 3 + 4  # a window, the stride and the encoding step
     assert max(h["samples"] for h in held) <= 16_000 * (0.4 + 2 * 0.2) + 640
+
+
+def test_audio_that_stops_is_not_waited_for_beyond_two_seconds(small_run):
+    early: list[dict] = []
+    lines, held = feed(small_run["run_dir"], 600, every=50, audio_until=100, before_close=early)
+    assert [line["frame"] for line in lines] == list(range(600))
+    assert len(early) >= 600 - 30 // 2 - 3 - 2 * 25 - 2  # all but the last window's frames and two seconds
+    assert max(h["frames"] for h in held) <= 30 + 2 * 25 + 8  # bounded while the audio is missing
 
 
 def test_a_frame_without_a_face_waits_a_window_at_most_for_the_nearest_face(small_run):

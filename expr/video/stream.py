@@ -12,12 +12,15 @@ The latency rule: a frame waits for the window whose target follows it (``data.e
 complete (``data.window // 2`` frames past its target with ``data.label_frame`` center) and for the audio of that
 window's end (one ``predict.audio_chunk`` and one ``predict.audio_context``); a frame without a face waits for the
 nearest face frame, at most ``data.window`` frames (then it takes the previous face frame's outputs, or its own before
-any face: the one place a stream can differ from the offline CSV, where a face reappears after more than
-``2 x data.window`` frames without one); smoothing adds half its width. At the end of the input every frame still
+any face: a place a stream can differ from the offline CSV, where a face reappears after more than
+``2 x data.window`` frames without one); audio that falls more than :data:`AUDIO_WAIT` seconds behind its frames is
+not waited for (the other such place); smoothing adds half its width. At the end of the input every frame still
 held is decided as the offline command decides the video's last frames.
 """
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 import torch
@@ -37,6 +40,11 @@ from expr.video.sources import Audio, Frame
 STREAM = {"predict.audio_chunk": 0.4, "predict.audio_context": 0.2}
 """What ``--stream`` sets besides the run's config (an explicit option wins): short audio chunks, so a frame waits at
 most 0.6 s for its audio (BENCHMARKS.md section 6 measures the latency)."""
+
+
+AUDIO_WAIT = 2.0
+"""Seconds of frames past a window's end after which the window stops waiting for its audio (a track that ends early,
+a network stream whose audio stalls): it sees the audio that has come."""
 
 
 class Held:
@@ -123,7 +131,8 @@ class StreamPredictor:
                                "(data.label_frame center or last); predict ensembles, online-mode runs and majority "
                                "windows from files without --stream")  # fmt: skip
         if has_audio and not cfg.predict.audio_chunk:
-            raise PredictError("--stream encodes the audio in short chunks: set predict.audio_chunk above 0 (0.5)")
+            raise PredictError("--stream encodes the audio in short chunks: set predict.audio_chunk above 0 (--stream "
+                               "sets 0.4)")  # fmt: skip
         self.run, self.cfg, self.backbones, self.device, self.fps = run, cfg, backbones, device, fps
         p = cfg.predict
         self.detect = FrameFaces(detector, "largest", 1, p.detect_every, p.detect_scale)
@@ -149,7 +158,6 @@ class StreamPredictor:
         self.rows: dict[int, np.ndarray] = {}  # frames with their final (face-filled) outputs, for smoothing
         self.decided = 0  # frames through the face rule
         self.emitted = 0
-        self.count = 0  # frames pushed
         self.closed = False
         self.latency = Latency()
 
@@ -163,7 +171,6 @@ class StreamPredictor:
             self.held.add_audio(self.audio.push(event.wave))
             return self._advance()
         self.frames[event.index] = {"time": event.time, "ready": event.ready, "face": None}
-        self.count += 1
         for i, found in self.detect.push(event.rgb):
             self._faced(i, found[0] if found else None)
         return self._advance()
@@ -245,8 +252,8 @@ class StreamPredictor:
         start = label - self.offset
         if start + self.window > h.frames:
             return False
-        if self.audio is None:
-            return True
+        if self.audio is None or (h.frames - start - self.window) / self.fps > AUDIO_WAIT:
+            return True  # no audio, or audio too far behind its frames to wait for
         if h.audio_start is None:
             return False
         a0, count = h.audio_span(None, np.array([start]), self.window)
@@ -340,8 +347,6 @@ class StreamPredictor:
         return lines
 
     def _line(self, t: int) -> dict:
-        import time
-
         cfg, info = self.cfg, self.frames.pop(t)
         edges = np.cumsum([0, *self.widths])
         columns = dict(zip(self.names, zip(edges[:-1], edges[1:], strict=True), strict=True))
