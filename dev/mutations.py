@@ -541,6 +541,14 @@ MUTATIONS = [
      "                    need = 0", ["tests/test_stream.py", "-k", "own_rate"]),
     ("stream-ctrl-c", "Ctrl-C stops the reading and every frame read is written", "expr/video/live.py",
      "            if stop:", "            if stop and False:", ["tests/test_stream.py", "-k", "ctrl_c"]),
+    ("precision-cast", "the encoders run in the precision predict.precision asks", "expr/features/backbones.py",
+     '        if self.run_precision() == "bf16":', '        if self.run_precision() == "bf32":',
+     ["tests/test_realtime.py", "-k", "precision"]),
+    ("precision-auto", "auto is bf16 only on a CPU that multiplies bf16 natively", "expr/features/backbones.py",
+     '            return "bf16" if native_bf16() else "fp32"', '            return "bf16"',
+     ["tests/test_realtime.py", "-k", "precision"]),
+    ("precision-onnx", "ONNX Runtime refuses bf16 encoders by name", "expr/video/predict.py",
+     '        if run.cfg.predict.precision == "bf16":', '        if False:', ["tests/test_onnx.py", "-k", "bf16"]),
 ]  # fmt: skip
 
 

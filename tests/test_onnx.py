@@ -126,6 +126,14 @@ def test_a_stream_under_onnxruntime_equals_its_offline_csv(onnx_folder, tmp_path
     assert_same(rows, lines, CLASSES)
 
 
+def test_onnxruntime_refuses_bf16_encoders_by_name(onnx_folder, tmp_path, capsys):
+    from expr.cli.predict import main
+
+    assert main([str(clip("carphone_pristine")), "--run", str(onnx_folder), "--out", str(tmp_path), "--backend",
+                 "onnxruntime", "--predict.precision", "bf16", "--no-progress"]) == 2  # fmt: skip
+    assert "--predict.precision bf16 is for the torch backend" in capsys.readouterr().err
+
+
 def test_onnxruntime_needs_an_onnx_export(small_run, tmp_path, capsys):
     from expr.cli.predict import main
 

@@ -208,7 +208,77 @@ def test_realtime_is_a_preset_that_an_explicit_option_overrides(monkeypatch, tmp
     monkeypatch.setattr(cli, "predict_videos", fake)
     argv = [str(clip("carphone_pristine")), "--run", "r", "--out", str(tmp_path), "--realtime", "--predict.fps", "4"]
     cli.main(argv)
-    assert seen == {"predict.fps": "4", "predict.detect_every": 3, "predict.detect_scale": 0.5}  # parsed later
+    assert seen == {"predict.fps": "4", "predict.detect_every": 3, "predict.detect_scale": 0.5,
+                    "predict.precision": "auto"}  # parsed later  # fmt: skip
     seen.clear()
     cli.main(argv[:5])
     assert seen == {}
+
+
+# ---- the encoders' precision
+
+
+def small_encoders(monkeypatch):
+    """Backbones whose image and audio encoders load as small random CLIP and Wav2Vec2 models (fresh ones each load)."""
+    import expr.features.backbones as bb
+    from expr.features.encoders import AudioEncoder, open_clip_encoder
+    from tests.test_prepare import small_clip, small_wav2vec2
+
+    def image(spec, device, batch_size):
+        model, preprocess, _ = small_clip()
+        return open_clip_encoder(model, preprocess, spec, batch_size)
+
+    monkeypatch.setattr(bb, "load_image_encoder", image)
+    monkeypatch.setattr(bb, "load_audio_encoder", lambda *a: AudioEncoder(*small_wav2vec2(), chunk_seconds=0.5))
+
+
+@pytest.mark.parametrize(
+    "precision,native,runs", [("fp32", True, "fp32"), ("bf16", False, "bf16"), ("auto", True, "bf16"),
+                              ("auto", False, "fp32")],
+)  # fmt: skip
+def test_the_encoders_run_in_the_precision_asked_and_auto_is_bf16_only_where_the_cpu_multiplies_it(
+    monkeypatch, precision, native, runs
+):
+    import torch
+    from PIL import Image
+
+    import expr.features.backbones as bb
+    from expr.features.backbones import Backbones
+
+    small_encoders(monkeypatch)
+    monkeypatch.setattr(bb, "native_bf16", lambda: native)
+    ref = Backbones(clip="random", wav2vec2="random", device="cpu")
+    got = Backbones(clip="random", wav2vec2="random", device="cpu", precision=precision)
+    assert got.run_precision() == runs
+    dtype = torch.bfloat16 if runs == "bf16" else torch.float32
+    for name in ("clip", "wav2vec2"):
+        encoder = got.visual(name) if name == "clip" else got.audio(name)
+        assert {p.dtype for p in encoder.model.parameters()} == {dtype}, name
+    rng = np.random.default_rng(0)
+    crops = [Image.fromarray(rng.integers(0, 255, (48, 48, 3), np.uint8)) for _ in range(3)]
+    wave = rng.normal(0, 0.3, 16_000).astype(np.float32)
+    for a, b in ((ref.visual().encode(crops), got.visual().encode(crops)),
+                 (ref.audio().encode(wave), got.audio().encode(wave))):  # fmt: skip
+        a, b = a.astype(np.float32), b.astype(np.float32)
+        assert b.dtype == a.dtype and b.shape == a.shape
+        cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        if runs == "fp32":
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert not np.array_equal(a, b) and cos.min() > 0.99
+
+
+def test_predict_loads_the_runs_encoders_in_the_precision_its_options_ask(monkeypatch, small_run, caplog):
+    import torch
+
+    import expr.features.backbones as bb
+    from expr.video.predict import prepare
+
+    small_encoders(monkeypatch)
+    monkeypatch.setattr(bb, "native_bf16", lambda: True)
+    caplog.set_level("INFO", logger="expr.video.predict")
+    for overrides, dtype in (({}, torch.float32), ({"predict.precision": "auto"}, torch.bfloat16)):
+        _, backbones, _ = prepare(small_run["run_dir"], overrides, "auto", "torch", "random", "random", "cpu")
+        for encoder in backbones._encoders.values():
+            assert next(encoder.model.parameters()).dtype == dtype
+    assert "the encoders run in bf16 (predict.precision auto)" in caplog.text

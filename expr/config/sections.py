@@ -41,6 +41,7 @@ def default_num_workers(mode: str, local_processes: int = 1) -> int:
 Smoothing = Literal["none", "mean", "mode"]
 SMOOTHING: tuple[str, ...] = typing.get_args(Smoothing)  # eval.smoothing's choices, for every command
 VaSmoothing = Literal["none", "mean", "median"]
+Precision = Literal["fp32", "bf16", "auto"]
 VA_SMOOTHING: tuple[str, ...] = typing.get_args(VaSmoothing)  # eval.va_smoothing's choices
 
 
@@ -325,6 +326,11 @@ class PredictConfig:
     ``audio_context`` 0.2), and an offline prediction with the same values gets the stream's features."""
     audio_context: float = 0.25
     """With ``audio_chunk``: seconds of audio on each side of a chunk that its encoding reads."""
+    precision: Precision = "fp32"
+    """``expr predict``: the image and audio encoders' weights on a CPU. bf16 runs them about twice as fast on a CPU
+    that multiplies bf16 natively (AVX512-BF16 or AMX), their features within a cosine of 0.9999 of fp32's
+    (BENCHMARKS.md section 6); auto: bf16 on such a CPU, fp32 elsewhere (``--realtime`` sets it). A GPU runs the
+    encoders in fp16 whatever this says."""
     stream_batch: int = 2
     """``expr predict --stream``: face crops encoded together (CLIP ViT-B/32 on a 2-core CPU: 96 ms for one, 80 ms
     each in twos, 62 ms in fours); each one more adds an encoded frame's wait to the latency."""

@@ -20,7 +20,7 @@ from expr.atomic import atomic_path
 from expr.config import BackboneConfig, ConfigError, resolve_device
 from expr.data.store import DEFAULT_AUDIO, DEFAULT_VISUAL
 from expr.features.encoders import load_audio_encoder, load_image_encoder
-from expr.features.encoding import WeightsUnavailable
+from expr.features.encoding import WeightsUnavailable, native_bf16, to_dtype
 from expr.features.hf_audio import speech_model
 from expr.features.hf_models import hf_config
 from expr.features.open_clip_family import create_open_clip
@@ -220,6 +220,9 @@ class Backbones:
     context_seconds: float = 2.0
     visual_sets: dict[str, EncoderSpec] | None = None
     audio_sets: dict[str, EncoderSpec] | None = None
+    precision: str = "fp32"
+    """The encoders' weights on a CPU (``predict.precision``): fp32, bf16, or auto (bf16 where the CPU multiplies bf16
+    natively, :func:`~expr.features.encoding.native_bf16`; else fp32). A GPU runs them in fp16 whatever this says."""
     implicit: tuple[str, ...] = ()
     """Sets that are only defaults (nobody named them): an existing store with sets of their modality keeps its
     own instead."""
@@ -282,7 +285,9 @@ class Backbones:
         """The image encoder of set ``name`` (default: the first visual set)."""
         name = name or next(iter(self.visual_sets))
         if name not in self._encoders:
-            self._encoders[name] = load_image_encoder(self.visual_sets[name], self._device(), self.batch_size)
+            self._encoders[name] = self._cast(
+                load_image_encoder(self.visual_sets[name], self._device(), self.batch_size)
+            )
         return self._encoders[name]
 
     def audio(self, name: str | None = None):
@@ -290,8 +295,22 @@ class Backbones:
         name = name or next(iter(self.audio_sets))
         if name not in self._encoders:
             spec = self.audio_sets[name]
-            self._encoders[name] = load_audio_encoder(spec, self._device(), self.chunk_seconds, self.context_seconds)
+            encoder = load_audio_encoder(spec, self._device(), self.chunk_seconds, self.context_seconds)
+            self._encoders[name] = self._cast(encoder)
         return self._encoders[name]
+
+    def run_precision(self) -> str:
+        """What the encoders run in: fp16 on a GPU; on a CPU ``precision`` with auto resolved."""
+        if self._device().type != "cpu":
+            return "fp16"
+        if self.precision == "auto":
+            return "bf16" if native_bf16() else "fp32"
+        return self.precision
+
+    def _cast(self, encoder):
+        if self.run_precision() == "bf16":
+            to_dtype(encoder, torch.bfloat16)
+        return encoder
 
     def load_all(self, names=None) -> None:
         """Load the encoders of ``names`` (default: every set) now: a missing checkpoint fails before any work."""

@@ -96,6 +96,24 @@ def view(image, mirrored: bool, scale: float):
     return Image.fromarray(padded).resize((w, h), Image.BICUBIC)
 
 
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX on x86, read from /proc/cpuinfo): there
+    the encoders run about twice as fast in bf16 (BENCHMARKS.md section 6); elsewhere oneDNN emulates it, slower than
+    fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no way to tell here
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def to_dtype(encoder, dtype: torch.dtype) -> None:
+    """Run ``encoder`` (an :class:`ImageEncoder` or :class:`AudioEncoder` on torch) in ``dtype``: its weights and the
+    inputs it casts; its outputs stay fp32 (then fp16 in a store)."""
+    encoder.model.to(dtype)
+    encoder.dtype = dtype
+
+
 class ImageEncoder:
     """A frozen image encoder: ``encode(images)`` -> [N, dim] fp16, the mean over the spec's views; batched, fp16
     weights on a GPU.

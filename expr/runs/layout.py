@@ -48,6 +48,7 @@ RUN_OVERRIDES = (
     "predict.audio_chunk",
     "predict.audio_context",
     "predict.stream_batch",
+    "predict.precision",
 )
 
 

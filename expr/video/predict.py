@@ -26,12 +26,13 @@ from expr.video.timeline import plot_tasks, plot_timeline, write_csv
 
 logger = logging.getLogger("expr.video.predict")
 
-REALTIME = {"predict.fps": 8.0, "predict.detect_every": 3, "predict.detect_scale": 0.5}
+REALTIME = {"predict.fps": 8.0, "predict.detect_every": 3, "predict.detect_scale": 0.5, "predict.precision": "auto"}
 """``expr predict --realtime``: faster than real time on a 2-core CPU with the paper's encoders (BENCHMARKS.md section
 6), each choice's accuracy cost measured there; an explicit ``--predict.*`` option overrides its part."""
 
 
-def run_backbones(info: dict[str, Any], clip: str | None, wav2vec2: str | None, device: str) -> Backbones:
+def run_backbones(info: dict[str, Any], clip: str | None, wav2vec2: str | None, device: str,
+                  precision: str = "fp32") -> Backbones:  # fmt: skip
     """The encoders of the feature sets the head was trained on, from the specs their store recorded (options such as
     views and layers included); ``--clip`` / ``--wav2vec2``, or the recorded backbones of a store without specs,
     for the paper's two."""
@@ -39,11 +40,12 @@ def run_backbones(info: dict[str, Any], clip: str | None, wav2vec2: str | None, 
     unknown = [n for group in sets.values() for n, s in group.items() if not s.get("spec")]
     paper = list(sets["visual"]) == ["clip"] and list(sets["audio"]) == ["wav2vec2"]
     if clip or wav2vec2 or (paper and unknown):
-        return Backbones(*backbone_specs(info, clip, wav2vec2), device)
+        return Backbones(*backbone_specs(info, clip, wav2vec2), device, precision=precision)
     if unknown:
         raise PredictError(f"the model's feature sets {', '.join(unknown)} do not record their encoders")
     return Backbones(
         device=device,
+        precision=precision,
         visual_sets={n: parse_spec(s["spec"]) for n, s in sets["visual"].items()},
         audio_sets={n: parse_spec(s["spec"]) for n, s in sets["audio"].items()},
     )
@@ -153,7 +155,7 @@ def video_probs(footage: Footage, run: Run, out: Path, clip, wav2vec2, device: s
     ``out`` (one store, a video per person)."""
     cfg, info = run.cfg, run.info
     if backbones is None:
-        backbones = run_backbones(info, clip, wav2vec2, device)
+        backbones = run_backbones(info, clip, wav2vec2, device, cfg.predict.precision)
     online = cfg.data.mode == "online"  # per-window audio and crops through the frozen encoders, as trained
     chunk = (cfg.predict.audio_chunk, cfg.predict.audio_context) if cfg.predict.audio_chunk else None
     records = person_records(footage, backbones, media=online, rate=cfg.predict.fps, audio_chunk=chunk)
@@ -217,11 +219,17 @@ def prepare(run, overrides, detector, backend: str, clip, wav2vec2, device: str)
 
         if clip or wav2vec2:
             raise PredictError("--backend onnxruntime runs the encoders exported with the run: drop --clip/--wav2vec2")
+        if run.cfg.predict.precision == "bf16":
+            raise PredictError("--predict.precision bf16 is for the torch backend: ONNX Runtime runs the exported "
+                               "fp32 models")  # fmt: skip
         run, backbones = onnx_run(run, detector, device)
     else:
-        backbones = None if run.is_ensemble else run_backbones(run.info, clip, wav2vec2, device)  # once for all
+        precision = run.cfg.predict.precision
+        backbones = None if run.is_ensemble else run_backbones(run.info, clip, wav2vec2, device, precision)
     if backbones is not None:
         backbones.load_all()  # now, not inside the first video's time (and a missing checkpoint fails first)
+        if backbones.run_precision() == "bf16":
+            logger.info("the encoders run in %s (predict.precision %s)", backbones.run_precision(), precision)
     import datasets  # noqa: F401  (the feature store's writer: imported here, not in the first video's time)
 
     from expr.plots import pyplot
