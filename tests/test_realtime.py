@@ -173,18 +173,24 @@ def test_every_track_is_encoded_at_the_rate_in_one_batch_of_crops():
         np.testing.assert_array_equal(record.visual["clip"][idx, 0], base + idx)  # each track's own crops
 
 
-def test_expr_evaluate_measures_predict_fps_beside_the_every_frame_report(small_run):
+def test_expr_evaluate_measures_predict_fps_beside_the_every_frame_report(small_run, capsys):
     import json
     from pathlib import Path
 
     from expr.cli.evaluate import main
 
     run = Path(small_run["run_dir"])
-    assert main([str(run)]) == 0 and main([str(run), "--predict.fps", "5"]) == 0
+    assert main([str(run)]) == 0
+    printed_every = capsys.readouterr().out
+    assert main([str(run), "--predict.fps", "5"]) == 0
+    printed_subset = capsys.readouterr().out
     every = json.loads((run / "eval" / "validation" / "report.json").read_text())
     subset = json.loads((run / "eval" / "validation-fps5" / "report.json").read_text())
     assert every["predict_fps"] == 0 and subset["predict_fps"] == 5
     assert subset["frames"] == every["frames"] and subset["metrics"]["macro_f1"] != every["metrics"]["macro_f1"]
+    # each command prints the report it wrote (not the every-frame one beside it)
+    for printed, report, folder in ((printed_every, every, "validation"), (printed_subset, subset, "validation-fps5")):
+        assert f"| {report['metrics']['macro_f1']:.4f} |" in printed and f"report: {run / 'eval' / folder}/" in printed
 
 
 def test_training_refuses_predict_fps(tmp_path):

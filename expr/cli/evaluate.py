@@ -20,7 +20,7 @@ from pathlib import Path
 from expr.cli.options import parse_options, positional
 from expr.config import ConfigError, Smoothing
 from expr.data.store import StoreError
-from expr.runs.evaluate import evaluate_run
+from expr.runs.evaluate import evaluate_run, report_folder
 from expr.runs.layout import (
     RunError,
     run_options_help,
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         run_options_help(),
     )
     try:
-        evaluate_run(
+        report = evaluate_run(
             args.run_dir,
             args.cache,
             args.split,
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if int(os.environ.get("RANK", 0)) != 0:
         return 0  # the main process reports
-    out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / args.split
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval" / report_folder(args.split, report["predict_fps"])
     print((out / "report.md").read_text())
     print(f"report: {out}/report.json, report.md, confusion_matrix.png")
     return 0

@@ -45,6 +45,12 @@ def trained_across_tasks(run_dir, cfg) -> bool:
     return cfg.train.task_overlap == "allow" or legacy
 
 
+def report_folder(split: str, fps: float) -> str:
+    """The folder under ``RUN/eval`` of a split's report: ``<split>``, or ``<split>-fps<N>`` beside it for a report
+    at ``predict.fps`` N."""
+    return split + (f"-fps{fps:g}" if fps else "")
+
+
 def evaluate_run(
     run_dir: str | Path,
     cache: str | None = None,
@@ -111,8 +117,7 @@ def evaluate(run: Run, split: str = "validation", device: str = "auto", out_dir=
         report["p_mtl"] = {"score": float(sum(terms.values())), **terms}
     if "expr" in tasks:
         report.update(in_sample_calibration(run.path, report, frames, decision, cfg.data.classes))
-    folder = split + (f"-fps{cfg.predict.fps:g}" if cfg.predict.fps else "")  # beside the every-frame report
-    out = Path(out_dir) if out_dir else Path(run.path) / "eval" / folder
+    out = Path(out_dir) if out_dir else Path(run.path) / "eval" / report_folder(split, cfg.predict.fps)
     write_report(out, report, list(cfg.data.classes))
     if "va" in scored:
         plot_va(*scored["va"][1:], out / "va_density.png", f"{split}: CCC {task_reports['va']['ccc']:.4f}")
