@@ -10,7 +10,9 @@ Wav2Vec2-Base, random weights: their real cost) or a light one (timm mobilenetv3
 The costs: ``predict.fps`` on the demo (``expr evaluate --predict.fps N`` of a demo-trained run against the
 default: macro-F1), and on the clip (cosine of each frame's interpolated image features to its encoded ones);
 detection choices on the clip (frames whose face is found, mean IoU of the boxes against detection on every full
-frame); ONNX Runtime on the clip (the largest difference of the CSV's probabilities, labels that agree)."""
+frame); bf16 encoders and ONNX Runtime on the clip (the largest difference of the CSV's probabilities, labels that
+agree; bf16 also the cosine of the image features to fp32's). ``--realtime`` sets ``predict.precision auto``: bf16 on
+a CPU that multiplies bf16 natively, as this one does."""
 
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ CHOICES = {
     "--predict.detect_every 3": ["--predict.detect_every", "3"],
     "--predict.detect_scale 0.5": ["--predict.detect_scale", "0.5"],
     "--backend onnxruntime": ["--backend", "onnxruntime"],
+    "--predict.precision bf16": ["--predict.precision", "bf16"],
     "--realtime": ["--realtime"],
     "--realtime --backend onnxruntime": ["--realtime", "--backend", "onnxruntime"],
 }
@@ -111,7 +114,10 @@ def cost(choice: str, ref: Path, out: Path, stem: str, demo_f1: dict[str, float]
         found = sum(r["face"] == "1" for r in rows)
         mean_iou = np.mean([i for i in ious if i is not None]) if any(i is not None for i in ious) else float("nan")
         parts.append(f"faces {found}/{len(rows)}, box IoU {mean_iou:.3f}")
-    if "onnxruntime" in choice:
+    if "precision" in choice:
+        cos = feature_cosine(ref / f"{stem}_features", out / f"{stem}_features")
+        parts.append(f"image features cosine {cos:.4f}")
+    if "onnxruntime" in choice or "precision" in choice:
         diff = max(abs(float(a[k]) - float(b[k])) for a, b in zip(rows, base, strict=True) for k in a if k[:2] == "p_")
         agree = np.mean([a["label"] == b["label"] for a, b in zip(rows, base, strict=True)])
         parts.append(f"probabilities within {diff:.4f}, labels agree {100 * agree:.1f} %")

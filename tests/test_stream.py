@@ -239,6 +239,11 @@ def test_stream_refuses_what_it_cannot_predict_as_it_comes(small_run, tmp_path):
 
     with pytest.raises(PredictError, match="predict.audio_chunk"):
         StreamPredictor(Run.open(small_run["run_dir"]), Stubs(), Gaps(set()), 25.0, True)
+    wide = Stubs()
+    wide.crops = Crops()
+    wide.crops.dim = 768
+    with pytest.raises(PredictError, match="the image features are 768-d but the head expects 512-d"):
+        StreamPredictor(Run.open(small_run["run_dir"], {"predict.audio_chunk": 0.4}), wide, Gaps(set()), 25.0, True)
     video = talking_clip(tmp_path / "a.mp4", [True] * 5)
     base = [str(video), "--run", str(small_run["run_dir"]), *RANDOM, "--stream"]
     assert main([*base, "--faces", "all"]) == 2
@@ -338,3 +343,72 @@ def test_ctrl_c_ends_a_stream_with_every_frame_read_written(small_run, tmp_path)
     lines = [json.loads(line) for line in open(out)]
     assert "stopped by Ctrl-C" in err and f"{len(lines)} frames in" in err
     assert [line["frame"] for line in lines] == list(range(len(lines))) and 5 < len(lines) < 250
+
+
+def test_an_input_that_fails_midway_ends_the_stream_with_the_frames_read_written(small_run, tmp_path, monkeypatch,
+                                                                                  capsys):  # fmt: skip
+    """A network stream that drops or a truncated file: PyAV raises while demuxing; the frames read are decided and
+    written, a warning names the source, and the command succeeds (the input has ended, as a live one does)."""
+    import av
+
+    from expr.cli.predict import main
+    from expr.video.sources import Source
+
+    video = talking_clip(tmp_path / "drop.mp4", [True] * 60)
+    packets = Source._packets
+
+    def dropping(self, demux):
+        def failing():
+            for n, packet in enumerate(demux):
+                if n == 50:
+                    raise av.error.InvalidDataError(1094995529, "Invalid data found when processing input")
+                yield packet
+
+        return packets(self, failing())
+
+    monkeypatch.setattr(Source, "_packets", dropping)
+    out = tmp_path / "lines.jsonl"
+    assert main([str(video), "--run", str(small_run["run_dir"]), *RANDOM, "--stream", "--speed", "0", "--out",
+                 str(out), "--realtime"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    lines = [json.loads(line) for line in open(out)]
+    assert 10 < len(lines) < 60 and [line["frame"] for line in lines] == list(range(len(lines)))
+    assert "drop.mp4: the input ended with an error (" in err and "the input ended with an error, warned" in err
+
+
+def test_a_second_ctrl_c_is_pythons_own_and_the_handler_is_restored(small_run, tmp_path, monkeypatch):
+    import signal
+
+    from expr.video.live import predict_stream
+    from expr.video.sources import Source
+
+    video = talking_clip(tmp_path / "t.mp4", [True] * 5, audio=False)
+
+    def events(self):
+        signal.raise_signal(signal.SIGINT)  # the first: the stream stops reading at the next frame
+        signal.raise_signal(signal.SIGINT)  # the second: KeyboardInterrupt, as without the stream's handler
+        yield from ()
+
+    monkeypatch.setattr(Source, "events", events)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        predict_stream(str(video), small_run["run_dir"], tmp_path / "x.jsonl", "random", "random", "cpu")
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+@pytest.mark.slow
+def test_a_reader_that_stops_reading_ends_the_stream_quietly(small_run, tmp_path):
+    """``expr predict CLIP --stream | head -3``: the stream stops when nobody reads, without a traceback."""
+    import subprocess
+    import sys
+
+    video = talking_clip(tmp_path / "t.mp4", [True] * 100)
+    cmd = [sys.executable, "-m", "expr", "predict", str(video), "--run", str(small_run["run_dir"]), *RANDOM,
+           "--stream", "--speed", "0", "--realtime"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = [proc.stdout.readline() for _ in range(3)]
+    proc.stdout.close()  # as head does after its lines
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0, err
+    assert all(json.loads(line)["frame"] == i for i, line in enumerate(first))
+    assert "Traceback" not in err and "BrokenPipe" not in err and "frames in" in err

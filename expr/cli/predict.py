@@ -69,7 +69,8 @@ class PredictOptions:
     under ONNX Runtime, with no torch module"""
     realtime: bool = False
     """faster than real time on a laptop CPU: --predict.fps 8 --predict.detect_every 3 --predict.detect_scale 0.5
-    (image encodings per second, detection on every 3rd frame at half size); each of them can be set on its own"""
+    --predict.precision auto (image encodings per second, detection on every 3rd frame at half size, bf16 encoders on
+    a CPU that multiplies bf16 natively); each of them can be set on its own"""
     stream: bool = False
     """predict one SOURCE as it comes (a file at its own frame rate, a camera /dev/videoN or index, an rtsp:// or
     http:// stream): one JSON line per frame as soon as it is decided (time, track, label, probabilities, VA / AUs of
@@ -148,9 +149,15 @@ def stream(args: PredictOptions, overrides: dict) -> int:
             ConfigError, MediaError) as e:  # fmt: skip
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("stopped by a second Ctrl-C: the lines written before it stand, the frames still held are lost",
+              file=sys.stderr)  # fmt: skip
+        return 130
     late = result["latency"]
     rate = result["frames"] / max(result["seconds"], 1e-9)
     print(f"{result['frames']} frames in {result['seconds']:.1f} s ({rate:.1f} frames/s); latency median "
           f"{late.quantile(0.5):.2f} s, 95th percentile {late.quantile(0.95):.2f} s, max {late.max:.2f} s"
-          + (" (stopped by Ctrl-C)" if result["interrupted"] else ""), file=sys.stderr)  # fmt: skip
+          + (" (stopped by Ctrl-C)" if result["interrupted"] else "")
+          + (" (the input ended with an error, warned above)" if result["failed"] else ""),
+          file=sys.stderr)  # fmt: skip
     return 0

@@ -85,6 +85,7 @@ class Source:
             self.has_audio = bool(container.streams.audio)
         self.name = Path(source).stem if not self.live else "stream"
         self.warnings: list[str] = []
+        self.failed = False  # the input ended with an error (a warning says which)
 
     def events(self) -> Iterator[Frame | Audio]:
         index, offset, clock, sent, audio_start = 0, 0.0, None, 0, None
@@ -109,6 +110,8 @@ class Source:
                     sent += len(event.wave)
                 yield event
             offset = end
+            if self.failed:
+                return
 
     def _pass(self, offset: float, index: int) -> Iterator[Frame | Audio]:
         """One pass over the source: its frames numbered from ``index`` at times from ``offset``, its audio cut or
@@ -117,12 +120,12 @@ class Source:
 
         with open_container(self.source) as container:
             video = video_stream(container, Path(self.source))
-            video.thread_type = "AUTO"
+            video.thread_type = "SLICE" if self.live else "AUTO"  # frame threads hold frames back: not live
             audio = container.streams.audio[0] if container.streams.audio else None
             start = float(video.start_time * video.time_base) if video.start_time is not None else None
             resampler = av.AudioResampler(format="flt", layout="mono", rate=AUDIO_RATE) if audio else None
             first_audio, samples = None, 0
-            for packet in container.demux(*(s for s in (video, audio) if s is not None)):
+            for packet in self._packets(container.demux(*(s for s in (video, audio) if s is not None))):
                 try:
                     decoded = packet.decode()
                 except av.error.FFmpegError as e:
@@ -145,6 +148,22 @@ class Source:
                         samples += len(wave)
             for out in resampler.resample(None) if resampler else []:
                 yield Audio(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+
+    def _packets(self, demux) -> Iterator:
+        """``demux``'s packets until it ends or fails: a network stream that drops, a source silent for 10 s, a
+        truncated file end the input (a warning names the source) and the frames read are decided."""
+        import av
+
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                return
+            except (av.error.FFmpegError, OSError) as e:
+                self.failed = True
+                self._warn(f"{self.source}: the input ended with an error ({e}); the frames read are predicted")
+                return
+            yield packet
 
     def _warn(self, message: str) -> None:
         if message not in self.warnings:

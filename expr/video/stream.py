@@ -13,9 +13,10 @@ complete (``data.window // 2`` frames past its target with ``data.label_frame`` 
 window's end (one ``predict.audio_chunk`` and one ``predict.audio_context``); a frame without a face waits for the
 nearest face frame, at most ``data.window`` frames (then it takes the previous face frame's outputs, or its own before
 any face: a place a stream can differ from the offline CSV, where a face reappears after more than
-``2 x data.window`` frames without one); audio that falls more than :data:`AUDIO_WAIT` seconds behind its frames is
-not waited for (the other such place); smoothing adds half its width. At the end of the input every frame still
-held is decided as the offline command decides the video's last frames.
+``2 x data.window`` frames without one or first appears more than ``data.window`` frames in); audio that falls more
+than :data:`AUDIO_WAIT` seconds behind its frames is not waited for (the other such place); smoothing adds half its
+width. At the end of the input every frame still held is decided as the offline command decides the video's last
+frames.
 """
 
 from __future__ import annotations
@@ -140,6 +141,9 @@ class StreamPredictor:
         audio = backbones.audio(next(iter(backbones.audio_sets)))
         self.audio = AudioStream(audio, p.audio_chunk, p.audio_context) if has_audio else None
         dim = sum(backbones.visual(n).dim for n in self.sets)
+        if dim != cfg.model.visual_dim:
+            raise PredictError(f"the image features are {dim}-d but the head expects {cfg.model.visual_dim}-d: use "
+                               f"the encoders the model was trained with")  # fmt: skip
         self.held = Held(fps, dim, cfg.model.audio_dim, audio.rate)
         self.step = fps / p.fps if p.fps and p.fps < fps else 1.0  # frames between encoded frames
         self.grid = 0  # the next encoded frame is round(grid * step)
