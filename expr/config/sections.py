@@ -328,7 +328,7 @@ class PredictConfig:
     """With ``audio_chunk``: seconds of audio on each side of a chunk that its encoding reads."""
     precision: Precision = "fp32"
     """``expr predict``: the image and audio encoders' weights on a CPU. bf16 runs them about twice as fast on a CPU
-    that multiplies bf16 natively (AVX512-BF16 or AMX), their features within a cosine of 0.9999 of fp32's
+    that multiplies bf16 natively (AVX512-BF16 or AMX), their features at a cosine above 0.9998 to fp32's
     (BENCHMARKS.md section 6); auto: bf16 on such a CPU, fp32 elsewhere (``--realtime`` sets it). A GPU runs the
     encoders in fp16 whatever this says."""
     stream_batch: int = 2
