@@ -563,6 +563,12 @@ MUTATIONS = [
      ["tests/test_realtime.py", "-k", "precision"]),
     ("precision-onnx", "ONNX Runtime refuses bf16 encoders by name", "expr/video/predict.py",
      '        if run.cfg.predict.precision == "bf16":', '        if False:', ["tests/test_onnx.py", "-k", "bf16"]),
+    ("precision-checked", "an unknown predict.precision is refused by name (a value in the wrong place fails loudly)",
+     "expr/features/backbones.py", "        if self.precision not in PRECISIONS:", "        if False:",
+     ["tests/test_realtime.py", "-k", "unknown_precision"]),
+    ("prepare-keeps-store-sets", "naming only a visual set keeps an existing store's own audio sets",
+     "expr/cli/prepare.py", "            implicit=implicit,", "            implicit=(),",
+     ["tests/test_prepare.py", "-k", "new_feature_set_is_added"]),
 ]  # fmt: skip
 
 

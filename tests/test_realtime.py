@@ -274,6 +274,14 @@ def test_the_encoders_run_in_the_precision_asked_and_auto_is_bf16_only_where_the
             assert not np.array_equal(a, b) and cos.min() > 0.99
 
 
+def test_an_unknown_precision_is_refused_by_name():
+    from expr.config import ConfigError
+    from expr.features.backbones import Backbones
+
+    with pytest.raises(ConfigError, match=r"predict.precision: 'fp16' is not one of fp32, bf16, auto"):
+        Backbones(clip="random", wav2vec2="random", device="cpu", precision="fp16")
+
+
 def test_predict_loads_the_runs_encoders_in_the_precision_its_options_ask(monkeypatch, small_run, caplog):
     import torch
 

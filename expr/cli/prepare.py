@@ -172,14 +172,17 @@ def main(argv: list[str] | None = None) -> int:
     logger.setLevel(logging.INFO)
     logger.propagate = False
     try:
+        visual_sets, audio_sets, implicit = feature_sets(args, clip_given, wav2vec2_given)
         backbones = Backbones(
-            args.clip,
-            args.wav2vec2,
-            args.device,
-            args.batch_size,
-            args.chunk_seconds,
-            args.context_seconds,
-            *feature_sets(args, clip_given, wav2vec2_given),
+            clip=args.clip,
+            wav2vec2=args.wav2vec2,
+            device=args.device,
+            batch_size=args.batch_size,
+            chunk_seconds=args.chunk_seconds,
+            context_seconds=args.context_seconds,
+            visual_sets=visual_sets,
+            audio_sets=audio_sets,
+            implicit=implicit,
         )
         if isinstance(args, AffWild2Options):
             items, source, classes = _affwild2_items(args)

@@ -12,12 +12,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
 from expr.atomic import atomic_path
 from expr.config import BackboneConfig, ConfigError, resolve_device
+from expr.config.sections import Precision
 from expr.data.store import DEFAULT_AUDIO, DEFAULT_VISUAL
 from expr.features.encoders import load_audio_encoder, load_image_encoder
 from expr.features.encoding import WeightsUnavailable, native_bf16, to_dtype
@@ -28,6 +29,7 @@ from expr.features.spec import EncoderSpec
 
 RANDOM = "random"
 DEFAULT_CLIP = "ViT-B-32/openai"
+PRECISIONS = get_args(Precision)
 DEFAULT_WAV2VEC2 = "facebook/wav2vec2-base"
 
 
@@ -230,6 +232,8 @@ class Backbones:
     _clip: Any = None  # (model, preprocess, tokenizer) of the CLIP that encodes the class prompts
 
     def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"predict.precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.visual_sets is None:
             self.visual_sets = {DEFAULT_VISUAL: clip_encoder_spec(self.clip)}
             self.implicit = (*self.implicit, DEFAULT_VISUAL)
