@@ -569,6 +569,9 @@ MUTATIONS = [
     ("prepare-keeps-store-sets", "naming only a visual set keeps an existing store's own audio sets",
      "expr/cli/prepare.py", "            implicit=implicit,", "            implicit=(),",
      ["tests/test_prepare.py", "-k", "new_feature_set_is_added"]),
+    ("console-removed", "a command takes its console handler away when it ends (no double prints, no closed stream)",
+     "expr/cli/console.py", "        logger.removeHandler(handler)", "        pass",
+     ["tests/test_prepare.py", "-k", "leaves_the_logger"]),
 ]  # fmt: skip
 
 

@@ -615,6 +615,21 @@ def test_feature_set_options_on_the_command_line(tmp_path, capsys):
     assert "starts with a letter or digit" in capsys.readouterr().err
 
 
+def test_a_command_prints_its_messages_once_and_leaves_the_logger_as_it_found_it(tmp_path, capsys):
+    """Each call adds a console for its own messages and takes it away after, so a second call in the same process
+    does not print each message twice, or write to the console of a call that ended."""
+    from expr.cli.prepare import main
+    from expr.extract.common import logger
+
+    before = (list(logger.handlers), logger.level, logger.propagate)
+    argv = ["folder", str(tmp_path / "missing"), "--labels", str(tmp_path / "l.csv"), "--out", str(tmp_path / "o")]
+    for _ in range(2):
+        assert main([*argv, "--clip", "random"]) == 2
+        assert (list(logger.handlers), logger.level, logger.propagate) == before
+    logger.warning("one message")
+    assert "one message" not in capsys.readouterr().err
+
+
 # ------------------------------------------------------------------------------------ VA and AU labels
 def test_va_and_au_annotations_are_stored_beside_the_expressions_with_their_own_splits(tmp_path):
     """Aff-Wild2's three annotation folders read together: a track annotated for some tasks only, each task with its

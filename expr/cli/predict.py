@@ -18,11 +18,11 @@ that cannot be read is reported while the others go on."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass
 from typing import Literal
 
+from expr.cli.console import console_logging
 from expr.cli.options import parse_options, positional
 from expr.config import Config, ConfigError, apply_dict
 from expr.data.store import StoreError
@@ -100,10 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.realtime:
         overrides = {**REALTIME, **overrides}
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.propagate = False
+    with console_logging(logger):
+        return _predict(args, overrides)
+
+
+def _predict(args: PredictOptions, overrides: dict) -> int:
     if args.stream:
         return stream(args, overrides)
     if args.out is None:

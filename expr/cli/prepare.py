@@ -13,6 +13,7 @@ import logging
 import sys
 from dataclasses import dataclass
 
+from expr.cli.console import console_logging
 from expr.cli.options import parse_options, positional
 from expr.config import Config, ConfigError, LossConfig, apply_dict
 from expr.data.affwild2 import AnnotationError, LayoutError
@@ -166,11 +167,11 @@ def main(argv: list[str] | None = None) -> int:
     args.clip = args.clip or DEFAULT_CLIP
     args.wav2vec2 = args.wav2vec2 or DEFAULT_WAV2VEC2
     args.prompt_template = args.prompt_template or LossConfig.prompt_template
-    handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
+    with console_logging(logger, logging.INFO):
+        return _prepare(args, clip_given, wav2vec2_given)
+
+
+def _prepare(args: PrepareOptions, clip_given: bool, wav2vec2_given: bool) -> int:
     try:
         visual_sets, audio_sets, implicit = feature_sets(args, clip_given, wav2vec2_given)
         backbones = Backbones(
